@@ -1,0 +1,1 @@
+"""The processes of halaxy-bridge: receiver, workers, sandbox and CLI."""

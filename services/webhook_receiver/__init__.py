@@ -1,0 +1,1 @@
+"""The Starlette receiver: authenticate, cap, parse, deduplicate, enqueue, answer."""

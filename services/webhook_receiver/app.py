@@ -1,0 +1,143 @@
+"""The receiver application: `uvicorn services.webhook_receiver.app:app`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import redis
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.webhook_receiver import admin, health
+from services.webhook_receiver.deps import Deps
+from services.webhook_receiver.halaxy import halaxy_webhook
+from services.webhook_receiver.openapi import openapi
+from services.webhook_receiver.responses import ApiError, error_response
+from shared.config import Settings, load_settings
+from shared.connection_store import ConnectionStore
+from shared.errors import ConfigError
+from shared.halaxy.auth import fetch_token
+from shared.intake import WebhookIntake
+from shared.jobs import JobQueue
+from shared.logs import configure_logging
+from shared.onboarding import KeyVerifier
+from shared.store import Keys, redis_client
+
+log = structlog.get_logger("halaxy_bridge.receiver")
+
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.detail, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = HTTP_ERROR_CODES.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("request.failed", path=request.url.path, error=type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error; it has been logged")
+
+
+def halaxy_key_verifier(settings: Settings, http: httpx.Client) -> KeyVerifier:
+    def verify(base_url: str, client_id: str, client_secret: str) -> None:
+        fetch_token(http, base_url, client_id, client_secret, settings.user_agent)
+
+    return verify
+
+
+def create_app(
+    settings: Settings,
+    *,
+    queue: JobQueue | None = None,
+    client: redis.Redis | None = None,
+    verify_key: KeyVerifier | None = None,
+) -> Starlette:
+    """The receiver, wired to Redis and the job queue (by default the Dramatiq broker)."""
+    client = client or redis_client(settings)
+    keys = Keys(settings.redis_namespace)
+    http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
+    if queue is None:
+        from services.workers.broker import DramatiqJobQueue, build_broker
+
+        queue = DramatiqJobQueue(build_broker(settings, client))
+    deps = Deps(
+        settings=settings,
+        redis=client,
+        connections=ConnectionStore(client, keys, settings.fernet),
+        intake=WebhookIntake(client, keys, queue),
+        verify_key=verify_key or halaxy_key_verifier(settings, http),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        http.close()
+        client.close()
+
+    routes = [
+        Route("/webhooks/halaxy/{connection_id}/{event}", halaxy_webhook, methods=["POST"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", health.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/admin/connections", admin.list_connections, methods=["GET"]),
+        Route("/admin/connections", admin.create_connection, methods=["POST"]),
+        Route("/admin/connections/{connection_id}", admin.show_connection, methods=["GET"]),
+        Route(
+            "/admin/connections/{connection_id}/disable",
+            admin.disable_connection,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/rotate", admin.rotate_connection, methods=["POST"]
+        ),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.deps = deps
+    return app
+
+
+def _app_from_environment() -> Starlette:
+    try:
+        settings = load_settings()
+        settings.fernet  # noqa: B018  (the receiver cannot run without the key)
+    except ConfigError as exc:
+        print(f"halaxy-bridge receiver: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> Starlette:
+    # `app` is built on first access, so importing this module (tests, tools) has no effects.
+    if name == "app":
+        application = _app_from_environment()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,27 @@
+"""What the handlers need, built once per app and kept on `app.state.deps`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from starlette.requests import Request
+
+from shared.config import Settings
+from shared.connection_store import ConnectionStore
+from shared.intake import WebhookIntake
+from shared.onboarding import KeyVerifier
+
+
+@dataclass(frozen=True)
+class Deps:
+    settings: Settings
+    redis: redis.Redis
+    connections: ConnectionStore
+    intake: WebhookIntake
+    verify_key: KeyVerifier
+
+
+def deps_of(request: Request) -> Deps:
+    deps: Deps = request.app.state.deps
+    return deps

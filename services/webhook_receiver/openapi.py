@@ -1,0 +1,250 @@
+"""The OpenAPI document at `/openapi.json`: every route, its request and error schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.webhook_receiver.responses import JSONResponse
+from shared.halaxy.events import HALAXY_EVENTS
+from shared.onboarding import ConnectionRequest, RotateRequest
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable reason")
+    detail: str = Field(description="a sentence for a person")
+
+
+class Accepted(BaseModel):
+    accepted: list[str] = Field(description="event ids queued by this delivery")
+    duplicates: list[str] = Field(description="event ids seen before and not queued again")
+
+
+NOTIFICATION_BUNDLE: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "Halaxy's notification: a FHIR history Bundle of SubscriptionStatus entries whose "
+        "notificationEvent[].focus references the changed resource (unknown fields allowed)."
+    ),
+    "required": ["resourceType", "entry"],
+    "properties": {
+        "resourceType": {"const": "Bundle"},
+        "type": {"type": "string", "example": "history"},
+        "timestamp": {"type": "string"},
+        "entry": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "fullUrl": {"type": "string"},
+                    "resource": {
+                        "type": "object",
+                        "required": ["resourceType"],
+                        "properties": {
+                            "resourceType": {"const": "SubscriptionStatus"},
+                            "type": {"type": "string", "example": "event-notification"},
+                            "subscription": {"$ref": "#/components/schemas/Reference"},
+                            "eventsSinceSubscriptionStart": {"type": "string"},
+                            "notificationEvent": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["focus"],
+                                    "properties": {
+                                        "id": {"type": "string"},
+                                        "eventNumber": {"type": "string"},
+                                        "timestamp": {"type": "string"},
+                                        "focus": {"$ref": "#/components/schemas/Reference"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+REFERENCE = {
+    "type": "object",
+    "required": ["reference"],
+    "properties": {"reference": {"type": "string"}, "type": {"type": "string"}},
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "malformed request (not JSON, bad Content-Length)",
+        401: "missing or wrong credentials",
+        404: "unknown connection, event or route",
+        413: "body too large",
+        415: "body is not JSON",
+        422: "well-formed but not acceptable",
+        503: "cannot queue right now; see Retry-After",
+    }
+    return {
+        str(status): {
+            "description": reasons[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
+        for status in statuses
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+CONNECTION_ID = {
+    "name": "connection_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
+ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
+
+
+def build_spec() -> dict[str, Any]:
+    schemas: dict[str, Any] = {"NotificationBundle": NOTIFICATION_BUNDLE, "Reference": REFERENCE}
+    for model in (ErrorBody, Accepted, ConnectionRequest, RotateRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    admin_errors = _errors(401, 503)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "halaxy-bridge receiver", "version": "1"},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "halaxySecret": {"type": "apiKey", "in": "header", "name": "Authorization"},
+                "adminToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+        "paths": {
+            "/webhooks/halaxy/{connection_id}/{event}": {
+                "post": {
+                    "summary": "Halaxy notification webhook (one URL per event)",
+                    "security": [{"halaxySecret": []}],
+                    "parameters": [
+                        CONNECTION_ID,
+                        {
+                            "name": "event",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "enum": list(HALAXY_EVENTS)},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("NotificationBundle")},
+                            "application/fhir+json": {"schema": _ref("NotificationBundle")},
+                        },
+                    },
+                    "responses": {
+                        "202": _json(_ref("Accepted"), "queued durably"),
+                        **_errors(400, 401, 404, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "the process is alive",
+                    "responses": {"200": _json(ANY_OBJECT, "alive")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Redis reachable; warnings if it could lose queued work",
+                    "responses": {"200": _json(ANY_OBJECT, "ready"), **_errors(503)},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "this document",
+                    "responses": {"200": _json(ANY_OBJECT, "the OpenAPI document")},
+                }
+            },
+            "/admin/connections": {
+                "get": {
+                    "summary": "list connections (no secrets)",
+                    "security": ADMIN_SECURITY,
+                    "responses": {"200": _json(ANY_OBJECT, "connections"), **admin_errors},
+                },
+                "post": {
+                    "summary": "add a connection; answers with the setup values",
+                    "security": ADMIN_SECURITY,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ConnectionRequest")}},
+                    },
+                    "responses": {
+                        "201": _json(ANY_OBJECT, "created, with setup values"),
+                        **_errors(400, 401, 413, 415, 422, 503),
+                    },
+                },
+            },
+            "/admin/connections/{connection_id}": {
+                "get": {
+                    "summary": "show a connection (no secrets)",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [CONNECTION_ID],
+                    "responses": {
+                        "200": _json(ANY_OBJECT, "the connection"),
+                        **_errors(401, 404, 503),
+                    },
+                }
+            },
+            "/admin/connections/{connection_id}/disable": {
+                "post": {
+                    "summary": "disable a connection: its webhooks get 404",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [CONNECTION_ID],
+                    "responses": {"200": _json(ANY_OBJECT, "disabled"), **_errors(401, 404, 503)},
+                }
+            },
+            "/admin/connections/{connection_id}/rotate": {
+                "post": {
+                    "summary": "rotate secrets; old generated secrets stay valid for grace_hours",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [CONNECTION_ID],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("RotateRequest")}},
+                    },
+                    "responses": {
+                        "200": _json(ANY_OBJECT, "rotated, with setup values"),
+                        **_errors(400, 401, 404, 413, 415, 422, 503),
+                    },
+                }
+            },
+        },
+    }
+
+
+SPEC = build_spec()
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(SPEC)

@@ -1,0 +1,133 @@
+"""Process settings, read from the environment and validated at start-up.
+
+Every variable is documented in `.env.example`. `load_settings()` turns a validation failure
+into a `ConfigError` that names each bad variable and says how to fix it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet, MultiFernet
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+from shared.netutil import is_loopback_host
+
+FERNET_HINT = (
+    "generate one with: python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())'"
+)
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Settings(BaseSettings):
+    """The environment variables named in DESIGN.md, plus one optional key namespace."""
+
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
+    secret_key: SecretStr | None = Field(default=None, alias="BRIDGE_SECRET_KEY")
+    admin_token: SecretStr | None = Field(default=None, alias="BRIDGE_ADMIN_TOKEN")
+    user_agent: str = Field(default="halaxy-bridge (ops@example.com)", alias="BRIDGE_USER_AGENT")
+    public_url: str = Field(default="http://127.0.0.1:8000", alias="BRIDGE_PUBLIC_URL")
+    log_level: LogLevel = Field(default=LogLevel.INFO, alias="LOG_LEVEL")
+    log_format: LogFormat = Field(default=LogFormat.JSON, alias="LOG_FORMAT")
+    # Lets two environments (or a test run) share one Redis without seeing each other's keys.
+    redis_namespace: str = Field(default="hb", alias="BRIDGE_REDIS_NAMESPACE")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        for key in value.get_secret_value().split(","):
+            try:
+                Fernet(key.strip())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "is not a Fernet key (32 url-safe base64-encoded bytes); "
+                    "several keys may be given comma-separated, newest first; " + FERNET_HINT
+                ) from None
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 24:
+            raise ValueError("must be at least 24 characters (use a random token)")
+        return value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _check_user_agent(cls, value: str) -> str:
+        # Halaxy's gateway answers 403 to a request without a User-Agent and asks for
+        # "APP_VENDOR_NAME (APP_VENDOR_EMAIL)" (reference: halaxy-api.md section 2).
+        if not value.strip() or not value.isprintable() or not value.isascii():
+            raise ValueError("must be printable ASCII like 'halaxy-bridge (ops@example.com)'")
+        return value.strip()
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL such as https://bridge.example.com")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError("must use https (Halaxy sends the webhook secret in a header)")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query string or fragment")
+        return value.rstrip("/")
+
+    @field_validator("redis_namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_." for c in value):
+            raise ValueError("must be letters, digits, '-', '_' or '.'")
+        return value
+
+    @cached_property
+    def fernet(self) -> MultiFernet:
+        """The cipher for connection secrets; the first key encrypts, all keys decrypt."""
+        if self.secret_key is None:
+            raise ConfigError(f"BRIDGE_SECRET_KEY is not set; {FERNET_HINT}")
+        keys = self.secret_key.get_secret_value().split(",")
+        return MultiFernet([Fernet(key.strip()) for key in keys])
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise `ConfigError` naming every bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"  {name}: {message}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

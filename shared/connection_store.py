@@ -1,0 +1,100 @@
+"""Connections in Redis, with every secret sealed by Fernet under BRIDGE_SECRET_KEY.
+
+A connection is one JSON document under its own key; each secret field holds a Fernet token
+instead of the secret, so a dump of Redis carries no secret in clear.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis
+from cryptography.fernet import InvalidToken, MultiFernet
+from pydantic import SecretStr
+
+from shared.connections import Connection
+from shared.errors import ConfigError
+from shared.store import Keys, translate_redis_errors
+
+SEALED_FIELDS = (
+    "halaxy_client_secret",
+    "platform_api_key",
+    "webhook_secret",
+    "program_api_key",
+    "signing_secret",
+)
+SEALED_RETIRED_FIELDS = ("retired_webhook_secret", "retired_program_api_key")
+
+
+class ConnectionStore:
+    """Create, read and update connections; the only code that touches their keys."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, fernet: MultiFernet) -> None:
+        self._redis = client
+        self._keys = keys
+        self._fernet = fernet
+
+    def create(self, connection: Connection) -> None:
+        record = self._seal(connection)
+        with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self._keys.connection(connection.id), record, nx=True)
+            pipe.sadd(self._keys.connection_index(), connection.id)
+            created, _ = pipe.execute()
+        if not created:
+            raise ValueError(f"connection {connection.id} exists already")
+
+    def save(self, connection: Connection) -> None:
+        with translate_redis_errors():
+            self._redis.set(self._keys.connection(connection.id), self._seal(connection), xx=True)
+
+    def get(self, connection_id: str) -> Connection | None:
+        with translate_redis_errors():
+            record = self._redis.get(self._keys.connection(connection_id))
+        return None if record is None else self._open(_as_bytes(record))
+
+    def list(self) -> list[Connection]:
+        with translate_redis_errors():
+            members = self._redis.smembers(self._keys.connection_index())
+            ids = sorted(_as_bytes(m).decode() for m in members)
+            records = self._redis.mget([self._keys.connection(i) for i in ids]) if ids else []
+        found = [self._open(_as_bytes(r)) for r in records if r is not None]
+        return sorted(found, key=lambda c: (c.created_at, c.id))
+
+    def _seal(self, connection: Connection) -> bytes:
+        data: dict[str, Any] = connection.model_dump(mode="json")
+        for name in SEALED_FIELDS:
+            secret = getattr(connection, name)
+            data[name] = None if secret is None else self._encrypt(secret)
+        for name in SEALED_RETIRED_FIELDS:
+            retired = getattr(connection, name)
+            if retired is not None:
+                data[name]["value"] = self._encrypt(retired.value)
+        return orjson.dumps(data)
+
+    def _open(self, record: bytes) -> Connection:
+        data = orjson.loads(record)
+        for name in SEALED_FIELDS:
+            if data.get(name) is not None:
+                data[name] = self._decrypt(data[name])
+        for name in SEALED_RETIRED_FIELDS:
+            if data.get(name) is not None:
+                data[name]["value"] = self._decrypt(data[name]["value"])
+        return Connection.model_validate(data)
+
+    def _encrypt(self, secret: SecretStr) -> str:
+        return self._fernet.encrypt(secret.get_secret_value().encode()).decode()
+
+    def _decrypt(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise ConfigError(
+                "a connection secret cannot be decrypted with BRIDGE_SECRET_KEY: the key "
+                "changed; put the old key after the new one (comma-separated)"
+            ) from None
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

@@ -1,0 +1,210 @@
+"""Clinic connections: what the bridge knows about one Halaxy practice and its platform.
+
+Pure model and validation. Storage lives in `shared.connection_store`.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import string
+from datetime import UTC, datetime
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from shared.errors import InvalidInput
+from shared.netutil import is_loopback_host
+
+HALAXY_REGIONS = {
+    "au": "https://au-api.halaxy.com/main",
+    "eu": "https://eu-api.halaxy.com/main",
+}
+
+# Physitrack serves program PDFs from its S3 bucket (therapy-platforms.md section 1.4).
+PHYSITRACK_FILE_HOSTS = ("physitrackuploads.s3.amazonaws.com",)
+
+PRACTITIONER_ROLE_ID = re.compile(r"^PR-[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+HOST_PORT = re.compile(r"^(?P<host>[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)(:(?P<port>[0-9]{1,5}))?$")
+
+
+class PlatformKind(StrEnum):
+    PHYSITRACK = "physitrack"
+    REST = "rest"
+
+
+class DocStatus(StrEnum):
+    PRELIMINARY = "preliminary"
+    FINAL = "final"
+
+
+class RetiredSecret(BaseModel):
+    """A secret replaced by a rotation that is still accepted until `valid_until`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: SecretStr
+    valid_until: datetime
+
+
+class Connection(BaseModel):
+    """One clinic: its Halaxy practice, its therapy platform and the secrets between them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    enabled: bool = True
+    created_at: datetime
+    updated_at: datetime
+    halaxy_base_url: str
+    halaxy_client_id: str
+    halaxy_client_secret: SecretStr
+    platform: PlatformKind
+    platform_base_url: str
+    platform_api_key: SecretStr
+    default_author: str | None = None
+    practitioners: dict[str, str] = Field(default_factory=dict)
+    pdf_hosts: tuple[str, ...] | None = None
+    doc_status: DocStatus = DocStatus.PRELIMINARY
+    webhook_secret: SecretStr
+    program_api_key: SecretStr
+    signing_secret: SecretStr | None = None
+    retired_webhook_secret: RetiredSecret | None = None
+    retired_program_api_key: RetiredSecret | None = None
+
+    @property
+    def halaxy_origin(self) -> str:
+        """`scheme://host[:port]` of the practice's Halaxy API, to check focus references."""
+        parts = urlsplit(self.halaxy_base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def allowed_pdf_hosts(self) -> tuple[str, ...]:
+        """The hosts program PDFs may be fetched from: explicit, else the platform's own."""
+        if self.pdf_hosts is not None:
+            return self.pdf_hosts
+        platform_host = urlsplit(self.platform_base_url).netloc.lower()
+        if self.platform is PlatformKind.PHYSITRACK:
+            return (platform_host, *PHYSITRACK_FILE_HOSTS)
+        return (platform_host,)
+
+    def webhook_secrets(self, now: datetime) -> list[str]:
+        """The Halaxy Authentication Header secrets accepted at `now` (current first)."""
+        return _live_secrets(self.webhook_secret, self.retired_webhook_secret, now)
+
+    def program_api_keys(self, now: datetime) -> list[str]:
+        """The program-callback `api_key` values accepted at `now` (current first)."""
+        return _live_secrets(self.program_api_key, self.retired_program_api_key, now)
+
+
+def _live_secrets(current: SecretStr, retired: RetiredSecret | None, now: datetime) -> list[str]:
+    values = [current.get_secret_value()]
+    if retired is not None and retired.valid_until > now:
+        values.append(retired.value.get_secret_value())
+    return values
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_connection_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "cn_" + "".join(secrets.choice(alphabet) for _ in range(12))
+
+
+def new_webhook_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_program_api_key() -> str:
+    """A key Physitrack accepts: 30+ characters mixing upper case, lower case and digits."""
+    while True:
+        key = secrets.token_urlsafe(32).replace("-", "").replace("_", "")
+        if (
+            len(key) >= 30
+            and any(c.islower() for c in key)
+            and any(c.isupper() for c in key)
+            and any(c.isdigit() for c in key)
+        ):
+            return key
+
+
+def new_signing_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` and base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def parse_halaxy_key(value: str) -> tuple[str, str]:
+    """Split the `CLIENT_ID:CLIENT_SECRET` string clinics copy from Halaxy."""
+    client_id, sep, client_secret = value.strip().partition(":")
+    if not sep or not client_id.strip() or not client_secret.strip():
+        raise InvalidInput(
+            "the Halaxy key must be the Client ID and Client Secret joined by a colon "
+            "(CLIENT_ID:CLIENT_SECRET)"
+        )
+    return client_id.strip(), client_secret.strip()
+
+
+def halaxy_base_url(region: str | None, base_url: str | None) -> str:
+    """The practice's API base: from `region` (au, eu) or an explicit URL, not both."""
+    if region and base_url:
+        raise InvalidInput("give either a Halaxy region or a Halaxy base URL, not both")
+    if base_url:
+        return service_url(base_url, "Halaxy base URL")
+    key = (region or "au").lower()
+    if key not in HALAXY_REGIONS:
+        raise InvalidInput(f"unknown Halaxy region {region!r}: use one of au, eu")
+    return HALAXY_REGIONS[key]
+
+
+def service_url(value: str, what: str) -> str:
+    """An absolute https URL (plain http only for a loopback host, as the sandbox runs)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise InvalidInput(f"the {what} must be an absolute https URL, got {value!r}")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise InvalidInput(f"the {what} must use https (http only for a loopback host)")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise InvalidInput(f"the {what} must not carry credentials, a query or a fragment")
+    return value.strip().rstrip("/")
+
+
+def practitioner_role(value: str, what: str = "author") -> str:
+    value = value.strip()
+    if not PRACTITIONER_ROLE_ID.match(value):
+        # Halaxy refuses an external role (EP-...) as author with 404 "Author not found"
+        # (halaxy-api.md section 6); only a practice role PR-... may author a note.
+        raise InvalidInput(f"the {what} must be a Halaxy practice role id like PR-123456")
+    return value
+
+
+def practitioner_map(pairs: list[str]) -> dict[str, str]:
+    """`TOKEN=PR-xxx` pairs: the platform practitioner token to the Halaxy author role."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        token, sep, role = pair.partition("=")
+        if not sep or not token.strip():
+            raise InvalidInput(f"practitioner mapping {pair!r} must look like TOKEN=PR-123456")
+        mapping[token.strip()] = practitioner_role(role, "practitioner role")
+    return mapping
+
+
+def pdf_host_list(value: str) -> tuple[str, ...]:
+    """`HOST[:PORT],...` as given to --pdf-hosts, lower-cased and checked."""
+    hosts: list[str] = []
+    for raw in value.split(","):
+        host = raw.strip().lower()
+        if not host:
+            continue
+        match = HOST_PORT.match(host)
+        port = match.group("port") if match else None
+        if not match or (port is not None and not 0 < int(port) < 65536):
+            raise InvalidInput(f"PDF host {raw.strip()!r} must look like host or host:port")
+        hosts.append(host)
+    if not hosts:
+        raise InvalidInput("--pdf-hosts needs at least one host")
+    return tuple(dict.fromkeys(hosts))

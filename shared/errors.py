@@ -1,0 +1,47 @@
+"""The one exception hierarchy of halaxy-bridge.
+
+Actors translate these into queue decisions: `Permanent` goes to the dead letters at once,
+`Transient` is retried with backoff, `RateLimited` is deferred by its `retry_after`.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """The process configuration is invalid; the message says which variable and why."""
+
+
+class Permanent(BridgeError):
+    """Retrying cannot help: the input or the remote state is wrong."""
+
+
+class Transient(BridgeError):
+    """A retry later may succeed: a timeout, a 5xx, a connection error."""
+
+
+class RateLimited(Transient):
+    """The remote side asked us to wait `retry_after` seconds before the next call."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(Transient):
+    """Redis cannot be reached or did not answer."""
+
+
+class ConnectionNotFound(Permanent):
+    """No enabled connection has that id."""
+
+
+class InvalidInput(Permanent):
+    """Input that is well-formed but not acceptable; `problems` lists what is wrong."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []

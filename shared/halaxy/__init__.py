@@ -1,0 +1,1 @@
+"""Halaxy: its webhook notifications, its OAuth token and (later) its FHIR API."""

@@ -1,0 +1,132 @@
+"""structlog set-up: JSON lines in production, readable in a terminal, PHI and secrets redacted.
+
+Log calls pass ids only (connection, event, message, resource). The redaction processor is the
+backstop: it drops fields whose names are known to carry patient details or secrets, and masks
+anything in a string that looks like an email, a phone number, a bearer token or a Fernet token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from shared.config import LogFormat, Settings
+
+REDACTED = "[redacted]"
+
+SENSITIVE_KEYS = frozenset(
+    {
+        "name",
+        "given",
+        "family",
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "mobile",
+        "mobile_phone",
+        "telecom",
+        "birth_date",
+        "birthdate",
+        "birthDate",
+        "year_of_birth",
+        "address",
+        "authorization",
+        "secret",
+        "client_secret",
+        "api_key",
+        "token",
+        "access_token",
+        "password",
+        "webhook_secret",
+        "signing_secret",
+        "halaxy_key",
+        "body",
+    }
+)
+
+PATTERNS = (
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"gAAAAA[A-Za-z0-9_=-]{20,}"),  # Fernet token
+    re.compile(r"whsec_[A-Za-z0-9+/=]+"),
+    re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
+    re.compile(r"\+\d{8,15}"),  # E.164, the form Halaxy stores phones in
+    re.compile(r"(?<![\w-])0\d(?:\s?\d){8}(?![\w-])"),  # national form, 04xx xxx xxx
+)
+
+
+def _mask(text: str) -> str:
+    for pattern in PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _mask(value)
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if str(k).lower() in SENSITIVE_KEYS else _scrub(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: drop sensitive fields, mask sensitive-looking text."""
+    for key in list(event_dict):
+        if key.lower() in SENSITIVE_KEYS:
+            event_dict[key] = REDACTED
+        elif key != "timestamp":
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route structlog and the standard library's logging through the same redacted output."""
+    shared_processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if settings.log_format is LogFormat.JSON
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            *shared_processors[:-2],
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared_processors[:-2],
+            processors=[
+                structlog.processors.format_exc_info,
+                redact,
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.value)

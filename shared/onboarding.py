@@ -1,0 +1,257 @@
+"""Adding, rotating and disabling connections, and the setup steps a person follows.
+
+The CLI and the admin API both call these; nothing here knows about either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from shared import connections as c
+from shared.connection_store import ConnectionStore
+from shared.connections import Connection, DocStatus, PlatformKind, RetiredSecret
+from shared.errors import BridgeError, InvalidInput
+from shared.halaxy.events import HALAXY_EVENTS
+
+KeyVerifier = Callable[[str, str, str], None]
+"""Checks a Halaxy key (base URL, client id, client secret); raises a `BridgeError` if refused."""
+
+
+class ConnectionRequest(BaseModel):
+    """What a person gives to add a connection (the CLI flags, or the admin API body)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    halaxy_key: SecretStr = Field(description="CLIENT_ID:CLIENT_SECRET as copied from Halaxy")
+    region: str | None = Field(default=None, description="au or eu")
+    halaxy_base_url: str | None = None
+    platform: PlatformKind
+    platform_base_url: str
+    platform_api_key: SecretStr = Field(min_length=1)
+    author: str | None = Field(default=None, description="default note author, PR-...")
+    practitioners: dict[str, str] = Field(
+        default_factory=dict, description="platform practitioner token -> PR-..."
+    )
+    pdf_hosts: list[str] | None = Field(default=None, description="HOST[:PORT] list")
+    signing: bool = False
+    doc_status: DocStatus = DocStatus.PRELIMINARY
+    verify: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip() or not value.isprintable():
+            raise ValueError("must be printable text")
+        return value.strip()
+
+
+def build_connection(request: ConnectionRequest, now: datetime) -> Connection:
+    """The new connection with fresh secrets; raises `InvalidInput` on any bad field."""
+    client_id, client_secret = c.parse_halaxy_key(request.halaxy_key.get_secret_value())
+    pdf_hosts = None
+    if request.pdf_hosts is not None:
+        pdf_hosts = c.pdf_host_list(",".join(request.pdf_hosts))
+    return Connection(
+        id=c.new_connection_id(),
+        name=request.name,
+        created_at=now,
+        updated_at=now,
+        halaxy_base_url=c.halaxy_base_url(request.region, request.halaxy_base_url),
+        halaxy_client_id=client_id,
+        halaxy_client_secret=SecretStr(client_secret),
+        platform=request.platform,
+        platform_base_url=c.service_url(request.platform_base_url, "platform base URL"),
+        platform_api_key=SecretStr(request.platform_api_key.get_secret_value().strip()),
+        default_author=c.practitioner_role(request.author) if request.author else None,
+        practitioners={
+            token: c.practitioner_role(role, "practitioner role")
+            for token, role in request.practitioners.items()
+        },
+        pdf_hosts=pdf_hosts,
+        doc_status=request.doc_status,
+        webhook_secret=SecretStr(c.new_webhook_secret()),
+        program_api_key=SecretStr(c.new_program_api_key()),
+        signing_secret=SecretStr(c.new_signing_secret()) if request.signing else None,
+    )
+
+
+def parse_request(data: dict[str, Any]) -> ConnectionRequest:
+    """Validate raw input into a request; raise `InvalidInput` listing every problem."""
+    try:
+        return ConnectionRequest.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise InvalidInput("the connection request is invalid", problems) from None
+
+
+class RotateRequest(BaseModel):
+    """Which secrets to replace. Generated secrets keep the old value valid for `grace`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    webhook_secret: bool = False
+    program_api_key: bool = False
+    signing_secret: bool = False
+    halaxy_key: SecretStr | None = None
+    platform_api_key: SecretStr | None = None
+    grace_hours: float = Field(default=24.0, ge=0, le=24 * 14)
+    verify: bool = True
+
+    def is_empty(self) -> bool:
+        return not (
+            self.webhook_secret
+            or self.program_api_key
+            or self.signing_secret
+            or self.halaxy_key
+            or self.platform_api_key
+        )
+
+
+def rotate(connection: Connection, request: RotateRequest, now: datetime) -> Connection:
+    """The connection with the requested secrets replaced."""
+    if request.is_empty():
+        raise InvalidInput(
+            "say what to rotate: webhook secret, program key, signing secret, Halaxy key "
+            "or platform API key"
+        )
+    grace_until = now + timedelta(hours=request.grace_hours)
+    changes: dict[str, Any] = {"updated_at": now}
+    if request.webhook_secret:
+        changes["webhook_secret"] = SecretStr(c.new_webhook_secret())
+        changes["retired_webhook_secret"] = RetiredSecret(
+            value=connection.webhook_secret, valid_until=grace_until
+        )
+    if request.program_api_key:
+        changes["program_api_key"] = SecretStr(c.new_program_api_key())
+        changes["retired_program_api_key"] = RetiredSecret(
+            value=connection.program_api_key, valid_until=grace_until
+        )
+    if request.signing_secret:
+        changes["signing_secret"] = SecretStr(c.new_signing_secret())
+    if request.halaxy_key is not None:
+        client_id, client_secret = c.parse_halaxy_key(request.halaxy_key.get_secret_value())
+        changes["halaxy_client_id"] = client_id
+        changes["halaxy_client_secret"] = SecretStr(client_secret)
+    if request.platform_api_key is not None:
+        changes["platform_api_key"] = SecretStr(request.platform_api_key.get_secret_value())
+    return connection.model_copy(update=changes)
+
+
+def disable(connection: Connection, now: datetime) -> Connection:
+    return connection.model_copy(update={"enabled": False, "updated_at": now})
+
+
+def summary(connection: Connection) -> dict[str, Any]:
+    """What is safe to show anyone with admin access: no secret, no patient data."""
+    return {
+        "id": connection.id,
+        "name": connection.name,
+        "enabled": connection.enabled,
+        "created_at": connection.created_at.isoformat(),
+        "updated_at": connection.updated_at.isoformat(),
+        "halaxy_base_url": connection.halaxy_base_url,
+        "halaxy_client_id": connection.halaxy_client_id,
+        "platform": connection.platform.value,
+        "platform_base_url": connection.platform_base_url,
+        "default_author": connection.default_author,
+        "practitioners": dict(connection.practitioners),
+        "pdf_hosts": list(connection.allowed_pdf_hosts),
+        "doc_status": connection.doc_status.value,
+        "signing": connection.signing_secret is not None,
+    }
+
+
+def setup_details(connection: Connection, public_url: str) -> dict[str, Any]:
+    """The values a person pastes into Halaxy and the platform to finish the setup."""
+    base = public_url.rstrip("/")
+    secret = connection.signing_secret
+    return {
+        **summary(connection),
+        # Halaxy's Authentication Header field "forces the Bearer format" and the header
+        # arrives as `Authorization: Bearer <secret>` (halaxy-api.md section 1.5); the
+        # receiver accepts the bare secret too.
+        "halaxy_auth_header": f"Bearer {connection.webhook_secret.get_secret_value()}",
+        "webhook_urls": {
+            name: f"{base}/webhooks/halaxy/{connection.id}/{name}" for name in HALAXY_EVENTS
+        },
+        "program_webhook_url": f"{base}/webhooks/programs/{connection.id}",
+        "program_api_key": connection.program_api_key.get_secret_value(),
+        "signing_secret": None if secret is None else secret.get_secret_value(),
+    }
+
+
+def setup_steps(details: dict[str, Any]) -> str:
+    """The same values as numbered steps for a person finishing the setup."""
+    lines = [
+        f"Connection {details['id']} ({details['name']}) is stored.",
+        "",
+        "In Halaxy (Settings > Integrations > Webhooks > Create Webhook), create one webhook",
+        "per event below. For each: Endpoint URL as shown, the Event named, your ops email as",
+        "Contact Email, and this exact Authentication Header value:",
+        "",
+        f"    {details['halaxy_auth_header']}",
+        "",
+    ]
+    for name, url in details["webhook_urls"].items():
+        lines.append(f"  {HALAXY_EVENTS[name].label:<22} {url}")
+    lines += [
+        "",
+        f"In the therapy platform ({details['platform']}), set the program-assigned (PDF)",
+        "webhook to:",
+        "",
+        f"    URL:     {details['program_webhook_url']}",
+        f"    api_key: {details['program_api_key']}",
+    ]
+    if details["signing_secret"]:
+        lines.append(f"    Standard Webhooks signing secret: {details['signing_secret']}")
+    lines += [
+        "",
+        "These secrets are shown now; `halaxy-bridge connections show ID --reveal` shows them",
+        "again. Keep them out of tickets and chat.",
+    ]
+    return "\n".join(lines)
+
+
+def add_connection(
+    store: ConnectionStore, verify_key: KeyVerifier, request: ConnectionRequest, now: datetime
+) -> Connection:
+    """Build, verify (unless `request.verify` is false) and store a new connection."""
+    connection = build_connection(request, now)
+    if request.verify:
+        _verify(verify_key, connection, "the Halaxy key could not be verified")
+    store.create(connection)
+    return connection
+
+
+def apply_rotation(
+    store: ConnectionStore,
+    verify_key: KeyVerifier,
+    connection: Connection,
+    request: RotateRequest,
+    now: datetime,
+) -> Connection:
+    """Rotate, verify a new Halaxy key (unless `request.verify` is false), and store."""
+    rotated = rotate(connection, request, now)
+    if request.halaxy_key is not None and request.verify:
+        _verify(verify_key, rotated, "the new Halaxy key could not be verified")
+    store.save(rotated)
+    return rotated
+
+
+def _verify(verify_key: KeyVerifier, connection: Connection, message: str) -> None:
+    try:
+        verify_key(
+            connection.halaxy_base_url,
+            connection.halaxy_client_id,
+            connection.halaxy_client_secret.get_secret_value(),
+        )
+    except BridgeError as exc:
+        raise InvalidInput(message, [str(exc)]) from None

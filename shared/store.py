@@ -1,0 +1,55 @@
+"""The Redis connection and the key layout every part of the bridge shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from shared.config import Settings
+from shared.errors import StoreUnavailable
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A pooled client with short timeouts, so a dead Redis is noticed in about a second."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        health_check_interval=15,
+        retry_on_timeout=False,
+    )
+
+
+class Keys:
+    """Every Redis key the bridge writes, under one namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def connection(self, connection_id: str) -> str:
+        return f"{self.namespace}:connection:{connection_id}"
+
+    def connection_index(self) -> str:
+        return f"{self.namespace}:connections"
+
+    def seen_event(self, connection_id: str, digest: str) -> str:
+        return f"{self.namespace}:seen:{connection_id}:{digest}"
+
+    def dramatiq_namespace(self) -> str:
+        return f"{self.namespace}-dramatiq"
+
+
+@contextmanager
+def translate_redis_errors() -> Iterator[None]:
+    """Turn redis-py's connection and timeout errors into `StoreUnavailable`."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis is unreachable: {type(exc).__name__}") from exc
+    except redis.exceptions.ResponseError as exc:
+        # Errors such as "MISCONF" or "OOM command not allowed" mean writes are refused now.
+        if str(exc).startswith(("MISCONF", "OOM", "LOADING", "READONLY", "MASTERDOWN")):
+            raise StoreUnavailable(f"Redis refused the command: {str(exc).split()[0]}") from exc
+        raise
