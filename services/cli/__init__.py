@@ -1,0 +1,1 @@
+"""The `halaxy-bridge` command line."""

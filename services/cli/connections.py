@@ -1,0 +1,173 @@
+"""`halaxy-bridge connections add|list|show|disable|rotate`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from services.cli.context import CliContext, cli_context
+from services.cli.output import emit, json_option, table
+from shared import onboarding
+from shared.connections import Connection, practitioner_map, utcnow
+from shared.errors import ConnectionNotFound
+
+
+@click.group()
+def connections() -> None:
+    """Manage clinic connections (one per Halaxy practice)."""
+
+
+@connections.command("add")
+@click.option("--name", required=True, help="The clinic's name, for people.")
+@click.option("--halaxy-key", required=True, help="CLIENT_ID:CLIENT_SECRET from Halaxy.")
+@click.option("--region", type=click.Choice(["au", "eu"]), help="Halaxy region (default au).")
+@click.option("--halaxy-base-url", help="Explicit Halaxy API base URL instead of a region.")
+@click.option("--platform", type=click.Choice(["physitrack", "rest"]), required=True)
+@click.option("--platform-base-url", required=True, help="The therapy platform's API base URL.")
+@click.option("--platform-api-key", required=True, help="The therapy platform's API key.")
+@click.option("--author", help="Default author of notes: a Halaxy practice role, PR-xxx.")
+@click.option(
+    "--practitioner",
+    "practitioners",
+    multiple=True,
+    metavar="TOKEN=PR-xxx",
+    help="Platform practitioner token to Halaxy author role; repeat for each.",
+)
+@click.option("--pdf-hosts", help="HOST[:PORT],... allowed to serve program PDFs.")
+@click.option("--signing", is_flag=True, help="Also require Standard Webhooks signatures.")
+@click.option("--no-verify", is_flag=True, help="Do not check the Halaxy key now.")
+@json_option
+def add(
+    name: str,
+    halaxy_key: str,
+    region: str | None,
+    halaxy_base_url: str | None,
+    platform: str,
+    platform_base_url: str,
+    platform_api_key: str,
+    author: str | None,
+    practitioners: tuple[str, ...],
+    pdf_hosts: str | None,
+    signing: bool,
+    no_verify: bool,
+    as_json: bool,
+) -> None:
+    """Add a connection and print what to set up in Halaxy and the platform."""
+    with cli_context(as_json) as ctx:
+        request = onboarding.parse_request(
+            {
+                "name": name,
+                "halaxy_key": halaxy_key,
+                "region": region,
+                "halaxy_base_url": halaxy_base_url,
+                "platform": platform,
+                "platform_base_url": platform_base_url,
+                "platform_api_key": platform_api_key,
+                "author": author,
+                "practitioners": practitioner_map(list(practitioners)),
+                "pdf_hosts": pdf_hosts.split(",") if pdf_hosts is not None else None,
+                "signing": signing,
+                "verify": not no_verify,
+            }
+        )
+        connection = onboarding.add_connection(ctx.connections, ctx.verify_key, request, utcnow())
+        details = onboarding.setup_details(connection, ctx.settings.public_url)
+        emit(as_json, details, lambda: onboarding.setup_steps(details))
+
+
+@connections.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List connections (no secrets)."""
+    with cli_context(as_json) as ctx:
+        rows = [onboarding.summary(c) for c in ctx.connections.list()]
+        emit(
+            as_json,
+            {"connections": rows},
+            lambda: table(rows, ["id", "name", "enabled", "platform", "halaxy_base_url"]),
+        )
+
+
+@connections.command("show")
+@click.argument("connection_id")
+@click.option("--reveal", is_flag=True, help="Also print the secrets and setup values.")
+@json_option
+def show(connection_id: str, reveal: bool, as_json: bool) -> None:
+    """Show one connection; `--reveal` prints its setup values again."""
+    with cli_context(as_json) as ctx:
+        connection = _existing(ctx, connection_id)
+        if reveal:
+            details = onboarding.setup_details(connection, ctx.settings.public_url)
+            emit(as_json, details, lambda: onboarding.setup_steps(details))
+        else:
+            data = onboarding.summary(connection)
+            emit(as_json, data, lambda: _describe(data))
+
+
+@connections.command("disable")
+@click.argument("connection_id")
+@json_option
+def disable(connection_id: str, as_json: bool) -> None:
+    """Disable a connection: its webhooks are answered 404 from now on."""
+    with cli_context(as_json) as ctx:
+        disabled = onboarding.disable(_existing(ctx, connection_id), utcnow())
+        ctx.connections.save(disabled)
+        data = onboarding.summary(disabled)
+        emit(as_json, data, f"Connection {disabled.id} is disabled.")
+
+
+@connections.command("rotate")
+@click.argument("connection_id")
+@click.option("--webhook-secret", is_flag=True, help="New Halaxy Authentication Header secret.")
+@click.option("--program-key", is_flag=True, help="New program-callback api_key.")
+@click.option("--signing-secret", is_flag=True, help="New Standard Webhooks signing secret.")
+@click.option("--halaxy-key", help="Replace the Halaxy key: CLIENT_ID:CLIENT_SECRET.")
+@click.option("--platform-api-key", help="Replace the therapy platform's API key.")
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(0, 24 * 14),
+    default=24.0,
+    show_default=True,
+    help="How long the old webhook secret and program key stay valid.",
+)
+@click.option("--no-verify", is_flag=True, help="Do not check a new Halaxy key now.")
+@json_option
+def rotate(
+    connection_id: str,
+    webhook_secret: bool,
+    program_key: bool,
+    signing_secret: bool,
+    halaxy_key: str | None,
+    platform_api_key: str | None,
+    grace_hours: float,
+    no_verify: bool,
+    as_json: bool,
+) -> None:
+    """Replace secrets and print the setup values that changed."""
+    with cli_context(as_json) as ctx:
+        request = onboarding.RotateRequest(
+            webhook_secret=webhook_secret,
+            program_api_key=program_key,
+            signing_secret=signing_secret,
+            halaxy_key=halaxy_key,
+            platform_api_key=platform_api_key,
+            grace_hours=grace_hours,
+            verify=not no_verify,
+        )
+        rotated = onboarding.apply_rotation(
+            ctx.connections, ctx.verify_key, _existing(ctx, connection_id), request, utcnow()
+        )
+        details = onboarding.setup_details(rotated, ctx.settings.public_url)
+        emit(as_json, details, lambda: onboarding.setup_steps(details))
+
+
+def _existing(ctx: CliContext, connection_id: str) -> Connection:
+    connection = ctx.connections.get(connection_id)
+    if connection is None:
+        raise ConnectionNotFound(f"no connection {connection_id}")
+    return connection
+
+
+def _describe(data: dict[str, Any]) -> str:
+    return "\n".join(f"{key:<18} {value}" for key, value in data.items())

@@ -1,0 +1,58 @@
+"""What a CLI command needs: settings, the connection store, a Halaxy key check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from services.cli.output import fail
+from shared.config import Settings, load_settings
+from shared.connection_store import ConnectionStore
+from shared.errors import ConfigError, ConnectionNotFound, InvalidInput, StoreUnavailable
+from shared.halaxy.auth import fetch_token
+from shared.onboarding import KeyVerifier
+from shared.store import Keys, redis_client
+
+
+@dataclass(frozen=True)
+class CliContext:
+    settings: Settings
+    connections: ConnectionStore
+    verify_key: KeyVerifier
+
+
+@contextmanager
+def cli_context(as_json: bool) -> Iterator[CliContext]:
+    """Build the context and turn the bridge's errors into a message and an exit code."""
+    try:
+        settings = load_settings()
+        fernet = settings.fernet
+    except ConfigError as exc:
+        fail(as_json, "config", str(exc))
+        raise  # unreachable: fail() exits
+    client = redis_client(settings)
+    http = httpx.Client(timeout=httpx.Timeout(15.0, connect=5.0))
+
+    def verify(base_url: str, client_id: str, client_secret: str) -> None:
+        fetch_token(http, base_url, client_id, client_secret, settings.user_agent)
+
+    try:
+        yield CliContext(
+            settings=settings,
+            connections=ConnectionStore(client, Keys(settings.redis_namespace), fernet),
+            verify_key=verify,
+        )
+    except InvalidInput as exc:
+        fail(as_json, "invalid", "; ".join([str(exc), *exc.problems]))
+    except ConnectionNotFound as exc:
+        fail(as_json, "unknown_connection", str(exc), exit_code=4)
+    except StoreUnavailable as exc:
+        fail(as_json, "unavailable", f"{exc} (REDIS_URL)", exit_code=3)
+    except ConfigError as exc:
+        fail(as_json, "config", str(exc))
+    finally:
+        http.close()
+        client.close()

@@ -1,0 +1,130 @@
+"""Shared fixtures. Tests use the Redis at REDIS_URL (started by `make test` if needed), each
+under a key namespace of its own, so they never collide with other users of that Redis."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+from cryptography.fernet import Fernet
+
+# Before any project import: the workers package reads the environment when imported.
+RUN_NAMESPACE = f"hbtest-{os.getpid()}-{secrets.token_hex(3)}"
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ["BRIDGE_REDIS_NAMESPACE"] = RUN_NAMESPACE
+os.environ["BRIDGE_SECRET_KEY"] = Fernet.generate_key().decode()
+os.environ["BRIDGE_ADMIN_TOKEN"] = "admin-" + secrets.token_urlsafe(24)
+os.environ["BRIDGE_PUBLIC_URL"] = "https://bridge.example.test"
+os.environ["LOG_FORMAT"] = "console"
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from services.sandbox.halaxy import FakeHalaxy  # noqa: E402
+from services.webhook_receiver.app import create_app, halaxy_key_verifier  # noqa: E402
+from shared import onboarding  # noqa: E402
+from shared.config import Settings, load_settings  # noqa: E402
+from shared.connection_store import ConnectionStore  # noqa: E402
+from shared.connections import Connection, utcnow  # noqa: E402
+from shared.onboarding import KeyVerifier  # noqa: E402
+from shared.store import Keys  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+
+HALAXY_BASE = "https://au-api.halaxy.com/main"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def redis_server_client(base_settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(base_settings.redis_url)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.fail(
+            f"no Redis at REDIS_URL={base_settings.redis_url}: run the suite with make test"
+        )
+    yield client
+    for key in client.scan_iter(match=f"{RUN_NAMESPACE}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def settings(base_settings: Settings, redis_server_client: redis.Redis) -> Settings:
+    """Settings with a key namespace of this test's own."""
+    return base_settings.model_copy(update={"redis_namespace": f"{RUN_NAMESPACE}-{next(_counter)}"})
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.redis_namespace)
+
+
+@pytest.fixture
+def store(settings: Settings, redis_server_client: redis.Redis, keys: Keys) -> ConnectionStore:
+    return ConnectionStore(redis_server_client, keys, settings.fernet)
+
+
+@pytest.fixture
+def fake_halaxy() -> FakeHalaxy:
+    return FakeHalaxy()
+
+
+@pytest.fixture
+def verify_key(settings: Settings, fake_halaxy: FakeHalaxy) -> Iterator[KeyVerifier]:
+    """Checks Halaxy keys against the fake Halaxy, whatever host the base URL names."""
+    with TestClient(fake_halaxy.app()) as http:
+        yield halaxy_key_verifier(settings, http)
+
+
+@pytest.fixture
+def app(settings: Settings, verify_key: KeyVerifier) -> Starlette:
+    return create_app(settings, verify_key=verify_key)
+
+
+@pytest.fixture
+def client(app: Starlette) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def make_connection(
+    store: ConnectionStore, fake_halaxy: FakeHalaxy, verify_key: KeyVerifier, **fields: object
+) -> Connection:
+    data: dict[str, object] = {
+        "name": "Clinic One",
+        "halaxy_key": fake_halaxy.add_key(),
+        "region": "au",
+        "platform": "physitrack",
+        "platform_base_url": "https://au.physitrack.com/api/v2",
+        "platform_api_key": "pt-key-" + secrets.token_hex(8),
+        "author": "PR-1001",
+    }
+    data.update(fields)
+    return onboarding.add_connection(store, verify_key, onboarding.parse_request(data), utcnow())
+
+
+@pytest.fixture
+def connection(
+    store: ConnectionStore, fake_halaxy: FakeHalaxy, verify_key: KeyVerifier
+) -> Connection:
+    return make_connection(store, fake_halaxy, verify_key)
+
+
+@pytest.fixture
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (AOF on), for tests that stop and start Redis."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

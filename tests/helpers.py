@@ -1,0 +1,46 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis
+
+from services.sandbox.samples import notification
+from shared.connections import Connection
+from shared.store import Keys
+
+HALAXY_BASE = "https://au-api.halaxy.com/main"
+
+
+def auth(connection: Connection, bearer: bool = True) -> dict[str, str]:
+    secret = connection.webhook_secret.get_secret_value()
+    return {"Authorization": f"Bearer {secret}" if bearer else secret}
+
+
+def post_notification(
+    client: Any,
+    connection: Connection,
+    event: str = "patient-created",
+    body: dict[str, Any] | bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    if body is None:
+        body = notification(connection.halaxy_base_url, "Patient", ["1001"])
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return client.post(
+        f"/webhooks/halaxy/{connection.id}/{event}",
+        content=content,
+        headers={"Content-Type": "application/json", **auth(connection), **(headers or {})},
+    )
+
+
+def queued_messages(client: redis.Redis, keys: Keys, queue: str = "live") -> list[dict[str, Any]]:
+    """The Dramatiq messages waiting on `queue`, decoded, oldest first."""
+    namespace = keys.dramatiq_namespace()
+    ids = client.lrange(f"{namespace}:{queue}", 0, -1)
+    if not ids:
+        return []
+    payloads = client.hmget(f"{namespace}:{queue}.msgs", ids)
+    return [orjson.loads(p) for p in payloads if p is not None]
