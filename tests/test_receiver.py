@@ -1,0 +1,359 @@
+"""The Halaxy webhook route through the real app, real Redis and the real Dramatiq broker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+import redis
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from services.sandbox.halaxy import FakeHalaxy
+from services.sandbox.samples import notification
+from services.webhook_receiver.app import create_app
+from shared import onboarding
+from shared.config import Settings
+from shared.connection_store import ConnectionStore
+from shared.connections import Connection, utcnow
+from shared.errors import StoreUnavailable
+from shared.jobs import Job
+from shared.onboarding import KeyVerifier
+from shared.store import Keys
+from tests.conftest import make_connection
+from tests.helpers import auth, post_notification, queued_messages
+from tests.redis_server import RedisServer
+
+UNAUTHORIZED = {
+    "error": "unauthorized",
+    "detail": "missing or wrong Authorization for this connection",
+}
+
+
+def test_accepted_event_is_queued_with_ids_only(
+    client: TestClient, connection: Connection, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    body = notification(connection.halaxy_base_url, "Patient", ["1001", "1002"])
+    response = post_notification(client, connection, body=body)
+    assert response.status_code == 202
+    event_ids = [e["id"] for e in body["entry"][0]["resource"]["notificationEvent"]]
+    assert response.json() == {"accepted": event_ids, "duplicates": []}
+    messages = queued_messages(redis_server_client, keys)
+    assert [m["actor_name"] for m in messages] == ["sync_patient", "sync_patient"]
+    assert [m["kwargs"] for m in messages] == [
+        {
+            "connection_id": connection.id,
+            "resource_id": rid,
+            "event": "patient-created",
+            "event_id": eid,
+        }
+        for rid, eid in zip(["1001", "1002"], event_ids, strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("event", "resource_type", "actor"),
+    [
+        ("patient-updated", "Patient", "sync_patient"),
+        ("appointment-created", "Appointment", "sync_appointment"),
+        ("appointment-deleted", "Appointment", "sync_appointment"),
+        ("invoice-updated", "Invoice", "record_invoice"),
+    ],
+)
+def test_each_event_goes_to_its_actor(
+    client: TestClient,
+    connection: Connection,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    event: str,
+    resource_type: str,
+    actor: str,
+) -> None:
+    body = notification(connection.halaxy_base_url, resource_type, ["77"])
+    assert post_notification(client, connection, event, body).status_code == 202
+    [message] = queued_messages(redis_server_client, keys)
+    assert message["actor_name"] == actor
+    assert message["kwargs"]["event"] == event
+
+
+@pytest.mark.parametrize("bearer", [True, False])
+def test_secret_is_accepted_as_bearer_or_bare(
+    client: TestClient, connection: Connection, bearer: bool
+) -> None:
+    response = post_notification(client, connection, headers=auth(connection, bearer=bearer))
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer wrong-secret"},
+        {"Authorization": "wrong-secret"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+    ],
+)
+def test_missing_or_wrong_auth_is_401_with_one_body(
+    client: TestClient,
+    connection: Connection,
+    headers: dict[str, str],
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    body = notification(connection.halaxy_base_url, "Patient", ["1"])
+    response = client.post(
+        f"/webhooks/halaxy/{connection.id}/patient-created",
+        content=orjson.dumps(body),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    assert response.status_code == 401
+    assert response.json() == UNAUTHORIZED
+    assert queued_messages(redis_server_client, keys) == []
+
+
+def test_another_connections_secret_is_refused(
+    client: TestClient,
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    verify_key: KeyVerifier,
+    connection: Connection,
+) -> None:
+    other = make_connection(store, fake_halaxy, verify_key, name="Clinic Two")
+    response = post_notification(client, connection, headers=auth(other))
+    assert response.status_code == 401
+
+
+def test_rotated_secret_keeps_the_old_one_for_the_grace_period_only(
+    client: TestClient, store: ConnectionStore, connection: Connection
+) -> None:
+    now = utcnow()
+    rotated = onboarding.rotate(
+        connection, onboarding.RotateRequest(webhook_secret=True, grace_hours=1), now
+    )
+    store.save(rotated)
+    assert post_notification(client, rotated).status_code == 202
+    assert post_notification(client, rotated, headers=auth(connection)).status_code == 202
+    assert rotated.retired_webhook_secret is not None
+    expired = rotated.model_copy(
+        update={
+            "retired_webhook_secret": rotated.retired_webhook_secret.model_copy(
+                update={"valid_until": now - timedelta(seconds=1)}
+            )
+        }
+    )
+    store.save(expired)
+    assert post_notification(client, expired, headers=auth(connection)).status_code == 401
+
+
+def test_unknown_and_disabled_connections_get_the_same_404(
+    client: TestClient, store: ConnectionStore, connection: Connection
+) -> None:
+    unknown = connection.model_copy(update={"id": "cn_doesnotexist"})
+    first = post_notification(client, unknown)
+    store.save(onboarding.disable(connection, utcnow()))
+    second = post_notification(client, connection)
+    assert first.status_code == second.status_code == 404
+    assert (
+        first.json()
+        == second.json()
+        == {
+            "error": "unknown_connection",
+            "detail": "no such connection",
+        }
+    )
+
+
+def test_unknown_event_is_404(client: TestClient, connection: Connection) -> None:
+    response = post_notification(client, connection, event="patient-deleted")
+    assert response.status_code == 404
+    assert response.json()["error"] == "unknown_event"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_non_json_is_415(client: TestClient, connection: Connection, content_type: str) -> None:
+    response = post_notification(client, connection, headers={"Content-Type": content_type})
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported_media_type"
+
+
+def test_fhir_json_content_type_is_accepted(client: TestClient, connection: Connection) -> None:
+    response = post_notification(
+        client, connection, headers={"Content-Type": "application/fhir+json; charset=utf-8"}
+    )
+    assert response.status_code == 202
+
+
+def test_declared_oversize_body_is_refused_before_reading(
+    client: TestClient, connection: Connection
+) -> None:
+    response = post_notification(
+        client, connection, body=b"{}", headers={"Content-Length": str(256 * 1024 + 1)}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+
+
+def test_streamed_oversize_body_is_cut_off_at_the_cap(
+    app: Starlette, connection: Connection
+) -> None:
+    """At the ASGI level, so we can count how much of an endless body the app pulls."""
+    pulled = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b" " * 16384, "more_body": pulled < 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    secret = connection.webhook_secret.get_secret_value()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "https",
+        "path": f"/webhooks/halaxy/{connection.id}/patient-created",
+        "raw_path": f"/webhooks/halaxy/{connection.id}/patient-created".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {secret}".encode()),
+            (b"transfer-encoding", b"chunked"),
+        ],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 443),
+        "state": {},
+        "app": app,
+    }
+    anyio.run(app, scope, receive, send)
+    assert sent[0]["status"] == 413
+    assert pulled == 256 // 16 + 1, "the receiver kept reading past the cap"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{", 400, "malformed_json"),
+        (b'{"resourceType": "Patient"}', 422, "not_a_notification"),
+        (b'"just a string"', 422, "not_a_notification"),
+    ],
+)
+def test_bad_bodies(
+    client: TestClient, connection: Connection, body: bytes, status: int, code: str
+) -> None:
+    response = post_notification(client, connection, body=body)
+    assert response.status_code == status
+    assert response.json()["error"] == code
+    assert set(response.json()) == {"error", "detail"}
+
+
+def test_focus_on_another_host_is_422_and_nothing_is_queued(
+    client: TestClient, connection: Connection, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    body = notification("https://eu-api.halaxy.com/main", "Patient", ["1"])
+    response = post_notification(client, connection, body=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == "focus_host"
+    assert queued_messages(redis_server_client, keys) == []
+
+
+def test_focus_of_the_wrong_type_is_422(client: TestClient, connection: Connection) -> None:
+    body = notification(connection.halaxy_base_url, "Invoice", ["1"])
+    response = post_notification(client, connection, "patient-created", body)
+    assert response.status_code == 422
+    assert response.json()["error"] == "focus_type"
+
+
+def test_unknown_route_and_wrong_method_are_json(client: TestClient) -> None:
+    assert client.get("/nope").json()["error"] == "not_found"
+    response = client.get("/webhooks/halaxy/cn_x/patient-created")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+
+
+def test_a_redelivered_event_is_queued_once_even_across_an_app_restart(
+    settings: Settings,
+    verify_key: KeyVerifier,
+    connection: Connection,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    body = notification(connection.halaxy_base_url, "Patient", ["1001"])
+    with TestClient(create_app(settings, verify_key=verify_key)) as first:
+        assert post_notification(first, connection, body=body).json()["duplicates"] == []
+    with TestClient(create_app(settings, verify_key=verify_key)) as second:
+        response = post_notification(second, connection, body=body)
+    event_id = body["entry"][0]["resource"]["notificationEvent"][0]["id"]
+    assert response.status_code == 202
+    assert response.json() == {"accepted": [], "duplicates": [event_id]}
+    assert len(queued_messages(redis_server_client, keys)) == 1
+    [seen_key] = list(redis_server_client.scan_iter(match=f"{keys.namespace}:seen:*"))
+    assert redis_server_client.ttl(seen_key) >= 7 * 24 * 3600
+
+
+class FailingQueue:
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        raise StoreUnavailable("queue down")
+
+
+def test_an_event_that_could_not_be_queued_is_not_marked_seen(
+    settings: Settings,
+    verify_key: KeyVerifier,
+    connection: Connection,
+    client: TestClient,
+) -> None:
+    body = notification(connection.halaxy_base_url, "Patient", ["1001"])
+    with TestClient(create_app(settings, queue=FailingQueue(), verify_key=verify_key)) as broken:
+        response = post_notification(broken, connection, body=body)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert post_notification(client, connection, body=body).json()["duplicates"] == []
+
+
+def test_503_while_redis_is_down_and_202_once_it_is_back(
+    settings: Settings,
+    private_redis: RedisServer,
+    fake_halaxy: FakeHalaxy,
+    verify_key: KeyVerifier,
+) -> None:
+    private = settings.model_copy(update={"redis_url": private_redis.url})
+    server_client = redis.Redis.from_url(private_redis.url)
+    store = ConnectionStore(server_client, Keys(private.redis_namespace), private.fernet)
+    connection = make_connection(store, fake_halaxy, verify_key)
+    server_client.close()
+    with TestClient(create_app(private, verify_key=verify_key)) as client:
+        assert post_notification(client, connection).status_code == 202
+        private_redis.stop()
+        down = [post_notification(client, connection) for _ in range(3)]
+        assert [r.status_code for r in down] == [503, 503, 503]
+        assert all(r.headers["Retry-After"] == "5" for r in down)
+        assert down[0].json()["error"] == "unavailable"
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200
+        private_redis.start()
+        body = notification(connection.halaxy_base_url, "Patient", ["2002"])
+        response = post_notification(client, connection, body=body)
+        assert response.status_code == 202
+        assert response.json()["accepted"]
+        queued = queued_messages(
+            redis.Redis.from_url(private_redis.url), Keys(private.redis_namespace)
+        )
+        # The event accepted before the stop survived it (AOF), and the new one is there too.
+        assert [m["kwargs"]["resource_id"] for m in queued] == ["1001", "2002"]
+
+
+def test_readyz_reports_durability_warnings_of_the_shared_redis(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"
+    assert isinstance(response.json()["warnings"], list)
