@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from services.cli.connections import connections
+from services.cli.demo import demo
+from services.cli.sandbox import sandbox
 
 
 @click.group()
@@ -13,6 +15,8 @@ def cli() -> None:
 
 
 cli.add_command(connections)
+cli.add_command(demo)
+cli.add_command(sandbox)
 
 
 def main() -> None:

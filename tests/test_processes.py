@@ -1,0 +1,153 @@
+"""The real processes of the Procfile: uvicorn receiver and a Dramatiq worker, end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from services.sandbox.samples import notification
+from services.sandbox.serve import free_port
+from shared.config import Settings
+from shared.connections import Connection
+from shared.store import Keys
+from tests.helpers import auth, queued_messages
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "BRIDGE_REDIS_NAMESPACE": settings.redis_namespace,
+        "LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+def wait_until(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def receiver(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log = (tmp_path / "receiver.log").open("wb")
+    process = subprocess.Popen(
+        [str(BIN / "uvicorn"), "services.webhook_receiver.app:app", "--port", str(port)],
+        env=process_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(up, 20, "the receiver to start")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def worker_log(settings: Settings, tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "worker.log"
+    with path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "dramatiq"), "services.workers", "--processes", "1", "--threads", "2"],
+            env=process_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield path
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+def test_a_webhook_travels_from_the_receiver_process_to_a_worker_process(
+    receiver: str,
+    worker_log: Path,
+    connection: Connection,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    body = notification(connection.halaxy_base_url, "Patient", ["4242"])
+    event_id = body["entry"][0]["resource"]["notificationEvent"][0]["id"]
+    response = httpx.post(
+        f"{receiver}/webhooks/halaxy/{connection.id}/patient-created",
+        content=orjson.dumps(body),
+        headers={"Content-Type": "application/json", **auth(connection)},
+    )
+    assert response.status_code == 202
+    assert response.json()["accepted"] == [event_id]
+
+    def handled() -> list[dict[str, object]]:
+        lines = worker_log.read_text(errors="replace").splitlines()
+        records = [orjson.loads(line) for line in lines if line.startswith("{")]
+        return [r for r in records if r.get("event") == "job.received"]
+
+    wait_until(handled, 30, "the worker to take the job")
+    [record] = handled()
+    assert record["event_id"] == event_id
+    assert record["connection_id"] == connection.id
+    assert record["resource_id"] == "4242"
+    wait_until(lambda: not queued_messages(redis_server_client, keys), 10, "the queue to drain")
+
+
+def test_the_receiver_refuses_to_start_with_a_bad_secret_key(settings: Settings) -> None:
+    result = subprocess.run(
+        [str(BIN / "uvicorn"), "services.webhook_receiver.app:app", "--port", str(free_port())],
+        env=process_env(settings, BRIDGE_SECRET_KEY="not-a-fernet-key"),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert b"BRIDGE_SECRET_KEY: is not a Fernet key" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("redis_url", ["env", "redis://127.0.0.1:1/0"])
+def test_demo_accepts_a_sample_notification(
+    settings: Settings, redis_url: str, redis_server_client: redis.Redis
+) -> None:
+    url = settings.redis_url if redis_url == "env" else redis_url
+    env = {**process_env(settings), "REDIS_URL": url}
+    env.pop("BRIDGE_SECRET_KEY")
+    result = subprocess.run(
+        [str(BIN / "halaxy-bridge"), "demo"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout.decode()
+    assert result.returncode == 0, output + result.stderr.decode()
+    assert "-> 202" in output
+    assert '"duplicates":[' in output
+    assert "queued on 'live': sync_patient(" in output
+    assert output.rstrip().endswith("demo: ok")
+    assert not list(redis_server_client.scan_iter(match="hb-demo*"))
