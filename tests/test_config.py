@@ -1,0 +1,72 @@
+"""Settings are validated at start-up, with a message that names each bad variable."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.fernet import Fernet
+
+from shared.config import load_settings
+from shared.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BRIDGE_SECRET_KEY", "not-a-key", "BRIDGE_SECRET_KEY: is not a Fernet key"),
+        ("REDIS_URL", "http://localhost:6379", "REDIS_URL: must start with redis://"),
+        ("BRIDGE_ADMIN_TOKEN", "short", "BRIDGE_ADMIN_TOKEN: must be at least 24 characters"),
+        ("BRIDGE_USER_AGENT", "   ", "BRIDGE_USER_AGENT: must be printable ASCII"),
+        ("BRIDGE_PUBLIC_URL", "bridge.example.com", "BRIDGE_PUBLIC_URL: must be an absolute"),
+        ("BRIDGE_PUBLIC_URL", "http://bridge.example.com", "BRIDGE_PUBLIC_URL: must use https"),
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL:"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT:"),
+        ("BRIDGE_REDIS_NAMESPACE", "a b", "BRIDGE_REDIS_NAMESPACE:"),
+    ],
+)
+def test_each_bad_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert message in str(caught.value)
+
+
+def test_every_bad_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_SECRET_KEY", "nope")
+    monkeypatch.setenv("LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "BRIDGE_SECRET_KEY" in str(caught.value)
+    assert "LOG_FORMAT" in str(caught.value)
+
+
+def test_the_secret_key_value_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_SECRET_KEY", "this-is-a-secret-but-not-a-key")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "this-is-a-secret" not in str(caught.value)
+
+
+def test_old_keys_still_decrypt_after_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    monkeypatch.setenv("BRIDGE_SECRET_KEY", old)
+    token = load_settings().fernet.encrypt(b"secret")
+    monkeypatch.setenv("BRIDGE_SECRET_KEY", f"{new},{old}")
+    rotated = load_settings().fernet
+    assert rotated.decrypt(token) == b"secret"
+    assert Fernet(new.encode()).decrypt(rotated.encrypt(b"x")) == b"x"
+
+
+def test_missing_secret_key_is_a_clear_error_when_it_is_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BRIDGE_SECRET_KEY")
+    settings = load_settings()
+    with pytest.raises(ConfigError, match="BRIDGE_SECRET_KEY is not set"):
+        _ = settings.fernet
+
+
+def test_loopback_public_url_may_be_plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_PUBLIC_URL", "http://127.0.0.1:8000/")
+    assert load_settings().public_url == "http://127.0.0.1:8000"
