@@ -1,0 +1,98 @@
+"""Connections in real Redis: round trip, and no secret in clear anywhere in Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from cryptography.fernet import Fernet, MultiFernet
+
+from services.sandbox.halaxy import FakeHalaxy
+from shared import onboarding
+from shared.config import Settings
+from shared.connection_store import ConnectionStore
+from shared.connections import Connection, utcnow
+from shared.errors import ConfigError
+from shared.onboarding import KeyVerifier
+from shared.store import Keys
+from tests.conftest import make_connection
+
+
+def every_value(client: redis.Redis, namespace: str) -> bytes:
+    """Everything Redis holds under `namespace`, as DUMP would write it to disk."""
+    dumped = b""
+    for key in client.scan_iter(match=f"{namespace}*"):
+        dumped += key + b"\n" + (client.dump(key) or b"") + b"\n"
+    return dumped
+
+
+def secrets_of(connection: Connection) -> list[str]:
+    values = [
+        connection.halaxy_client_secret,
+        connection.platform_api_key,
+        connection.webhook_secret,
+        connection.program_api_key,
+    ]
+    if connection.signing_secret is not None:
+        values.append(connection.signing_secret)
+    for retired in (connection.retired_webhook_secret, connection.retired_program_api_key):
+        if retired is not None:
+            values.append(retired.value)
+    return [v.get_secret_value() for v in values]
+
+
+def test_round_trip_keeps_every_field(
+    store: ConnectionStore, fake_halaxy: FakeHalaxy, verify_key: KeyVerifier
+) -> None:
+    connection = make_connection(
+        store,
+        fake_halaxy,
+        verify_key,
+        signing=True,
+        practitioners={"tok-1": "PR-2"},
+        pdf_hosts=["files.example.com"],
+    )
+    assert store.get(connection.id) == connection
+    assert store.list() == [connection]
+    assert store.get("cn_missing") is None
+
+
+def test_no_secret_is_in_clear_in_redis(
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    verify_key: KeyVerifier,
+    redis_server_client: redis.Redis,
+    settings: Settings,
+) -> None:
+    connection = make_connection(store, fake_halaxy, verify_key, signing=True)
+    rotated = onboarding.rotate(
+        connection,
+        onboarding.RotateRequest(webhook_secret=True, program_api_key=True),
+        utcnow(),
+    )
+    store.save(rotated)
+    dumped = every_value(redis_server_client, settings.redis_namespace)
+    assert connection.id.encode() in dumped  # the dump did read the connection
+    secrets = secrets_of(rotated)
+    assert len(secrets) == 7
+    for secret in secrets:
+        assert secret.encode() not in dumped
+
+
+def test_a_changed_secret_key_is_a_clear_error(
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    verify_key: KeyVerifier,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    connection = make_connection(store, fake_halaxy, verify_key)
+    other = ConnectionStore(redis_server_client, keys, MultiFernet([Fernet(Fernet.generate_key())]))
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        other.get(connection.id)
+
+
+def test_creating_the_same_id_twice_is_refused(
+    store: ConnectionStore, connection: Connection
+) -> None:
+    with pytest.raises(ValueError, match="exists already"):
+        store.create(connection)
