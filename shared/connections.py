@@ -27,7 +27,10 @@ HALAXY_REGIONS = {
 PHYSITRACK_FILE_HOSTS = ("physitrackuploads.s3.amazonaws.com",)
 
 PRACTITIONER_ROLE_ID = re.compile(r"^PR-[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
-HOST_PORT = re.compile(r"^(?P<host>[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)(:(?P<port>[0-9]{1,5}))?$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = rf"(?=[^:]{{1,253}}(:|$)){_LABEL}(\.{_LABEL})*"
+HOST_NAME = re.compile(rf"^{_HOST}$")
+HOST_PORT = re.compile(rf"^(?P<host>{_HOST})(:(?P<port>[0-9]{{1,5}}))?$")
 
 
 class PlatformKind(StrEnum):
@@ -164,8 +167,14 @@ def halaxy_base_url(region: str | None, base_url: str | None) -> str:
 def service_url(value: str, what: str) -> str:
     """An absolute https URL (plain http only for a loopback host, as the sandbox runs)."""
     parts = urlsplit(value.strip())
+    try:
+        parts.port  # noqa: B018  (urlsplit checks the port only when it is read)
+    except ValueError:
+        raise InvalidInput(f"the {what} has an invalid port: {value!r}") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise InvalidInput(f"the {what} must be an absolute https URL, got {value!r}")
+    if not is_loopback_host(parts.hostname) and not HOST_NAME.match(parts.hostname):
+        raise InvalidInput(f"the {what} has an invalid host name: {value!r}")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise InvalidInput(f"the {what} must use https (http only for a loopback host)")
     if parts.username or parts.password or parts.query or parts.fragment:

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from shared import connections as c
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection, DocStatus, PlatformKind, RetiredSecret
-from shared.errors import BridgeError, InvalidInput
+from shared.errors import BridgeError, InvalidInput, Transient
 from shared.halaxy.events import HALAXY_EVENTS
+
+M = TypeVar("M", bound=BaseModel)
 
 KeyVerifier = Callable[[str, str, str], None]
 """Checks a Halaxy key (base URL, client id, client secret); raises a `BridgeError` if refused."""
@@ -48,6 +50,11 @@ class ConnectionRequest(BaseModel):
         if not value.strip() or not value.isprintable():
             raise ValueError("must be printable text")
         return value.strip()
+
+    @field_validator("platform_api_key")
+    @classmethod
+    def _platform_key(cls, value: SecretStr) -> SecretStr:
+        return _stripped_secret(value)
 
 
 def build_connection(request: ConnectionRequest, now: datetime) -> Connection:
@@ -82,14 +89,23 @@ def build_connection(request: ConnectionRequest, now: datetime) -> Connection:
 
 def parse_request(data: dict[str, Any]) -> ConnectionRequest:
     """Validate raw input into a request; raise `InvalidInput` listing every problem."""
+    return _validated(ConnectionRequest, data, "the connection request is invalid")
+
+
+def parse_rotation(data: dict[str, Any]) -> RotateRequest:
+    """Validate raw input into a rotation; raise `InvalidInput` listing every problem."""
+    return _validated(RotateRequest, data, "the rotation request is invalid")
+
+
+def _validated(model: type[M], data: dict[str, Any], message: str) -> M:
     try:
-        return ConnectionRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
             for err in exc.errors()
         ]
-        raise InvalidInput("the connection request is invalid", problems) from None
+        raise InvalidInput(message, problems) from None
 
 
 class RotateRequest(BaseModel):
@@ -105,14 +121,26 @@ class RotateRequest(BaseModel):
     grace_hours: float = Field(default=24.0, ge=0, le=24 * 14)
     verify: bool = True
 
+    @field_validator("halaxy_key", "platform_api_key")
+    @classmethod
+    def _given_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _stripped_secret(value)
+
     def is_empty(self) -> bool:
         return not (
             self.webhook_secret
             or self.program_api_key
             or self.signing_secret
-            or self.halaxy_key
-            or self.platform_api_key
+            or self.halaxy_key is not None
+            or self.platform_api_key is not None
         )
+
+
+def _stripped_secret(value: SecretStr) -> SecretStr:
+    stripped = value.get_secret_value().strip()
+    if not stripped or not stripped.isprintable():
+        raise ValueError("must be a non-empty printable value")
+    return SecretStr(stripped)
 
 
 def rotate(connection: Connection, request: RotateRequest, now: datetime) -> Connection:
@@ -247,11 +275,16 @@ def apply_rotation(
 
 
 def _verify(verify_key: KeyVerifier, connection: Connection, message: str) -> None:
+    """Refused key: `InvalidInput`. Halaxy unreachable or failing: `Transient`, try later."""
     try:
         verify_key(
             connection.halaxy_base_url,
             connection.halaxy_client_id,
             connection.halaxy_client_secret.get_secret_value(),
         )
+    except Transient as exc:
+        raise Transient(
+            f"{message}: Halaxy did not answer ({exc}); try again, or add with --no-verify"
+        ) from None
     except BridgeError as exc:
         raise InvalidInput(message, [str(exc)]) from None

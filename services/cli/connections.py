@@ -146,14 +146,16 @@ def rotate(
 ) -> None:
     """Replace secrets and print the setup values that changed."""
     with cli_context(as_json) as ctx:
-        request = onboarding.RotateRequest(
-            webhook_secret=webhook_secret,
-            program_api_key=program_key,
-            signing_secret=signing_secret,
-            halaxy_key=halaxy_key,
-            platform_api_key=platform_api_key,
-            grace_hours=grace_hours,
-            verify=not no_verify,
+        request = onboarding.parse_rotation(
+            {
+                "webhook_secret": webhook_secret,
+                "program_api_key": program_key,
+                "signing_secret": signing_secret,
+                "halaxy_key": halaxy_key,
+                "platform_api_key": platform_api_key,
+                "grace_hours": grace_hours,
+                "verify": not no_verify,
+            }
         )
         rotated = onboarding.apply_rotation(
             ctx.connections, ctx.verify_key, _existing(ctx, connection_id), request, utcnow()

@@ -11,7 +11,13 @@ import httpx
 from services.cli.output import fail
 from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
-from shared.errors import ConfigError, ConnectionNotFound, InvalidInput, StoreUnavailable
+from shared.errors import (
+    ConfigError,
+    ConnectionNotFound,
+    InvalidInput,
+    StoreUnavailable,
+    Transient,
+)
 from shared.halaxy.auth import fetch_token
 from shared.onboarding import KeyVerifier
 from shared.store import Keys, redis_client
@@ -51,6 +57,8 @@ def cli_context(as_json: bool) -> Iterator[CliContext]:
         fail(as_json, "unknown_connection", str(exc), exit_code=4)
     except StoreUnavailable as exc:
         fail(as_json, "unavailable", f"{exc} (REDIS_URL)", exit_code=3)
+    except Transient as exc:
+        fail(as_json, "unavailable", str(exc), exit_code=3)
     except ConfigError as exc:
         fail(as_json, "config", str(exc))
     finally:

@@ -6,7 +6,6 @@ from typing import Any
 
 import orjson
 import structlog
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +20,7 @@ from services.webhook_receiver.requests import (
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
 from shared import onboarding
 from shared.connections import Connection, utcnow
-from shared.errors import InvalidInput, StoreUnavailable
+from shared.errors import InvalidInput, StoreUnavailable, Transient
 
 MAX_BODY = 64 * 1024
 
@@ -58,6 +57,8 @@ async def _call(function: Any, *args: Any) -> Any:
         return await run_in_threadpool(function, *args)
     except StoreUnavailable:
         raise unavailable() from None
+    except Transient as exc:
+        raise unavailable(str(exc)) from None
     except InvalidInput as exc:
         raise ApiError(422, "invalid", "; ".join([str(exc), *exc.problems])) from None
 
@@ -108,11 +109,8 @@ async def disable_connection(request: Request) -> Response:
 async def rotate_connection(request: Request) -> Response:
     deps = _authorize(request)
     data = await _json_object(request)
-    try:
-        rotation = onboarding.RotateRequest.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid", str(exc.errors()[0]["msg"])) from None
     connection = await _existing(deps, request.path_params["connection_id"])
+    rotation = await _call(onboarding.parse_rotation, data)
     rotated = await _call(
         onboarding.apply_rotation,
         deps.connections,
