@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from shared.connections import Connection
 from shared.errors import ConfigError
-from shared.store import Keys, translate_redis_errors
+from shared.store import Keys, as_bytes, translate_redis_errors
 
 SEALED_FIELDS = (
     "halaxy_client_secret",
@@ -52,14 +52,14 @@ class ConnectionStore:
     def get(self, connection_id: str) -> Connection | None:
         with translate_redis_errors():
             record = self._redis.get(self._keys.connection(connection_id))
-        return None if record is None else self._open(_as_bytes(record))
+        return None if record is None else self._open(as_bytes(record))
 
     def list(self) -> list[Connection]:
         with translate_redis_errors():
             members = self._redis.smembers(self._keys.connection_index())
-            ids = sorted(_as_bytes(m).decode() for m in members)
+            ids = sorted(as_bytes(m).decode() for m in members)
             records = self._redis.mget([self._keys.connection(i) for i in ids]) if ids else []
-        found = [self._open(_as_bytes(r)) for r in records if r is not None]
+        found = [self._open(as_bytes(r)) for r in records if r is not None]
         return sorted(found, key=lambda c: (c.created_at, c.id))
 
     def _seal(self, connection: Connection) -> bytes:
@@ -94,7 +94,3 @@ class ConnectionStore:
                 "a connection secret cannot be decrypted with BRIDGE_SECRET_KEY: the key "
                 "changed; put the old key after the new one (comma-separated)"
             ) from None
-
-
-def _as_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import redis
 
 from shared.config import Settings
-from shared.errors import StoreUnavailable
+from shared.errors import StoreUnavailable, Transient
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -37,6 +37,15 @@ class Keys:
     def seen_event(self, connection_id: str, digest: str) -> str:
         return f"{self.namespace}:seen:{connection_id}:{digest}"
 
+    def halaxy_token(self, key_digest: str) -> str:
+        return f"{self.namespace}:halaxy-token:{key_digest}"
+
+    def patient_links(self, connection_id: str) -> str:
+        return f"{self.namespace}:patient-links:{connection_id}"
+
+    def patient_lock(self, connection_id: str, patient_id: str) -> str:
+        return f"{self.namespace}:lock:patient:{connection_id}:{patient_id}"
+
     def dramatiq_namespace(self) -> str:
         return f"{self.namespace}-dramatiq"
 
@@ -53,3 +62,25 @@ def translate_redis_errors() -> Iterator[None]:
         if str(exc).startswith(("MISCONF", "OOM", "LOADING", "READONLY", "MASTERDOWN")):
             raise StoreUnavailable(f"Redis refused the command: {str(exc).split()[0]}") from exc
         raise
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """redis-py is typed as returning bytes or str; our clients always return bytes."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+@contextmanager
+def held_lock(
+    client: redis.Redis, name: str, *, timeout: float, wait: float, busy: str
+) -> Iterator[None]:
+    """Hold a Redis lock (expiring after `timeout`), or raise `Transient(busy)` after `wait`."""
+    with translate_redis_errors():
+        lock = client.lock(name, timeout=timeout, blocking_timeout=wait, sleep=0.02)
+        if not lock.acquire():
+            raise Transient(busy)
+    try:
+        yield
+    finally:
+        # LockError: the lock expired while we held it (a slow upstream); nothing to free.
+        with translate_redis_errors(), suppress(redis.exceptions.LockError):
+            lock.release()

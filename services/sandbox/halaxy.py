@@ -1,13 +1,23 @@
 """A fake Halaxy API, faithful to halaxy-api.md where the bridge depends on it.
 
-So far: the OAuth2 token endpoint. It refuses a request without `User-Agent` with 403 (as
-Halaxy's gateway does), takes only a JSON body, and claims `expires_in: 3600` although its
-tokens are meant to last 15 minutes (the documented contradiction, section 2).
+- Token endpoint (`/main/oauth/token`): JSON body only; 403 without `User-Agent` (Halaxy's
+  gateway does that, section 2); answers `expires_in: 3600` although its tokens stop working
+  after 15 minutes (the documented contradiction).
+- `GET /main/Patient/{id}`, `/main/Appointment/{id}`, `/main/Patient?...` (search, paged with
+  `link[next]`): absolute references, a given-only `usual` name before the `official` one, the
+  `patient-status` extension; 401 for an expired token, 404 OperationOutcome when unknown.
+- A sliding-window limit of 500 requests a minute per key, with `x-ratelimit-limit` and
+  `x-ratelimit-remaining`, and 429 with `retry-after` beyond it (section 7).
+- Every request is recorded (method, path, User-Agent, key) for tests to inspect; `faults`
+  injects errors, 429s, timeouts and latency.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +27,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.sandbox.faults import Faults
+
 FHIR_JSON = "application/fhir+json"
+STATUS_EXTENSION = "https://terminology.halaxy.com/StructureDefinition/patient-status"
+TOKEN_LIFETIME = 15 * 60
+RATE_LIMIT = 500
+RATE_WINDOW = 60.0
 
 
 def operation_outcome(status: int, code: str, diagnostics: str) -> Response:
@@ -28,13 +44,94 @@ def operation_outcome(status: int, code: str, diagnostics: str) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON)
 
 
+def fhir(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def patient_resource(
+    patient_id: str,
+    *,
+    given: str = "Jane",
+    family: str = "Citizen",
+    preferred: str | None = "Janie",
+    email: str | None = "jane.citizen@example.com",
+    mobile: str | None = "+61412345678",
+    birth_date: str | None = "1984-07-21",
+    gender: str = "female",
+    status: str = "current",
+) -> dict[str, Any]:
+    """A Patient as Halaxy returns it, with the given-only `usual` name listed first."""
+    names: list[dict[str, Any]] = []
+    if preferred:
+        names.append({"use": "usual", "given": [preferred]})
+    names.append({"use": "official", "given": [given, "Marie"], "family": family})
+    telecom = [{"system": "phone", "use": "home", "value": "+61299998888"}]
+    if mobile:
+        telecom.append({"system": "sms", "use": "mobile", "value": mobile})
+    if email:
+        telecom.append({"system": "email", "value": email})
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "extension": [{"url": STATUS_EXTENSION, "valueString": status}],
+        "active": status in {"current", "contact", "claimant"},
+        "name": names,
+        "telecom": telecom,
+        "gender": gender,
+        "deceasedBoolean": status == "deceased",
+    }
+    if birth_date:
+        resource["birthDate"] = birth_date
+    return resource
+
+
+def appointment_resource(appointment_id: str, patient_id: str) -> dict[str, Any]:
+    """An Appointment with a practitioner and a patient participant ({base} filled on GET)."""
+    return {
+        "resourceType": "Appointment",
+        "id": appointment_id,
+        "status": "booked",
+        "start": "2026-11-21T09:00:00+10:00",
+        "end": "2026-11-21T09:30:00+10:00",
+        "participant": [
+            {"actor": {"reference": "{base}/PractitionerRole/PR-1001", "type": "PractitionerRole"}},
+            {"actor": {"reference": f"{{base}}/Patient/{patient_id}", "type": "Patient"}},
+        ],
+    }
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: str
+    user_agent: str | None
+    client_id: str | None
+    status: int = 0
+
+
+@dataclass
+class IssuedToken:
+    client_id: str
+    issued_at: float
+
+
 @dataclass
 class FakeHalaxy:
-    """State of the fake: API keys it knows, tokens it issued, and every request it saw."""
+    """State of the fake: keys, tokens, resources, and every request it saw."""
 
     keys: dict[str, str] = field(default_factory=dict)
-    tokens: dict[str, str] = field(default_factory=dict)
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    tokens: dict[str, IssuedToken] = field(default_factory=dict)
+    patients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    faults: Faults = field(default_factory=Faults)
+    clock: Callable[[], float] = time.monotonic
+    rate_limit: int = RATE_LIMIT
+    page_size: int = 50
+    _windows: dict[str, deque[float]] = field(default_factory=dict)
 
     def add_key(self, client_id: str | None = None, client_secret: str | None = None) -> str:
         """Register an API key; returns it as the `CLIENT_ID:CLIENT_SECRET` string."""
@@ -43,13 +140,37 @@ class FakeHalaxy:
         self.keys[client_id] = client_secret
         return f"{client_id}:{client_secret}"
 
+    def token_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/oauth/token")]
+
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/main/oauth/token", self._token, methods=["POST"])])
+        return Starlette(
+            routes=[
+                Route("/main/oauth/token", self._token, methods=["POST"]),
+                Route("/main/Patient", self._search_patients, methods=["GET"]),
+                Route("/main/Patient/{id}", self._read, methods=["GET"]),
+                Route("/main/Appointment/{id}", self._read, methods=["GET"]),
+            ]
+        )
+
+    def _record(self, request: Request, client_id: str | None) -> RecordedRequest:
+        record = RecordedRequest(
+            method=request.method,
+            path=request.url.path,
+            query=request.url.query,
+            user_agent=request.headers.get("user-agent"),
+            client_id=client_id,
+        )
+        self.requests.append(record)
+        return record
 
     async def _token(self, request: Request) -> Response:
-        self.requests.append(
-            {"path": request.url.path, "user_agent": request.headers.get("user-agent")}
-        )
+        record = self._record(request, None)
+        response = await self._token_response(request, record)
+        record.status = response.status_code
+        return response
+
+    async def _token_response(self, request: Request, record: RecordedRequest) -> Response:
         if not request.headers.get("user-agent"):
             return Response(b"Forbidden", status_code=403)
         try:
@@ -59,14 +180,106 @@ class FakeHalaxy:
         if not isinstance(body, dict) or body.get("grant_type") != "client_credentials":
             return operation_outcome(400, "invalid", "grant_type must be client_credentials")
         client_id = str(body.get("client_id", ""))
+        record.client_id = client_id
         expected = self.keys.get(client_id)
         if expected is None or not secrets.compare_digest(
             expected, str(body.get("client_secret", ""))
         ):
             return operation_outcome(401, "login", "invalid client credentials")
         token = secrets.token_urlsafe(32)
-        self.tokens[token] = client_id
-        return Response(
-            orjson.dumps({"token_type": "Bearer", "expires_in": 3600, "access_token": token}),
-            media_type=FHIR_JSON,
+        self.tokens[token] = IssuedToken(client_id, self.clock())
+        return fhir({"token_type": "Bearer", "expires_in": 3600, "access_token": token})
+
+    async def _read(self, request: Request) -> Response:
+        return await self._api(request, self._read_resource)
+
+    async def _search_patients(self, request: Request) -> Response:
+        return await self._api(request, self._patient_page)
+
+    async def _api(self, request: Request, handler: Callable[[Request, str], Response]) -> Response:
+        record = self._record(request, None)
+        response = await self._api_response(request, record, handler)
+        record.status = response.status_code
+        return response
+
+    async def _api_response(
+        self,
+        request: Request,
+        record: RecordedRequest,
+        handler: Callable[[Request, str], Response],
+    ) -> Response:
+        if not request.headers.get("user-agent"):
+            return Response(b"Forbidden", status_code=403)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        issued = self.tokens.get(token) if scheme.lower() == "bearer" else None
+        if issued is None:
+            return operation_outcome(401, "login", "invalid access token")
+        record.client_id = issued.client_id
+        if self.clock() - issued.issued_at >= TOKEN_LIFETIME:
+            return operation_outcome(401, "expired", "access token expired")
+        remaining = self._take_from_window(issued.client_id)
+        if remaining < 0:
+            return Response(
+                orjson.dumps({"resourceType": "OperationOutcome", "issue": []}),
+                status_code=429,
+                media_type=FHIR_JSON,
+                headers={"retry-after": "60", **self._limit_headers(0)},
+            )
+        fault = await self.faults.apply(
+            orjson.dumps({"resourceType": "OperationOutcome", "issue": []}), FHIR_JSON
         )
+        if fault is not None:
+            return fault
+        base = f"{request.url.scheme}://{request.url.netloc}/main"
+        response = handler(request, base)
+        response.headers.update(self._limit_headers(remaining))
+        return response
+
+    def _take_from_window(self, client_id: str) -> int:
+        now = self.clock()
+        window = self._windows.setdefault(client_id, deque())
+        while window and now - window[0] >= RATE_WINDOW:
+            window.popleft()
+        if len(window) >= self.rate_limit:
+            return -1
+        window.append(now)
+        return self.rate_limit - len(window)
+
+    def _limit_headers(self, remaining: int) -> dict[str, str]:
+        return {"x-ratelimit-limit": str(self.rate_limit), "x-ratelimit-remaining": str(remaining)}
+
+    def _read_resource(self, request: Request, base: str) -> Response:
+        resource_type = request.url.path.split("/")[2]
+        store = self.patients if resource_type == "Patient" else self.appointments
+        resource = store.get(request.path_params["id"])
+        if resource is None:
+            return operation_outcome(404, "not-found", f"{resource_type} not found")
+        return fhir(_absolute(resource, base))
+
+    def _patient_page(self, request: Request, base: str) -> Response:
+        page = int(request.query_params.get("page", "1") or 1)
+        count = min(int(request.query_params.get("_count", self.page_size)), 100)
+        ids = sorted(self.patients, key=lambda i: (len(i), i))
+        chunk = ids[(page - 1) * count : page * count]
+        links = [{"relation": "self", "url": f"{base}/Patient?_count={count}&page={page}"}]
+        if page * count < len(ids):
+            links.append(
+                {"relation": "next", "url": f"{base}/Patient?_count={count}&page={page + 1}"}
+            )
+        return fhir(
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "total": len(ids),
+                "link": links,
+                "entry": [
+                    {"fullUrl": f"{base}/Patient/{i}", "resource": self.patients[i]} for i in chunk
+                ],
+            }
+        )
+
+
+def _absolute(resource: dict[str, Any], base: str) -> dict[str, Any]:
+    """Resources are stored with `{base}` placeholders; serve them with this server's base."""
+    filled: dict[str, Any] = orjson.loads(orjson.dumps(resource).replace(b"{base}", base.encode()))
+    return filled

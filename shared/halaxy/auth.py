@@ -12,6 +12,7 @@ import httpx
 import orjson
 
 from shared.errors import Permanent, RateLimited, Transient
+from shared.httputil import retry_after_seconds
 
 FHIR_JSON = "application/fhir+json"
 
@@ -47,7 +48,7 @@ def fetch_token(
     except httpx.TransportError as exc:
         raise Transient(f"Halaxy token request failed: {type(exc).__name__}") from exc
     if response.status_code == 429:
-        raise RateLimited("Halaxy rate limit", _retry_after(response))
+        raise RateLimited("Halaxy rate limit", retry_after_seconds(response))
     if response.status_code >= 500 or response.status_code == 408:
         raise Transient(f"Halaxy token endpoint answered {response.status_code}")
     if response.status_code in {400, 401, 403}:
@@ -62,10 +63,3 @@ def fetch_token(
         return Token(access_token=str(body["access_token"]), expires_in=int(body["expires_in"]))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise Transient("Halaxy token response was not the documented JSON") from exc
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(1.0, float(response.headers.get("retry-after", "60")))
-    except ValueError:
-        return 60.0

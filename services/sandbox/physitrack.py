@@ -1,0 +1,153 @@
+"""A fake Physitrack API v2, faithful to therapy-platforms.md section 1.
+
+`X-Api-Key` auth (401 `{"errors":["Practitioner was not found"]}`), `POST /api/v2/clients`
+(201), `PUT /api/v2/clients/{id}` with the full object (200; an empty body gets the same
+"is missing" list as create), `GET /api/v2/clients/{id}` (404 `Client with given id does not
+exist`), `GET /api/v2/clients?page=N` (200 a page). Validation as recorded in 2018: required
+`external_id`, `first_name`, `last_name`, `gender`, `year_of_birth`, and `gender must be one of:
+m, f`. Errors are `{"errors": [...]}`. Every request is recorded; `faults` injects failures.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.sandbox.faults import Faults
+
+REQUIRED = ("external_id", "first_name", "last_name", "gender", "year_of_birth")
+CLIENT_FIELDS = (
+    "external_id",
+    "first_name",
+    "last_name",
+    "year_of_birth",
+    "gender",
+    "email",
+    "mobile_phone",
+)
+PAGE_SIZE = 200
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _errors(status: int, *messages: str) -> Response:
+    return _json({"errors": list(messages)}, status)
+
+
+@dataclass
+class FakePhysitrack:
+    api_keys: set[str] = field(default_factory=set)
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    faults: Faults = field(default_factory=Faults)
+    _next_id: int = 7961
+
+    def add_key(self) -> str:
+        key = "pt-" + secrets.token_urlsafe(20)
+        self.api_keys.add(key)
+        return key
+
+    def writes(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] in {"POST", "PUT"} and r["status"] < 300]
+
+    def by_external_id(self, external_id: str) -> list[dict[str, Any]]:
+        return [c for c in self.clients.values() if c["external_id"] == external_id]
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/api/v2/clients", self._list, methods=["GET"]),
+                Route("/api/v2/clients", self._create, methods=["POST"]),
+                Route("/api/v2/clients/", self._create, methods=["POST"]),
+                Route("/api/v2/clients/{id:int}", self._get, methods=["GET"]),
+                Route("/api/v2/clients/{id:int}", self._update, methods=["PUT"]),
+            ]
+        )
+
+    async def _handle(self, request: Request, action: Any) -> Response:
+        body = await request.body()
+        record = {"method": request.method, "path": request.url.path, "status": 0}
+        self.requests.append(record)
+        response = await self._respond(request, body, action)
+        record["status"] = response.status_code
+        return response
+
+    async def _respond(self, request: Request, body: bytes, action: Any) -> Response:
+        if request.headers.get("x-api-key") not in self.api_keys:
+            return _errors(401, "Practitioner was not found")
+        fault = await self.faults.apply(b'{"errors":["Service unavailable"]}', "application/json")
+        if fault is not None:
+            return fault
+        try:
+            data = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            return _errors(400, "Invalid JSON")
+        return action(request, data if isinstance(data, dict) else {})  # type: ignore[no-any-return]
+
+    async def _list(self, request: Request) -> Response:
+        def action(request: Request, _: dict[str, Any]) -> Response:
+            page = max(1, int(request.query_params.get("page", "1") or 1))
+            ordered = [self.clients[i] for i in sorted(self.clients)]
+            return _json({"clients": ordered[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]})
+
+        return await self._handle(request, action)
+
+    async def _get(self, request: Request) -> Response:
+        def action(request: Request, _: dict[str, Any]) -> Response:
+            client = self.clients.get(request.path_params["id"])
+            if client is None:
+                return _errors(404, "Client with given id does not exist")
+            return _json(client)
+
+        return await self._handle(request, action)
+
+    async def _create(self, request: Request) -> Response:
+        def action(request: Request, data: dict[str, Any]) -> Response:
+            problems = _validate(data)
+            if problems:
+                return _errors(422, *problems)
+            client_id = self._next_id
+            self._next_id += 1
+            self.clients[client_id] = _client(client_id, data)
+            return _json(self.clients[client_id], 201)
+
+        return await self._handle(request, action)
+
+    async def _update(self, request: Request) -> Response:
+        def action(request: Request, data: dict[str, Any]) -> Response:
+            client_id = request.path_params["id"]
+            if client_id not in self.clients:
+                return _errors(404, "Client with given id does not exist")
+            problems = _validate(data)
+            if problems:
+                return _errors(422, *problems)
+            self.clients[client_id] = _client(client_id, data)
+            return _json(self.clients[client_id])
+
+        return await self._handle(request, action)
+
+
+def _validate(data: dict[str, Any]) -> list[str]:
+    problems = [f"{name} is missing" for name in REQUIRED if data.get(name) in (None, "")]
+    if data.get("gender") not in (None, "") and data.get("gender") not in ("m", "f"):
+        problems.append("gender must be one of: m, f")
+    year = data.get("year_of_birth")
+    if year not in (None, "") and not isinstance(year, int):
+        problems.append("year_of_birth must be an integer")
+    return problems
+
+
+def _client(client_id: int, data: dict[str, Any]) -> dict[str, Any]:
+    client: dict[str, Any] = {"id": client_id}
+    client.update({name: data.get(name) for name in CLIENT_FIELDS})
+    client.update({"last_seen": None, "current_access_code": None, "program_end_date": None})
+    return client

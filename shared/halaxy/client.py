@@ -1,0 +1,187 @@
+"""The Halaxy FHIR API client: token handling, error mapping, reads and paged searches.
+
+Every request carries the connection's token, `Accept: application/fhir+json` and the
+configured `User-Agent` (Halaxy answers 403 without one). A 401, or an OperationOutcome whose
+code is `expired`, refreshes the token once and repeats the request (halaxy-api.md sections 2
+and 7). Errors become the bridge's: `Permanent` for 4xx other than 401/408/429, `Transient` for
+5xx, 408, timeouts and connection errors, `RateLimited(retry_after)` for 429.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from shared.connections import Connection
+from shared.errors import Permanent, RateLimited, Transient
+from shared.halaxy.auth import FHIR_JSON, fetch_token
+from shared.halaxy.tokens import TokenCache
+from shared.httputil import retry_after_seconds
+
+DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+MAX_PAGES = 10_000
+
+
+class HalaxyNotFound(Permanent):
+    """Halaxy answered 404 for a resource."""
+
+
+class HalaxyAuthRefused(Permanent):
+    """Halaxy refused a fresh token: the key was revoked or lacks a permission."""
+
+
+def new_http_client() -> httpx.Client:
+    """One pooled client per process and connection; reuse it for every call."""
+    return httpx.Client(
+        timeout=DEFAULT_TIMEOUT,
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        follow_redirects=False,
+    )
+
+
+class HalaxyClient:
+    def __init__(
+        self, connection: Connection, http: httpx.Client, tokens: TokenCache, user_agent: str
+    ) -> None:
+        self._connection = connection
+        self._http = http
+        self._tokens = tokens
+        self._user_agent = user_agent
+        self._base = connection.halaxy_base_url.rstrip("/")
+        self._base_path = urlsplit(self._base).path
+
+    def read(self, reference: str) -> dict[str, Any]:
+        """GET one resource by `Type/id`, `/main/Type/id` or an absolute URL on this host."""
+        return self._json(self._request("GET", self.resolve(reference)))
+
+    def search(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """Every resource a search returns, following `link[relation=next]` page by page."""
+        url: str | None = self.resolve(resource_type)
+        query: dict[str, str] | None = params
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return
+            bundle = self._json(self._request("GET", url, params=query))
+            for entry in bundle.get("entry") or []:
+                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+                    yield entry["resource"]
+            url, query = self._next_link(bundle), None
+        raise Transient(f"a {resource_type} search ran past {MAX_PAGES} pages")
+
+    def resolve(self, reference: str) -> str:
+        """An absolute URL under this connection's base, refusing any other host."""
+        if "://" in reference:
+            if not reference.startswith(self._base + "/"):
+                raise Permanent("a Halaxy reference points outside the connection's host")
+            return reference
+        if self._base_path and reference.startswith(self._base_path + "/"):
+            reference = reference[len(self._base_path) + 1 :]
+        return f"{self._base}/{reference.lstrip('/')}"
+
+    def _next_link(self, bundle: dict[str, Any]) -> str | None:
+        for link in bundle.get("link") or []:
+            if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
+                return self.resolve(str(link["url"]))
+        return None
+
+    def _token(self) -> str:
+        connection = self._connection
+        return self._tokens.get(
+            connection.halaxy_base_url,
+            connection.halaxy_client_id,
+            lambda: fetch_token(
+                self._http,
+                connection.halaxy_base_url,
+                connection.halaxy_client_id,
+                connection.halaxy_client_secret.get_secret_value(),
+                self._user_agent,
+            ),
+        )
+
+    def _request(
+        self, method: str, url: str, params: dict[str, str] | None = None
+    ) -> httpx.Response:
+        for attempt in (1, 2):
+            token = self._token()
+            response = self._send(method, url, token, params)
+            if not _token_rejected(response):
+                _raise_for_status(response)
+                return response
+            self._tokens.invalidate(
+                self._connection.halaxy_base_url, self._connection.halaxy_client_id, token
+            )
+            if attempt == 2:
+                raise HalaxyAuthRefused(
+                    "Halaxy refused a fresh access token (401): the connection's API key was "
+                    "revoked or lacks the permission for this request"
+                )
+        raise AssertionError("unreachable")
+
+    def _send(
+        self, method: str, url: str, token: str, params: dict[str, str] | None
+    ) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": FHIR_JSON,
+            "User-Agent": self._user_agent,
+        }
+        try:
+            return self._http.request(method, url, headers=headers, params=params)
+        except httpx.TimeoutException as exc:
+            raise Transient(f"Halaxy {method} timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise Transient(f"Halaxy {method} failed ({type(exc).__name__})") from exc
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise Transient("Halaxy answered with a body that is not JSON") from None
+        if not isinstance(body, dict):
+            raise Transient("Halaxy answered with JSON that is not an object")
+        return body
+
+
+def _outcome(response: httpx.Response) -> tuple[str | None, str]:
+    """The first OperationOutcome issue's code and a short text, if the body is one."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None, ""
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return None, ""
+    issues = body.get("issue") or []
+    if not issues or not isinstance(issues[0], dict):
+        return None, ""
+    issue = issues[0]
+    details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+    text = issue.get("diagnostics") or (details or {}).get("text") or ""
+    return (str(issue.get("code")) if issue.get("code") else None), str(text)[:200]
+
+
+def _token_rejected(response: httpx.Response) -> bool:
+    if response.status_code == 401:
+        return True
+    return response.status_code >= 400 and _outcome(response)[0] == "expired"
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    code, text = _outcome(response)
+    what = f"Halaxy answered {status}" + (f" ({code}: {text})" if code or text else "")
+    if status == 429:
+        raise RateLimited(what, retry_after_seconds(response))
+    if status == 408 or status >= 500:
+        raise Transient(what)
+    if status == 404:
+        raise HalaxyNotFound(what)
+    if status == 403 and not text:
+        raise Permanent(f"{what}: check the API key's permissions (and the User-Agent)")
+    raise Permanent(what)

@@ -1,0 +1,72 @@
+"""Which platform patient each Halaxy patient became, per connection, and what was written.
+
+One Redis hash per connection: Halaxy patient id -> {platform id, fingerprint, time}. The
+fingerprint lets an update of an unchanged patient write nothing. A `creating` marker is set
+before a create so that a worker dying between the platform's answer and this record is
+noticed, and the platform is searched instead of creating a duplicate.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+import redis
+
+from shared.store import Keys, as_bytes, held_lock, translate_redis_errors
+
+LOCK_TIMEOUT = 120.0
+LOCK_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class PatientLink:
+    platform_id: str | None
+    fingerprint: str | None
+    synced_at: str
+    creating: bool = False
+
+
+class PatientLinks:
+    def __init__(self, client: redis.Redis, keys: Keys, connection_id: str) -> None:
+        self._redis = client
+        self._keys = keys
+        self._connection_id = connection_id
+        self._key = keys.patient_links(connection_id)
+
+    def get(self, patient_id: str) -> PatientLink | None:
+        with translate_redis_errors():
+            raw = self._redis.hget(self._key, patient_id)
+        if raw is None:
+            return None
+        return PatientLink(**orjson.loads(as_bytes(raw)))
+
+    def save(self, patient_id: str, platform_id: str, fingerprint: str) -> None:
+        self._put(patient_id, PatientLink(platform_id, fingerprint, _now()))
+
+    def mark_creating(self, patient_id: str) -> None:
+        self._put(patient_id, PatientLink(None, None, _now(), creating=True))
+
+    def count(self) -> int:
+        with translate_redis_errors():
+            return int(self._redis.hlen(self._key))
+
+    def locked(self, patient_id: str) -> AbstractContextManager[None]:
+        """Only one worker at a time works on one patient (else two creates could race)."""
+        return held_lock(
+            self._redis,
+            self._keys.patient_lock(self._connection_id, patient_id),
+            timeout=LOCK_TIMEOUT,
+            wait=LOCK_WAIT,
+            busy="another worker is syncing this patient",
+        )
+
+    def _put(self, patient_id: str, link: PatientLink) -> None:
+        with translate_redis_errors():
+            self._redis.hset(self._key, patient_id, orjson.dumps(link.__dict__))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,82 @@
+"""Sending JSON to a therapy platform and turning its answers into the bridge's errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from shared.errors import Permanent, RateLimited, Transient
+from shared.httputil import retry_after_seconds
+
+
+class PlatformNotFound(Permanent):
+    """The platform answered 404 for the resource."""
+
+
+def send(
+    http: httpx.Client,
+    platform: str,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    """The platform's answer when it is a success; a bridge error otherwise."""
+    try:
+        response = http.request(
+            method,
+            url,
+            content=None if body is None else orjson.dumps(body),
+            headers={"Accept": "application/json", "Content-Type": "application/json", **headers},
+            params=params,
+        )
+    except httpx.TimeoutException as exc:
+        raise Transient(f"{platform} {method} timed out ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise Transient(f"{platform} {method} failed ({type(exc).__name__})") from exc
+    raise_for_status(platform, response)
+    return response
+
+
+def error_messages(response: httpx.Response) -> list[str]:
+    """The `{"errors": [...]}` list both Physitrack and the REST contract use."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [str(e)[:200] for e in errors[:10]]
+
+
+def raise_for_status(platform: str, response: httpx.Response) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    messages = error_messages(response)
+    said = f": {'; '.join(messages)}" if messages else ""
+    if status == 429:
+        raise RateLimited(f"{platform} rate limit", retry_after_seconds(response))
+    if status in (408, 425) or status >= 500:
+        raise Transient(f"{platform} answered {status}{said}")
+    if status in (401, 403):
+        raise Permanent(
+            f"{platform} refused the API key ({status}){said}: check the connection's API key"
+        )
+    if status == 404:
+        raise PlatformNotFound(f"{platform} answered 404{said}")
+    raise Permanent(f"{platform} refused the patient ({status}){said}")
+
+
+def json_object(platform: str, response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise Transient(f"{platform} answered with a body that is not JSON") from None
+    if not isinstance(body, dict):
+        raise Transient(f"{platform} answered with JSON that is not an object")
+    return body
