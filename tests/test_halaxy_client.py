@@ -1,0 +1,240 @@
+"""HalaxyClient and the shared token cache, against the fake Halaxy and real Redis."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from services.sandbox.halaxy import FakeHalaxy, patient_resource
+from shared.config import Settings
+from shared.connections import Connection
+from shared.errors import Permanent, RateLimited, Transient
+from shared.halaxy.client import HalaxyAuthRefused, HalaxyClient, HalaxyNotFound
+from shared.halaxy.tokens import TokenCache
+from shared.store import Keys
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(fake_halaxy: FakeHalaxy) -> Clock:
+    fake_halaxy.clock = clock = Clock()
+    return clock
+
+
+@pytest.fixture
+def http(fake_halaxy: FakeHalaxy) -> Iterator[TestClient]:
+    with TestClient(fake_halaxy.app()) as client:
+        yield client
+
+
+def halaxy_client(
+    connection: Connection, http: httpx.Client, redis_client: redis.Redis, settings: Settings
+) -> HalaxyClient:
+    tokens = TokenCache(redis_client, Keys(settings.redis_namespace), settings.fernet)
+    return HalaxyClient(connection, http, tokens, settings.user_agent)
+
+
+@pytest.fixture
+def halaxy(
+    connection: Connection,
+    http: TestClient,
+    redis_server_client: redis.Redis,
+    settings: Settings,
+    fake_halaxy: FakeHalaxy,
+    clock: Clock,
+) -> HalaxyClient:
+    fake_halaxy.patients["42"] = patient_resource("42")
+    fake_halaxy.requests.clear()  # drop the key check made when the connection was added
+    return halaxy_client(connection, http, redis_server_client, settings)
+
+
+def test_reads_reuse_one_token_and_always_identify_themselves(
+    halaxy: HalaxyClient, fake_halaxy: FakeHalaxy, settings: Settings
+) -> None:
+    for reference in ("Patient/42", "/main/Patient/42", f"{halaxy.resolve('Patient/42')}"):
+        assert halaxy.read(reference)["id"] == "42"
+    assert len(fake_halaxy.token_requests()) == 1
+    assert {r.user_agent for r in fake_halaxy.requests} == {settings.user_agent}
+
+
+def test_a_reference_to_another_host_is_refused_without_a_request(
+    halaxy: HalaxyClient, fake_halaxy: FakeHalaxy
+) -> None:
+    with pytest.raises(Permanent, match="outside the connection's host"):
+        halaxy.read("https://evil.example/main/Patient/42")
+    assert fake_halaxy.requests == []
+
+
+def test_token_is_kept_at_most_15_minutes_and_sealed(
+    halaxy: HalaxyClient, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    halaxy.read("Patient/42")
+    [key] = list(redis_server_client.scan_iter(match=f"{keys.namespace}:halaxy-token:*"))
+    assert 0 < redis_server_client.ttl(key) <= 15 * 60 - 60  # although expires_in says 3600
+    assert b"gAAAAA" in redis_server_client.get(key)  # a Fernet token, not the access token
+
+
+def test_expired_token_is_refreshed_once_and_the_read_succeeds(
+    halaxy: HalaxyClient, fake_halaxy: FakeHalaxy, clock: Clock
+) -> None:
+    halaxy.read("Patient/42")
+    clock.now += 15 * 60  # the fake's tokens stop working after 15 minutes
+    assert halaxy.read("Patient/42")["id"] == "42"
+    assert len(fake_halaxy.token_requests()) == 2
+    statuses = [r.status for r in fake_halaxy.requests if "Patient" in r.path]
+    assert statuses == [200, 401, 200]
+
+
+def test_a_revoked_key_is_a_permanent_error_after_one_refresh(
+    halaxy: HalaxyClient, fake_halaxy: FakeHalaxy
+) -> None:
+    halaxy.read("Patient/42")
+    fake_halaxy.faults.script = [401, 401]  # the key lost its permission
+    with pytest.raises(HalaxyAuthRefused):
+        halaxy.read("Patient/42")
+    assert len(fake_halaxy.token_requests()) == 2  # one refresh, no loop
+    fake_halaxy.tokens.clear()
+    fake_halaxy.keys.clear()  # the key was revoked: the refresh itself is refused
+    with pytest.raises(Permanent, match="refused the API key"):
+        halaxy.read("Patient/42")
+
+
+def test_tokens_are_shared_and_fetched_once_when_eight_threads_start_together(
+    connection: Connection,
+    http: TestClient,
+    settings: Settings,
+    fake_halaxy: FakeHalaxy,
+    clock: Clock,
+) -> None:
+    fake_halaxy.patients["42"] = patient_resource("42")
+    fake_halaxy.requests.clear()
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        # Each thread is like its own process: its own Redis connection and token cache.
+        client = redis.Redis.from_url(settings.redis_url)
+        halaxy = halaxy_client(connection, http, client, settings)
+        barrier.wait()
+        try:
+            for _ in range(5):
+                halaxy.read("Patient/42")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(fake_halaxy.token_requests()) == 1
+    assert len([r for r in fake_halaxy.requests if "Patient" in r.path]) == 40
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [(500, Transient), (502, Transient), (408, Transient), (403, Permanent), (400, Permanent)],
+)
+def test_statuses_become_typed_errors(
+    halaxy: HalaxyClient, fake_halaxy: FakeHalaxy, fault: int, error: type[Exception]
+) -> None:
+    halaxy.read("Patient/42")
+    fake_halaxy.faults.script = [fault]
+    with pytest.raises(error):
+        halaxy.read("Patient/42")
+
+
+def test_rate_limit_carries_retry_after(halaxy: HalaxyClient, fake_halaxy: FakeHalaxy) -> None:
+    halaxy.read("Patient/42")
+    fake_halaxy.faults.script = [429]
+    fake_halaxy.faults.retry_after = 7
+    with pytest.raises(RateLimited) as caught:
+        halaxy.read("Patient/42")
+    assert caught.value.retry_after == 7
+
+
+def test_the_fake_enforces_500_a_minute_per_key(
+    halaxy: HalaxyClient, fake_halaxy: FakeHalaxy, clock: Clock
+) -> None:
+    fake_halaxy.rate_limit = 5
+    for _ in range(5):
+        halaxy.read("Patient/42")
+    with pytest.raises(RateLimited) as caught:
+        halaxy.read("Patient/42")
+    assert caught.value.retry_after == 60
+    clock.now += 61
+    assert halaxy.read("Patient/42")["id"] == "42"
+
+
+def test_unknown_patient_is_not_found(halaxy: HalaxyClient) -> None:
+    with pytest.raises(HalaxyNotFound):
+        halaxy.read("Patient/999")
+
+
+def test_timeouts_and_connection_errors_are_transient(
+    connection: Connection, redis_server_client: redis.Redis, settings: Settings
+) -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("/oauth/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        if len(calls) == 2:
+            raise httpx.ReadTimeout("slow", request=request)
+        raise httpx.ConnectError("refused", request=request)
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        halaxy = halaxy_client(connection, http, redis_server_client, settings)
+        with pytest.raises(Transient, match="timed out"):
+            halaxy.read("Patient/1")
+        with pytest.raises(Transient, match="ConnectError"):
+            halaxy.read("Patient/1")
+
+
+def test_search_follows_next_links_across_pages(
+    halaxy: HalaxyClient, fake_halaxy: FakeHalaxy
+) -> None:
+    fake_halaxy.page_size = 4
+    for i in range(1, 11):
+        fake_halaxy.patients[str(i)] = patient_resource(str(i))
+    found = [p["id"] for p in halaxy.search("Patient", {"_count": "4"})]
+    assert sorted(found, key=int) == [*(str(i) for i in range(1, 11)), "42"]
+    assert len([r for r in fake_halaxy.requests if r.path == "/main/Patient"]) == 3
+
+
+def test_search_refuses_a_next_link_to_another_host(
+    connection: Connection, redis_server_client: redis.Redis, settings: Settings
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        body: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "link": [{"relation": "next", "url": "https://evil.example/main/Patient?page=2"}],
+            "entry": [{"resource": {"resourceType": "Patient", "id": "1"}}],
+        }
+        return httpx.Response(200, json=body)
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        halaxy = halaxy_client(connection, http, redis_server_client, settings)
+        pages = halaxy.search("Patient", {})
+        assert next(pages)["id"] == "1"
+        with pytest.raises(Permanent):
+            next(pages)
