@@ -35,7 +35,7 @@ from shared.onboarding import KeyVerifier  # noqa: E402
 from shared.store import Keys  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
-HALAXY_BASE = "https://au-api.halaxy.com/main"
+pytest_plugins = ["tests.workers"]
 _counter = itertools.count()
 
 

@@ -21,7 +21,7 @@ from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.samples import notification
 from services.sandbox.serve import ServerThread, free_port
 from services.webhook_receiver.app import create_app, halaxy_key_verifier
-from services.workers.broker import DramatiqJobQueue, build_broker
+from services.workers.messaging import DramatiqJobQueue, build_broker
 from shared import onboarding
 from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore

@@ -110,6 +110,7 @@ class RecordedRequest:
     user_agent: str | None
     client_id: str | None
     status: int = 0
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -75,7 +75,7 @@ def create_app(
     keys = Keys(settings.redis_namespace)
     http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
     if queue is None:
-        from services.workers.broker import DramatiqJobQueue, build_broker
+        from services.workers.messaging import DramatiqJobQueue, build_broker
 
         queue = DramatiqJobQueue(build_broker(settings, client))
     deps = Deps(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from services.workers.broker import build_broker
+from services.workers.messaging import build_broker
 from shared.config import load_settings
 from shared.logs import configure_logging
 

@@ -1,41 +1,98 @@
-"""The actors the receiver enqueues. Thin shells: load the connection, call domain code.
-
-Until patient sync and the program write-back land (issues 3 and 4), each actor logs the job
-it received (ids only) and acknowledges it.
-"""
+"""The actors the receiver enqueues. Thin shells: load the connection, call domain code,
+let `policy.job_outcome` turn errors into retry, defer or dead-letter."""
 
 from __future__ import annotations
 
+import threading
+
 import dramatiq
-import structlog
 
+from services.workers.policy import job_outcome, should_retry
+from services.workers.runtime import WorkerRuntime
+from shared.config import load_settings
 from shared.jobs import ActorName, QueueName
+from shared.patient_sync import sync_appointment as sync_appointment_of
+from shared.patient_sync import sync_patient as sync_patient_of
 
-log = structlog.get_logger("halaxy_bridge.workers")
-
-
-def _received(actor: str, connection_id: str, resource_id: str, event: str, event_id: str) -> None:
-    log.info(
-        "job.received",
-        actor=actor,
-        connection_id=connection_id,
-        resource_id=resource_id,
-        halaxy_event=event,
-        event_id=event_id,
-        outcome="not_implemented_yet",
-    )
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
 
 
-@dramatiq.actor(actor_name=ActorName.SYNC_PATIENT.value, queue_name=QueueName.LIVE.value)
+def runtime() -> WorkerRuntime:
+    """The process's runtime, built on first use from the environment."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime(load_settings())
+        return _runtime
+
+
+def use_runtime(replacement: WorkerRuntime | None) -> None:
+    """Install a runtime (the demo and in-process tests build their own)."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = replacement
+
+
+@dramatiq.actor(
+    actor_name=ActorName.SYNC_PATIENT.value,
+    queue_name=QueueName.LIVE.value,
+    retry_when=should_retry,
+    time_limit=120_000,
+)
 def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
-    _received(ActorName.SYNC_PATIENT, connection_id, resource_id, event, event_id)
+    with job_outcome(
+        ActorName.SYNC_PATIENT,
+        connection_id=connection_id,
+        event_id=event_id,
+        halaxy_event=event,
+        patient_id=resource_id,
+    ) as log:
+        services = runtime().services(connection_id)
+        outcome = sync_patient_of(services.halaxy, services.platform, services.links, resource_id)
+        log.info("patient.synced", outcome=outcome.value)
 
 
-@dramatiq.actor(actor_name=ActorName.SYNC_APPOINTMENT.value, queue_name=QueueName.LIVE.value)
+@dramatiq.actor(
+    actor_name=ActorName.SYNC_APPOINTMENT.value,
+    queue_name=QueueName.LIVE.value,
+    retry_when=should_retry,
+    time_limit=120_000,
+)
 def sync_appointment(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
-    _received(ActorName.SYNC_APPOINTMENT, connection_id, resource_id, event, event_id)
+    with job_outcome(
+        ActorName.SYNC_APPOINTMENT,
+        connection_id=connection_id,
+        event_id=event_id,
+        halaxy_event=event,
+        appointment_id=resource_id,
+    ) as log:
+        services = runtime().services(connection_id)
+        outcome, patient_id = sync_appointment_of(
+            services.halaxy,
+            services.links,
+            resource_id,
+            deleted=event == "appointment-deleted",
+            sync=lambda pid: sync_patient_of(
+                services.halaxy, services.platform, services.links, pid
+            ),
+        )
+        log.info("appointment.synced", outcome=outcome.value, patient_id=patient_id)
 
 
-@dramatiq.actor(actor_name=ActorName.RECORD_INVOICE.value, queue_name=QueueName.LIVE.value)
+@dramatiq.actor(
+    actor_name=ActorName.RECORD_INVOICE.value,
+    queue_name=QueueName.LIVE.value,
+    retry_when=should_retry,
+    time_limit=30_000,
+)
 def record_invoice(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
-    _received(ActorName.RECORD_INVOICE, connection_id, resource_id, event, event_id)
+    """Invoice events are recorded, nothing more: no therapy platform stores invoices."""
+    with job_outcome(
+        ActorName.RECORD_INVOICE,
+        connection_id=connection_id,
+        event_id=event_id,
+        halaxy_event=event,
+        invoice_id=resource_id,
+    ) as log:
+        log.info("invoice.recorded")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage
 
 from shared.config import Settings
 from shared.jobs import Job
@@ -14,10 +15,17 @@ from shared.store import Keys, redis_client, translate_redis_errors
 
 
 def build_broker(settings: Settings, client: redis.Redis | None = None) -> RedisBroker:
-    return RedisBroker(  # type: ignore[no-untyped-call]
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
         client=client or redis_client(settings),
         namespace=Keys(settings.redis_namespace).dramatiq_namespace(),
     )
+    add_middleware(broker)
+    return broker
+
+
+def add_middleware(broker: dramatiq.Broker) -> None:
+    """What every broker of ours needs beyond Dramatiq's defaults."""
+    broker.add_middleware(CurrentMessage())  # lets log lines name the message and attempt
 
 
 class DramatiqJobQueue:

@@ -1,0 +1,67 @@
+"""What actors share within one worker process: Redis, stores, and one HTTP client per
+connection (pooled, reused by every job of that connection)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import httpx
+import redis
+
+from shared.config import Settings
+from shared.connection_store import ConnectionStore
+from shared.connections import Connection
+from shared.errors import ConnectionNotFound
+from shared.halaxy.client import HalaxyClient, new_http_client
+from shared.halaxy.tokens import TokenCache
+from shared.patient_links import PatientLinks
+from shared.platforms import TherapyPlatform, platform_for
+from shared.store import Keys, redis_client
+
+
+@dataclass(frozen=True)
+class ConnectionServices:
+    connection: Connection
+    halaxy: HalaxyClient
+    platform: TherapyPlatform
+    links: PatientLinks
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis = client or redis_client(settings)
+        self.keys = Keys(settings.redis_namespace)
+        self.connections = ConnectionStore(self.redis, self.keys, settings.fernet)
+        self.tokens = TokenCache(self.redis, self.keys, settings.fernet)
+        self._http: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def services(self, connection_id: str) -> ConnectionServices:
+        """The connection (read fresh, so a disable or a rotation applies at once) and its
+        clients; raise `ConnectionNotFound` when it is unknown or disabled."""
+        connection = self.connections.get(connection_id)
+        if connection is None or not connection.enabled:
+            raise ConnectionNotFound(f"connection {connection_id} is unknown or disabled")
+        http = self._http_for(connection_id)
+        return ConnectionServices(
+            connection=connection,
+            halaxy=HalaxyClient(connection, http, self.tokens, self.settings.user_agent),
+            platform=platform_for(connection, http, self.settings.user_agent),
+            links=PatientLinks(self.redis, self.keys, connection_id),
+        )
+
+    def _http_for(self, connection_id: str) -> httpx.Client:
+        with self._lock:
+            http = self._http.get(connection_id)
+            if http is None:
+                http = self._http[connection_id] = new_http_client()
+            return http
+
+    def close(self) -> None:
+        with self._lock:
+            for http in self._http.values():
+                http.close()
+            self._http.clear()
+        self.redis.close()

@@ -1,0 +1,236 @@
+"""Patient sync end to end: the receiver, a real Dramatiq worker (threads), the sandbox
+Halaxy and platforms over HTTP, and real Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.sandbox.halaxy import appointment_resource, patient_resource
+from shared.onboarding import KeyVerifier
+from shared.patient_links import PatientLinks
+from tests.workers import Pipeline, Sandbox, sandbox_connection
+
+
+def only_client(sandbox: Sandbox, patient_id: str) -> dict[str, Any]:
+    [client] = sandbox.physitrack.by_external_id(patient_id)
+    return client
+
+
+@pytest.fixture
+def conn(pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier) -> Any:
+    return sandbox_connection(pipeline.store, sandbox, verify_key)
+
+
+def test_created_patient_appears_in_physitrack_with_the_right_fields(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", given="Jane", preferred="Janie")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    client = only_client(sandbox, "1001")
+    assert client == {
+        **client,
+        "external_id": "1001",
+        "first_name": "Jane",  # the official name, not the leading usual "Janie"
+        "last_name": "Citizen",
+        "year_of_birth": 1984,
+        "gender": "f",
+        "email": "jane.citizen@example.com",
+        "mobile_phone": "+61412345678",
+    }
+    link = PatientLinks(pipeline.redis, pipeline.keys, conn.id).get("1001")
+    assert link is not None
+    assert link.platform_id == str(client["id"])
+    assert {r.user_agent for r in sandbox.halaxy.requests} == {
+        pipeline.receiver.app.state.deps.settings.user_agent
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "value"),
+    [
+        ({"family": "Smith"}, "last_name", "Smith"),
+        ({"given": "Janet"}, "first_name", "Janet"),
+        ({"email": "new@example.com"}, "email", "new@example.com"),
+        ({"mobile": "+61400000001"}, "mobile_phone", "+61400000001"),
+        ({"birth_date": "1985-01-02"}, "year_of_birth", 1985),
+    ],
+)
+def test_a_change_in_halaxy_updates_the_same_client(
+    pipeline: Pipeline,
+    sandbox: Sandbox,
+    conn: Any,
+    change: dict[str, str],
+    field: str,
+    value: object,
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", **change)  # type: ignore[arg-type]
+    pipeline.send(conn, "patient-updated", "Patient", ["1001"])
+    pipeline.drain()
+    assert only_client(sandbox, "1001")[field] == value
+    assert [r["method"] for r in sandbox.physitrack.writes()] == ["POST", "PUT"]
+
+
+def test_an_update_without_changes_writes_nothing(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    # A change Physitrack does not store (the landline) is no change for it either.
+    changed = patient_resource("1001")
+    changed["telecom"][0]["value"] = "+61211112222"
+    sandbox.halaxy.patients["1001"] = changed
+    pipeline.send(conn, "patient-updated", "Patient", ["1001"])
+    pipeline.drain()
+    assert len(sandbox.physitrack.writes()) == 1
+
+
+def test_the_same_event_delivered_twice_makes_one_write(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    first = pipeline.send(conn, "patient-created", "Patient", ["1001"], event_ids=["ev-1"])
+    second = pipeline.send(conn, "patient-created", "Patient", ["1001"], event_ids=["ev-1"])
+    pipeline.drain()
+    assert first.json()["accepted"] == ["ev-1"]
+    assert second.json()["duplicates"] == ["ev-1"]
+    assert len(sandbox.physitrack.writes()) == 1
+
+
+def test_distinct_events_for_one_patient_at_once_create_one_client(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    sandbox.halaxy.faults.latency = 0.05  # widen the window for a race
+    pipeline.send(conn, "patient-created", "Patient", ["1001"] * 1, event_ids=["a"])
+    for name in ("b", "c", "d", "e"):
+        pipeline.send(conn, "patient-updated", "Patient", ["1001"], event_ids=[name])
+    pipeline.drain()
+    assert len(sandbox.physitrack.by_external_id("1001")) == 1
+    assert [r["method"] for r in sandbox.physitrack.writes()] == ["POST"]
+
+
+@pytest.mark.parametrize("status", ["archived", "blocked", "deceased"])
+def test_inactive_patients_are_not_created(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any, status: str
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", status=status)
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    assert sandbox.physitrack.requests == []
+    assert pipeline.dead_letters() == []
+
+
+def test_a_linked_patient_who_is_archived_is_left_as_is(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", status="archived", family="X")
+    pipeline.send(conn, "patient-updated", "Patient", ["1001"])
+    pipeline.drain()
+    assert len(sandbox.physitrack.writes()) == 1
+    assert only_client(sandbox, "1001")["last_name"] == "Citizen"
+
+
+def test_an_appointment_event_syncs_its_patient_once(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    sandbox.halaxy.appointments["A1"] = appointment_resource("A1", "1001")
+    sandbox.halaxy.appointments["A2"] = appointment_resource("A2", "1001")
+    pipeline.send(conn, "appointment-created", "Appointment", ["A1"])
+    pipeline.drain()
+    pipeline.send(conn, "appointment-updated", "Appointment", ["A2"])
+    pipeline.send(conn, "appointment-deleted", "Appointment", ["A3"])
+    pipeline.drain()
+    assert only_client(sandbox, "1001")["first_name"] == "Jane"
+    assert len(sandbox.physitrack.writes()) == 1
+    assert pipeline.dead_letters() == []
+
+
+def test_invoice_events_are_recorded_and_change_nothing(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    pipeline.send(conn, "invoice-created", "Invoice", ["INV-1"])
+    pipeline.drain()
+    assert sandbox.physitrack.requests == []
+    assert [r for r in sandbox.halaxy.requests if "Invoice" in r.path] == []
+    assert pipeline.dead_letters() == []
+
+
+def test_rest_platform_upserts_by_external_id(
+    pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier
+) -> None:
+    conn = sandbox_connection(pipeline.store, sandbox, verify_key, platform="rest")
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", gender="other")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    stored = sandbox.rest.patients["1001"]
+    assert (stored["first_name"], stored["gender"], stored["birth_date"]) == (
+        "Jane",
+        "other",
+        "1984-07-21",
+    )
+
+
+def test_a_rate_limited_read_is_deferred_then_done(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    sandbox.halaxy.faults.script = [429]
+    sandbox.halaxy.faults.retry_after = 1
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    reads = [r for r in sandbox.halaxy.requests if r.path == "/main/Patient/1001"]
+    assert [r.status for r in reads] == [429, 200]
+    assert reads[1].received_at - reads[0].received_at >= 1.0  # retry-after: 1 honoured
+    assert len(sandbox.physitrack.writes()) == 1
+
+
+def test_5xx_from_halaxy_and_the_platform_are_retried(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    sandbox.halaxy.faults.script = [503]
+    sandbox.physitrack.faults.script = [502]
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain(timeout_ms=60_000)
+    assert len(sandbox.physitrack.by_external_id("1001")) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("no_birth_date", "birth year (birthDate) is missing"),
+        ("halaxy_404", "Halaxy answered 404"),  # the fake has no Patient 1001
+        ("platform_401", "check the connection's API key"),
+        ("platform_422", "gender is missing"),
+    ],
+)
+def test_permanent_problems_go_to_the_dead_letters_at_once(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any, setup: str, reason: str, caplog: Any
+) -> None:
+    if setup == "no_birth_date":
+        sandbox.halaxy.patients["1001"] = patient_resource("1001", birth_date=None)
+    elif setup == "platform_401":
+        sandbox.halaxy.patients["1001"] = patient_resource("1001")
+        sandbox.physitrack.api_keys.clear()
+    elif setup == "platform_422":
+        sandbox.halaxy.patients["1001"] = patient_resource("1001", gender="other")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    [dead] = pipeline.dead_letters()
+    assert dead["kwargs"]["resource_id"] == "1001"
+    reads = [r for r in sandbox.halaxy.requests if r.path == "/main/Patient/1001"]
+    assert len(reads) == 1  # not retried
+    assert sandbox.physitrack.writes() == []
+    failed = [r for r in caplog.records if "job.failed" in r.getMessage()]
+    assert any(reason in r.getMessage() for r in failed), [r.getMessage() for r in failed]
