@@ -14,12 +14,18 @@ import orjson
 import pytest
 import redis
 
+from services.sandbox.halaxy import patient_resource
 from services.sandbox.samples import notification
 from services.sandbox.serve import free_port
+from services.workers.messaging import DramatiqJobQueue, build_broker
 from shared.config import Settings
+from shared.connection_store import ConnectionStore
 from shared.connections import Connection
+from shared.jobs import ActorName, Job, QueueName
+from shared.onboarding import KeyVerifier
 from shared.store import Keys
 from tests.helpers import auth, queued_messages
+from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -151,3 +157,63 @@ def test_demo_accepts_a_sample_notification(
     assert "queued on 'live': sync_patient(" in output
     assert output.rstrip().endswith("demo: ok")
     assert not list(redis_server_client.scan_iter(match="hb-demo*"))
+
+
+def test_two_worker_processes_share_one_halaxy_token(
+    settings: Settings,
+    store: ConnectionStore,
+    sandbox: Sandbox,
+    verify_key: KeyVerifier,
+    tmp_path: Path,
+) -> None:
+    connection = sandbox_connection(store, sandbox, verify_key)
+    ids = [str(1000 + i) for i in range(30)]
+    for patient_id in ids:
+        sandbox.halaxy.patients[patient_id] = patient_resource(patient_id)
+    workers = [
+        subprocess.Popen(
+            [str(BIN / "dramatiq"), "services.workers", "--processes", "1", "--threads", "4"],
+            env=process_env(settings),
+            stdout=(tmp_path / f"worker{n}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for n in range(2)
+    ]
+    sandbox.halaxy.faults.latency = 0.02  # spread the jobs over both processes
+    try:
+        wait_until(
+            lambda: all(
+                "ready for action" in (tmp_path / f"worker{n}.log").read_text() for n in range(2)
+            ),
+            30,
+            "both workers to boot",
+        )
+        queue = DramatiqJobQueue(build_broker(settings))
+        queue.enqueue(
+            [
+                Job(
+                    ActorName.SYNC_PATIENT,
+                    QueueName.LIVE,
+                    {
+                        "connection_id": connection.id,
+                        "resource_id": pid,
+                        "event": "patient-created",
+                        "event_id": f"ev-{pid}",
+                    },
+                )
+                for pid in ids
+            ]
+        )
+        wait_until(lambda: len(sandbox.physitrack.clients) == len(ids), 60, "30 patients synced")
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=20)
+    served_by = {r.client_id for r in sandbox.halaxy.requests if r.path.startswith("/main/Patient")}
+    assert served_by == {connection.halaxy_client_id}
+    assert len(sandbox.halaxy.token_requests()) == 1
+    logs = "".join((tmp_path / f"worker{n}.log").read_text() for n in range(2))
+    assert logs.count('"patient.synced"') == len(ids)
+    # both processes did part of the work with the one token
+    assert all('"patient.synced"' in (tmp_path / f"worker{n}.log").read_text() for n in range(2))
