@@ -20,7 +20,6 @@ from services.sandbox.serve import free_port
 from services.workers.messaging import DramatiqJobQueue, build_broker
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
-from shared.connections import Connection
 from shared.jobs import ActorName, Job, QueueName
 from shared.onboarding import KeyVerifier
 from shared.store import Keys
@@ -96,10 +95,14 @@ def worker_log(settings: Settings, tmp_path: Path) -> Iterator[Path]:
 def test_a_webhook_travels_from_the_receiver_process_to_a_worker_process(
     receiver: str,
     worker_log: Path,
-    connection: Connection,
+    store: ConnectionStore,
+    sandbox: Sandbox,
+    verify_key: KeyVerifier,
     redis_server_client: redis.Redis,
     keys: Keys,
 ) -> None:
+    connection = sandbox_connection(store, sandbox, verify_key)
+    sandbox.halaxy.patients["4242"] = patient_resource("4242")
     body = notification(connection.halaxy_base_url, "Patient", ["4242"])
     event_id = body["entry"][0]["resource"]["notificationEvent"][0]["id"]
     response = httpx.post(
@@ -110,16 +113,17 @@ def test_a_webhook_travels_from_the_receiver_process_to_a_worker_process(
     assert response.status_code == 202
     assert response.json()["accepted"] == [event_id]
 
-    def handled() -> list[dict[str, object]]:
+    def synced() -> list[dict[str, object]]:
         lines = worker_log.read_text(errors="replace").splitlines()
         records = [orjson.loads(line) for line in lines if line.startswith("{")]
-        return [r for r in records if r.get("event") == "job.received"]
+        return [r for r in records if r.get("event") == "patient.synced"]
 
-    wait_until(handled, 30, "the worker to take the job")
-    [record] = handled()
+    wait_until(synced, 30, "the worker to sync the patient")
+    [record] = synced()
     assert record["event_id"] == event_id
     assert record["connection_id"] == connection.id
-    assert record["resource_id"] == "4242"
+    assert record["outcome"] == "created"
+    assert [c["external_id"] for c in sandbox.physitrack.clients.values()] == ["4242"]
     wait_until(lambda: not queued_messages(redis_server_client, keys), 10, "the queue to drain")
 
 
@@ -137,7 +141,7 @@ def test_the_receiver_refuses_to_start_with_a_bad_secret_key(settings: Settings)
 
 
 @pytest.mark.parametrize("redis_url", ["env", "redis://127.0.0.1:1/0"])
-def test_demo_accepts_a_sample_notification(
+def test_demo_syncs_a_patient_created_then_updated(
     settings: Settings, redis_url: str, redis_server_client: redis.Redis
 ) -> None:
     url = settings.redis_url if redis_url == "env" else redis_url
@@ -152,9 +156,14 @@ def test_demo_accepts_a_sample_notification(
     )
     output = result.stdout.decode()
     assert result.returncode == 0, output + result.stderr.decode()
-    assert "-> 202" in output
-    assert '"duplicates":[' in output
-    assert "queued on 'live': sync_patient(" in output
+    for hop in (
+        "receiver answered 202",
+        "receiver queued sync_patient(patient 1001)",
+        "worker fetched Patient/1001 from Halaxy",
+        "worker created the client in Physitrack (POST /api/v2/clients -> 201)",
+        "worker updated the client in Physitrack (PUT /api/v2/clients/",
+    ):
+        assert hop in output
     assert output.rstrip().endswith("demo: ok")
     assert not list(redis_server_client.scan_iter(match="hb-demo*"))
 

@@ -1,136 +1,217 @@
-"""`halaxy-bridge demo`: the receiver and a sandbox Halaxy, end to end, on this machine.
+"""`halaxy-bridge demo`: the whole patient flow on this machine, hop by hop.
 
-Uses the Redis at REDIS_URL when it answers (under the key namespace `hb-demo`, removed at
-the end), else an in-process stand-in, so it runs on a fresh machine with nothing else.
+A sandbox Halaxy and a sandbox Physitrack on loopback ports, the real receiver and a real
+Dramatiq worker (threads in this process). Uses the Redis at REDIS_URL when it answers (under
+the key namespace `hb-demo`, removed at the end), else an in-process stand-in, so it runs on a
+fresh machine with nothing else installed.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import click
-import httpx
-import orjson
-import redis
-from cryptography.fernet import Fernet
-
-from services.sandbox.halaxy import FakeHalaxy
-from services.sandbox.samples import notification
-from services.sandbox.serve import ServerThread, free_port
-from services.webhook_receiver.app import create_app, halaxy_key_verifier
-from services.workers.messaging import DramatiqJobQueue, build_broker
-from shared import onboarding
-from shared.config import Settings, load_settings
-from shared.connection_store import ConnectionStore
-from shared.connections import utcnow
-from shared.jobs import Job, JobQueue
-from shared.logs import configure_logging
-from shared.store import Keys
 
 DEMO_NAMESPACE = "hb-demo"
+PATIENT_ID = "1001"
 
 
 @dataclass
-class RecordingQueue:
-    """Passes jobs on to the real queue and remembers them, to show what was queued."""
+class Timeline:
+    started: float = field(default_factory=time.monotonic)
 
-    inner: JobQueue
-    jobs: list[Job] = field(default_factory=list)
-
-    def enqueue(self, jobs: Sequence[Job]) -> None:
-        self.inner.enqueue(jobs)
-        self.jobs.extend(jobs)
+    def say(self, text: str, at: float | None = None) -> None:
+        elapsed = ((at or time.monotonic()) - self.started) * 1000
+        click.echo(f"[{elapsed:8.1f} ms] {text}")
 
 
-def _store_and_queue(settings: Settings) -> tuple[redis.Redis, JobQueue, str]:
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1)
-    try:
-        client.ping()
-        return client, DramatiqJobQueue(build_broker(settings, client)), "the Redis at REDIS_URL"
-    except redis.exceptions.ConnectionError:
-        import fakeredis
-        from dramatiq.brokers.stub import StubBroker
-
-        broker = StubBroker()
-        broker.declare_queue("live")
-        return fakeredis.FakeRedis(), DramatiqJobQueue(broker), "an in-process Redis stand-in"
-
-
-def _step(started: float, text: str) -> None:
-    click.echo(f"[{(time.perf_counter() - started) * 1000:7.1f} ms] {text}")
+def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise click.ClickException("the demo timed out waiting for the worker")
+        time.sleep(0.005)
+    return result
 
 
 @click.command()
 @click.option("--serve", is_flag=True, help="Keep running so you can post your own webhooks.")
 def demo(serve: bool) -> None:
-    """Run the receiver against the sandbox and send it a Halaxy notification."""
+    """Send Halaxy patient webhooks through the bridge into a sandbox Physitrack."""
+    from cryptography.fernet import Fernet
+
+    # The worker package reads its settings from the environment when first imported.
+    os.environ.setdefault("BRIDGE_SECRET_KEY", Fernet.generate_key().decode())
+    os.environ["BRIDGE_REDIS_NAMESPACE"] = DEMO_NAMESPACE
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("LOG_FORMAT", "console")
+    _run(serve)
+
+
+def _run(serve: bool) -> None:
+    import dramatiq
+    import httpx
+    import orjson
+
+    from services.sandbox.halaxy import FakeHalaxy, patient_resource
+    from services.sandbox.physitrack import FakePhysitrack
+    from services.sandbox.samples import notification
+    from services.sandbox.serve import ServerThread, free_port
+    from services.webhook_receiver.app import create_app, halaxy_key_verifier
+    from services.workers import broker as worker_broker
+    from services.workers.actors import use_runtime
+    from services.workers.messaging import DramatiqJobQueue
+    from services.workers.runtime import WorkerRuntime
+    from shared import onboarding
+    from shared.config import load_settings
+    from shared.connection_store import ConnectionStore
+    from shared.connections import utcnow
+    from shared.jobs import Job, JobQueue
+    from shared.store import Keys
+
     receiver_port = free_port()
-    settings = load_settings(
-        BRIDGE_SECRET_KEY=os.environ.get("BRIDGE_SECRET_KEY") or Fernet.generate_key().decode(),
-        BRIDGE_REDIS_NAMESPACE=DEMO_NAMESPACE,
-        BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{receiver_port}",
-        LOG_LEVEL="WARNING",
-        LOG_FORMAT="console",
-    )
-    configure_logging(settings)
-    client, inner_queue, where = _store_and_queue(settings)
-    queue = RecordingQueue(inner_queue)
-    fake_halaxy = FakeHalaxy()
-    started = time.perf_counter()
-    click.echo(f"halaxy-bridge demo: queue and store on {where}")
-    with (
-        ServerThread(fake_halaxy.app()) as halaxy,
-        httpx.Client(timeout=10) as http,
-    ):
-        verify = halaxy_key_verifier(settings, http)
-        app = create_app(settings, queue=queue, client=client, verify_key=verify)
-        with ServerThread(app, port=receiver_port) as receiver:
-            _step(started, f"sandbox Halaxy at {halaxy.url}/main, receiver at {receiver.url}")
-            store = ConnectionStore(client, Keys(DEMO_NAMESPACE), settings.fernet)
-            request = onboarding.parse_request(
-                {
-                    "name": "Demo Physio Clinic",
-                    "halaxy_key": fake_halaxy.add_key(),
-                    "halaxy_base_url": f"{halaxy.url}/main",
-                    "platform": "physitrack",
-                    "platform_base_url": "https://au.physitrack.com/api/v2",
-                    "platform_api_key": "demo-platform-key",
-                    "author": "PR-100001",
-                }
+    settings = load_settings(BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{receiver_port}")
+    client, broker, where = _redis_and_broker(settings, worker_broker)
+    timeline = Timeline()
+    click.echo(f"halaxy-bridge demo: queues and store on {where}")
+
+    queued: list[tuple[float, Job]] = []
+
+    @dataclass
+    class RecordingQueue:
+        inner: JobQueue
+
+        def enqueue(self, jobs: Sequence[Job]) -> None:
+            self.inner.enqueue(jobs)
+            queued.extend((time.monotonic(), job) for job in jobs)
+
+    halaxy, physitrack = FakeHalaxy(), FakePhysitrack()
+    runtime = WorkerRuntime(settings, client)
+    use_runtime(runtime)
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=20)
+    worker.start()
+    try:
+        with (
+            ServerThread(halaxy.app()) as halaxy_server,
+            ServerThread(physitrack.app()) as physitrack_server,
+            httpx.Client(timeout=10) as http,
+        ):
+            verify = halaxy_key_verifier(settings, http)
+            app = create_app(
+                settings,
+                queue=RecordingQueue(DramatiqJobQueue(broker)),
+                client=client,
+                verify_key=verify,
             )
-            connection = onboarding.add_connection(store, verify, request, utcnow())
-            details = onboarding.setup_details(connection, settings.public_url)
-            _step(started, f"connection {connection.id} added; Halaxy key verified by a token")
-            url = details["webhook_urls"]["patient-created"]
-            body = orjson.dumps(notification(connection.halaxy_base_url, "Patient", ["1001"]))
-            headers = {
-                "Authorization": details["halaxy_auth_header"],
-                "Content-Type": "application/json",
-            }
-            for attempt in ("sent", "sent again (a redelivery)"):
-                response = http.post(url, content=body, headers=headers)
-                _step(
-                    started,
-                    f"Patient·Create notification {attempt} -> {response.status_code} "
-                    f"{response.text}",
+            with ServerThread(app, port=receiver_port) as receiver:
+                timeline.say(
+                    f"sandbox Halaxy {halaxy_server.url}/main, sandbox Physitrack "
+                    f"{physitrack_server.url}/api/v2, receiver {receiver.url}"
                 )
-            for job in queue.jobs:
-                kwargs = ", ".join(f"{k}={v}" for k, v in job.kwargs.items())
-                _step(started, f"queued on '{job.queue}': {job.actor}({kwargs})")
-            if serve:
-                click.echo("\nServing; post your own webhooks. Setup values:\n")
-                click.echo(onboarding.setup_steps(details))
-                click.echo("\nCtrl-C to stop.")
-                _wait_forever()
-    if where.startswith("the Redis"):
-        for key in client.scan_iter(match=f"{DEMO_NAMESPACE}*"):
-            client.delete(key)
-    ok = len(queue.jobs) == 1
-    click.echo("demo: ok" if ok else "demo: FAILED: expected exactly one queued job")
+                store = ConnectionStore(client, Keys(DEMO_NAMESPACE), settings.fernet)
+                request = onboarding.parse_request(
+                    {
+                        "name": "Demo Physio Clinic",
+                        "halaxy_key": halaxy.add_key(),
+                        "halaxy_base_url": f"{halaxy_server.url}/main",
+                        "platform": "physitrack",
+                        "platform_base_url": f"{physitrack_server.url}/api/v2",
+                        "platform_api_key": physitrack.add_key(),
+                        "author": "PR-100001",
+                    }
+                )
+                connection = onboarding.add_connection(store, verify, request, utcnow())
+                details = onboarding.setup_details(connection, settings.public_url)
+                timeline.say(f"connection {connection.id} added; Halaxy key verified by a token")
+
+                def step(event: str, write_method: str, what: str) -> None:
+                    """Send one webhook, wait for its platform write, print each hop in order."""
+                    body = orjson.dumps(
+                        notification(connection.halaxy_base_url, "Patient", [PATIENT_ID])
+                    )
+                    sent = time.monotonic()
+                    response = http.post(
+                        details["webhook_urls"][event],
+                        content=body,
+                        headers={
+                            "Authorization": details["halaxy_auth_header"],
+                            "Content-Type": "application/json",
+                        },
+                    )
+                    answered = time.monotonic()
+                    write = wait_for(
+                        lambda: [r for r in physitrack.requests if r["method"] == write_method]
+                    )[-1]
+                    read = [r for r in halaxy.requests if r.path.endswith(PATIENT_ID)][-1]
+                    at, job = queued.pop()
+                    hops = [
+                        (sent, f"Halaxy posts the {event} webhook"),
+                        (at, f"receiver queued {job.actor}(patient {job.kwargs['resource_id']})"),
+                        (answered, f"receiver answered {response.status_code} {response.text}"),
+                        (read.received_at, f"worker fetched Patient/{PATIENT_ID} from Halaxy"),
+                        (
+                            write["received_at"],
+                            f"worker {what} the client in Physitrack "
+                            f"({write_method} {write['path']} -> {write['status']})",
+                        ),
+                    ]
+                    for moment, text in sorted(hops, key=lambda hop: hop[0]):
+                        timeline.say(text, moment)
+
+                halaxy.patients[PATIENT_ID] = patient_resource(PATIENT_ID)
+                step("patient-created", "POST", "created")
+                halaxy.patients[PATIENT_ID] = patient_resource(
+                    PATIENT_ID, email="jane.new@example.com"
+                )
+                step("patient-updated", "PUT", "updated")
+                worker.join()
+                [stored] = physitrack.by_external_id(PATIENT_ID)
+                changed = stored["email"] == "jane.new@example.com"
+                writes = [r["method"] for r in physitrack.writes()]
+                timeline.say(
+                    f"Physitrack holds 1 client for patient {PATIENT_ID}, writes {writes}, "
+                    f"email updated: {changed}"
+                )
+                ok = changed and writes == ["POST", "PUT"]
+                if serve:
+                    click.echo("\nServing; post your own webhooks. Setup values:\n")
+                    click.echo(onboarding.setup_steps(details))
+                    click.echo(f"\nSandbox patients: {', '.join(halaxy.patients)}. Ctrl-C stops.")
+                    _wait_forever()
+    finally:
+        worker.stop()
+        use_runtime(None)
+        if where.startswith("the Redis"):
+            for key in client.scan_iter(match=f"{DEMO_NAMESPACE}*"):
+                client.delete(key)
+        runtime.close()
+    click.echo("demo: ok" if ok else "demo: FAILED")
     raise SystemExit(0 if ok else 1)
+
+
+def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, str]:
+    """The Redis at REDIS_URL and the workers' broker, else in-process stand-ins."""
+    import redis
+
+    from services.workers.messaging import add_middleware
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1)
+    try:
+        client.ping()
+        return client, worker_broker, "the Redis at REDIS_URL (namespace hb-demo)"
+    except redis.exceptions.ConnectionError:
+        import fakeredis
+        from dramatiq.brokers.stub import StubBroker
+
+        broker = StubBroker()
+        add_middleware(broker)
+        for name in worker_broker.get_declared_actors():
+            broker.declare_actor(worker_broker.get_actor(name))
+        return fakeredis.FakeRedis(), broker, "an in-process stand-in (no Redis answered)"
 
 
 def _wait_forever() -> None:

@@ -11,6 +11,7 @@ m, f`. Errors are `{"errors": [...]}`. Every request is recorded; `faults` injec
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,12 @@ class FakePhysitrack:
 
     async def _handle(self, request: Request, action: Any) -> Response:
         body = await request.body()
-        record = {"method": request.method, "path": request.url.path, "status": 0}
+        record = {
+            "method": request.method,
+            "path": request.url.path,
+            "status": 0,
+            "received_at": time.monotonic(),
+        }
         self.requests.append(record)
         response = await self._respond(request, body, action)
         record["status"] = response.status_code

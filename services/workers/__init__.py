@@ -6,13 +6,21 @@ broker and declares the actors on it.
 
 from __future__ import annotations
 
+import sys
+
 import dramatiq
 
 from services.workers.messaging import build_broker
 from shared.config import load_settings
+from shared.errors import ConfigError
 from shared.logs import configure_logging
 
-settings = load_settings()
+try:
+    settings = load_settings()
+    settings.fernet  # noqa: B018  (workers decrypt connection secrets: the key is required)
+except ConfigError as exc:
+    print(f"halaxy-bridge worker: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 configure_logging(settings)
 broker = build_broker(settings)
 dramatiq.set_broker(broker)
