@@ -200,8 +200,8 @@ def test_create_verifies_the_halaxy_key(
     response = create(client, request_body(fake_halaxy.add_key()))
 
     assert response.status_code == 201, response.text
-    assert fake_halaxy.requests == [
-        {"path": "/main/oauth/token", "user_agent": settings.user_agent}
+    assert [(r.path, r.user_agent) for r in fake_halaxy.requests] == [
+        ("/main/oauth/token", settings.user_agent)
     ]
 
 

@@ -200,7 +200,9 @@ def test_add_json_prints_every_setup_value(
     assert details["signing_secret"] is None
     assert details["halaxy_base_url"] == halaxy_base
     # The key was checked against Halaxy once, with the configured User-Agent.
-    assert fake_halaxy.requests == [{"path": "/main/oauth/token", "user_agent": USER_AGENT}]
+    assert [(r.path, r.user_agent) for r in fake_halaxy.requests] == [
+        ("/main/oauth/token", USER_AGENT)
+    ]
 
 
 def test_auth_header_from_add_authenticates_a_webhook(
@@ -614,7 +616,9 @@ def test_rotate_halaxy_key_accepted_is_stored(
     stored = store.get(added["id"])
     assert stored is not None
     assert stored.halaxy_client_secret.get_secret_value() == client_secret
-    assert fake_halaxy.requests == [{"path": "/main/oauth/token", "user_agent": USER_AGENT}]
+    assert [(r.path, r.user_agent) for r in fake_halaxy.requests] == [
+        ("/main/oauth/token", USER_AGENT)
+    ]
 
 
 def test_rotate_refuses_a_blank_platform_api_key(
