@@ -29,11 +29,11 @@ class Timeline:
         click.echo(f"[{elapsed:8.1f} ms] {text}")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
+def wait_for(condition: Callable[[], Any], what: Callable[[], str], timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while not (result := condition()):
         if time.monotonic() > deadline:
-            raise click.ClickException("the demo timed out waiting for the worker")
+            raise click.ClickException(f"the demo timed out waiting for {what()}")
         time.sleep(0.005)
     return result
 
@@ -143,8 +143,18 @@ def _run(serve: bool) -> None:
                         },
                     )
                     answered = time.monotonic()
+                    if response.status_code != 202:
+                        raise click.ClickException(
+                            f"the receiver answered {response.status_code}: {response.text}"
+                        )
                     write = wait_for(
-                        lambda: [r for r in physitrack.requests if r["method"] == write_method]
+                        lambda: [r for r in physitrack.requests if r["method"] == write_method],
+                        what=lambda: (
+                            f"a {write_method} to Physitrack; so far queued={len(queued)}, "
+                            f"Halaxy requests={[(r.path, r.status) for r in halaxy.requests]}, "
+                            "Physitrack requests="
+                            f"{[(r['method'], r['status']) for r in physitrack.requests]}"
+                        ),
                     )[-1]
                     read = [r for r in halaxy.requests if r.path.endswith(PATIENT_ID)][-1]
                     at, job = queued.pop()
