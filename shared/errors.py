@@ -45,3 +45,8 @@ class InvalidInput(Permanent):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+class Ambiguous(BridgeError):
+    """A write may or may not have happened (a timeout after sending, a 5xx). Never repeat it
+    blindly: Halaxy cannot delete or search notes, so a repeat could duplicate a clinical note."""

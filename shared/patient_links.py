@@ -45,6 +45,23 @@ class PatientLinks:
 
     def save(self, patient_id: str, platform_id: str, fingerprint: str) -> None:
         self._put(patient_id, PatientLink(platform_id, fingerprint, _now()))
+        with translate_redis_errors():
+            self._redis.hset(
+                self._keys.patient_links_by_platform_id(self._connection_id),
+                platform_id,
+                patient_id,
+            )
+
+    def halaxy_id_for(self, patient_id: str) -> str:
+        """The Halaxy id behind a platform's `patient_id`: the id itself when the platform
+        echoes the `external_id` we sent (Physitrack), else the platform's own id mapped back."""
+        if self.get(patient_id) is not None:
+            return patient_id
+        with translate_redis_errors():
+            mapped = self._redis.hget(
+                self._keys.patient_links_by_platform_id(self._connection_id), patient_id
+            )
+        return as_bytes(mapped).decode() if mapped is not None else patient_id
 
     def mark_creating(self, patient_id: str) -> None:
         self._put(patient_id, PatientLink(None, None, _now(), creating=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -43,8 +44,20 @@ class Keys:
     def patient_links(self, connection_id: str) -> str:
         return f"{self.namespace}:patient-links:{connection_id}"
 
+    def patient_links_by_platform_id(self, connection_id: str) -> str:
+        return f"{self.namespace}:patient-links-rev:{connection_id}"
+
     def patient_lock(self, connection_id: str, patient_id: str) -> str:
         return f"{self.namespace}:lock:patient:{connection_id}:{patient_id}"
+
+    def note(self, connection_id: str, note_id: str) -> str:
+        return f"{self.namespace}:note:{connection_id}:{note_id}"
+
+    def note_lock(self, connection_id: str, note_id: str) -> str:
+        return f"{self.namespace}:lock:note:{connection_id}:{note_id}"
+
+    def parked_notes(self) -> str:
+        return f"{self.namespace}:notes:parked"
 
     def dramatiq_namespace(self) -> str:
         return f"{self.namespace}-dramatiq"
@@ -82,5 +95,36 @@ def held_lock(
         yield
     finally:
         # LockError: the lock expired while we held it (a slow upstream); nothing to free.
+        with translate_redis_errors(), suppress(redis.exceptions.LockError):
+            lock.release()
+
+
+@contextmanager
+def held_lease(
+    client: redis.Redis, name: str, *, ttl: float, wait: float, busy: str
+) -> Iterator[None]:
+    """`held_lock` kept alive by a renewal thread for as long as the block runs.
+
+    If the holder dies (SIGKILL, OOM), renewal stops and the lease expires after `ttl`, so
+    another worker can take over without waiting for a long fixed timeout.
+    """
+    with translate_redis_errors():
+        lock = client.lock(name, timeout=ttl, blocking_timeout=wait, sleep=0.02)
+        if not lock.acquire():
+            raise Transient(busy)
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(ttl / 3):
+            with suppress(redis.exceptions.RedisError):
+                lock.reacquire()
+
+    renewer = threading.Thread(target=renew, name=f"lease:{name}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
         with translate_redis_errors(), suppress(redis.exceptions.LockError):
             lock.release()

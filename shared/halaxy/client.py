@@ -9,7 +9,7 @@ and 7). Errors become the bridge's: `Permanent` for 4xx other than 401/408/429, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,12 +17,14 @@ import httpx
 import orjson
 
 from shared.connections import Connection
-from shared.errors import Permanent, RateLimited, Transient
+from shared.errors import Ambiguous, Permanent, RateLimited, Transient
 from shared.halaxy.auth import FHIR_JSON, fetch_token
 from shared.halaxy.tokens import TokenCache
 from shared.httputil import retry_after_seconds
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+# A 20 MB PDF is about 27 MB of JSON: give the upload and Halaxy's answer time.
+WRITE_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 MAX_PAGES = 10_000
 
 
@@ -57,6 +59,67 @@ class HalaxyClient:
     def read(self, reference: str) -> dict[str, Any]:
         """GET one resource by `Type/id`, `/main/Type/id` or an absolute URL on this host."""
         return self._json(self._request("GET", self.resolve(reference)))
+
+    def create(
+        self, resource_type: str, body: Callable[[], Iterable[bytes]], length: int
+    ) -> dict[str, Any]:
+        """POST a new resource, its JSON streamed from `body()` (called again on a retry).
+
+        A write Halaxy cannot undo, so failures are sorted by what they prove: nothing was
+        written (connection refused, 429, a 4xx refusal) raises `Transient`, `RateLimited` or
+        `Permanent`; an end that proves nothing (a timeout after sending, a dropped connection,
+        408 or a 5xx) raises `Ambiguous`, and the caller must not post again.
+        """
+        url = self.resolve(resource_type)
+        for attempt in (1, 2):
+            token = self._token()
+            response = self._post(url, token, body(), length)
+            if _token_rejected(response):
+                # Refused before it was processed: no note was written with a rejected token.
+                self._tokens.invalidate(
+                    self._connection.halaxy_base_url, self._connection.halaxy_client_id, token
+                )
+                if attempt == 2:
+                    raise HalaxyAuthRefused(
+                        "Halaxy refused a fresh access token (401) for the write: check the "
+                        "API key's Clinical Notes permission"
+                    )
+                continue
+            status = response.status_code
+            if status in (200, 201):
+                return self._json_or_empty(response)
+            if status == 408 or status >= 500:
+                raise Ambiguous(f"Halaxy answered {status} to the {resource_type} POST")
+            _raise_for_status(response)
+            raise Ambiguous(f"Halaxy answered {status} to the {resource_type} POST")
+        raise AssertionError("unreachable")
+
+    def _post(self, url: str, token: str, content: Iterable[bytes], length: int) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": FHIR_JSON,
+            "Content-Type": FHIR_JSON,
+            "Content-Length": str(length),
+            "User-Agent": self._user_agent,
+        }
+        try:
+            return self._http.request(
+                "POST", url, content=content, headers=headers, timeout=WRITE_TIMEOUT
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise Transient(f"Halaxy could not be reached ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise Ambiguous(
+                f"the POST to Halaxy ended without an answer ({type(exc).__name__})"
+            ) from exc
+
+    @staticmethod
+    def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            return {}
+        return body if isinstance(body, dict) else {}
 
     def search(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Every resource a search returns, following `link[relation=next]` page by page."""

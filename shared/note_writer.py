@@ -1,0 +1,172 @@
+"""Program write-back: fetch the PDF, post one clinical note, keep the outbox truthful.
+
+At most once, and exactly once whenever the outcome is knowable: a note is taken into
+`posting` by compare-and-set just before the POST; a note found in `posting` by a later
+attempt (a worker died mid-POST) is parked, never posted again; an ambiguous end of the POST
+parks it; an answer that proves nothing was written lets it be retried or failed.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from shared.connections import Connection
+from shared.errors import Ambiguous, Permanent, Transient
+from shared.halaxy.client import HalaxyClient, HalaxyNotFound
+from shared.notes_outbox import NoteOutbox, NoteState
+from shared.patient_links import PatientLinks
+from shared.pdf_fetch import FetchedPdf, PdfFetcher
+from shared.programs import (
+    ProgramCallback,
+    author_for,
+    document_reference,
+    is_link_expired,
+    note_body_parts,
+)
+
+B64_CHUNK = 3 * 64 * 1024  # a multiple of 3: chunks encode without padding in between
+
+
+class NoteOutcome(StrEnum):
+    POSTED = "posted"
+    PARKED = "parked"
+    FAILED = "failed"
+    NOTHING_TO_DO = "nothing_to_do"  # already settled, or unknown
+
+
+@dataclass(frozen=True)
+class NoteResult:
+    outcome: NoteOutcome
+    reason: str = ""
+    docref_id: str = ""
+
+
+def write_note(
+    *,
+    connection: Connection,
+    note_id: str,
+    outbox: NoteOutbox,
+    fetcher: PdfFetcher,
+    halaxy: HalaxyClient,
+    links: PatientLinks,
+    now: datetime,
+) -> NoteResult:
+    """Move one note forward; callers hold the note's lease (one worker per note)."""
+    record = outbox.get(connection.id, note_id)
+    if record is None or record.state in (NoteState.POSTED, NoteState.FAILED, NoteState.DROPPED):
+        return NoteResult(NoteOutcome.NOTHING_TO_DO)
+    if record.state is NoteState.PARKED:
+        return NoteResult(NoteOutcome.NOTHING_TO_DO, record.reason)
+    if record.state is NoteState.POSTING:
+        return _park(
+            outbox,
+            connection,
+            note_id,
+            "an earlier attempt stopped while posting to Halaxy (worker died or timed out); "
+            "check the patient's notes in Halaxy, then resolve",
+            {NoteState.POSTING},
+        )
+    callback = outbox.callback(connection.id, note_id)
+    if callback is None:
+        return _fail(outbox, connection, note_id, "the callback is no longer stored")
+    if is_link_expired(callback, now):
+        return _fail(
+            outbox, connection, note_id, "the PDF link expired (24 hours) before it was fetched"
+        )
+    outbox.move(connection.id, note_id, {NoteState.QUEUED, NoteState.FETCHING}, NoteState.FETCHING)
+    outbox.add_attempt(connection.id, note_id)
+    try:
+        pdf = fetcher.fetch(
+            callback.file_url, connection.allowed_pdf_hosts, connection.pdf_hosts is not None
+        )
+    except Permanent as exc:
+        return _fail(outbox, connection, note_id, str(exc))
+    try:
+        return _post(connection, note_id, callback, pdf, outbox, halaxy, links)
+    finally:
+        pdf.close()
+
+
+def _post(
+    connection: Connection,
+    note_id: str,
+    callback: ProgramCallback,
+    pdf: FetchedPdf,
+    outbox: NoteOutbox,
+    halaxy: HalaxyClient,
+    links: PatientLinks,
+) -> NoteResult:
+    patient_id = links.halaxy_id_for(callback.patient_id)
+    try:
+        halaxy.read(f"Patient/{patient_id}")
+    except HalaxyNotFound:
+        return _fail(outbox, connection, note_id, f"Halaxy has no patient {patient_id}")
+    note = document_reference(
+        connection, patient_id, callback, author_for(connection, callback.token)
+    )
+    head, tail = note_body_parts(note)
+    length = len(head) + 4 * ((pdf.size + 2) // 3) + len(tail)
+
+    def body() -> Iterator[bytes]:
+        pdf.file.seek(0)
+        yield head
+        while chunk := pdf.file.read(B64_CHUNK):
+            yield base64.b64encode(chunk)
+        yield tail
+
+    moved, found = outbox.move(connection.id, note_id, {NoteState.FETCHING}, NoteState.POSTING)
+    if not moved:
+        return NoteResult(NoteOutcome.NOTHING_TO_DO, f"the note was {found} meanwhile")
+    try:
+        created = halaxy.create("DocumentReference", body, length)
+    except Ambiguous as exc:
+        return _park(
+            outbox,
+            connection,
+            note_id,
+            f"{exc}; check the patient's notes in Halaxy",
+            {NoteState.POSTING},
+        )
+    except Permanent as exc:
+        return _fail(
+            outbox, connection, note_id, f"Halaxy refused the note: {exc}", {NoteState.POSTING}
+        )
+    except Transient:
+        # Nothing was written (refused connection, 429): the note may be posted again later.
+        outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.QUEUED)
+        raise
+    docref_id = str(created.get("id") or "unknown")
+    outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.POSTED, docref_id=docref_id)
+    return NoteResult(NoteOutcome.POSTED, docref_id=docref_id)
+
+
+def _park(
+    outbox: NoteOutbox,
+    connection: Connection,
+    note_id: str,
+    reason: str,
+    allowed: set[NoteState],
+) -> NoteResult:
+    outbox.move(connection.id, note_id, allowed, NoteState.PARKED, reason=reason)
+    return NoteResult(NoteOutcome.PARKED, reason)
+
+
+def _fail(
+    outbox: NoteOutbox,
+    connection: Connection,
+    note_id: str,
+    reason: str,
+    allowed: set[NoteState] | None = None,
+) -> NoteResult:
+    outbox.move(
+        connection.id,
+        note_id,
+        allowed or {NoteState.QUEUED, NoteState.FETCHING},
+        NoteState.FAILED,
+        reason=reason,
+    )
+    return NoteResult(NoteOutcome.FAILED, reason)

@@ -1,0 +1,194 @@
+"""The outbox of clinical notes: one durable record per program assignment.
+
+Halaxy cannot delete or search notes (halaxy-api.md sections 6 and 7), so a note must be
+posted at most once. Every note moves through
+
+    queued -> fetching -> posting -> posted
+                   \\          \\-> parked  (the POST ended ambiguously: a person decides)
+                    \\-> failed            (provably not written; the reason says why)
+
+and a person can settle a parked note as posted, retry it, or drop it. Each move is a
+compare-and-set in Redis, so two workers can never both take a note into `posting`. The
+callback's `file_url` (a 24-hour capability to the PDF) is sealed with Fernet like a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import redis
+from cryptography.fernet import MultiFernet
+
+from shared.programs import ProgramCallback, note_title
+from shared.store import Keys, as_bytes, translate_redis_errors
+
+DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memory for repeats
+
+# KEYS: record, parked index. ARGV: allowed states (comma list), new state, index member,
+# now (seconds), ttl for terminal states, then field/value pairs.
+TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {0, ''} end
+local allowed = false
+for state in string.gmatch(ARGV[1], '[^,]+') do
+  if state == current then allowed = true end
+end
+if not allowed then return {0, current} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 6))
+if ARGV[2] == 'parked' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  redis.call('PERSIST', KEYS[1])
+elseif current == 'parked' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+end
+if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+end
+return {1, current}
+"""
+
+
+class NoteState(StrEnum):
+    QUEUED = "queued"
+    FETCHING = "fetching"
+    POSTING = "posting"
+    POSTED = "posted"
+    PARKED = "parked"
+    FAILED = "failed"
+    DROPPED = "dropped"
+
+
+FINAL_STATES = frozenset({NoteState.POSTED, NoteState.FAILED, NoteState.DROPPED})
+
+
+@dataclass(frozen=True)
+class NoteRecord:
+    """What the outbox keeps: ids, the title, times, the outcome. No patient details."""
+
+    note_id: str
+    connection_id: str
+    state: NoteState
+    patient_id: str
+    practitioner_token: str
+    title: str
+    program_date_iso: str
+    updated: bool
+    created_at: str
+    updated_at: str
+    attempts: int = 0
+    docref_id: str = ""
+    reason: str = ""
+    resolved_by: str = ""
+    resolved_at: str = ""
+    resolution: str = ""
+
+
+class NoteOutbox:
+    def __init__(self, client: redis.Redis, keys: Keys, fernet: MultiFernet) -> None:
+        self._redis = client
+        self._keys = keys
+        self._fernet = fernet
+        self._transition = client.register_script(TRANSITION)
+
+    def create(self, connection_id: str, note_id: str, callback: ProgramCallback) -> bool:
+        """Record a new note as `queued`; False if the note exists already."""
+        now = _now()
+        record: dict[Any, Any] = {
+            "note_id": note_id,
+            "connection_id": connection_id,
+            "state": NoteState.QUEUED.value,
+            "patient_id": callback.patient_id,
+            "practitioner_token": callback.token,
+            "title": note_title(callback),
+            "program_date_iso": callback.date_iso.isoformat(),
+            "updated": "1" if callback.updated else "0",
+            "created_at": now,
+            "updated_at": now,
+            "attempts": "0",
+            "callback": self._fernet.encrypt(callback.model_dump_json().encode()).decode(),
+        }
+        key = self._keys.note(connection_id, note_id)
+        with translate_redis_errors():
+            if not self._redis.hsetnx(key, "note_id", note_id):
+                return False
+            self._redis.hset(key, mapping=record)
+        return True
+
+    def forget(self, connection_id: str, note_id: str) -> None:
+        """Remove a note that was never queued (its enqueue failed), so a retry can take it."""
+        with translate_redis_errors():
+            self._redis.delete(self._keys.note(connection_id, note_id))
+
+    def get(self, connection_id: str, note_id: str) -> NoteRecord | None:
+        with translate_redis_errors():
+            raw = self._redis.hgetall(self._keys.note(connection_id, note_id))
+        decoded = {as_bytes(k).decode(): as_bytes(v).decode() for k, v in raw.items()}
+        return _record(decoded) if "state" in decoded else None
+
+    def callback(self, connection_id: str, note_id: str) -> ProgramCallback | None:
+        """The callback as received (its file_url unsealed), while the note still needs it."""
+        with translate_redis_errors():
+            sealed = self._redis.hget(self._keys.note(connection_id, note_id), "callback")
+        if sealed is None:
+            return None
+        return ProgramCallback.model_validate_json(self._fernet.decrypt(as_bytes(sealed)))
+
+    def move(
+        self,
+        connection_id: str,
+        note_id: str,
+        allowed: set[NoteState],
+        to: NoteState,
+        **values: str,
+    ) -> tuple[bool, NoteState | None]:
+        """Compare-and-set the state; returns (moved, the state found)."""
+        pairs: list[str] = []
+        for name, value in {**values, "updated_at": _now()}.items():
+            pairs += [name, value]
+        if to in FINAL_STATES:
+            pairs += ["callback", ""]  # the PDF link is not needed any more: drop it
+        with translate_redis_errors():
+            moved, found = self._transition(
+                keys=[self._keys.note(connection_id, note_id), self._keys.parked_notes()],
+                args=[
+                    ",".join(sorted(s.value for s in allowed)),
+                    to.value,
+                    f"{connection_id}/{note_id}",
+                    int(datetime.now(UTC).timestamp()),
+                    int(DONE_TTL.total_seconds()),
+                    *pairs,
+                ],
+            )
+        state = as_bytes(found).decode()
+        return bool(moved), NoteState(state) if state else None
+
+    def add_attempt(self, connection_id: str, note_id: str) -> int:
+        with translate_redis_errors():
+            return int(self._redis.hincrby(self._keys.note(connection_id, note_id), "attempts"))
+
+    def parked(self) -> list[NoteRecord]:
+        with translate_redis_errors():
+            members: list[Any] = self._redis.zrange(self._keys.parked_notes(), 0, -1)
+        found = []
+        for member in members:
+            connection_id, _, note_id = as_bytes(member).decode().partition("/")
+            record = self.get(connection_id, note_id)
+            if record is not None and record.state is NoteState.PARKED:
+                found.append(record)
+        return found
+
+
+def _record(raw: dict[str, str]) -> NoteRecord:
+    names = {f.name for f in fields(NoteRecord)}
+    data: dict[str, object] = {k: v for k, v in raw.items() if k in names}
+    data["state"] = NoteState(str(data["state"]))
+    data["attempts"] = int(str(data.get("attempts", "0")))
+    data["updated"] = data.get("updated") == "1"
+    return NoteRecord(**data)  # type: ignore[arg-type]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
