@@ -6,6 +6,12 @@
 - `GET /main/Patient/{id}`, `/main/Appointment/{id}`, `/main/Patient?...` (search, paged with
   `link[next]`): absolute references, a given-only `usual` name before the `official` one, the
   `patient-status` extension; 401 for an expired token, 404 OperationOutcome when unknown.
+- `POST /main/DocumentReference`: validated as section 6 describes (`docStatus`, a Patient
+  `subject` it knows, `description`, `content` in text/html only, `attachments` with an allowed
+  `contentType`, base64 `data` of at most 20 MB and a `title`; an `author` other than a
+  practice role PR-... gets 404 "Author not found"); kept in `notes`; `note_faults` can make it
+  answer 429 or 503 before storing, or store and then time out or answer 500 (the ambiguous
+  ends a retried POST would duplicate).
 - A sliding-window limit of 500 requests a minute per key, with `x-ratelimit-limit` and
   `x-ratelimit-remaining`, and 429 with `retry-after` beyond it (section 7).
 - Every request is recorded (method, path, User-Agent, key) for tests to inspect; `faults`
@@ -14,6 +20,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import hashlib
 import secrets
 import time
 from collections import deque
@@ -132,6 +142,9 @@ class FakeHalaxy:
     clock: Callable[[], float] = time.monotonic
     rate_limit: int = RATE_LIMIT
     page_size: int = 50
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    note_faults: list[str] = field(default_factory=list)
+    hang_seconds: float = 30.0
     _windows: dict[str, deque[float]] = field(default_factory=dict)
 
     def add_key(self, client_id: str | None = None, client_secret: str | None = None) -> str:
@@ -151,6 +164,7 @@ class FakeHalaxy:
                 Route("/main/Patient", self._search_patients, methods=["GET"]),
                 Route("/main/Patient/{id}", self._read, methods=["GET"]),
                 Route("/main/Appointment/{id}", self._read, methods=["GET"]),
+                Route("/main/DocumentReference", self._create_note, methods=["POST"]),
             ]
         )
 
@@ -193,6 +207,35 @@ class FakeHalaxy:
 
     async def _read(self, request: Request) -> Response:
         return await self._api(request, self._read_resource)
+
+    async def _create_note(self, request: Request) -> Response:
+        record = self._record(request, None)
+        body = await request.body()
+        response = await self._api_response(request, record, lambda r, base: Response())
+        if response.status_code == 200:
+            response = await self._note(body, f"{request.url.scheme}://{request.url.netloc}/main")
+        record.status = response.status_code
+        return response
+
+    async def _note(self, body: bytes, base: str) -> Response:
+        fault = self.note_faults.pop(0) if self.note_faults else None
+        if fault in ("429", "503"):
+            headers = {"retry-after": "1"} if fault == "429" else None
+            return Response(b"", status_code=int(fault), headers=headers)
+        try:
+            note = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return operation_outcome(400, "invalid", "body must be JSON")
+        problem = _note_problem(note, base, self.patients)
+        if problem is not None:
+            return problem
+        stored = _stored_note(note, len(self.notes) + 1)
+        self.notes.append(stored)
+        if fault == "timeout_after_store":
+            await asyncio.sleep(self.hang_seconds)
+        if fault == "500_after_store":
+            return operation_outcome(500, "exception", "internal error")
+        return fhir({"resourceType": "DocumentReference", "id": stored["id"]}, 201)
 
     async def _search_patients(self, request: Request) -> Response:
         return await self._api(request, self._patient_page)
@@ -278,6 +321,70 @@ class FakeHalaxy:
                 ],
             }
         )
+
+
+ATTACHMENT_TYPES = {
+    "application/pdf",
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "image/jpeg",
+    "image/png",
+}
+MAX_ATTACHMENT = 20 * 1024 * 1024
+
+
+def _note_problem(note: Any, base: str, patients: dict[str, Any]) -> Response | None:
+    if not isinstance(note, dict):
+        return operation_outcome(422, "invalid", "body must be a DocumentReference")
+    if note.get("docStatus") not in ("preliminary", "final"):
+        return operation_outcome(422, "required", "docStatus must be preliminary or final")
+    if not isinstance(note.get("description"), str) or not note["description"].strip():
+        return operation_outcome(422, "required", "description is required")
+    subject = note.get("subject")
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    if not isinstance(reference, str) or not reference.startswith(f"{base}/Patient/"):
+        return operation_outcome(422, "required", "subject must reference a Patient")
+    if reference.rsplit("/", 1)[1] not in patients:
+        return operation_outcome(404, "not-found", "Patient not found")
+    for author in note.get("author") or []:
+        ref = author.get("reference", "") if isinstance(author, dict) else ""
+        if not str(ref).rsplit("/", 1)[-1].startswith("PR-"):
+            return operation_outcome(404, "not-found", "Author not found")
+    for item in note.get("content") or []:
+        attachment = item.get("attachment") if isinstance(item, dict) else None
+        if not isinstance(attachment, dict) or attachment.get("contentType") != "text/html":
+            return operation_outcome(422, "invalid", "content supports only text/html")
+    for attachment in note.get("attachments") or []:
+        if not isinstance(attachment, dict):
+            return operation_outcome(422, "invalid", "attachments must be objects")
+        if attachment.get("contentType") not in ATTACHMENT_TYPES:
+            return operation_outcome(422, "invalid", "attachment contentType not allowed")
+        if not attachment.get("title"):
+            return operation_outcome(422, "required", "attachment title is required")
+        try:
+            data = base64.b64decode(attachment.get("data", ""), validate=True)
+        except (binascii.Error, ValueError):
+            return operation_outcome(422, "invalid", "attachment data must be base64")
+        if not data or len(data) > MAX_ATTACHMENT:
+            return operation_outcome(422, "too-costly", "attachment data must be 1 byte to 20 MB")
+    return None
+
+
+def _stored_note(note: dict[str, Any], number: int) -> dict[str, Any]:
+    """The note as kept for inspection: attachments by size and digest, not their bytes."""
+    attachments = [
+        {
+            "contentType": a["contentType"],
+            "title": a["title"],
+            "size": len(base64.b64decode(a["data"])),
+            "sha256": hashlib.sha256(base64.b64decode(a["data"])).hexdigest(),
+            "head": base64.b64decode(a["data"])[:8],
+        }
+        for a in note.get("attachments") or []
+    ]
+    return {**note, "id": f"DR-{number}", "attachments": attachments}
 
 
 def _absolute(resource: dict[str, Any], base: str) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """A fake Physitrack API v2, faithful to therapy-platforms.md section 1.
 
+Also the PDF side (section 2.1): program PDFs served at `/files/{name}` (what `file_url`
+points at), and `assign_program()` posting the PMS "PDF download" callback to the bridge.
+
 `X-Api-Key` auth (401 `{"errors":["Practitioner was not found"]}`), `POST /api/v2/clients`
 (201), `PUT /api/v2/clients/{id}` with the full object (200; an empty body gets the same
 "is missing" list as create), `GET /api/v2/clients/{id}` (404 `Client with given id does not
@@ -13,8 +16,10 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -50,6 +55,9 @@ class FakePhysitrack:
     clients: dict[int, dict[str, Any]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
+    files: dict[str, bytes] = field(default_factory=dict)
+    file_faults: Faults = field(default_factory=Faults)
+    file_requests: list[dict[str, Any]] = field(default_factory=list)
     _next_id: int = 7961
 
     def add_key(self) -> str:
@@ -71,8 +79,57 @@ class FakePhysitrack:
                 Route("/api/v2/clients/", self._create, methods=["POST"]),
                 Route("/api/v2/clients/{id:int}", self._get, methods=["GET"]),
                 Route("/api/v2/clients/{id:int}", self._update, methods=["PUT"]),
+                Route("/files/{name}", self._file, methods=["GET"]),
             ]
         )
+
+    def publish_pdf(self, pdf: bytes, name: str | None = None) -> str:
+        """Serve `pdf`; returns its path (join it to this server's URL for `file_url`)."""
+        name = name or f"{secrets.token_hex(12)}.pdf"
+        self.files[name] = pdf
+        return f"/files/{name}"
+
+    def assign_program(
+        self,
+        callback_url: str,
+        *,
+        api_key: str,
+        file_url: str,
+        patient_id: str,
+        name: str = "Knee Rehab Program",
+        token: str = "practitioner-token-1",  # noqa: S107  (a sandbox practitioner id)
+        updated: bool = False,
+        when: datetime | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """POST the PMS PDF-download callback, in Physitrack's documented shape."""
+        moment = when or datetime.now(UTC)
+        body = {
+            "api_key": api_key,
+            "token": token,
+            "patient_id": patient_id,
+            "file_url": file_url,
+            "name": name,
+            "date": moment.date().isoformat(),
+            "date_iso": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "updated": updated,
+        }
+        return httpx.post(
+            callback_url,
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            timeout=10,
+        )
+
+    async def _file(self, request: Request) -> Response:
+        self.file_requests.append({"path": request.url.path, "received_at": time.monotonic()})
+        fault = await self.file_faults.apply(b"unavailable", "text/plain")
+        if fault is not None:
+            return fault
+        pdf = self.files.get(request.path_params["name"])
+        if pdf is None:
+            return Response(b"<Error>NoSuchKey</Error>", status_code=404, media_type="text/xml")
+        return Response(pdf, media_type="application/pdf")
 
     async def _handle(self, request: Request, action: Any) -> Response:
         body = await request.body()
