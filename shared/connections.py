@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from shared.errors import InvalidInput
@@ -166,14 +167,17 @@ def halaxy_base_url(region: str | None, base_url: str | None) -> str:
 
 def service_url(value: str, what: str) -> str:
     """An absolute https URL (plain http only for a loopback host, as the sandbox runs)."""
-    parts = urlsplit(value.strip())
+    if not value.strip().isprintable():
+        raise InvalidInput(f"the {what} has characters a URL cannot carry")
     try:
+        parts = urlsplit(value.strip())
         parts.port  # noqa: B018  (urlsplit checks the port only when it is read)
-    except ValueError:
-        raise InvalidInput(f"the {what} has an invalid port: {value!r}") from None
+        httpx.Request("GET", value.strip())  # what the HTTP client will accept, IDNA included
+    except (ValueError, httpx.InvalidURL):
+        raise InvalidInput(f"the {what} is not a usable URL: {value!r}") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise InvalidInput(f"the {what} must be an absolute https URL, got {value!r}")
-    if not is_loopback_host(parts.hostname) and not HOST_NAME.match(parts.hostname):
+    if not is_loopback_host(parts.hostname) and not HOST_NAME.fullmatch(parts.hostname):
         raise InvalidInput(f"the {what} has an invalid host name: {value!r}")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise InvalidInput(f"the {what} must use https (http only for a loopback host)")
@@ -184,7 +188,7 @@ def service_url(value: str, what: str) -> str:
 
 def practitioner_role(value: str, what: str = "author") -> str:
     value = value.strip()
-    if not PRACTITIONER_ROLE_ID.match(value):
+    if not PRACTITIONER_ROLE_ID.fullmatch(value):
         # Halaxy refuses an external role (EP-...) as author with 404 "Author not found"
         # (halaxy-api.md section 6); only a practice role PR-... may author a note.
         raise InvalidInput(f"the {what} must be a Halaxy practice role id like PR-123456")
@@ -209,7 +213,7 @@ def pdf_host_list(value: str) -> tuple[str, ...]:
         host = raw.strip().lower()
         if not host:
             continue
-        match = HOST_PORT.match(host)
+        match = HOST_PORT.fullmatch(host)
         port = match.group("port") if match else None
         if not match or (port is not None and not 0 < int(port) < 65536):
             raise InvalidInput(f"PDF host {raw.strip()!r} must look like host or host:port")

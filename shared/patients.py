@@ -80,14 +80,14 @@ def map_patient(resource: dict[str, Any], today: date | None = None) -> PatientD
         raise PatientNotUsable(patient_id, problems)
     dropped: list[str] = []
     email = _telecom(resource, lambda t: t.get("system") == "email")
-    if email is not None and not EMAIL.match(email):
+    if email is not None and not EMAIL.fullmatch(email):
         email, dropped = None, [*dropped, "email"]
     mobile = _telecom(resource, lambda t: t.get("system") == "sms") or _telecom(
         resource, lambda t: t.get("use") == "mobile" and t.get("system") in (None, "phone")
     )
     if mobile is not None:
         mobile = re.sub(r"[\s()-]", "", mobile)
-        if not E164.match(mobile):
+        if not E164.fullmatch(mobile):
             mobile, dropped = None, [*dropped, "mobile"]
     return PatientDetails(
         halaxy_id=patient_id,
@@ -130,7 +130,7 @@ def _text(value: Any) -> str | None:
 def _birth(value: Any, today: date) -> tuple[int | None, date | None]:
     if not isinstance(value, str):
         return None, None
-    match = BIRTH_DATE.match(value.strip())
+    match = BIRTH_DATE.fullmatch(value.strip())
     if match is None:
         return None, None
     year = int(match.group("year"))

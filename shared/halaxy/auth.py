@@ -47,6 +47,8 @@ def fetch_token(
         raise Transient(f"Halaxy token request timed out: {type(exc).__name__}") from exc
     except httpx.TransportError as exc:
         raise Transient(f"Halaxy token request failed: {type(exc).__name__}") from exc
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise Permanent(f"the Halaxy base URL is not usable: {type(exc).__name__}") from exc
     if response.status_code == 429:
         raise RateLimited("Halaxy rate limit", retry_after_seconds(response))
     if response.status_code >= 500 or response.status_code == 408:

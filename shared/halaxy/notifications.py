@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RESOURCE_PATH = re.compile(
     r"^(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$"
 )
@@ -144,7 +143,7 @@ def _focus_target(focus: Reference, expected_type: str, base_url: str) -> tuple[
         path = reference[len(base_path) + 1 :]
     else:
         path = reference.lstrip("/")
-    match = RESOURCE_PATH.match(path)
+    match = RESOURCE_PATH.fullmatch(path)
     if match is None:
         raise _not_a_notification("a focus reference is not of the form Type/id")
     resource_type = match.group("type")
