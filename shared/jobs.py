@@ -24,6 +24,7 @@ class ActorName(StrEnum):
     SYNC_PATIENT = "sync_patient"
     SYNC_APPOINTMENT = "sync_appointment"
     RECORD_INVOICE = "record_invoice"
+    WRITE_PROGRAM_NOTE = "write_program_note"
 
 
 ACTOR_FOR_RESOURCE = {
@@ -56,4 +57,12 @@ def job_for_event(connection_id: str, event: HalaxyEvent, changed: ChangedResour
             "event": event.name,
             "event_id": changed.event_key,
         },
+    )
+
+
+def job_for_note(connection_id: str, note_id: str) -> Job:
+    return Job(
+        actor=ActorName.WRITE_PROGRAM_NOTE,
+        queue=QueueName.LIVE,
+        kwargs={"connection_id": connection_id, "note_id": note_id, "event_id": note_id},
     )

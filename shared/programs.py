@@ -41,7 +41,7 @@ class ProgramCallback(BaseModel):
     @field_validator("patient_id")
     @classmethod
     def _patient_id(cls, value: str) -> str:
-        if not PATIENT_ID.match(value):
+        if not PATIENT_ID.fullmatch(value):
             raise ValueError("must be the Halaxy patient id (letters, digits, '-', '.')")
         return value
 

@@ -19,6 +19,7 @@ from services.webhook_receiver import admin, health
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
 from services.webhook_receiver.openapi import openapi
+from services.webhook_receiver.programs import program_callback
 from services.webhook_receiver.responses import ApiError, error_response
 from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
@@ -27,7 +28,9 @@ from shared.halaxy.auth import fetch_token
 from shared.intake import WebhookIntake
 from shared.jobs import JobQueue
 from shared.logs import configure_logging
+from shared.notes_outbox import NoteOutbox
 from shared.onboarding import KeyVerifier
+from shared.program_intake import ProgramIntake
 from shared.store import Keys, redis_client
 
 log = structlog.get_logger("halaxy_bridge.receiver")
@@ -83,6 +86,7 @@ def create_app(
         redis=client,
         connections=ConnectionStore(client, keys, settings.fernet),
         intake=WebhookIntake(client, keys, queue),
+        programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
         verify_key=verify_key or halaxy_key_verifier(settings, http),
     )
 
@@ -94,6 +98,7 @@ def create_app(
 
     routes = [
         Route("/webhooks/halaxy/{connection_id}/{event}", halaxy_webhook, methods=["POST"]),
+        Route("/webhooks/programs/{connection_id}", program_callback, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics_endpoint, methods=["GET"]),

@@ -11,6 +11,7 @@ from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.intake import WebhookIntake
 from shared.onboarding import KeyVerifier
+from shared.program_intake import ProgramIntake
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Deps:
     redis: redis.Redis
     connections: ConnectionStore
     intake: WebhookIntake
+    programs: ProgramIntake
     verify_key: KeyVerifier
 
 

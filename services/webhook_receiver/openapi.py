@@ -11,6 +11,7 @@ from starlette.responses import Response
 from services.webhook_receiver.responses import JSONResponse
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.onboarding import ConnectionRequest, RotateRequest
+from shared.programs import ProgramCallback
 
 
 class ErrorBody(BaseModel):
@@ -19,8 +20,8 @@ class ErrorBody(BaseModel):
 
 
 class Accepted(BaseModel):
-    accepted: list[str] = Field(description="event ids queued by this delivery")
-    duplicates: list[str] = Field(description="event ids seen before and not queued again")
+    accepted: list[str] = Field(description="event (or note) ids queued by this delivery")
+    duplicates: list[str] = Field(description="ids seen before and not queued again")
 
 
 NOTIFICATION_BUNDLE: dict[str, Any] = {
@@ -115,7 +116,7 @@ ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
 def build_spec() -> dict[str, Any]:
     schemas: dict[str, Any] = {"NotificationBundle": NOTIFICATION_BUNDLE, "Reference": REFERENCE}
-    for model in (ErrorBody, Accepted, ConnectionRequest, RotateRequest):
+    for model in (ErrorBody, Accepted, ConnectionRequest, RotateRequest, ProgramCallback):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -153,6 +154,36 @@ def build_spec() -> dict[str, Any]:
                     },
                     "responses": {
                         "202": _json(_ref("Accepted"), "queued durably"),
+                        **_errors(400, 401, 404, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/webhooks/programs/{connection_id}": {
+                "post": {
+                    "summary": "the therapy platform's program-assigned (PDF) callback",
+                    "description": (
+                        "Physitrack's PDF-webhook body; api_key authenticates. When the "
+                        "connection has a signing secret, Standard Webhooks headers are "
+                        "required too."
+                    ),
+                    "parameters": [
+                        CONNECTION_ID,
+                        *(
+                            {
+                                "name": name,
+                                "in": "header",
+                                "required": False,
+                                "schema": {"type": "string"},
+                            }
+                            for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+                        ),
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ProgramCallback")}},
+                    },
+                    "responses": {
+                        "202": _json(_ref("Accepted"), "the note is recorded and queued"),
                         **_errors(400, 401, 404, 413, 415, 422, 503),
                     },
                 }

@@ -10,9 +10,14 @@ import dramatiq
 from services.workers.policy import job_outcome, should_retry
 from services.workers.runtime import WorkerRuntime
 from shared.config import load_settings
+from shared.connections import utcnow
 from shared.jobs import ActorName, QueueName
+from shared.note_writer import write_note
 from shared.patient_sync import sync_appointment as sync_appointment_of
 from shared.patient_sync import sync_patient as sync_patient_of
+from shared.store import held_lease
+
+NOTE_LEASE_SECONDS = 60.0
 
 _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
@@ -96,3 +101,46 @@ def record_invoice(connection_id: str, resource_id: str, event: str, event_id: s
         invoice_id=resource_id,
     ) as log:
         log.info("invoice.recorded")
+
+
+@dramatiq.actor(
+    actor_name=ActorName.WRITE_PROGRAM_NOTE.value,
+    queue_name=QueueName.LIVE.value,
+    retry_when=should_retry,
+    time_limit=10 * 60_000,  # a 20 MB PDF down and about 27 MB of JSON up
+)
+def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
+    with job_outcome(
+        ActorName.WRITE_PROGRAM_NOTE,
+        connection_id=connection_id,
+        event_id=event_id,
+        note_id=note_id,
+    ) as log:
+        rt = runtime()
+        services = rt.services(connection_id)
+        # One worker per note at a time; the lease lapses within a minute if the holder dies.
+        with held_lease(
+            rt.redis,
+            rt.keys.note_lock(connection_id, note_id),
+            ttl=NOTE_LEASE_SECONDS,
+            wait=5.0,
+            busy="another worker holds this note",
+        ):
+            result = write_note(
+                connection=services.connection,
+                note_id=note_id,
+                outbox=rt.outbox,
+                fetcher=services.pdfs,
+                halaxy=services.halaxy,
+                links=services.links,
+                now=utcnow(),
+            )
+        level = {"posted": log.info, "parked": log.warning, "failed": log.error}.get(
+            result.outcome.value, log.info
+        )
+        level(
+            "note." + result.outcome.value,
+            outcome=result.outcome.value,
+            docref_id=result.docref_id or None,
+            reason=result.reason or None,
+        )

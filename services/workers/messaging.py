@@ -10,14 +10,28 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from shared.config import Settings
-from shared.jobs import Job
+from shared.jobs import Job, QueueName
 from shared.store import Keys, redis_client, translate_redis_errors
 
+# A worker that sent no command for this long is dead; its unacked messages are requeued at
+# the next maintenance run (Dramatiq's default is 60 s).
+HEARTBEAT_TIMEOUT_MS = 30_000
+# Maintenance runs on about this many commands in a million; idle workers poll every second,
+# so a dead worker's messages come back within a minute or so at any traffic.
+MAINTENANCE_CHANCE = 20_000
+MAINTENANCE_ALWAYS = 1_000_000
 
-def build_broker(settings: Settings, client: redis.Redis | None = None) -> RedisBroker:
+
+def build_broker(
+    settings: Settings,
+    client: redis.Redis | None = None,
+    maintenance_chance: int = MAINTENANCE_CHANCE,
+) -> RedisBroker:
     broker = RedisBroker(  # type: ignore[no-untyped-call]
         client=client or redis_client(settings),
         namespace=Keys(settings.redis_namespace).dramatiq_namespace(),
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=maintenance_chance,
     )
     add_middleware(broker)
     return broker
@@ -46,3 +60,12 @@ class DramatiqJobQueue:
                         options={},
                     )
                 )
+
+
+def requeue_from_dead_workers(settings: Settings, client: redis.Redis | None = None) -> None:
+    """Run Dramatiq's maintenance now: messages held by workers whose heartbeat stopped more
+    than HEARTBEAT_TIMEOUT_MS ago go back on their queues (the scheduler calls this)."""
+    broker = build_broker(settings, client, maintenance_chance=MAINTENANCE_ALWAYS)
+    for queue in QueueName:
+        with translate_redis_errors():
+            broker.do_qsize(queue.value)

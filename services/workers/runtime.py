@@ -15,7 +15,9 @@ from shared.connections import Connection
 from shared.errors import ConnectionNotFound
 from shared.halaxy.client import HalaxyClient, new_http_client
 from shared.halaxy.tokens import TokenCache
+from shared.notes_outbox import NoteOutbox
 from shared.patient_links import PatientLinks
+from shared.pdf_fetch import PdfFetcher, Resolver, system_resolver
 from shared.platforms import TherapyPlatform, platform_for
 from shared.store import Keys, redis_client
 
@@ -26,15 +28,23 @@ class ConnectionServices:
     halaxy: HalaxyClient
     platform: TherapyPlatform
     links: PatientLinks
+    pdfs: PdfFetcher
 
 
 class WorkerRuntime:
-    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self.resolver = resolver
         self.settings = settings
         self.redis = client or redis_client(settings)
         self.keys = Keys(settings.redis_namespace)
         self.connections = ConnectionStore(self.redis, self.keys, settings.fernet)
         self.tokens = TokenCache(self.redis, self.keys, settings.fernet)
+        self.outbox = NoteOutbox(self.redis, self.keys, settings.fernet)
         self._http: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
 
@@ -50,6 +60,7 @@ class WorkerRuntime:
             halaxy=HalaxyClient(connection, http, self.tokens, self.settings.user_agent),
             platform=platform_for(connection, http, self.settings.user_agent),
             links=PatientLinks(self.redis, self.keys, connection_id),
+            pdfs=PdfFetcher(http, self.resolver),
         )
 
     def _http_for(self, connection_id: str) -> httpx.Client:

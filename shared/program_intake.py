@@ -1,0 +1,33 @@
+"""Taking in a "program assigned" callback: record the note, queue its job, answer.
+
+The outbox record is both the note's durable state and the dedup memory. A repeat of a note
+still `queued` is queued again (cheap, and safe: one worker at a time per note, and the outbox
+moves by compare-and-set), which also covers a crash between recording and queueing.
+"""
+
+from __future__ import annotations
+
+from shared.errors import StoreUnavailable
+from shared.intake import IntakeResult
+from shared.jobs import JobQueue, job_for_note
+from shared.notes_outbox import NoteOutbox, NoteState
+from shared.programs import ProgramCallback
+
+
+class ProgramIntake:
+    def __init__(self, outbox: NoteOutbox, queue: JobQueue) -> None:
+        self._outbox = outbox
+        self._queue = queue
+
+    def accept(self, connection_id: str, note_id: str, callback: ProgramCallback) -> IntakeResult:
+        if self._outbox.create(connection_id, note_id, callback):
+            try:
+                self._queue.enqueue([job_for_note(connection_id, note_id)])
+            except StoreUnavailable:
+                self._outbox.forget(connection_id, note_id)
+                raise
+            return IntakeResult(accepted=[note_id], duplicates=[])
+        record = self._outbox.get(connection_id, note_id)
+        if record is not None and record.state is NoteState.QUEUED:
+            self._queue.enqueue([job_for_note(connection_id, note_id)])
+        return IntakeResult(accepted=[], duplicates=[note_id])
