@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -165,7 +166,10 @@ def test_demo_syncs_a_patient_created_then_updated(
     ):
         assert hop in output
     assert output.rstrip().endswith("demo: ok")
-    assert not list(redis_server_client.scan_iter(match="hb-demo*"))
+    if redis_url == "env":
+        namespace = re.search(r"namespace (hb-demo-[0-9a-f]+)", output)
+        assert namespace is not None
+        assert not list(redis_server_client.scan_iter(match=f"{namespace.group(1)}*"))
 
 
 def test_two_worker_processes_share_one_halaxy_token(

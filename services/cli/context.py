@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
+import redis
 
 from services.cli.output import fail
 from shared.config import Settings, load_settings
@@ -19,6 +20,7 @@ from shared.errors import (
     Transient,
 )
 from shared.halaxy.auth import fetch_token
+from shared.jobs import JobQueue
 from shared.onboarding import KeyVerifier
 from shared.store import Keys, redis_client
 
@@ -26,8 +28,15 @@ from shared.store import Keys, redis_client
 @dataclass(frozen=True)
 class CliContext:
     settings: Settings
+    redis: redis.Redis
     connections: ConnectionStore
     verify_key: KeyVerifier
+
+    def queue(self) -> JobQueue:
+        """The Dramatiq queue, for commands that enqueue (imported only when needed)."""
+        from services.workers.messaging import DramatiqJobQueue, build_broker
+
+        return DramatiqJobQueue(build_broker(self.settings, self.redis))
 
 
 @contextmanager
@@ -48,6 +57,7 @@ def cli_context(as_json: bool) -> Iterator[CliContext]:
     try:
         yield CliContext(
             settings=settings,
+            redis=client,
             connections=ConnectionStore(client, Keys(settings.redis_namespace), fernet),
             verify_key=verify,
         )

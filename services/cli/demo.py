@@ -2,13 +2,14 @@
 
 A sandbox Halaxy and a sandbox Physitrack on loopback ports, the real receiver and a real
 Dramatiq worker (threads in this process). Uses the Redis at REDIS_URL when it answers (under
-the key namespace `hb-demo`, removed at the end), else an in-process stand-in, so it runs on a
-fresh machine with nothing else installed.
+a key namespace `hb-demo-<random>` of its own, removed at the end), else an in-process
+stand-in, so it runs on a fresh machine with nothing else installed.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from typing import Any
 
 import click
 
-DEMO_NAMESPACE = "hb-demo"
+# Each run has a namespace of its own, so two demos (or a demo and tests) never share queues.
+DEMO_NAMESPACE = f"hb-demo-{secrets.token_hex(4)}"
 PATIENT_ID = "1001"
 
 
@@ -212,7 +214,7 @@ def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, str]
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1)
     try:
         client.ping()
-        return client, worker_broker, "the Redis at REDIS_URL (namespace hb-demo)"
+        return client, worker_broker, f"the Redis at REDIS_URL (namespace {DEMO_NAMESPACE})"
     except redis.exceptions.ConnectionError:
         import fakeredis
         from dramatiq.brokers.stub import StubBroker

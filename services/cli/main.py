@@ -6,6 +6,7 @@ import click
 
 from services.cli.connections import connections
 from services.cli.demo import demo
+from services.cli.notes import notes
 from services.cli.sandbox import sandbox
 
 
@@ -16,6 +17,7 @@ def cli() -> None:
 
 cli.add_command(connections)
 cli.add_command(demo)
+cli.add_command(notes)
 cli.add_command(sandbox)
 
 
