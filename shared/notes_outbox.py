@@ -132,7 +132,7 @@ class NoteOutbox:
         """The callback as received (its file_url unsealed), while the note still needs it."""
         with translate_redis_errors():
             sealed = self._redis.hget(self._keys.note(connection_id, note_id), "callback")
-        if sealed is None:
+        if not sealed:  # never stored, or dropped once the note was settled
             return None
         return ProgramCallback.model_validate_json(self._fernet.decrypt(as_bytes(sealed)))
 

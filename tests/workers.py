@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import dramatiq
 import orjson
@@ -52,7 +53,11 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def sandbox_connection(
-    store: ConnectionStore, sandbox: Sandbox, verify_key: KeyVerifier, platform: str = "physitrack"
+    store: ConnectionStore,
+    sandbox: Sandbox,
+    verify_key: KeyVerifier,
+    platform: str = "physitrack",
+    **fields: Any,
 ) -> Connection:
     request = onboarding.parse_request(
         {
@@ -68,6 +73,9 @@ def sandbox_connection(
             else sandbox.rest.add_key(),
             "author": "PR-1001",
             "verify": False,
+            # The sandbox serves PDFs over http on loopback: allowed only when listed explicitly.
+            "pdf_hosts": [urlsplit(sandbox.physitrack_url).netloc],
+            **fields,
         }
     )
     return onboarding.add_connection(store, verify_key, request, utcnow())
@@ -100,6 +108,15 @@ class Pipeline:
         )
         assert response.status_code == 202, response.text
         return response
+
+    def callback(
+        self, connection: Connection, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Any:
+        return self.receiver.post(
+            f"/webhooks/programs/{connection.id}",
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
 
     def drain(self, timeout_ms: int = 30_000) -> None:
         self.broker.join("live", timeout=timeout_ms)

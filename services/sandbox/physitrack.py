@@ -90,33 +90,12 @@ class FakePhysitrack:
         return f"/files/{name}"
 
     def assign_program(
-        self,
-        callback_url: str,
-        *,
-        api_key: str,
-        file_url: str,
-        patient_id: str,
-        name: str = "Knee Rehab Program",
-        token: str = "practitioner-token-1",  # noqa: S107  (a sandbox practitioner id)
-        updated: bool = False,
-        when: datetime | None = None,
-        headers: dict[str, str] | None = None,
+        self, callback_url: str, headers: dict[str, str] | None = None, **fields: Any
     ) -> httpx.Response:
-        """POST the PMS PDF-download callback, in Physitrack's documented shape."""
-        moment = when or datetime.now(UTC)
-        body = {
-            "api_key": api_key,
-            "token": token,
-            "patient_id": patient_id,
-            "file_url": file_url,
-            "name": name,
-            "date": moment.date().isoformat(),
-            "date_iso": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "updated": updated,
-        }
+        """POST the PMS PDF-download callback to the bridge (fields: see `program_callback`)."""
         return httpx.post(
             callback_url,
-            content=orjson.dumps(body),
+            content=orjson.dumps(program_callback(**fields)),
             headers={"Content-Type": "application/json", **(headers or {})},
             timeout=10,
         )
@@ -214,3 +193,27 @@ def _client(client_id: int, data: dict[str, Any]) -> dict[str, Any]:
     client.update({name: data.get(name) for name in CLIENT_FIELDS})
     client.update({"last_seen": None, "current_access_code": None, "program_end_date": None})
     return client
+
+
+def program_callback(
+    *,
+    api_key: str,
+    file_url: str,
+    patient_id: str,
+    name: str = "Knee Rehab Program",
+    token: str = "practitioner-token-1",  # noqa: S107  (a sandbox practitioner id)
+    updated: bool = False,
+    when: datetime | None = None,
+) -> dict[str, Any]:
+    """The PMS PDF-download callback body, in Physitrack's documented shape (section 2.1)."""
+    moment = when or datetime.now(UTC)
+    return {
+        "api_key": api_key,
+        "token": token,
+        "patient_id": patient_id,
+        "file_url": file_url,
+        "name": name,
+        "date": moment.date().isoformat(),
+        "date_iso": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "updated": updated,
+    }

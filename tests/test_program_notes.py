@@ -1,0 +1,318 @@
+"""Program write-back end to end: callback -> receiver -> worker -> PDF -> one Halaxy note.
+
+Real Redis, a real Dramatiq worker (threads), the sandbox Halaxy and Physitrack over HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+import shared.halaxy.client as halaxy_client
+from services.sandbox.halaxy import patient_resource
+from services.sandbox.pdfs import make_pdf
+from services.sandbox.physitrack import program_callback
+from services.workers.messaging import DramatiqJobQueue
+from shared.connections import Connection
+from shared.jobs import job_for_note
+from shared.notes_outbox import NoteOutbox, NoteState
+from shared.onboarding import KeyVerifier
+from shared.patient_links import PatientLinks
+from shared.programs import note_id_for, parse_callback
+from tests.workers import Pipeline, Sandbox, sandbox_connection
+
+PATIENT = "1001"
+
+
+@pytest.fixture
+def conn(pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier) -> Connection:
+    sandbox.halaxy.patients[PATIENT] = patient_resource(PATIENT)
+    return sandbox_connection(
+        pipeline.store, sandbox, verify_key, practitioners={"pt-tok-9": "PR-2002"}
+    )
+
+
+@pytest.fixture
+def outbox(pipeline: Pipeline, base_settings: Any) -> NoteOutbox:
+    return NoteOutbox(pipeline.redis, pipeline.keys, base_settings.fernet)
+
+
+def publish(sandbox: Sandbox, pdf: bytes | None = None) -> str:
+    path = sandbox.physitrack.publish_pdf(pdf or make_pdf("Knee Rehab Program"))
+    return sandbox.physitrack_url.removesuffix("/api/v2") + path
+
+
+def body(conn: Connection, file_url: str, **fields: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "api_key": conn.program_api_key.get_secret_value(),
+        "file_url": file_url,
+        "patient_id": PATIENT,
+    }
+    values.update(fields)
+    return program_callback(**values)
+
+
+def test_an_assignment_becomes_one_note_in_halaxy_shaped_as_documented(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection, outbox: NoteOutbox
+) -> None:
+    pdf = make_pdf("Knee Rehab Program")
+    when = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
+    response = pipeline.callback(
+        conn, body(conn, publish(sandbox, pdf), token="pt-tok-9", when=when)
+    )
+    assert response.status_code == 202
+    [note_id] = response.json()["accepted"]
+    pipeline.drain()
+    [note] = sandbox.halaxy.notes
+    base = conn.halaxy_base_url
+    assert note["docStatus"] == "preliminary"
+    assert note["subject"] == {"type": "Patient", "reference": f"{base}/Patient/{PATIENT}"}
+    assert note["author"] == [
+        {"type": "PractitionerRole", "reference": f"{base}/PractitionerRole/PR-2002"}
+    ]
+    assert note["description"] == "Home program: Knee Rehab Program (assigned 2026-11-21)"
+    assert note["date"] == "2026-11-21T09:30:00Z"
+    assert note["content"][0]["attachment"]["contentType"] == "text/html"
+    assert "Knee Rehab Program" in note["content"][0]["attachment"]["data"]
+    [attachment] = note["attachments"]
+    assert attachment["contentType"] == "application/pdf"
+    assert attachment["title"] == "knee-rehab-program-2026-11-21.pdf"
+    assert attachment["sha256"] == hashlib.sha256(pdf).hexdigest()
+    record = outbox.get(conn.id, note_id)
+    assert record is not None
+    assert (record.state, record.docref_id) == (NoteState.POSTED, note["id"])
+    assert outbox.callback(conn.id, note_id) is None  # the PDF link is not kept once done
+
+
+def test_an_update_gets_its_own_note_and_the_default_author(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection
+) -> None:
+    url = publish(sandbox)
+    pipeline.callback(conn, body(conn, url))
+    pipeline.callback(conn, body(conn, url, updated=True))
+    pipeline.drain()
+    titles = sorted(n["description"] for n in sandbox.halaxy.notes)
+    assert [t.split("(")[1].split()[0] for t in titles] == ["assigned", "updated"]
+    assert {n["author"][0]["reference"].rsplit("/", 1)[1] for n in sandbox.halaxy.notes} == {
+        "PR-1001"
+    }
+
+
+def test_ten_identical_callbacks_at_once_make_one_note(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection
+) -> None:
+    payload = body(conn, publish(sandbox))
+    answers: list[Any] = []
+    barrier = threading.Barrier(10)
+
+    def send() -> None:
+        barrier.wait()
+        answers.append(pipeline.callback(conn, payload))
+
+    threads = [threading.Thread(target=send) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pipeline.drain()
+    assert sorted(a.status_code for a in answers) == [202] * 10
+    assert sum(len(a.json()["accepted"]) for a in answers) == 1
+    assert len(sandbox.halaxy.notes) == 1
+
+
+def test_a_signed_connection_needs_a_valid_signature_and_dedups_on_webhook_id(
+    pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier
+) -> None:
+    sandbox.halaxy.patients[PATIENT] = patient_resource(PATIENT)
+    conn = sandbox_connection(pipeline.store, sandbox, verify_key, signing=True)
+    assert conn.signing_secret is not None
+    signer = Webhook(conn.signing_secret.get_secret_value())
+    payload = body(conn, publish(sandbox))
+    raw = orjson.dumps(payload)
+
+    def signed(msg_id: str, at: datetime) -> dict[str, str]:
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": signer.sign(msg_id, at, raw.decode()),
+        }
+
+    now = datetime.now(UTC)
+    unsigned = pipeline.callback(conn, payload)
+    stale = pipeline.callback(conn, payload, signed("msg-1", now - timedelta(minutes=6)))
+    forged = pipeline.callback(conn, payload, {**signed("msg-1", now), "webhook-id": "msg-2"})
+    assert [r.status_code for r in (unsigned, stale, forged)] == [401, 401, 401]
+    assert {r.json()["error"] for r in (unsigned, stale, forged)} == {"bad_signature"}
+    first = pipeline.callback(conn, payload, signed("msg-1", now))
+    again = pipeline.callback(conn, payload, signed("msg-1", now))
+    assert first.status_code == again.status_code == 202
+    assert again.json()["duplicates"] == first.json()["accepted"]
+    pipeline.drain()
+    assert len(sandbox.halaxy.notes) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "error"),
+    [
+        ({"api_key": "wrong"}, 401, "unauthorized"),
+        ({"api_key": None}, 401, "unauthorized"),
+        ({"patient_id": "../../etc"}, 422, "invalid"),
+        ({"date_iso": "2026-11-21T09:30:00"}, 422, "invalid"),
+        ({"updated": "yes"}, 422, "invalid"),
+        ({"name": ""}, 422, "invalid"),
+    ],
+)
+def test_bad_callbacks(
+    pipeline: Pipeline,
+    sandbox: Sandbox,
+    conn: Connection,
+    change: dict[str, Any],
+    status: int,
+    error: str,
+) -> None:
+    payload = {**body(conn, publish(sandbox)), **change}
+    response = pipeline.callback(conn, payload)
+    assert response.status_code == status
+    assert response.json()["error"] == error
+    if status == 422:
+        assert next(iter(change)) in response.json()["detail"]
+
+
+def test_unknown_connection_is_404(pipeline: Pipeline, conn: Connection, sandbox: Sandbox) -> None:
+    other = conn.model_copy(update={"id": "cn_nope"})
+    assert pipeline.callback(other, body(conn, publish(sandbox))).status_code == 404
+
+
+def test_a_rate_limited_post_is_retried_and_posts_once(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection, outbox: NoteOutbox
+) -> None:
+    sandbox.halaxy.note_faults = ["429"]
+    [note_id] = pipeline.callback(conn, body(conn, publish(sandbox))).json()["accepted"]
+    pipeline.drain()
+    assert len(sandbox.halaxy.notes) == 1
+    posts = [r.status for r in sandbox.halaxy.requests if r.path.endswith("DocumentReference")]
+    assert posts == [429, 201]
+    record = outbox.get(conn.id, note_id)
+    assert record is not None
+    assert record.state is NoteState.POSTED
+
+
+@pytest.mark.parametrize("fault", ["timeout_after_store", "500_after_store"])
+def test_an_ambiguous_end_parks_the_note_and_it_is_never_posted_again(
+    pipeline: Pipeline,
+    sandbox: Sandbox,
+    conn: Connection,
+    outbox: NoteOutbox,
+    fault: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sandbox.halaxy.note_faults = [fault]
+    sandbox.halaxy.hang_seconds = 3.0
+    # Halaxy keeps the connection open after storing; the bridge stops waiting after 1 s.
+    monkeypatch.setattr(halaxy_client, "WRITE_TIMEOUT", httpx.Timeout(1.0, connect=1.0))
+    payload = body(conn, publish(sandbox))
+    [note_id] = pipeline.callback(conn, payload).json()["accepted"]
+    pipeline.drain()
+    record = outbox.get(conn.id, note_id)
+    assert record is not None
+    assert record.state is NoteState.PARKED
+    assert "check the patient's notes in Halaxy" in record.reason
+    assert note_id in [r.note_id for r in outbox.parked()]
+    # A repeat delivery of the same assignment changes nothing.
+    assert pipeline.callback(conn, payload).json()["duplicates"] == [note_id]
+    pipeline.drain()
+    assert len(sandbox.halaxy.notes) == 1
+
+
+def test_a_note_found_in_posting_is_parked_not_posted(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection, outbox: NoteOutbox
+) -> None:
+    """What a worker killed mid-POST leaves behind, met by the redelivered message."""
+    callback = parse_callback(body(conn, publish(sandbox)))
+    note_id = note_id_for(conn.id, callback, None)
+    assert outbox.create(conn.id, note_id, callback)
+    outbox.move(conn.id, note_id, {NoteState.QUEUED}, NoteState.POSTING)
+    DramatiqJobQueue(pipeline.broker).enqueue([job_for_note(conn.id, note_id)])
+    pipeline.drain()
+    record = outbox.get(conn.id, note_id)
+    assert record is not None
+    assert record.state is NoteState.PARKED
+    assert sandbox.halaxy.notes == []
+    assert sandbox.physitrack.file_requests == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("unknown_patient", "Halaxy has no patient 4040"),
+        ("external_author", "Author not found"),
+        ("not_a_pdf", "not a PDF"),
+        ("off_allow_list", "not on the connection's allow-list"),
+        ("expired_link", "expired"),
+        ("pdf_gone", "answered 404"),
+    ],
+)
+def test_notes_that_cannot_be_written_fail_with_the_reason_and_no_note(
+    pipeline: Pipeline,
+    sandbox: Sandbox,
+    verify_key: KeyVerifier,
+    outbox: NoteOutbox,
+    setup: str,
+    reason: str,
+) -> None:
+    sandbox.halaxy.patients[PATIENT] = patient_resource(PATIENT)
+    conn = sandbox_connection(
+        pipeline.store,
+        sandbox,
+        verify_key,
+        author="PR-1001" if setup != "external_author" else None,
+    )
+    url = publish(sandbox)
+    fields: dict[str, Any] = {}
+    if setup == "unknown_patient":
+        fields["patient_id"] = "4040"
+    elif setup == "external_author":
+        conn = conn.model_copy(update={"default_author": "EP-77"})
+        pipeline.store.save(conn)
+    elif setup == "not_a_pdf":
+        url = publish(sandbox, b"<html>not a pdf</html>")
+    elif setup == "off_allow_list":
+        url = "https://files.elsewhere.example/p.pdf"
+    elif setup == "expired_link":
+        fields["when"] = datetime.now(UTC) - timedelta(hours=25)
+    elif setup == "pdf_gone":
+        url = url.replace("/files/", "/files/missing-")
+    [note_id] = pipeline.callback(conn, body(conn, url, **fields)).json()["accepted"]
+    pipeline.drain()
+    record = outbox.get(conn.id, note_id)
+    assert record is not None
+    assert record.state is NoteState.FAILED, record
+    assert reason in record.reason
+    assert sandbox.halaxy.notes == []
+
+
+def test_a_pdf_host_failing_for_a_while_is_retried(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection
+) -> None:
+    sandbox.physitrack.file_faults.script = [503, 502]
+    pipeline.callback(conn, body(conn, publish(sandbox)))
+    pipeline.drain()
+    assert len(sandbox.physitrack.file_requests) == 3
+    assert len(sandbox.halaxy.notes) == 1
+
+
+def test_the_platforms_own_patient_id_is_mapped_back_to_halaxy(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection
+) -> None:
+    PatientLinks(pipeline.redis, pipeline.keys, conn.id).save(PATIENT, "p-77", "digest")
+    pipeline.callback(conn, body(conn, publish(sandbox), patient_id="p-77"))
+    pipeline.drain()
+    [note] = sandbox.halaxy.notes
+    assert note["subject"]["reference"].endswith(f"/Patient/{PATIENT}")
