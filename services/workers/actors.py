@@ -17,7 +17,7 @@ from shared.patient_sync import sync_appointment as sync_appointment_of
 from shared.patient_sync import sync_patient as sync_patient_of
 from shared.store import held_lease
 
-NOTE_LEASE_SECONDS = 60.0
+NOTE_LEASE_SECONDS = 30.0  # renewed every 10 s; lapses within 30 s of a crash
 
 _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
@@ -118,7 +118,7 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
     ) as log:
         rt = runtime()
         services = rt.services(connection_id)
-        # One worker per note at a time; the lease lapses within a minute if the holder dies.
+        # One worker per note at a time; the lease lapses soon after its holder dies.
         with held_lease(
             rt.redis,
             rt.keys.note_lock(connection_id, note_id),
