@@ -142,7 +142,7 @@ def test_the_receiver_refuses_to_start_with_a_bad_secret_key(settings: Settings)
 
 
 @pytest.mark.parametrize("redis_url", ["env", "redis://127.0.0.1:1/0"])
-def test_demo_syncs_a_patient_created_then_updated(
+def test_demo_syncs_a_patient_and_writes_back_a_program_note(
     settings: Settings, redis_url: str, redis_server_client: redis.Redis
 ) -> None:
     url = settings.redis_url if redis_url == "env" else redis_url
@@ -163,6 +163,9 @@ def test_demo_syncs_a_patient_created_then_updated(
         "worker fetched Patient/1001 from Halaxy",
         "worker created the client in Physitrack (POST /api/v2/clients -> 201)",
         "worker updated the client in Physitrack (PUT /api/v2/clients/",
+        "receiver recorded the note and queued write_program_note",
+        "worker fetched the program PDF",
+        "worker posted the note to Halaxy: DR-1 'Home program: Knee Rehab Program (assigned",
     ):
         assert hop in output
     assert output.rstrip().endswith("demo: ok")

@@ -124,6 +124,7 @@ def _run(serve: bool) -> None:
                         "platform_base_url": f"{physitrack_server.url}/api/v2",
                         "platform_api_key": physitrack.add_key(),
                         "author": "PR-100001",
+                        "pdf_hosts": [physitrack_server.url.removeprefix("http://")],
                     }
                 )
                 connection = onboarding.add_connection(store, verify, request, utcnow())
@@ -188,7 +189,16 @@ def _run(serve: bool) -> None:
                     f"Physitrack holds 1 client for patient {PATIENT_ID}, writes {writes}, "
                     f"email updated: {changed}"
                 )
-                ok = changed and writes == ["POST", "PUT"]
+                note = program_step(
+                    timeline,
+                    http,
+                    halaxy,
+                    physitrack,
+                    physitrack_server.url,
+                    details,
+                    queued,
+                )
+                ok = changed and writes == ["POST", "PUT"] and note is not None
                 if serve:
                     click.echo("\nServing; post your own webhooks. Setup values:\n")
                     click.echo(onboarding.setup_steps(details))
@@ -203,6 +213,54 @@ def _run(serve: bool) -> None:
         runtime.close()
     click.echo("demo: ok" if ok else "demo: FAILED")
     raise SystemExit(0 if ok else 1)
+
+
+def program_step(
+    timeline: Timeline,
+    http: Any,
+    halaxy: Any,
+    physitrack: Any,
+    physitrack_url: str,
+    details: dict[str, Any],
+    queued: list[Any],
+) -> dict[str, Any] | None:
+    """A clinician assigns a program: the callback, the PDF, the note in Halaxy."""
+    from services.sandbox.pdfs import make_pdf
+    from services.sandbox.physitrack import program_callback
+
+    pdf = make_pdf("Knee Rehab Program")
+    file_url = physitrack_url + physitrack.publish_pdf(pdf)
+    body = program_callback(
+        api_key=details["program_api_key"], file_url=file_url, patient_id=PATIENT_ID
+    )
+    sent = time.monotonic()
+    response = http.post(details["program_webhook_url"], json=body)
+    answered = time.monotonic()
+    if response.status_code != 202:
+        raise click.ClickException(f"the receiver answered {response.status_code}: {response.text}")
+    note = wait_for(
+        lambda: halaxy.notes[-1] if halaxy.notes else None,
+        what=lambda: f"the note in Halaxy; PDF requests={len(physitrack.file_requests)}",
+    )
+    post = [r for r in halaxy.requests if r.path.endswith("DocumentReference")][-1]
+    at, job = queued.pop()
+    hops = [
+        (sent, "Physitrack posts the program-assigned callback (Knee Rehab Program)"),
+        (at, f"receiver recorded the note and queued {job.actor}"),
+        (answered, f"receiver answered {response.status_code} {response.text}"),
+        (
+            physitrack.file_requests[-1]["received_at"],
+            f"worker fetched the program PDF ({len(pdf)} bytes)",
+        ),
+        (
+            post.received_at,
+            f"worker posted the note to Halaxy: {note['id']} '{note['description']}', "
+            f"{note['docStatus']}, PDF attached",
+        ),
+    ]
+    for moment, text in sorted(hops, key=lambda hop: hop[0]):
+        timeline.say(text, moment)
+    return dict(note)
 
 
 def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, str]:
