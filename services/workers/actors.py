@@ -7,7 +7,7 @@ import threading
 
 import dramatiq
 
-from services.workers.policy import job_outcome, should_retry
+from services.workers.policy import RETRY_OPTIONS, job_outcome
 from services.workers.runtime import WorkerRuntime
 from shared.config import load_settings
 from shared.connections import utcnow
@@ -42,7 +42,7 @@ def use_runtime(replacement: WorkerRuntime | None) -> None:
 @dramatiq.actor(
     actor_name=ActorName.SYNC_PATIENT.value,
     queue_name=QueueName.LIVE.value,
-    retry_when=should_retry,
+    **RETRY_OPTIONS,
     time_limit=120_000,
 )
 def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
@@ -61,7 +61,7 @@ def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str
 @dramatiq.actor(
     actor_name=ActorName.SYNC_APPOINTMENT.value,
     queue_name=QueueName.LIVE.value,
-    retry_when=should_retry,
+    **RETRY_OPTIONS,
     time_limit=120_000,
 )
 def sync_appointment(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
@@ -88,7 +88,7 @@ def sync_appointment(connection_id: str, resource_id: str, event: str, event_id:
 @dramatiq.actor(
     actor_name=ActorName.RECORD_INVOICE.value,
     queue_name=QueueName.LIVE.value,
-    retry_when=should_retry,
+    **RETRY_OPTIONS,
     time_limit=30_000,
 )
 def record_invoice(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
@@ -106,7 +106,7 @@ def record_invoice(connection_id: str, resource_id: str, event: str, event_id: s
 @dramatiq.actor(
     actor_name=ActorName.WRITE_PROGRAM_NOTE.value,
     queue_name=QueueName.LIVE.value,
-    retry_when=should_retry,
+    **RETRY_OPTIONS,
     time_limit=10 * 60_000,  # a 20 MB PDF down and about 27 MB of JSON up
 )
 def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:

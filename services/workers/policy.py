@@ -1,14 +1,17 @@
 """How an actor's outcome becomes a queue decision: one place, used by every actor.
 
-`Permanent` goes to the dead letters at once; `Transient` is retried with Dramatiq's
-exponential backoff; `RateLimited` is retried after the delay the remote side asked for,
-without a worker thread sleeping (the message waits in the delay queue).
+`Permanent` goes to the dead letters at once. `Transient` is retried with exponential backoff
+and jitter (Dramatiq's: each wait is 50-100% of 15 s x 2^n, capped at 6 hours) for at least 72
+hours before the message is dead-lettered. `RateLimited` is retried after the delay the remote
+side asked for, from the delay queue (no worker thread sleeps), and does not count against the
+retry budget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -16,16 +19,41 @@ import structlog
 
 from shared.errors import ConnectionNotFound, Permanent, RateLimited, Transient
 
-MAX_RETRIES = 20
+MIN_BACKOFF_MS = 15_000
+MAX_BACKOFF_MS = 6 * 3600 * 1000
+RETRY_SPAN = timedelta(hours=72)
+
+
+def retries_to_span(span: timedelta, min_backoff_ms: int, max_backoff_ms: int) -> int:
+    """How many retries it takes for even the shortest jittered waits to add up to `span`."""
+    waited_ms, retries = 0.0, 0
+    while waited_ms < span.total_seconds() * 1000:
+        waited_ms += min(min_backoff_ms * 2**retries, max_backoff_ms) / 2  # jitter: >= half
+        retries += 1
+    return retries
+
+
+MAX_RETRIES = retries_to_span(RETRY_SPAN, MIN_BACKOFF_MS, MAX_BACKOFF_MS)
 
 log = structlog.get_logger("halaxy_bridge.workers")
 
 
 def should_retry(retries: int, exception: BaseException) -> bool:
-    """Dramatiq's `retry_when`: never a `Permanent` error, else up to MAX_RETRIES."""
+    """Dramatiq's `retry_when`: never a `Permanent` error, always a rate-limit deferral, else
+    up to MAX_RETRIES."""
     if isinstance(exception, Permanent):
         return False
+    if isinstance(exception, dramatiq.Retry):
+        return True
     return retries < MAX_RETRIES
+
+
+# The options every actor is declared with.
+RETRY_OPTIONS: dict[str, Any] = {
+    "retry_when": should_retry,
+    "min_backoff": MIN_BACKOFF_MS,
+    "max_backoff": MAX_BACKOFF_MS,
+}
 
 
 @contextmanager
@@ -44,6 +72,10 @@ def job_outcome(actor: str, **ids: Any) -> Iterator[structlog.typing.FilteringBo
         bound.warning("job.dropped", reason=str(exc))  # disabled since queued: nothing to do
     except RateLimited as exc:
         bound.warning("job.deferred", reason=str(exc), retry_after=exc.retry_after)
+        if message is not None:
+            # Dramatiq's Retries middleware adds one to the count for this Retry; take it off
+            # first, so waiting for a rate limit never uses up the budget for real failures.
+            message.options["retries"] = message.options.get("retries", 0) - 1
         raise dramatiq.Retry(str(exc), delay=int(exc.retry_after * 1000)) from exc
     except Permanent as exc:
         bound.error("job.failed", error=type(exc).__name__, reason=str(exc), retry=False)

@@ -1,0 +1,68 @@
+"""The retry policy: 72 hours of jittered backoff, rate limits that do not use the budget."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import pytest
+
+from services.sandbox.halaxy import patient_resource
+from services.workers.policy import (
+    MAX_BACKOFF_MS,
+    MAX_RETRIES,
+    MIN_BACKOFF_MS,
+    RETRY_SPAN,
+    should_retry,
+)
+from shared.errors import Permanent, Transient
+from shared.onboarding import KeyVerifier
+from tests.workers import Pipeline, Sandbox, sandbox_connection
+
+
+def shortest_waits(retries: int) -> float:
+    """Dramatiq's jitter makes each wait 50-100% of min(15 s x 2^n, 6 h)."""
+    return sum(min(MIN_BACKOFF_MS * 2**n, MAX_BACKOFF_MS) / 2 for n in range(retries)) / 1000
+
+
+def test_transient_errors_are_retried_for_at_least_72_hours_and_not_much_longer() -> None:
+    assert shortest_waits(MAX_RETRIES) >= RETRY_SPAN.total_seconds()
+    assert shortest_waits(MAX_RETRIES - 1) < RETRY_SPAN.total_seconds()
+    longest = sum(min(MIN_BACKOFF_MS * 2**n, MAX_BACKOFF_MS) for n in range(MAX_RETRIES)) / 1000
+    assert longest < 2 * RETRY_SPAN.total_seconds() + timedelta(hours=6).total_seconds()
+
+
+def test_what_is_retried() -> None:
+    assert not should_retry(0, Permanent("no"))
+    assert should_retry(0, Transient("later"))
+    assert should_retry(MAX_RETRIES - 1, Transient("later"))
+    assert not should_retry(MAX_RETRIES, Transient("later"))
+    assert should_retry(10_000, dramatiq.Retry("rate limited", delay=1000))
+
+
+def test_rate_limit_deferrals_do_not_use_up_the_retry_budget(
+    pipeline: Pipeline,
+    sandbox: Sandbox,
+    verify_key: KeyVerifier,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conn = sandbox_connection(pipeline.store, sandbox, verify_key)
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    sandbox.halaxy.faults.script = [429, 429, 429]
+    sandbox.halaxy.faults.retry_after = 1
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain(timeout_ms=60_000)
+    assert len(sandbox.physitrack.writes()) == 1
+    synced: list[dict[str, Any]] = [
+        r.msg
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "patient.synced"
+    ]
+    deferred = [
+        r.msg
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "job.deferred"
+    ]
+    assert len(deferred) == 3
+    assert synced[0]["attempt"] == 1  # three deferrals, and still the first attempt
