@@ -41,6 +41,12 @@ class Keys:
     def halaxy_token(self, key_digest: str) -> str:
         return f"{self.namespace}:halaxy-token:{key_digest}"
 
+    def halaxy_budget(self, key_digest: str) -> str:
+        return f"{self.namespace}:halaxy-budget:{key_digest}"
+
+    def halaxy_pause(self, key_digest: str) -> str:
+        return f"{self.namespace}:halaxy-pause:{key_digest}"
+
     def patient_links(self, connection_id: str) -> str:
         return f"{self.namespace}:patient-links:{connection_id}"
 

@@ -14,6 +14,7 @@ from shared.connection_store import ConnectionStore
 from shared.connections import Connection
 from shared.errors import ConnectionNotFound
 from shared.halaxy.client import HalaxyClient, new_http_client
+from shared.halaxy.rate_limit import HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
 from shared.notes_outbox import NoteOutbox
 from shared.patient_links import PatientLinks
@@ -45,6 +46,7 @@ class WorkerRuntime:
         self.connections = ConnectionStore(self.redis, self.keys, settings.fernet)
         self.tokens = TokenCache(self.redis, self.keys, settings.fernet)
         self.outbox = NoteOutbox(self.redis, self.keys, settings.fernet)
+        self.limiter = HalaxyRateLimiter(self.redis, self.keys)
         self._http: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
 
@@ -57,7 +59,9 @@ class WorkerRuntime:
         http = self._http_for(connection_id)
         return ConnectionServices(
             connection=connection,
-            halaxy=HalaxyClient(connection, http, self.tokens, self.settings.user_agent),
+            halaxy=HalaxyClient(
+                connection, http, self.tokens, self.settings.user_agent, self.limiter
+            ),
             platform=platform_for(connection, http, self.settings.user_agent),
             links=PatientLinks(self.redis, self.keys, connection_id),
             pdfs=PdfFetcher(http, self.resolver),

@@ -18,7 +18,8 @@ import orjson
 
 from shared.connections import Connection
 from shared.errors import Ambiguous, Permanent, RateLimited, Transient
-from shared.halaxy.auth import FHIR_JSON, fetch_token
+from shared.halaxy.auth import FHIR_JSON, Token, fetch_token
+from shared.halaxy.rate_limit import EXHAUSTED_PAUSE_MS, HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
 from shared.httputil import retry_after_seconds
 
@@ -47,9 +48,15 @@ def new_http_client() -> httpx.Client:
 
 class HalaxyClient:
     def __init__(
-        self, connection: Connection, http: httpx.Client, tokens: TokenCache, user_agent: str
+        self,
+        connection: Connection,
+        http: httpx.Client,
+        tokens: TokenCache,
+        user_agent: str,
+        limiter: HalaxyRateLimiter | None = None,
     ) -> None:
         self._connection = connection
+        self._limiter = limiter
         self._http = http
         self._tokens = tokens
         self._user_agent = user_agent
@@ -102,9 +109,12 @@ class HalaxyClient:
             "Content-Length": str(length),
             "User-Agent": self._user_agent,
         }
+        self._spend()
         try:
-            return self._http.request(
-                "POST", url, content=content, headers=headers, timeout=WRITE_TIMEOUT
+            return self._heed(
+                self._http.request(
+                    "POST", url, content=content, headers=headers, timeout=WRITE_TIMEOUT
+                )
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise Transient(f"Halaxy could not be reached ({type(exc).__name__})") from exc
@@ -153,17 +163,40 @@ class HalaxyClient:
 
     def _token(self) -> str:
         connection = self._connection
-        return self._tokens.get(
-            connection.halaxy_base_url,
-            connection.halaxy_client_id,
-            lambda: fetch_token(
+
+        def fetch() -> Token:
+            self._spend()
+            return fetch_token(
                 self._http,
                 connection.halaxy_base_url,
                 connection.halaxy_client_id,
                 connection.halaxy_client_secret.get_secret_value(),
                 self._user_agent,
-            ),
+            )
+
+        return self._tokens.get(connection.halaxy_base_url, connection.halaxy_client_id, fetch)
+
+    def _spend(self) -> None:
+        """One request from the key's shared budget (raises `RateLimited` when spent)."""
+        if self._limiter is not None:
+            self._limiter.acquire(
+                self._connection.halaxy_base_url, self._connection.halaxy_client_id
+            )
+
+    def _heed(self, response: httpx.Response) -> httpx.Response:
+        """Let Halaxy's own rate-limit answers pause every process using this key."""
+        if self._limiter is None:
+            return response
+        if response.status_code == 429:
+            wait = retry_after_seconds(response)
+        elif response.headers.get("x-ratelimit-remaining", "").strip() == "0":
+            wait = EXHAUSTED_PAUSE_MS / 1000
+        else:
+            return response
+        self._limiter.pause(
+            self._connection.halaxy_base_url, self._connection.halaxy_client_id, wait
         )
+        return response
 
     def _request(
         self, method: str, url: str, params: dict[str, str] | None = None
@@ -192,8 +225,9 @@ class HalaxyClient:
             "Accept": FHIR_JSON,
             "User-Agent": self._user_agent,
         }
+        self._spend()
         try:
-            return self._http.request(method, url, headers=headers, params=params)
+            return self._heed(self._http.request(method, url, headers=headers, params=params))
         except httpx.TimeoutException as exc:
             raise Transient(f"Halaxy {method} timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:

@@ -1,0 +1,115 @@
+"""The shared Halaxy request budget: one sliding window per key across every process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from services.sandbox.halaxy import FakeHalaxy, patient_resource
+from shared.config import Settings
+from shared.connections import Connection
+from shared.errors import RateLimited
+from shared.halaxy.client import HalaxyClient
+from shared.halaxy.rate_limit import HalaxyRateLimiter
+from shared.halaxy.tokens import TokenCache
+from shared.store import Keys
+
+BASE = "https://au-api.halaxy.com/main"
+
+
+def test_the_budget_is_shared_by_every_limiter_on_the_key(
+    redis_server_client: redis.Redis, keys: Keys, settings: Settings
+) -> None:
+    # Two processes' limiters: their own Redis connections, one budget.
+    other = redis.Redis.from_url(settings.redis_url)
+    first = HalaxyRateLimiter(redis_server_client, keys, limit=5, window_ms=1000)
+    second = HalaxyRateLimiter(other, keys, limit=5, window_ms=1000)
+    for limiter in (first, second, first, second, first):
+        limiter.acquire(BASE, "key-a")
+    with pytest.raises(RateLimited) as caught:
+        second.acquire(BASE, "key-a")
+    assert 0 < caught.value.retry_after <= 1.0
+    second.acquire(BASE, "key-b")  # another key has its own budget
+    time.sleep(caught.value.retry_after + 0.05)
+    first.acquire(BASE, "key-a")  # the window slid on
+    other.close()
+
+
+def test_many_threads_never_take_more_than_the_limit(
+    redis_server_client: redis.Redis, keys: Keys, settings: Settings
+) -> None:
+    taken: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        client = redis.Redis.from_url(settings.redis_url)
+        limiter = HalaxyRateLimiter(client, keys, limit=50, window_ms=60_000)
+        barrier.wait()
+        count = 0
+        for _ in range(20):
+            try:
+                limiter.acquire(BASE, "key-a")
+                count += 1
+            except RateLimited:
+                pass
+        taken.append(count)
+        client.close()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(taken) == 50
+
+
+@pytest.fixture
+def clients(
+    connection: Connection,
+    fake_halaxy: FakeHalaxy,
+    redis_server_client: redis.Redis,
+    settings: Settings,
+    keys: Keys,
+) -> Iterator[list[HalaxyClient]]:
+    fake_halaxy.patients["42"] = patient_resource("42")
+    with TestClient(fake_halaxy.app()) as http:
+        built = []
+        for _ in range(2):
+            client = redis.Redis.from_url(settings.redis_url)
+            tokens = TokenCache(client, keys, settings.fernet)
+            limiter = HalaxyRateLimiter(client, keys)
+            built.append(HalaxyClient(connection, http, tokens, settings.user_agent, limiter))
+        yield built
+
+
+def test_a_429_from_halaxy_pauses_every_process_on_the_key(
+    clients: list[HalaxyClient], fake_halaxy: FakeHalaxy
+) -> None:
+    first, second = clients
+    first.read("Patient/42")
+    fake_halaxy.faults.script = [429]
+    fake_halaxy.faults.retry_after = 2
+    with pytest.raises(RateLimited):
+        first.read("Patient/42")
+    sent = len(fake_halaxy.requests)
+    with pytest.raises(RateLimited) as caught:
+        second.read("Patient/42")  # refused here, without a request to Halaxy
+    assert len(fake_halaxy.requests) == sent
+    assert 1.0 < caught.value.retry_after <= 2.0
+
+
+def test_halaxy_saying_nothing_remains_pauses_the_key(
+    clients: list[HalaxyClient], fake_halaxy: FakeHalaxy
+) -> None:
+    first, second = clients
+    fake_halaxy.rate_limit = 1  # its first answer says x-ratelimit-remaining: 0
+    first.read("Patient/42")
+    sent = len(fake_halaxy.requests)
+    with pytest.raises(RateLimited):
+        second.read("Patient/42")
+    assert len(fake_halaxy.requests) == sent
