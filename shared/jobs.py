@@ -34,11 +34,25 @@ ACTOR_FOR_RESOURCE = {
 }
 
 
+# Dramatiq runs lower numbers first: a free worker thread takes live work before bulk work.
+LIVE_PRIORITY = 0
+BULK_PRIORITY = 100
+
+
+def actor_for(actor: ActorName, queue: QueueName) -> str:
+    """The Dramatiq actor name: the live actor, or its bulk twin (`<name>_bulk`)."""
+    return actor.value if queue is QueueName.LIVE else f"{actor.value}_bulk"
+
+
 @dataclass(frozen=True)
 class Job:
     actor: ActorName
     queue: QueueName
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def actor_name(self) -> str:
+        return actor_for(self.actor, self.queue)
 
 
 class JobQueue(Protocol):

@@ -60,7 +60,8 @@ PATTERNS = (
 )
 
 
-def _mask(text: str) -> str:
+def mask(text: str) -> str:
+    """Mask anything shaped like an email, phone number, bearer token or Fernet token."""
     for pattern in PATTERNS:
         text = pattern.sub(REDACTED, text)
     return text
@@ -68,7 +69,7 @@ def _mask(text: str) -> str:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _mask(value)
+        return mask(value)
     if isinstance(value, dict):
         return {
             k: (REDACTED if str(k).lower() in SENSITIVE_KEYS else _scrub(v))

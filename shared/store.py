@@ -65,6 +65,21 @@ class Keys:
     def parked_notes(self) -> str:
         return f"{self.namespace}:notes:parked"
 
+    def dead_letters(self) -> str:
+        return f"{self.namespace}:dead-letters"
+
+    def dead_letter_times(self) -> str:
+        return f"{self.namespace}:dead-letters:by-time"
+
+    def audit(self) -> str:
+        return f"{self.namespace}:audit"
+
+    def last_sweep(self) -> str:
+        return f"{self.namespace}:reconcile:last-sweep"
+
+    def scheduler_leader(self) -> str:
+        return f"{self.namespace}:scheduler:leader"
+
     def dramatiq_namespace(self) -> str:
         return f"{self.namespace}-dramatiq"
 

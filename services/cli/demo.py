@@ -277,11 +277,12 @@ def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, str]
         import fakeredis
         from dramatiq.brokers.stub import StubBroker
 
+        fake = fakeredis.FakeRedis()
         broker = StubBroker()
-        add_middleware(broker)
+        add_middleware(broker, settings, fake)
         for name in worker_broker.get_declared_actors():
             broker.declare_actor(worker_broker.get_actor(name))
-        return fakeredis.FakeRedis(), broker, "an in-process stand-in (no Redis answered)"
+        return fake, broker, "an in-process stand-in (no Redis answered)"
 
 
 def _wait_forever() -> None:

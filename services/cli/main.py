@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from services.cli.connections import connections
+from services.cli.dead_letters import dead_letters
 from services.cli.demo import demo
 from services.cli.notes import notes
 from services.cli.sandbox import sandbox
@@ -16,6 +17,7 @@ def cli() -> None:
 
 
 cli.add_command(connections)
+cli.add_command(dead_letters)
 cli.add_command(demo)
 cli.add_command(notes)
 cli.add_command(sandbox)

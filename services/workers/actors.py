@@ -4,6 +4,7 @@ let `policy.job_outcome` turn errors into retry, defer or dead-letter."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import dramatiq
 
@@ -11,7 +12,7 @@ from services.workers.policy import RETRY_OPTIONS, job_outcome
 from services.workers.runtime import WorkerRuntime
 from shared.config import load_settings
 from shared.connections import utcnow
-from shared.jobs import ActorName, QueueName
+from shared.jobs import BULK_PRIORITY, LIVE_PRIORITY, ActorName, QueueName, actor_for
 from shared.note_writer import write_note
 from shared.patient_sync import sync_appointment as sync_appointment_of
 from shared.patient_sync import sync_patient as sync_patient_of
@@ -39,12 +40,6 @@ def use_runtime(replacement: WorkerRuntime | None) -> None:
         _runtime = replacement
 
 
-@dramatiq.actor(
-    actor_name=ActorName.SYNC_PATIENT.value,
-    queue_name=QueueName.LIVE.value,
-    **RETRY_OPTIONS,
-    time_limit=120_000,
-)
 def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
     with job_outcome(
         ActorName.SYNC_PATIENT,
@@ -58,12 +53,6 @@ def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str
         log.info("patient.synced", outcome=outcome.value)
 
 
-@dramatiq.actor(
-    actor_name=ActorName.SYNC_APPOINTMENT.value,
-    queue_name=QueueName.LIVE.value,
-    **RETRY_OPTIONS,
-    time_limit=120_000,
-)
 def sync_appointment(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
     with job_outcome(
         ActorName.SYNC_APPOINTMENT,
@@ -85,12 +74,6 @@ def sync_appointment(connection_id: str, resource_id: str, event: str, event_id:
         log.info("appointment.synced", outcome=outcome.value, patient_id=patient_id)
 
 
-@dramatiq.actor(
-    actor_name=ActorName.RECORD_INVOICE.value,
-    queue_name=QueueName.LIVE.value,
-    **RETRY_OPTIONS,
-    time_limit=30_000,
-)
 def record_invoice(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
     """Invoice events are recorded, nothing more: no therapy platform stores invoices."""
     with job_outcome(
@@ -103,12 +86,6 @@ def record_invoice(connection_id: str, resource_id: str, event: str, event_id: s
         log.info("invoice.recorded")
 
 
-@dramatiq.actor(
-    actor_name=ActorName.WRITE_PROGRAM_NOTE.value,
-    queue_name=QueueName.LIVE.value,
-    **RETRY_OPTIONS,
-    time_limit=10 * 60_000,  # a 20 MB PDF down and about 27 MB of JSON up
-)
 def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
     with job_outcome(
         ActorName.WRITE_PROGRAM_NOTE,
@@ -144,3 +121,28 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
             docref_id=result.docref_id or None,
             reason=result.reason or None,
         )
+
+
+# Each job runs as a live actor (webhooks: a clinic waits) and as a bulk twin on its own queue
+# at a lower priority (backfill, reconcile, replays), so bulk work never delays live work.
+TIME_LIMITS_MS = {
+    ActorName.SYNC_PATIENT: 120_000,
+    ActorName.SYNC_APPOINTMENT: 120_000,
+    ActorName.RECORD_INVOICE: 30_000,
+    ActorName.WRITE_PROGRAM_NOTE: 10 * 60_000,  # a 20 MB PDF down and ~27 MB of JSON up
+}
+FUNCTIONS: dict[ActorName, Callable[..., None]] = {
+    ActorName.SYNC_PATIENT: sync_patient,
+    ActorName.SYNC_APPOINTMENT: sync_appointment,
+    ActorName.RECORD_INVOICE: record_invoice,
+    ActorName.WRITE_PROGRAM_NOTE: write_program_note,
+}
+for _name, _function in FUNCTIONS.items():
+    for _queue, _priority in ((QueueName.LIVE, LIVE_PRIORITY), (QueueName.BULK, BULK_PRIORITY)):
+        dramatiq.actor(
+            actor_name=actor_for(_name, _queue),
+            queue_name=_queue.value,
+            priority=_priority,
+            time_limit=TIME_LIMITS_MS[_name],
+            **RETRY_OPTIONS,
+        )(_function)

@@ -10,6 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from shared.config import Settings
+from shared.dead_letters import DeadLetterStore
 from shared.jobs import Job, QueueName
 from shared.store import Keys, redis_client, translate_redis_errors
 
@@ -27,19 +28,26 @@ def build_broker(
     client: redis.Redis | None = None,
     maintenance_chance: int = MAINTENANCE_CHANCE,
 ) -> RedisBroker:
+    client = client or redis_client(settings)
     broker = RedisBroker(  # type: ignore[no-untyped-call]
-        client=client or redis_client(settings),
+        client=client,
         namespace=Keys(settings.redis_namespace).dramatiq_namespace(),
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=maintenance_chance,
     )
-    add_middleware(broker)
+    add_middleware(broker, settings, client)
     return broker
 
 
-def add_middleware(broker: dramatiq.Broker) -> None:
+def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Redis) -> None:
     """What every broker of ours needs beyond Dramatiq's defaults."""
+    from services.workers.dead_letter_middleware import RecordDeadLetters
+
     broker.add_middleware(CurrentMessage())  # lets log lines name the message and attempt
+    keys = Keys(settings.redis_namespace)
+    broker.add_middleware(RecordDeadLetters(DeadLetterStore(client, keys)))
+    for queue in QueueName:
+        broker.declare_queue(queue.value)
 
 
 class DramatiqJobQueue:
@@ -54,7 +62,7 @@ class DramatiqJobQueue:
                 self._broker.enqueue(
                     dramatiq.Message(
                         queue_name=job.queue.value,
-                        actor_name=job.actor.value,
+                        actor_name=job.actor_name,
                         args=(),
                         kwargs=job.kwargs,
                         options={},

@@ -1,0 +1,100 @@
+"""Ops actions on dead letters: select, replay (as bulk work), purge; each one audited."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.audit import AuditTrail
+from shared.dead_letters import DeadLetter, DeadLetterStore
+from shared.errors import InvalidInput
+from shared.jobs import ActorName, Job, JobQueue, QueueName
+
+DURATION = re.compile(r"(\d{1,6})([mhd])")
+UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """`--since`: an ISO 8601 time, or a duration back from now such as 30m, 24h or 7d."""
+    if text is None or not text.strip():
+        return None
+    match = DURATION.fullmatch(text.strip())
+    if match:
+        return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput("since must be an ISO 8601 time or a duration like 24h or 7d") from None
+    if moment.tzinfo is None:
+        raise InvalidInput("since must carry a timezone, e.g. 2026-11-21T09:00:00Z")
+    return moment
+
+
+def select(
+    store: DeadLetterStore,
+    ids: list[str],
+    connection_id: str | None,
+    since: datetime | None,
+    reason: str | None,
+    all_matching: bool,
+) -> list[DeadLetter]:
+    """The letters named by id, or with `all_matching` every one the filters match."""
+    if ids and all_matching:
+        raise InvalidInput("give dead-letter ids or --all-matching, not both")
+    if ids:
+        found = [store.get(letter_id) for letter_id in ids]
+        missing = [i for i, letter in zip(ids, found, strict=True) if letter is None]
+        if missing:
+            raise InvalidInput(f"no dead letter {', '.join(missing)}")
+        return [letter for letter in found if letter is not None]
+    if not all_matching:
+        raise InvalidInput("give dead-letter ids, or --all-matching with filters")
+    return store.list(connection_id, since, reason)
+
+
+def replay(
+    store: DeadLetterStore,
+    queue: JobQueue,
+    audit: AuditTrail,
+    letters: list[DeadLetter],
+    by: str,
+) -> list[str]:
+    """Queue each letter's job again as bulk work (actors are idempotent), then forget it."""
+    replayed = []
+    for letter in letters:
+        actor = ActorName(letter.actor.removesuffix("_bulk"))
+        queue.enqueue([Job(actor=actor, queue=QueueName.BULK, kwargs=letter.kwargs)])
+        store.remove(letter.id)
+        audit.record(
+            actor=by,
+            action="dead_letter.replayed",
+            connection_id=letter.connection_id,
+            resource_ids=f"{letter.id} {letter.actor}:{letter.resource_id}",
+        )
+        replayed.append(letter.id)
+    return replayed
+
+
+def purge(
+    store: DeadLetterStore, audit: AuditTrail, letters: list[DeadLetter], by: str
+) -> list[str]:
+    purged = []
+    for letter in letters:
+        if store.remove(letter.id):
+            audit.record(
+                actor=by,
+                action="dead_letter.purged",
+                connection_id=letter.connection_id,
+                resource_ids=f"{letter.id} {letter.actor}:{letter.resource_id}",
+            )
+            purged.append(letter.id)
+    return purged
+
+
+def public(letter: DeadLetter) -> dict[str, Any]:
+    """A letter as shown to ops: everything but the raw job arguments (shown as ids)."""
+    data = asdict(letter)
+    data.pop("kwargs")
+    return data
