@@ -57,7 +57,9 @@ PATTERNS = (
     re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
     re.compile(r"\+\d{8,15}"),  # E.164, the form Halaxy stores phones in
     re.compile(r"(?<![\w-])0\d(?:\s?\d){8}(?![\w-])"),  # national form, 04xx xxx xxx
+    re.compile(r"(?<!\d)(?:19|20)\d\d-[01]\d-[0-3]\d(?!\d)"),  # a date: could be a birth date
 )
+QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'|“[^”]*”")
 
 
 def mask(text: str) -> str:
@@ -65,6 +67,12 @@ def mask(text: str) -> str:
     for pattern in PATTERNS:
         text = pattern.sub(REDACTED, text)
     return text
+
+
+def remote_text(text: str, limit: int = 160) -> str:
+    """Text from Halaxy or a platform, made fit for a log or a dead letter: quoted values
+    (where error messages echo what was sent, a name say) dropped, then masked and cut."""
+    return mask(QUOTED.sub("[value]", " ".join(str(text).split())))[:limit]
 
 
 def _scrub(value: Any) -> Any:
@@ -134,3 +142,7 @@ def configure_logging(settings: Settings) -> None:
     # httpx logs every URL at INFO; a FHIR search URL can carry a patient's name or email.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # uvicorn gives its loggers handlers of their own: send them through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True

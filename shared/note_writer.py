@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+import structlog
+
 from shared.connections import Connection
 from shared.errors import Ambiguous, Permanent, Transient
 from shared.halaxy.client import HalaxyClient, HalaxyNotFound
@@ -27,6 +29,8 @@ from shared.programs import (
     is_link_expired,
     note_body_parts,
 )
+
+log = structlog.get_logger("halaxy_bridge.notes")
 
 B64_CHUNK = 3 * 64 * 1024  # a multiple of 3: chunks encode without padding in between
 
@@ -87,6 +91,9 @@ def write_note(
         return _fail(outbox, connection, note_id, str(exc))
     try:
         return _post(connection, note_id, callback, pdf, outbox, halaxy, links)
+    except Permanent as exc:
+        # Refused before the POST (the patient read, a revoked key): nothing was written.
+        return _fail(outbox, connection, note_id, str(exc))
     finally:
         pdf.close()
 
@@ -140,7 +147,26 @@ def _post(
         outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.QUEUED)
         raise
     docref_id = str(created.get("id") or "unknown")
-    outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.POSTED, docref_id=docref_id)
+    # Logged first, so the id survives whatever happens next.
+    log.info(
+        "note.created_in_halaxy", connection_id=connection.id, note_id=note_id, docref_id=docref_id
+    )
+    # A 201 proves the note exists: record it even if the note was parked meanwhile.
+    moved, found = outbox.move(
+        connection.id,
+        note_id,
+        {NoteState.POSTING, NoteState.PARKED},
+        NoteState.POSTED,
+        docref_id=docref_id,
+    )
+    if not moved:
+        log.error(
+            "note.posted_but_not_recorded",
+            connection_id=connection.id,
+            note_id=note_id,
+            docref_id=docref_id,
+            state=str(found),
+        )
     return NoteResult(NoteOutcome.POSTED, docref_id=docref_id)
 
 

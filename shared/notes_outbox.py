@@ -51,6 +51,14 @@ return {1, current}
 """
 
 
+# One command, so a note is never half-recorded; a record without a state counts as absent.
+CREATE = """
+if redis.call('HEXISTS', KEYS[1], 'state') == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
 class NoteState(StrEnum):
     QUEUED = "queued"
     FETCHING = "fetching"
@@ -92,6 +100,7 @@ class NoteOutbox:
         self._keys = keys
         self._fernet = fernet
         self._transition = client.register_script(TRANSITION)
+        self._create = client.register_script(CREATE)
 
     def create(self, connection_id: str, note_id: str, callback: ProgramCallback) -> bool:
         """Record a new note as `queued`; False if the note exists already."""
@@ -110,17 +119,12 @@ class NoteOutbox:
             "attempts": "0",
             "callback": self._fernet.encrypt(callback.model_dump_json().encode()).decode(),
         }
-        key = self._keys.note(connection_id, note_id)
+        pairs: list[Any] = []
+        for name, value in record.items():
+            pairs += [name, value]
         with translate_redis_errors():
-            if not self._redis.hsetnx(key, "note_id", note_id):
-                return False
-            self._redis.hset(key, mapping=record)
-        return True
-
-    def forget(self, connection_id: str, note_id: str) -> None:
-        """Remove a note that was never queued (its enqueue failed), so a retry can take it."""
-        with translate_redis_errors():
-            self._redis.delete(self._keys.note(connection_id, note_id))
+            created = self._create(keys=[self._keys.note(connection_id, note_id)], args=pairs)
+        return bool(created)
 
     def get(self, connection_id: str, note_id: str) -> NoteRecord | None:
         with translate_redis_errors():

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 import orjson
 import redis
 
-from shared.store import Keys, as_bytes, held_lock, translate_redis_errors
+from shared.store import Keys, as_bytes, held_lease, translate_redis_errors
 
-LOCK_TIMEOUT = 120.0
+LOCK_TTL = 30.0  # renewed while the sync runs; lapses soon after its holder dies
 LOCK_WAIT = 5.0
 
 
@@ -72,10 +72,10 @@ class PatientLinks:
 
     def locked(self, patient_id: str) -> AbstractContextManager[None]:
         """Only one worker at a time works on one patient (else two creates could race)."""
-        return held_lock(
+        return held_lease(
             self._redis,
             self._keys.patient_lock(self._connection_id, patient_id),
-            timeout=LOCK_TIMEOUT,
+            ttl=LOCK_TTL,
             wait=LOCK_WAIT,
             busy="another worker is syncing this patient",
         )

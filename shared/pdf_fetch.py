@@ -49,26 +49,37 @@ def system_resolver(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise Transient(f"the PDF host name did not resolve ({exc.errno})") from None
-    return sorted({str(info[4][0]) for info in infos})
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))  # keep the preference order
 
 
 @dataclass(frozen=True)
 class Target:
-    """A checked URL: where to connect, and under which name."""
+    """A checked URL: where to connect (the checked addresses, in the resolver's order of
+    preference), and under which name."""
 
     url: str
     host: str
     port: int
-    address: str | None  # the pinned IP to connect to; None to connect by name (loopback)
+    addresses: tuple[str, ...]  # empty: connect to the host as written (an IP literal)
 
 
-def check_target(
-    url: str,
-    allowed: tuple[str, ...],
-    explicit: bool,
-    resolver: Resolver,
-) -> Target:
-    """The URL, checked against every rule; raise `PdfRefused` naming the broken one."""
+@dataclass(frozen=True)
+class Listed:
+    host: str
+    port: int
+    explicit: bool  # the operator listed this exact host:port with --pdf-hosts
+
+
+# Prefixes that embed an IPv4 address a public-looking IPv6 can hide (NAT64, 6to4).
+EMBEDDING_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16")
+)
+
+
+def check_listed(url: str, allowed: tuple[str, ...], explicit: bool) -> Listed:
+    """Every rule that needs no DNS: scheme, userinfo, allow-list, IP literals.
+
+    The receiver applies it to a callback's `file_url` to refuse it at once (422)."""
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         raise PdfRefused("the PDF URL carries credentials (userinfo)")
@@ -80,8 +91,7 @@ def check_target(
     except ValueError:
         raise PdfRefused("the PDF URL has an invalid port") from None
     listed_with_port = explicit and f"{host}:{port}" in allowed
-    listed = listed_with_port or (host in allowed and port == 443)
-    if not listed:
+    if not (listed_with_port or (host in allowed and port == 443)):
         raise PdfRefused(f"the PDF host {host}:{port} is not on the connection's allow-list")
     if parts.scheme != "https" and not (
         parts.scheme == "http" and listed_with_port and is_loopback_host(host)
@@ -89,16 +99,36 @@ def check_target(
         raise PdfRefused("the PDF URL must use https")
     if _is_ip(host) and not listed_with_port:
         raise PdfRefused("the PDF URL is an IP address, which is not listed explicitly")
-    if listed_with_port:
-        return Target(url=url, host=host, port=port, address=None)  # the operator vouched
-    addresses = resolver(host, port)
+    return Listed(host=host, port=port, explicit=listed_with_port)
+
+
+def check_target(
+    url: str,
+    allowed: tuple[str, ...],
+    explicit: bool,
+    resolver: Resolver,
+) -> Target:
+    """The URL, checked against every rule; raise `PdfRefused` naming the broken one."""
+    listed = check_listed(url, allowed, explicit)
+    if _is_ip(listed.host):
+        return Target(url=url, host=listed.host, port=listed.port, addresses=())
+    addresses = resolver(listed.host, listed.port)
     if not addresses:
         raise Transient("the PDF host name resolved to no address")
-    for address in addresses:
-        ip = ipaddress.ip_address(address)
-        if not ip.is_global or ip.is_multicast:
-            raise PdfRefused(f"the PDF host {host} resolves to a non-public address")
-    return Target(url=url, host=host, port=port, address=addresses[0])
+    if not listed.explicit:  # an exact host:port the operator listed is trusted as it is
+        for address in addresses:
+            if not _public(ipaddress.ip_address(address)):
+                raise PdfRefused(f"the PDF host {listed.host} resolves to a non-public address")
+    return Target(url=url, host=listed.host, port=listed.port, addresses=tuple(addresses))
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _public(ip.ipv4_mapped)
+        if any(ip in network for network in EMBEDDING_NETWORKS):
+            return False
+    return ip.is_global and not ip.is_multicast
 
 
 def _is_ip(host: str) -> bool:
@@ -137,24 +167,32 @@ class PdfFetcher:
         raise PdfRefused(f"the PDF URL redirected more than {MAX_REDIRECTS} times")
 
     def _open(self, target: Target) -> httpx.Response:
-        request_url = target.url
-        headers = {"Accept": "application/pdf"}
-        extensions = {}
-        if target.address is not None:
-            parts = urlsplit(target.url)
-            ip = target.address if ":" not in target.address else f"[{target.address}]"
-            request_url = parts._replace(netloc=f"{ip}:{target.port}").geturl()
-            headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
-            extensions["sni_hostname"] = target.host
-        try:
-            request = self._http.build_request(
-                "GET", request_url, headers=headers, extensions=extensions, timeout=TIMEOUT
-            )
-            return self._http.send(request, stream=True, follow_redirects=False)
-        except httpx.TimeoutException as exc:
-            raise Transient(f"the PDF download timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise Transient(f"the PDF download failed ({type(exc).__name__})") from exc
+        """Connect to the first checked address that answers (pinned: Host and SNI keep the
+        name), or to the IP literal itself."""
+        parts = urlsplit(target.url)
+        attempts = target.addresses or (None,)
+        for number, address in enumerate(attempts, start=1):
+            headers = {"Accept": "application/pdf"}
+            extensions: dict[str, str] = {}
+            request_url = target.url
+            if address is not None:
+                ip = address if ":" not in address else f"[{address}]"
+                request_url = parts._replace(netloc=f"{ip}:{target.port}").geturl()
+                headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
+                extensions["sni_hostname"] = target.host
+            try:
+                request = self._http.build_request(
+                    "GET", request_url, headers=headers, extensions=extensions, timeout=TIMEOUT
+                )
+                return self._http.send(request, stream=True, follow_redirects=False)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if number == len(attempts):
+                    raise Transient(f"the PDF host did not answer ({type(exc).__name__})") from exc
+            except httpx.TimeoutException as exc:
+                raise Transient(f"the PDF download timed out ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                raise Transient(f"the PDF download failed ({type(exc).__name__})") from exc
+        raise AssertionError("unreachable")
 
     def _read(self, response: httpx.Response) -> FetchedPdf:
         status = response.status_code

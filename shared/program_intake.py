@@ -7,7 +7,6 @@ moves by compare-and-set), which also covers a crash between recording and queue
 
 from __future__ import annotations
 
-from shared.errors import StoreUnavailable
 from shared.intake import IntakeResult
 from shared.jobs import JobQueue, job_for_note
 from shared.notes_outbox import NoteOutbox, NoteState
@@ -21,11 +20,10 @@ class ProgramIntake:
 
     def accept(self, connection_id: str, note_id: str, callback: ProgramCallback) -> IntakeResult:
         if self._outbox.create(connection_id, note_id, callback):
-            try:
-                self._queue.enqueue([job_for_note(connection_id, note_id)])
-            except StoreUnavailable:
-                self._outbox.forget(connection_id, note_id)
-                raise
+            # If this enqueue fails the caller answers 503 and the record stays `queued`; the
+            # platform's retry of the callback then queues it (below). The record is never
+            # deleted here: the enqueue may have landed although Redis did not say so.
+            self._queue.enqueue([job_for_note(connection_id, note_id)])
             return IntakeResult(accepted=[note_id], duplicates=[])
         record = self._outbox.get(connection_id, note_id)
         if record is not None and record.state is NoteState.QUEUED:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from datetime import date as Date  # the callback has a field named `date`
 from typing import Any
 
 import orjson
@@ -34,7 +35,7 @@ class ProgramCallback(BaseModel):
     patient_id: str
     file_url: str = Field(min_length=1, max_length=4096)
     name: str = Field(min_length=1, max_length=300)
-    date: date
+    date: Date
     date_iso: datetime
     updated: StrictBool
 
@@ -58,7 +59,16 @@ class ProgramCallback(BaseModel):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("must carry a timezone (ISO 8601, e.g. 2026-11-21T09:00:00Z)")
+        if not 2000 <= value.year <= 2100:
+            raise ValueError("must be a time between the years 2000 and 2100")
         return value.astimezone(UTC)
+
+    @field_validator("date")
+    @classmethod
+    def _plausible_date(cls, value: Date) -> Date:
+        if not 2000 <= value.year <= 2100:
+            raise ValueError("must be a date between the years 2000 and 2100")
+        return value
 
     def link_expires_at(self) -> datetime:
         return self.date_iso + FILE_URL_LIFETIME

@@ -84,6 +84,13 @@ class Keys:
         return f"{self.namespace}-dramatiq"
 
 
+REFUSING = tuple(
+    getattr(redis.exceptions, name)
+    for name in ("OutOfMemoryError", "BusyLoadingError", "ReadOnlyError", "MasterDownError")
+    if hasattr(redis.exceptions, name)
+)
+
+
 @contextmanager
 def translate_redis_errors() -> Iterator[None]:
     """Turn redis-py's connection and timeout errors into `StoreUnavailable`."""
@@ -91,8 +98,11 @@ def translate_redis_errors() -> Iterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise StoreUnavailable(f"Redis is unreachable: {type(exc).__name__}") from exc
+    except REFUSING as exc:
+        # Out of memory (noeviction), loading, a read-only replica, a failover: writes are
+        # refused for now, which is a 503 and a retry, not a bug.
+        raise StoreUnavailable(f"Redis refused the command: {type(exc).__name__}") from exc
     except redis.exceptions.ResponseError as exc:
-        # Errors such as "MISCONF" or "OOM command not allowed" mean writes are refused now.
         if str(exc).startswith(("MISCONF", "OOM", "LOADING", "READONLY", "MASTERDOWN")):
             raise StoreUnavailable(f"Redis refused the command: {str(exc).split()[0]}") from exc
         raise
@@ -130,14 +140,15 @@ def held_lease(
     another worker can take over without waiting for a long fixed timeout.
     """
     with translate_redis_errors():
-        lock = client.lock(name, timeout=ttl, blocking_timeout=wait, sleep=0.02)
+        # thread_local=False: the renewal thread must see the token this thread acquired.
+        lock = client.lock(name, timeout=ttl, blocking_timeout=wait, sleep=0.02, thread_local=False)
         if not lock.acquire():
             raise Transient(busy)
     done = threading.Event()
 
     def renew() -> None:
         while not done.wait(ttl / 3):
-            with suppress(redis.exceptions.RedisError):
+            with suppress(redis.exceptions.RedisError):  # a blip: the next renewal may land
                 lock.reacquire()
 
     renewer = threading.Thread(target=renew, name=f"lease:{name}", daemon=True)

@@ -67,6 +67,9 @@ def test_fetch_pins_the_checked_address_and_keeps_the_name() -> None:
         ("https://files.example.com/a.pdf", ("169.254.169.254",), False, ALLOWED, "non-public"),
         ("https://files.example.com/a.pdf", ("::1",), False, ALLOWED, "non-public"),
         ("https://files.example.com/a.pdf", ("fd00::1",), False, ALLOWED, "non-public"),
+        ("https://files.example.com/a.pdf", ("::ffff:10.0.0.1",), False, ALLOWED, "non-public"),
+        ("https://files.example.com/a.pdf", ("64:ff9b::a9fe:a9fe",), False, ALLOWED, "non-public"),
+        ("https://files.example.com/a.pdf", ("2002:a9fe:a9fe::1",), False, ALLOWED, "non-public"),
         (
             "https://files.example.com/a.pdf",
             (PUBLIC_IP, "192.168.1.9"),
@@ -189,3 +192,27 @@ def test_timeouts_are_transient() -> None:
 
     with pytest.raises(Transient):
         fetcher(Recorder(answer)).fetch("https://files.example.com/a.pdf", ALLOWED, False)
+
+
+def test_the_next_checked_address_is_tried_when_one_does_not_answer() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "2606:2800:220:1:248:1893:25c8:1946":
+            raise httpx.ConnectError("no route", request=request)
+        return httpx.Response(200, content=make_pdf(), headers={"content-type": "application/pdf"})
+
+    recorder = Recorder(answer)
+    ipv6_first = fetcher(recorder, "2606:2800:220:1:248:1893:25c8:1946", PUBLIC_IP)
+    ipv6_first.fetch("https://files.example.com/a.pdf", ALLOWED, False).close()
+    assert [r.url.host for r in recorder.requests] == [
+        "2606:2800:220:1:248:1893:25c8:1946",
+        PUBLIC_IP,
+    ]
+
+
+def test_an_explicit_host_port_is_trusted_but_still_pinned() -> None:
+    recorder = Recorder()
+    explicit = fetcher(recorder, "10.20.30.40")
+    explicit.fetch("https://files.internal:8443/a.pdf", ("files.internal:8443",), True).close()
+    [request] = recorder.requests
+    assert request.url.host == "10.20.30.40"
+    assert request.headers["host"] == "files.internal:8443"

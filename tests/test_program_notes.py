@@ -185,6 +185,37 @@ def test_bad_callbacks(
         assert next(iter(change)) in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"file_url": "https://files.elsewhere.example/p.pdf"},
+            "not on the connection's allow-list",
+        ),
+        ({"file_url": "ftp://127.0.0.1/p.pdf"}, "allow-list"),
+        ({"date_iso": "2026-01-01T00:00:00Z"}, "expired"),
+        ({"date_iso": "0001-01-01T00:00:00+01:00"}, "date_iso"),
+        ({"date_iso": "9999-12-31T23:30:00Z"}, "date_iso"),
+        ({"date": "1899-01-01"}, "date"),
+    ],
+)
+def test_callbacks_the_worker_could_never_serve_are_refused_at_once(
+    pipeline: Pipeline,
+    sandbox: Sandbox,
+    conn: Connection,
+    outbox: NoteOutbox,
+    change: dict[str, Any],
+    reason: str,
+) -> None:
+    payload = {**body(conn, publish(sandbox)), **change}
+    response = pipeline.callback(conn, payload)
+    assert response.status_code == 422
+    assert reason in response.json()["detail"]
+    pipeline.drain()
+    assert sandbox.physitrack.file_requests == []
+    assert sandbox.halaxy.notes == []
+
+
 def test_unknown_connection_is_404(pipeline: Pipeline, conn: Connection, sandbox: Sandbox) -> None:
     other = conn.model_copy(update={"id": "cn_nope"})
     assert pipeline.callback(other, body(conn, publish(sandbox))).status_code == 404
@@ -254,8 +285,6 @@ def test_a_note_found_in_posting_is_parked_not_posted(
         ("unknown_patient", "Halaxy has no patient 4040"),
         ("external_author", "Author not found"),
         ("not_a_pdf", "not a PDF"),
-        ("off_allow_list", "not on the connection's allow-list"),
-        ("expired_link", "expired"),
         ("pdf_gone", "answered 404"),
     ],
 )
@@ -283,10 +312,6 @@ def test_notes_that_cannot_be_written_fail_with_the_reason_and_no_note(
         pipeline.store.save(conn)
     elif setup == "not_a_pdf":
         url = publish(sandbox, b"<html>not a pdf</html>")
-    elif setup == "off_allow_list":
-        url = "https://files.elsewhere.example/p.pdf"
-    elif setup == "expired_link":
-        fields["when"] = datetime.now(UTC) - timedelta(hours=25)
     elif setup == "pdf_gone":
         url = url.replace("/files/", "/files/missing-")
     [note_id] = pipeline.callback(conn, body(conn, url, **fields)).json()["accepted"]

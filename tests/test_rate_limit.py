@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import redis
 from starlette.testclient import TestClient
@@ -13,11 +14,11 @@ from starlette.testclient import TestClient
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
 from shared.config import Settings
 from shared.connections import Connection
-from shared.errors import RateLimited
+from shared.errors import RateLimited, StoreUnavailable, Transient
 from shared.halaxy.client import HalaxyClient
 from shared.halaxy.rate_limit import HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
-from shared.store import Keys
+from shared.store import Keys, held_lease
 
 BASE = "https://au-api.halaxy.com/main"
 
@@ -113,3 +114,48 @@ def test_halaxy_saying_nothing_remains_pauses_the_key(
     with pytest.raises(RateLimited):
         second.read("Patient/42")
     assert len(fake_halaxy.requests) == sent
+
+
+class FailingPause(HalaxyRateLimiter):
+    def pause(self, base_url: str, client_id: str, seconds: float) -> None:
+        raise StoreUnavailable("Redis timed out")
+
+
+def test_a_written_note_is_reported_even_when_recording_the_pause_fails(
+    connection: Connection, redis_server_client: redis.Redis, keys: Keys, settings: Settings
+) -> None:
+    """A 201 that also says 'nothing remains' must still count as written, never retried."""
+    posts: list[str] = []
+
+    def halaxy(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        posts.append(request.url.path)
+        return httpx.Response(201, json={"id": "DR-1"}, headers={"x-ratelimit-remaining": "0"})
+
+    with httpx.Client(transport=httpx.MockTransport(halaxy)) as http:
+        client = HalaxyClient(
+            connection,
+            http,
+            TokenCache(redis_server_client, keys, settings.fernet),
+            settings.user_agent,
+            FailingPause(redis_server_client, keys),
+        )
+        created = client.create("DocumentReference", lambda: [b"{}"], 2)
+    assert created == {"id": "DR-1"}
+    assert len(posts) == 1
+
+
+def test_a_lease_outlives_its_ttl_while_its_holder_works(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    name = f"{keys.namespace}:lease-test"
+    with held_lease(redis_server_client, name, ttl=0.6, wait=1, busy="busy"):
+        time.sleep(1.5)
+        assert redis_server_client.pttl(name) > 0  # renewed by the renewal thread
+        with (
+            pytest.raises(Transient),
+            held_lease(redis_server_client, name, ttl=0.6, wait=0.1, busy="busy"),
+        ):
+            pass
+    assert redis_server_client.exists(name) == 0

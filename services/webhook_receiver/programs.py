@@ -21,7 +21,8 @@ from services.webhook_receiver.requests import read_capped_body, require_json, s
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
 from shared.connections import Connection, utcnow
 from shared.errors import InvalidInput, StoreUnavailable
-from shared.programs import note_id_for, parse_callback
+from shared.pdf_fetch import PdfRefused, check_listed
+from shared.programs import is_link_expired, note_id_for, parse_callback
 
 MAX_BODY = 16 * 1024
 
@@ -54,8 +55,16 @@ async def program_callback(request: Request) -> Response:
     webhook_id = _verified_webhook_id(connection, request, body)
     try:
         callback = parse_callback(data)
+        # Refuse now what the worker would refuse later, so the platform hears of it.
+        check_listed(
+            callback.file_url, connection.allowed_pdf_hosts, connection.pdf_hosts is not None
+        )
     except InvalidInput as exc:
         raise ApiError(422, "invalid", "; ".join([str(exc), *exc.problems])) from None
+    except PdfRefused as exc:
+        raise ApiError(422, "invalid", f"file_url: {exc}") from None
+    if is_link_expired(callback, utcnow()):
+        raise ApiError(422, "invalid", "file_url: the PDF link expired (24 hours after date_iso)")
     note_id = note_id_for(connection.id, callback, webhook_id)
     try:
         result = await run_in_threadpool(deps.programs.accept, connection.id, note_id, callback)

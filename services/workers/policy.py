@@ -51,6 +51,9 @@ def should_retry(retries: int, exception: BaseException) -> bool:
 # The options every actor is declared with.
 RETRY_OPTIONS: dict[str, Any] = {
     "retry_when": should_retry,
+    # Dramatiq logs an expected failure by its type alone, not with a traceback whose text
+    # could carry what a remote system said.
+    "throws": (Permanent,),
     "min_backoff": MIN_BACKOFF_MS,
     "max_backoff": MAX_BACKOFF_MS,
 }

@@ -15,18 +15,22 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+import structlog
 
 from shared.connections import Connection
-from shared.errors import Ambiguous, Permanent, RateLimited, Transient
+from shared.errors import Ambiguous, BridgeError, Permanent, RateLimited, Transient
 from shared.halaxy.auth import FHIR_JSON, Token, fetch_token
 from shared.halaxy.rate_limit import EXHAUSTED_PAUSE_MS, HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
 from shared.httputil import retry_after_seconds
+from shared.logs import remote_text
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 # A 20 MB PDF is about 27 MB of JSON: give the upload and Halaxy's answer time.
 WRITE_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 MAX_PAGES = 10_000
+
+log = structlog.get_logger("halaxy_bridge.halaxy")
 
 
 class HalaxyNotFound(Permanent):
@@ -193,9 +197,14 @@ class HalaxyClient:
             wait = EXHAUSTED_PAUSE_MS / 1000
         else:
             return response
-        self._limiter.pause(
-            self._connection.halaxy_base_url, self._connection.halaxy_client_id, wait
-        )
+        try:
+            self._limiter.pause(
+                self._connection.halaxy_base_url, self._connection.halaxy_client_id, wait
+            )
+        except BridgeError:
+            # The answer is in hand: what it says (a note written, say) must not be lost
+            # because Redis missed one pause. Our own window still counts the request.
+            log.warning("halaxy.pause_not_recorded", connection_id=self._connection.id)
         return response
 
     def _request(
@@ -258,7 +267,8 @@ def _outcome(response: httpx.Response) -> tuple[str | None, str]:
     issue = issues[0]
     details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
     text = issue.get("diagnostics") or (details or {}).get("text") or ""
-    return (str(issue.get("code")) if issue.get("code") else None), str(text)[:200]
+    code = remote_text(str(issue["code"]), 40) if issue.get("code") else None
+    return code, remote_text(str(text))
 
 
 def _token_rejected(response: httpx.Response) -> bool:

@@ -41,6 +41,15 @@ return math.max(1, tonumber(oldest[2]) + tonumber(ARGV[1]) - now)
 """
 
 
+# A pause never shortens a longer one already set (a 429's retry-after outlasts a 5 s pause).
+PAUSE = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+"""
+
+
 class HalaxyRateLimiter:
     def __init__(
         self, client: redis.Redis, keys: Keys, limit: int = LIMIT, window_ms: int = WINDOW_MS
@@ -50,6 +59,7 @@ class HalaxyRateLimiter:
         self._limit = limit
         self._window_ms = window_ms
         self._acquire = client.register_script(ACQUIRE)
+        self._pause = client.register_script(PAUSE)
 
     def acquire(self, base_url: str, client_id: str) -> None:
         """Take one request from the key's budget, or raise `RateLimited` with the wait."""
@@ -68,7 +78,7 @@ class HalaxyRateLimiter:
         """Halaxy said wait (429, or nothing remaining): no process uses the key until then."""
         _, pause = self._names(base_url, client_id)
         with translate_redis_errors():
-            self._redis.set(pause, b"1", px=max(1, int(seconds * 1000)))
+            self._pause(keys=[pause], args=[max(1, int(seconds * 1000))])
 
     def _names(self, base_url: str, client_id: str) -> tuple[str, str]:
         digest = hashlib.sha256(f"{base_url}|{client_id}".encode()).hexdigest()[:32]

@@ -9,6 +9,7 @@ import orjson
 
 from shared.errors import Permanent, RateLimited, Transient
 from shared.httputil import retry_after_seconds
+from shared.logs import remote_text
 
 
 class PlatformNotFound(Permanent):
@@ -50,7 +51,7 @@ def error_messages(response: httpx.Response) -> list[str]:
     errors = body.get("errors") if isinstance(body, dict) else None
     if not isinstance(errors, list):
         return []
-    return [str(e)[:200] for e in errors[:10]]
+    return [remote_text(str(e)) for e in errors[:5]]
 
 
 def raise_for_status(platform: str, response: httpx.Response) -> None:
