@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from services.sandbox.halaxy import appointment_resource, patient_resource
+from shared.dead_letters import DeadLetterStore
 from shared.onboarding import KeyVerifier
 from shared.patient_links import PatientLinks
 from tests.workers import Pipeline, Sandbox, sandbox_connection
@@ -234,3 +235,25 @@ def test_permanent_problems_go_to_the_dead_letters_at_once(
     assert sandbox.physitrack.writes() == []
     failed = [r for r in caplog.records if "job.failed" in r.getMessage()]
     assert any(reason in r.getMessage() for r in failed), [r.getMessage() for r in failed]
+
+
+def test_what_the_platform_says_about_a_patient_is_cleaned_before_logs_and_dead_letters(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any, caplog: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    sandbox.physitrack.reject_with = [
+        'Client "Jane Citizen" already exists (born 1984-07-21, jane.citizen@example.com)'
+    ]
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "job.failed" in logged
+    [letter] = [
+        x
+        for x in DeadLetterStore(pipeline.redis, pipeline.keys).list(conn.id)
+        if x.resource_id == "1001"
+    ]
+    for text in (logged, letter.reason):
+        for secret in ("Jane Citizen", "1984-07-21", "jane.citizen@example.com"):
+            assert secret not in text
+    assert "already exists" in letter.reason

@@ -58,6 +58,7 @@ class FakePhysitrack:
     files: dict[str, bytes] = field(default_factory=dict)
     file_faults: Faults = field(default_factory=Faults)
     file_requests: list[dict[str, Any]] = field(default_factory=list)
+    reject_with: list[str] | None = None  # answer every create/update 422 with these errors
     _next_id: int = 7961
 
     def add_key(self) -> str:
@@ -154,7 +155,7 @@ class FakePhysitrack:
 
     async def _create(self, request: Request) -> Response:
         def action(request: Request, data: dict[str, Any]) -> Response:
-            problems = _validate(data)
+            problems = self.reject_with or _validate(data)
             if problems:
                 return _errors(422, *problems)
             client_id = self._next_id
