@@ -9,6 +9,7 @@ from services.cli.dead_letters import dead_letters
 from services.cli.demo import demo
 from services.cli.notes import notes
 from services.cli.sandbox import sandbox
+from services.cli.scheduler import scheduler
 
 
 @click.group()
@@ -21,6 +22,7 @@ cli.add_command(dead_letters)
 cli.add_command(demo)
 cli.add_command(notes)
 cli.add_command(sandbox)
+cli.add_command(scheduler)
 
 
 def main() -> None:

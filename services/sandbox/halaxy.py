@@ -29,7 +29,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
@@ -71,6 +73,7 @@ def patient_resource(
     birth_date: str | None = "1984-07-21",
     gender: str = "female",
     status: str = "current",
+    last_updated: str | None = None,
 ) -> dict[str, Any]:
     """A Patient as Halaxy returns it, with the given-only `usual` name listed first."""
     names: list[dict[str, Any]] = []
@@ -94,6 +97,8 @@ def patient_resource(
     }
     if birth_date:
         resource["birthDate"] = birth_date
+    if last_updated:
+        resource["meta"] = {"lastUpdated": last_updated}
     return resource
 
 
@@ -301,15 +306,20 @@ class FakeHalaxy:
         return fhir(_absolute(resource, base))
 
     def _patient_page(self, request: Request, base: str) -> Response:
+        """A searchset page; `_lastUpdated=gt<time>` (or `ge`) filters on meta.lastUpdated."""
         page = int(request.query_params.get("page", "1") or 1)
         count = min(int(request.query_params.get("_count", self.page_size)), 100)
-        ids = sorted(self.patients, key=lambda i: (len(i), i))
+        since = request.query_params.get("_lastUpdated", "")
+        ids = [
+            i
+            for i in sorted(self.patients, key=lambda i: (len(i), i))
+            if _updated_after(self.patients[i], since)
+        ]
         chunk = ids[(page - 1) * count : page * count]
-        links = [{"relation": "self", "url": f"{base}/Patient?_count={count}&page={page}"}]
+        query = f"_count={count}" + (f"&_lastUpdated={quote(since)}" if since else "")
+        links = [{"relation": "self", "url": f"{base}/Patient?{query}&page={page}"}]
         if page * count < len(ids):
-            links.append(
-                {"relation": "next", "url": f"{base}/Patient?_count={count}&page={page + 1}"}
-            )
+            links.append({"relation": "next", "url": f"{base}/Patient?{query}&page={page + 1}"})
         return fhir(
             {
                 "resourceType": "Bundle",
@@ -321,6 +331,17 @@ class FakeHalaxy:
                 ],
             }
         )
+
+
+def _updated_after(resource: dict[str, Any], since: str) -> bool:
+    if not since:
+        return True
+    prefix, moment = since[:2], datetime.fromisoformat(since[2:].replace("Z", "+00:00"))
+    stamp = (resource.get("meta") or {}).get("lastUpdated")
+    if stamp is None:
+        return True
+    updated = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return updated > moment if prefix == "gt" else updated >= moment
 
 
 ATTACHMENT_TYPES = {

@@ -1,0 +1,84 @@
+"""The scheduler loop: elect a leader through Redis, then tick every few seconds."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import redis
+import structlog
+
+from services.workers.messaging import DramatiqJobQueue, build_broker, requeue_from_dead_workers
+from services.workers.runtime import WorkerRuntime
+from shared.config import Settings
+from shared.connections import utcnow
+from shared.errors import BridgeError, RateLimited
+from shared.jobs import JobQueue
+from shared.reconcile import SweepLog, due, sweep
+
+TICK_SECONDS = 5.0
+LEADER_TTL_SECONDS = 30
+
+log = structlog.get_logger("halaxy_bridge.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self, settings: Settings, runtime: WorkerRuntime, queue: JobQueue | None = None
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.queue = queue or DramatiqJobQueue(build_broker(settings, runtime.redis))
+        self.sweeps = SweepLog(runtime.redis, runtime.keys)
+        self.id = uuid.uuid4().hex[:12]
+        self._leader = runtime.redis.lock(
+            runtime.keys.scheduler_leader(), timeout=LEADER_TTL_SECONDS, thread_local=False
+        )
+
+    def is_leader(self) -> bool:
+        """Keep, or try to take, the leadership; only the leader does anything."""
+        try:
+            if self._leader.owned():
+                self._leader.reacquire()
+                return True
+            return bool(self._leader.acquire(blocking=False))
+        except redis.exceptions.LockError:
+            return False
+        except redis.exceptions.RedisError:
+            log.warning("scheduler.redis_unavailable", scheduler_id=self.id)
+            return False
+
+    def tick(self) -> None:
+        if not self.is_leader():
+            return
+        try:
+            requeue_from_dead_workers(self.settings, self.runtime.redis)
+        except BridgeError as exc:
+            log.warning("scheduler.maintenance_failed", error=type(exc).__name__)
+        for connection in self.runtime.connections.list():
+            if connection.enabled:
+                self.sweep_if_due(connection.id)
+
+    def sweep_if_due(self, connection_id: str) -> None:
+        bound = log.bind(connection_id=connection_id, scheduler_id=self.id)
+        try:
+            last = self.sweeps.last(connection_id)
+            now = utcnow()
+            if not due(last, now):
+                return
+            services = self.runtime.services(connection_id)
+            done = sweep(services.halaxy, self.queue, connection_id, last, now)
+            self.sweeps.record(done)
+            bound.info("reconcile.swept", kind=done.kind.value, queued=done.patients_queued)
+        except RateLimited as exc:
+            bound.info("reconcile.deferred", retry_after=exc.retry_after)  # next tick resumes
+        except BridgeError as exc:
+            bound.error("reconcile.failed", error=type(exc).__name__, reason=str(exc))
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("scheduler.started", scheduler_id=self.id)
+        while not stop.is_set():
+            self.tick()
+            stop.wait(TICK_SECONDS)
+        if self._leader.owned():
+            self._leader.release()

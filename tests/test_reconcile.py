@@ -1,0 +1,127 @@
+"""Reconcile sweeps and backfill, the scheduler's leader election, and bulk work end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from services.sandbox.halaxy import FakeHalaxy, patient_resource
+from services.scheduler.loop import Scheduler
+from services.workers.messaging import DramatiqJobQueue, build_broker
+from services.workers.runtime import WorkerRuntime
+from shared.config import Settings
+from shared.connection_store import ConnectionStore
+from shared.connections import Connection
+from shared.halaxy.client import HalaxyClient
+from shared.halaxy.tokens import TokenCache
+from shared.onboarding import KeyVerifier
+from shared.reconcile import OVERLAP, Sweep, SweepKind, SweepLog, due, sweep
+from shared.store import Keys
+from tests.helpers import queued_messages
+from tests.workers import Pipeline, Sandbox, sandbox_connection
+
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def halaxy(
+    connection: Connection,
+    fake_halaxy: FakeHalaxy,
+    redis_server_client: redis.Redis,
+    settings: Settings,
+    keys: Keys,
+) -> Iterator[HalaxyClient]:
+    with TestClient(fake_halaxy.app()) as http:
+        tokens = TokenCache(redis_server_client, keys, settings.fernet)
+        yield HalaxyClient(connection, http, tokens, settings.user_agent)
+
+
+def test_a_first_sweep_backfills_every_patient_as_bulk_work(
+    halaxy: HalaxyClient,
+    fake_halaxy: FakeHalaxy,
+    settings: Settings,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    for number in range(250):
+        fake_halaxy.patients[str(5000 + number)] = patient_resource(str(5000 + number))
+    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
+    done = sweep(halaxy, queue, "cn_x", None, T0)
+    assert (done.kind, done.patients_queued) == (SweepKind.BACKFILL, 250)
+    messages = queued_messages(redis_server_client, keys, queue="bulk")
+    assert {m["actor_name"] for m in messages} == {"sync_patient_bulk"}
+    assert sorted(m["kwargs"]["resource_id"] for m in messages) == sorted(fake_halaxy.patients)
+    searches = [r for r in fake_halaxy.requests if r.path == "/main/Patient"]
+    assert len(searches) == 3  # pages of 100, following link[next]
+    assert queued_messages(redis_server_client, keys, queue="live") == []
+
+
+def test_a_later_sweep_asks_only_for_patients_changed_since(
+    halaxy: HalaxyClient,
+    fake_halaxy: FakeHalaxy,
+    settings: Settings,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    stamp = lambda moment: moment.isoformat().replace("+00:00", "Z")  # noqa: E731
+    fake_halaxy.patients["1"] = patient_resource("1", last_updated=stamp(T0 - timedelta(hours=1)))
+    fake_halaxy.patients["2"] = patient_resource("2", last_updated=stamp(T0 - OVERLAP / 2))
+    fake_halaxy.patients["3"] = patient_resource("3", last_updated=stamp(T0 + timedelta(minutes=3)))
+    last = Sweep("cn_x", SweepKind.BACKFILL, T0.isoformat(), T0.isoformat(), 1)
+    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
+    done = sweep(halaxy, queue, "cn_x", last, T0 + timedelta(minutes=5))
+    assert done.kind is SweepKind.RECONCILE
+    ids = sorted(
+        m["kwargs"]["resource_id"] for m in queued_messages(redis_server_client, keys, "bulk")
+    )
+    assert ids == ["2", "3"]  # "2" changed just before the last sweep started: the overlap
+    [search] = [r for r in fake_halaxy.requests if r.path == "/main/Patient"]
+    assert "_lastUpdated=gt2026-11-21T08%3A58%3A00Z" in search.query
+
+
+def test_due() -> None:
+    assert due(None, T0)
+    last = Sweep("c", SweepKind.RECONCILE, T0.isoformat(), T0.isoformat(), 0)
+    assert not due(last, T0 + timedelta(minutes=4))
+    assert due(last, T0 + timedelta(minutes=5))
+
+
+def test_only_one_of_two_schedulers_works(
+    settings: Settings,
+    store: ConnectionStore,
+    sandbox: Sandbox,
+    verify_key: KeyVerifier,
+    redis_server_client: redis.Redis,
+) -> None:
+    conn = sandbox_connection(store, sandbox, verify_key)
+    for number in range(30):
+        sandbox.halaxy.patients[str(100 + number)] = patient_resource(str(100 + number))
+    first = Scheduler(settings, WorkerRuntime(settings))
+    second = Scheduler(settings, WorkerRuntime(settings))
+    for _ in range(3):
+        first.tick()
+        second.tick()
+    searches = [r for r in sandbox.halaxy.requests if r.path == "/main/Patient"]
+    assert len(searches) == 1  # one backfill by the leader; not due again yet
+    last = SweepLog(redis_server_client, Keys(settings.redis_namespace)).last(conn.id)
+    assert last is not None
+    assert (last.kind, last.patients_queued) == (SweepKind.BACKFILL, 30)
+    assert first.is_leader() != second.is_leader()
+
+
+def test_a_backfill_reaches_the_platform_through_the_bulk_queue(
+    pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier, base_settings: Settings
+) -> None:
+    conn = sandbox_connection(pipeline.store, sandbox, verify_key)
+    for number in range(40):
+        sandbox.halaxy.patients[str(300 + number)] = patient_resource(str(300 + number))
+    runtime = WorkerRuntime(base_settings)
+    Scheduler(base_settings, runtime).sweep_if_due(conn.id)
+    pipeline.broker.join("bulk", timeout=60_000)
+    pipeline.drain()
+    assert len(sandbox.physitrack.clients) == 40
+    runtime.close()
