@@ -7,17 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared import connections as c
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection, DocStatus, PlatformKind, RetiredSecret
 from shared.errors import BridgeError, InvalidInput, Transient
 from shared.halaxy.events import HALAXY_EVENTS
-
-M = TypeVar("M", bound=BaseModel)
+from shared.validation import validated
 
 KeyVerifier = Callable[[str, str, str], None]
 """Checks a Halaxy key (base URL, client id, client secret); raises a `BridgeError` if refused."""
@@ -89,23 +88,12 @@ def build_connection(request: ConnectionRequest, now: datetime) -> Connection:
 
 def parse_request(data: dict[str, Any]) -> ConnectionRequest:
     """Validate raw input into a request; raise `InvalidInput` listing every problem."""
-    return _validated(ConnectionRequest, data, "the connection request is invalid")
+    return validated(ConnectionRequest, data, "the connection request is invalid")
 
 
 def parse_rotation(data: dict[str, Any]) -> RotateRequest:
     """Validate raw input into a rotation; raise `InvalidInput` listing every problem."""
-    return _validated(RotateRequest, data, "the rotation request is invalid")
-
-
-def _validated(model: type[M], data: dict[str, Any], message: str) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        raise InvalidInput(message, problems) from None
+    return validated(RotateRequest, data, "the rotation request is invalid")
 
 
 class RotateRequest(BaseModel):

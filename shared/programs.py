@@ -17,10 +17,10 @@ from datetime import date as Date  # the callback has a field named `date`
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from shared.connections import Connection
-from shared.errors import InvalidInput
+from shared.validation import validated
 
 FILE_URL_LIFETIME = timedelta(hours=24)
 PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -76,13 +76,7 @@ class ProgramCallback(BaseModel):
 
 def parse_callback(data: dict[str, Any]) -> ProgramCallback:
     """Validate the callback; raise `InvalidInput` naming each bad field (never its value)."""
-    try:
-        return ProgramCallback.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        ]
-        raise InvalidInput("the program callback is invalid", problems) from None
+    return validated(ProgramCallback, data, "the program callback is invalid")
 
 
 def note_id_for(connection_id: str, callback: ProgramCallback, webhook_id: str | None) -> str:

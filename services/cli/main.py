@@ -10,6 +10,7 @@ from services.cli.demo import demo
 from services.cli.notes import notes
 from services.cli.sandbox import sandbox
 from services.cli.scheduler import scheduler
+from services.cli.status import status
 
 
 @click.group()
@@ -23,6 +24,7 @@ cli.add_command(demo)
 cli.add_command(notes)
 cli.add_command(sandbox)
 cli.add_command(scheduler)
+cli.add_command(status)
 
 
 def main() -> None:

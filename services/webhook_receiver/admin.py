@@ -27,7 +27,7 @@ MAX_BODY = 64 * 1024
 log = structlog.get_logger("halaxy_bridge.admin")
 
 
-def _authorize(request: Request) -> Deps:
+def authorize(request: Request) -> Deps:
     deps = deps_of(request)
     token = deps.settings.admin_token
     if token is None:
@@ -40,7 +40,7 @@ def _authorize(request: Request) -> Deps:
     return deps
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def json_object(request: Request) -> dict[str, Any]:
     require_json(request)
     body = await read_capped_body(request, MAX_BODY)
     try:
@@ -52,7 +52,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-async def _call(function: Any, *args: Any) -> Any:
+async def call(function: Any, *args: Any) -> Any:
     try:
         return await run_in_threadpool(function, *args)
     except StoreUnavailable:
@@ -64,22 +64,22 @@ async def _call(function: Any, *args: Any) -> Any:
 
 
 async def _existing(deps: Deps, connection_id: str) -> Connection:
-    connection: Connection | None = await _call(deps.connections.get, connection_id)
+    connection: Connection | None = await call(deps.connections.get, connection_id)
     if connection is None:
         raise ApiError(404, "unknown_connection", "no such connection")
     return connection
 
 
 async def list_connections(request: Request) -> Response:
-    deps = _authorize(request)
-    found = await _call(deps.connections.list)
+    deps = authorize(request)
+    found = await call(deps.connections.list)
     return JSONResponse({"connections": [onboarding.summary(c) for c in found]})
 
 
 async def create_connection(request: Request) -> Response:
-    deps = _authorize(request)
-    data = await _json_object(request)
-    connection = await _call(_add, deps, data)
+    deps = authorize(request)
+    data = await json_object(request)
+    connection = await call(_add, deps, data)
     log.info("connection.added", connection_id=connection.id, actor="admin-api")
     return JSONResponse(
         onboarding.setup_details(connection, deps.settings.public_url), status_code=201
@@ -92,26 +92,26 @@ def _add(deps: Deps, data: dict[str, Any]) -> Connection:
 
 
 async def show_connection(request: Request) -> Response:
-    deps = _authorize(request)
+    deps = authorize(request)
     connection = await _existing(deps, request.path_params["connection_id"])
     return JSONResponse(onboarding.summary(connection))
 
 
 async def disable_connection(request: Request) -> Response:
-    deps = _authorize(request)
+    deps = authorize(request)
     connection = await _existing(deps, request.path_params["connection_id"])
     disabled = onboarding.disable(connection, utcnow())
-    await _call(deps.connections.save, disabled)
+    await call(deps.connections.save, disabled)
     log.info("connection.disabled", connection_id=connection.id, actor="admin-api")
     return JSONResponse(onboarding.summary(disabled))
 
 
 async def rotate_connection(request: Request) -> Response:
-    deps = _authorize(request)
-    data = await _json_object(request)
+    deps = authorize(request)
+    data = await json_object(request)
     connection = await _existing(deps, request.path_params["connection_id"])
-    rotation = await _call(onboarding.parse_rotation, data)
-    rotated = await _call(
+    rotation = await call(onboarding.parse_rotation, data)
+    rotated = await call(
         onboarding.apply_rotation,
         deps.connections,
         deps.verify_key,

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.webhook_receiver import admin, health
+from services.webhook_receiver import admin, health, ops
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
 from services.webhook_receiver.openapi import openapi
@@ -87,6 +87,7 @@ def create_app(
         connections=ConnectionStore(client, keys, settings.fernet),
         intake=WebhookIntake(client, keys, queue),
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
+        queue=queue,
         verify_key=verify_key or halaxy_key_verifier(settings, http),
     )
 
@@ -114,6 +115,10 @@ def create_app(
         Route(
             "/admin/connections/{connection_id}/rotate", admin.rotate_connection, methods=["POST"]
         ),
+        Route("/ops/status", ops.ops_status, methods=["GET"]),
+        Route("/ops/dead-letters", ops.list_dead_letters, methods=["GET"]),
+        Route("/ops/dead-letters/replay", ops.replay_dead_letters, methods=["POST"]),
+        Route("/ops/dead-letters/purge", ops.purge_dead_letters, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.intake import WebhookIntake
+from shared.jobs import JobQueue
 from shared.onboarding import KeyVerifier
 from shared.program_intake import ProgramIntake
 
@@ -21,6 +22,7 @@ class Deps:
     connections: ConnectionStore
     intake: WebhookIntake
     programs: ProgramIntake
+    queue: JobQueue
     verify_key: KeyVerifier
 
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.webhook_receiver.ops import DeadLetterAction
 from services.webhook_receiver.responses import JSONResponse
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.onboarding import ConnectionRequest, RotateRequest
@@ -116,7 +117,14 @@ ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
 def build_spec() -> dict[str, Any]:
     schemas: dict[str, Any] = {"NotificationBundle": NOTIFICATION_BUNDLE, "Reference": REFERENCE}
-    for model in (ErrorBody, Accepted, ConnectionRequest, RotateRequest, ProgramCallback):
+    for model in (
+        ErrorBody,
+        Accepted,
+        ConnectionRequest,
+        RotateRequest,
+        ProgramCallback,
+        DeadLetterAction,
+    ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -254,6 +262,49 @@ def build_spec() -> dict[str, Any]:
                     "parameters": [CONNECTION_ID],
                     "responses": {"200": _json(ANY_OBJECT, "disabled"), **_errors(401, 404, 503)},
                 }
+            },
+            "/ops/status": {
+                "get": {
+                    "summary": "queues, connections (last sweep), dead letters, parked notes",
+                    "security": ADMIN_SECURITY,
+                    "responses": {"200": _json(ANY_OBJECT, "status"), **_errors(401, 503)},
+                }
+            },
+            "/ops/dead-letters": {
+                "get": {
+                    "summary": "dead letters (kept 30 days), filtered",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [
+                        {
+                            "name": name,
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        }
+                        for name in ("connection", "since", "reason")
+                    ],
+                    "responses": {
+                        "200": _json(ANY_OBJECT, "dead letters"),
+                        **_errors(401, 422, 503),
+                    },
+                }
+            },
+            **{
+                f"/ops/dead-letters/{verb}": {
+                    "post": {
+                        "summary": f"{verb} dead letters by id or all matching (audited)",
+                        "security": ADMIN_SECURITY,
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": _ref("DeadLetterAction")}},
+                        },
+                        "responses": {
+                            "200": _json(ANY_OBJECT, f"{verb}ed"),
+                            **_errors(400, 401, 413, 415, 422, 503),
+                        },
+                    }
+                }
+                for verb in ("replay", "purge")
             },
             "/admin/connections/{connection_id}/rotate": {
                 "post": {

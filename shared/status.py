@@ -1,0 +1,71 @@
+"""What ops see at a glance: queues, and per connection the last sweep and what waits for
+them (dead letters, parked notes). Read-only; ids and counts, no patient details."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from shared.connection_store import ConnectionStore
+from shared.dead_letters import DeadLetterStore
+from shared.jobs import QueueName
+from shared.notes_outbox import NoteOutbox
+from shared.reconcile import SweepLog
+from shared.redis_health import check_redis
+from shared.store import Keys, as_bytes, translate_redis_errors
+
+
+def queue_status(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    namespace = keys.dramatiq_namespace()
+    rows = []
+    with translate_redis_errors():
+        for queue in QueueName:
+            name = f"{namespace}:{queue.value}"
+            oldest_id = client.lindex(name, 0)
+            oldest = client.hget(f"{name}.msgs", oldest_id) if oldest_id is not None else None
+            age = None
+            if oldest is not None:
+                sent_ms = orjson.loads(as_bytes(oldest)).get("message_timestamp", 0)
+                age = max(0.0, round(time.time() - sent_ms / 1000, 1))
+            rows.append(
+                {
+                    "queue": queue.value,
+                    "depth": int(client.llen(name)),
+                    "delayed": int(client.hlen(f"{name}.DQ.msgs")),
+                    "dead": int(client.zcard(f"{name}.XQ")),
+                    "oldest_age_seconds": age,
+                }
+            )
+    return rows
+
+
+def status(
+    client: redis.Redis, keys: Keys, connections: ConnectionStore, outbox: NoteOutbox
+) -> dict[str, Any]:
+    sweeps = SweepLog(client, keys)
+    letters = DeadLetterStore(client, keys).list()
+    parked = outbox.parked()
+    rows = []
+    for connection in connections.list():
+        last = sweeps.last(connection.id)
+        rows.append(
+            {
+                "id": connection.id,
+                "name": connection.name,
+                "enabled": connection.enabled,
+                "last_sweep": None if last is None else last.started_at,
+                "last_sweep_kind": None if last is None else last.kind.value,
+                "dead_letters": sum(1 for x in letters if x.connection_id == connection.id),
+                "parked_notes": sum(1 for n in parked if n.connection_id == connection.id),
+            }
+        )
+    return {
+        "queues": queue_status(client, keys),
+        "connections": rows,
+        "dead_letters": len(letters),
+        "parked_notes": len(parked),
+        "redis_warnings": check_redis(client),
+    }
