@@ -35,7 +35,8 @@ from shared.status import queue_status
 from shared.store import Keys
 from tests.helpers import auth
 from tests.redis_server import RedisServer
-from tests.test_processes import BIN, process_env, wait_until
+from tests.test_processes import wait_until
+from tests.test_program_processes import start_worker
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -122,16 +123,6 @@ def worker_group(settings: Settings, tmp_path: Path) -> Iterator[list[subprocess
             process.wait(timeout=10)
 
 
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [str(BIN / "dramatiq"), "services.workers", "--processes", "1", "--threads", "4"],
-        env=process_env(settings),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
     settings: Settings,
     store: ConnectionStore,
@@ -149,7 +140,7 @@ def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
         sandbox_connection(store, sandbox, verify_key, name=f"C{n}") for n in range(clinics)
     ]
     for _ in range(2):
-        worker_group.append(start_worker(settings, tmp_path / "workers.log"))
+        worker_group.append(start_worker(settings, tmp_path / "workers.log", threads=4))
     stop = threading.Event()
     # What the scheduler does every few seconds: bring back a killed worker's messages.
     maintaining = threading.Thread(target=lambda: _maintain(settings, stop))
@@ -200,7 +191,7 @@ def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
             victim = worker_group[kills % 2]
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait(timeout=10)
-            worker_group[kills % 2] = start_worker(settings, tmp_path / "workers.log")
+            worker_group[kills % 2] = start_worker(settings, tmp_path / "workers.log", threads=4)
             kills += 1
         keys = Keys(settings.redis_namespace)
         outbox = NoteOutbox(redis_server_client, keys, settings.fernet)

@@ -33,13 +33,14 @@ pytestmark = pytest.mark.slow
 PATIENT = "1001"
 
 
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log: Path, threads: int = 2) -> subprocess.Popen[bytes]:
+    """`dramatiq services.workers` in a process group of its own (to kill it whole)."""
     return subprocess.Popen(
-        [str(BIN / "dramatiq"), "services.workers", "--processes", "1", "--threads", "2"],
+        [str(BIN / "dramatiq"), "services.workers", "--processes", "1", "--threads", str(threads)],
         env=process_env(settings),
-        stdout=log.open("wb"),
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: kill the whole worker at once
+        start_new_session=True,
     )
 
 

@@ -82,28 +82,15 @@ class HalaxyClient:
         408 or a 5xx) raises `Ambiguous`, and the caller must not post again.
         """
         url = self.resolve(resource_type)
-        for attempt in (1, 2):
-            token = self._token()
-            response = self._post(url, token, body(), length)
-            if _token_rejected(response):
-                # Refused before it was processed: no note was written with a rejected token.
-                self._tokens.invalidate(
-                    self._connection.halaxy_base_url, self._connection.halaxy_client_id, token
-                )
-                if attempt == 2:
-                    raise HalaxyAuthRefused(
-                        "Halaxy refused a fresh access token (401) for the write: check the "
-                        "API key's Clinical Notes permission"
-                    )
-                continue
-            status = response.status_code
-            if status in (200, 201):
-                return self._json_or_empty(response)
-            if status == 408 or status >= 500:
-                raise Ambiguous(f"Halaxy answered {status} to the {resource_type} POST")
-            _raise_for_status(response)
+        # A 401 means the write was refused before it was processed: nothing was written.
+        response = self._with_token(lambda token: self._post(url, token, body(), length))
+        status = response.status_code
+        if status in (200, 201):
+            return self._json_or_empty(response)
+        if status == 408 or status >= 500:
             raise Ambiguous(f"Halaxy answered {status} to the {resource_type} POST")
-        raise AssertionError("unreachable")
+        _raise_for_status(response)
+        raise Ambiguous(f"Halaxy answered {status} to the {resource_type} POST")
 
     def _post(self, url: str, token: str, content: Iterable[bytes], length: int) -> httpx.Response:
         headers = {
@@ -210,11 +197,17 @@ class HalaxyClient:
     def _request(
         self, method: str, url: str, params: dict[str, str] | None = None
     ) -> httpx.Response:
+        response = self._with_token(lambda token: self._send(method, url, token, params))
+        _raise_for_status(response)
+        return response
+
+    def _with_token(self, exchange: Callable[[str], httpx.Response]) -> httpx.Response:
+        """Run `exchange` with the cached token; on 401 or an `expired` OperationOutcome,
+        once more with a fresh one (halaxy-api.md sections 2 and 7)."""
         for attempt in (1, 2):
             token = self._token()
-            response = self._send(method, url, token, params)
+            response = exchange(token)
             if not _token_rejected(response):
-                _raise_for_status(response)
                 return response
             self._tokens.invalidate(
                 self._connection.halaxy_base_url, self._connection.halaxy_client_id, token
