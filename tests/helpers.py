@@ -13,6 +13,27 @@ from shared.store import Keys
 
 HALAXY_BASE = "https://au-api.halaxy.com/main"
 
+# The public contract of `connections add --json` and POST /admin/connections.
+PUBLIC_URL = "https://bridge.example.test"  # BRIDGE_PUBLIC_URL, as conftest sets it
+EVENTS = (
+    "patient-created",
+    "patient-updated",
+    "appointment-created",
+    "appointment-updated",
+    "appointment-deleted",
+    "invoice-created",
+    "invoice-updated",
+    "invoice-deleted",
+)
+SETUP_KEYS = {
+    "id",
+    "halaxy_auth_header",
+    "webhook_urls",
+    "program_webhook_url",
+    "program_api_key",
+    "signing_secret",
+}
+
 
 def auth(connection: Connection, bearer: bool = True) -> dict[str, str]:
     secret = connection.webhook_secret.get_secret_value()

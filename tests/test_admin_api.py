@@ -18,26 +18,7 @@ from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.samples import notification
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
-
-PUBLIC_URL = "https://bridge.example.test"  # BRIDGE_PUBLIC_URL, as conftest sets it
-EVENTS = (
-    "patient-created",
-    "patient-updated",
-    "appointment-created",
-    "appointment-updated",
-    "appointment-deleted",
-    "invoice-created",
-    "invoice-updated",
-    "invoice-deleted",
-)
-SETUP_KEYS = {
-    "id",
-    "halaxy_auth_header",
-    "webhook_urls",
-    "program_webhook_url",
-    "program_api_key",
-    "signing_secret",
-}
+from tests.helpers import EVENTS, PUBLIC_URL, SETUP_KEYS
 
 
 def admin_headers() -> dict[str, str]:

@@ -29,26 +29,8 @@ from services.sandbox.samples import notification
 from services.sandbox.serve import ServerThread
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
+from tests.helpers import EVENTS, PUBLIC_URL, SETUP_KEYS
 
-PUBLIC_URL = "https://bridge.example.test"  # BRIDGE_PUBLIC_URL, as conftest sets it
-EVENTS = (
-    "patient-created",
-    "patient-updated",
-    "appointment-created",
-    "appointment-updated",
-    "appointment-deleted",
-    "invoice-created",
-    "invoice-updated",
-    "invoice-deleted",
-)
-SETUP_KEYS = {
-    "id",
-    "halaxy_auth_header",
-    "webhook_urls",
-    "program_webhook_url",
-    "program_api_key",
-    "signing_secret",
-}
 USER_AGENT = "bridge-cli-tests (qa@example.test)"
 PLATFORM_URL = "https://au.physitrack.com/api/v2"
 

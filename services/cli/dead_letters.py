@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from typing import Any
 
 import click
 
@@ -63,13 +64,21 @@ def list_(connection_id: str | None, since: str | None, reason: str | None, as_j
         emit(as_json, {"dead_letters": rows}, lambda: table(rows, COLUMNS))
 
 
-@dead_letters.command("replay")
-@click.argument("ids", nargs=-1)
-@click.option("--all-matching", is_flag=True, help="Replay every letter the filters match.")
-@filters
-@click.option("--by", default=None, help="Who replays (default: your user name).")
-@json_option
-def replay(
+def action_options(command: click.decorators.FC) -> click.decorators.FC:
+    """What replay and purge both take: ids, or --all-matching with filters; and who acts."""
+    command = json_option(command)
+    command = click.option("--by", default=None, help="Who acts (default: your user name).")(
+        command
+    )
+    command = filters(command)
+    command = click.option("--all-matching", is_flag=True, help="Every letter the filters match.")(
+        command
+    )
+    return click.argument("ids", nargs=-1)(command)
+
+
+def _act(
+    verb: str,
     ids: tuple[str, ...],
     all_matching: bool,
     connection_id: str | None,
@@ -78,41 +87,26 @@ def replay(
     by: str | None,
     as_json: bool,
 ) -> None:
-    """Queue dead letters again, as bulk work."""
     with cli_context(as_json) as ctx:
+        keys = Keys(ctx.settings.redis_namespace)
         letters = _selected(ctx, ids, connection_id, since, reason, all_matching)
-        done = ops.replay(
-            _store(ctx),
-            ctx.queue(),
-            AuditTrail(ctx.redis, Keys(ctx.settings.redis_namespace)),
-            letters,
-            by or getpass.getuser(),
-        )
-        emit(as_json, {"replayed": done}, f"Replayed {len(done)} dead letter(s).")
+        who = by or getpass.getuser()
+        if verb == "replayed":
+            done = ops.replay(_store(ctx), ctx.queue(), AuditTrail(ctx.redis, keys), letters, who)
+        else:
+            done = ops.purge(_store(ctx), AuditTrail(ctx.redis, keys), letters, who)
+        emit(as_json, {verb: done}, f"{verb.capitalize()} {len(done)} dead letter(s).")
+
+
+@dead_letters.command("replay")
+@action_options
+def replay(**options: Any) -> None:
+    """Queue dead letters again, as bulk work (audited)."""
+    _act("replayed", **options)
 
 
 @dead_letters.command("purge")
-@click.argument("ids", nargs=-1)
-@click.option("--all-matching", is_flag=True, help="Purge every letter the filters match.")
-@filters
-@click.option("--by", default=None, help="Who purges (default: your user name).")
-@json_option
-def purge(
-    ids: tuple[str, ...],
-    all_matching: bool,
-    connection_id: str | None,
-    since: str | None,
-    reason: str | None,
-    by: str | None,
-    as_json: bool,
-) -> None:
-    """Forget dead letters without running them."""
-    with cli_context(as_json) as ctx:
-        letters = _selected(ctx, ids, connection_id, since, reason, all_matching)
-        done = ops.purge(
-            _store(ctx),
-            AuditTrail(ctx.redis, Keys(ctx.settings.redis_namespace)),
-            letters,
-            by or getpass.getuser(),
-        )
-        emit(as_json, {"purged": done}, f"Purged {len(done)} dead letter(s).")
+@action_options
+def purge(**options: Any) -> None:
+    """Forget dead letters without running them (audited)."""
+    _act("purged", **options)
