@@ -14,6 +14,7 @@ callback's `file_url` (a 24-hour capability to the PDF) is sealed with Fernet li
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -27,8 +28,8 @@ from shared.store import Keys, as_bytes, translate_redis_errors
 
 DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memory for repeats
 
-# KEYS: record, parked index. ARGV: allowed states (comma list), new state, index member,
-# now (seconds), ttl for terminal states, then field/value pairs.
+# KEYS: record, parked index, open index. ARGV: allowed states (comma list), new state,
+# index member, now (seconds), ttl for terminal states, then field/value pairs.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
@@ -47,14 +48,21 @@ end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
+if ARGV[2] == 'queued' or ARGV[2] == 'fetching' or ARGV[2] == 'posting' then
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+else
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
 return {1, current}
 """
 
 
 # One command, so a note is never half-recorded; a record without a state counts as absent.
+# KEYS: record, open index. ARGV: the open index's score and member, then field/value pairs.
 CREATE = """
 if redis.call('HEXISTS', KEYS[1], 'state') == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
@@ -123,7 +131,10 @@ class NoteOutbox:
         for name, value in record.items():
             pairs += [name, value]
         with translate_redis_errors():
-            created = self._create(keys=[self._keys.note(connection_id, note_id)], args=pairs)
+            created = self._create(
+                keys=[self._keys.note(connection_id, note_id), self._keys.open_notes()],
+                args=[int(time.time()), f"{connection_id}/{note_id}", *pairs],
+            )
         return bool(created)
 
     def get(self, connection_id: str, note_id: str) -> NoteRecord | None:
@@ -156,7 +167,11 @@ class NoteOutbox:
             pairs += ["callback", ""]  # the PDF link is not needed any more: drop it
         with translate_redis_errors():
             moved, found = self._transition(
-                keys=[self._keys.note(connection_id, note_id), self._keys.parked_notes()],
+                keys=[
+                    self._keys.note(connection_id, note_id),
+                    self._keys.parked_notes(),
+                    self._keys.open_notes(),
+                ],
                 args=[
                     ",".join(sorted(s.value for s in allowed)),
                     to.value,
@@ -172,6 +187,23 @@ class NoteOutbox:
     def add_attempt(self, connection_id: str, note_id: str) -> int:
         with translate_redis_errors():
             return int(self._redis.hincrby(self._keys.note(connection_id, note_id), "attempts"))
+
+    def stale(self, older_than: timedelta, limit: int = 500) -> list[tuple[str, str]]:
+        """Notes still open (queued, fetching, posting) whose state has not moved for
+        `older_than`: their job may have been lost (an enqueue that failed after the record
+        was made). Returned as (connection id, note id); touched, so each is reported once a
+        period."""
+        cutoff = time.time() - older_than.total_seconds()
+        with translate_redis_errors():
+            members: list[Any] = self._redis.zrangebyscore(
+                self._keys.open_notes(), "-inf", cutoff, 0, limit
+            )
+            if members:
+                self._redis.zadd(
+                    self._keys.open_notes(), {m: time.time() for m in members}, xx=True
+                )
+        pairs = [as_bytes(m).decode().partition("/") for m in members]
+        return [(connection_id, note_id) for connection_id, _, note_id in pairs]
 
     def parked(self) -> list[NoteRecord]:
         with translate_redis_errors():

@@ -65,6 +65,9 @@ class Keys:
     def parked_notes(self) -> str:
         return f"{self.namespace}:notes:parked"
 
+    def open_notes(self) -> str:
+        return f"{self.namespace}:notes:open"
+
     def dead_letters(self) -> str:
         return f"{self.namespace}:dead-letters"
 

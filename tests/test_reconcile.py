@@ -10,6 +10,7 @@ import redis
 from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
+from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
 from services.workers.messaging import DramatiqJobQueue, build_broker
 from services.workers.runtime import WorkerRuntime
@@ -18,7 +19,9 @@ from shared.connection_store import ConnectionStore
 from shared.connections import Connection
 from shared.halaxy.client import HalaxyClient
 from shared.halaxy.tokens import TokenCache
+from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
+from shared.programs import note_id_for, parse_callback
 from shared.reconcile import OVERLAP, Sweep, SweepKind, SweepLog, due, sweep
 from shared.store import Keys
 from tests.helpers import queued_messages
@@ -125,3 +128,29 @@ def test_a_backfill_reaches_the_platform_through_the_bulk_queue(
     pipeline.drain()
     assert len(sandbox.physitrack.clients) == 40
     runtime.close()
+
+
+def test_the_scheduler_requeues_a_note_whose_job_was_lost(
+    settings: Settings,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    """A callback recorded, then its enqueue failed (503): the scheduler queues it again."""
+    outbox = NoteOutbox(redis_server_client, keys, settings.fernet)
+    callback = parse_callback(
+        program_callback(api_key="k", file_url="https://f.example/p.pdf", patient_id="1")
+    )
+    note_id = note_id_for("cn_x", callback, None)
+    assert outbox.create("cn_x", note_id, callback)
+    parked_id = note_id_for("cn_x", callback.model_copy(update={"name": "Other"}), None)
+    outbox.create("cn_x", parked_id, callback.model_copy(update={"name": "Other"}))
+    outbox.move("cn_x", parked_id, {NoteState.QUEUED}, NoteState.PARKED, reason="r")
+    scheduler = Scheduler(settings, WorkerRuntime(settings))
+    scheduler.requeue_stale_notes()
+    assert queued_messages(redis_server_client, keys) == []  # not stale yet
+    redis_server_client.zadd(keys.open_notes(), {f"cn_x/{note_id}": 0})
+    scheduler.requeue_stale_notes()
+    [message] = queued_messages(redis_server_client, keys)
+    assert (message["actor_name"], message["kwargs"]["note_id"]) == ("write_program_note", note_id)
+    scheduler.requeue_stale_notes()  # touched: not again until it is stale again
+    assert len(queued_messages(redis_server_client, keys)) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import timedelta
 
 import redis
 import structlog
@@ -13,10 +14,11 @@ from services.workers.runtime import WorkerRuntime
 from shared.config import Settings
 from shared.connections import utcnow
 from shared.errors import BridgeError, RateLimited
-from shared.jobs import JobQueue
+from shared.jobs import JobQueue, job_for_note
 from shared.reconcile import SweepLog, due, sweep
 
 TICK_SECONDS = 5.0
+STALE_NOTE_AFTER = timedelta(minutes=10)
 LEADER_TTL_SECONDS = 30
 
 log = structlog.get_logger("halaxy_bridge.scheduler")
@@ -55,9 +57,22 @@ class Scheduler:
             requeue_from_dead_workers(self.settings, self.runtime.redis)
         except BridgeError as exc:
             log.warning("scheduler.maintenance_failed", error=type(exc).__name__)
+        self.requeue_stale_notes()
         for connection in self.runtime.connections.list():
             if connection.enabled:
                 self.sweep_if_due(connection.id)
+
+    def requeue_stale_notes(self) -> None:
+        """Queue again the notes whose state has not moved for a while: the enqueue that
+        followed their record may have failed. A duplicate message is harmless: one worker
+        per note, compare-and-set moves, and a note found in posting is parked."""
+        try:
+            stale = self.runtime.outbox.stale(STALE_NOTE_AFTER)
+            if stale:
+                self.queue.enqueue([job_for_note(c, n) for c, n in stale])
+                log.info("notes.requeued", count=len(stale), scheduler_id=self.id)
+        except BridgeError as exc:
+            log.warning("notes.requeue_failed", error=type(exc).__name__)
 
     def sweep_if_due(self, connection_id: str) -> None:
         bound = log.bind(connection_id=connection_id, scheduler_id=self.id)
