@@ -28,7 +28,7 @@ from shared.store import Keys, as_bytes, translate_redis_errors
 
 DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memory for repeats
 
-# KEYS: record, parked index, open index. ARGV: allowed states (comma list), new state,
+# KEYS: record, parked index, unclaimed index. ARGV: allowed states (comma list), new state,
 # index member, now (seconds), ttl for terminal states, then field/value pairs.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
@@ -48,17 +48,13 @@ end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
-if ARGV[2] == 'queued' or ARGV[2] == 'fetching' or ARGV[2] == 'posting' then
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-else
-  redis.call('ZREM', KEYS[3], ARGV[3])
-end
+redis.call('ZREM', KEYS[3], ARGV[3])  -- a worker (or a person) has taken the note up
 return {1, current}
 """
 
 
 # One command, so a note is never half-recorded; a record without a state counts as absent.
-# KEYS: record, open index. ARGV: the open index's score and member, then field/value pairs.
+# KEYS: record, unclaimed index. ARGV: the index's score and member, then field/value pairs.
 CREATE = """
 if redis.call('HEXISTS', KEYS[1], 'state') == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
@@ -132,7 +128,7 @@ class NoteOutbox:
             pairs += [name, value]
         with translate_redis_errors():
             created = self._create(
-                keys=[self._keys.note(connection_id, note_id), self._keys.open_notes()],
+                keys=[self._keys.note(connection_id, note_id), self._keys.unclaimed_notes()],
                 args=[int(time.time()), f"{connection_id}/{note_id}", *pairs],
             )
         return bool(created)
@@ -170,7 +166,7 @@ class NoteOutbox:
                 keys=[
                     self._keys.note(connection_id, note_id),
                     self._keys.parked_notes(),
-                    self._keys.open_notes(),
+                    self._keys.unclaimed_notes(),
                 ],
                 args=[
                     ",".join(sorted(s.value for s in allowed)),
@@ -188,20 +184,18 @@ class NoteOutbox:
         with translate_redis_errors():
             return int(self._redis.hincrby(self._keys.note(connection_id, note_id), "attempts"))
 
-    def stale(self, older_than: timedelta, limit: int = 500) -> list[tuple[str, str]]:
-        """Notes still open (queued, fetching, posting) whose state has not moved for
-        `older_than`: their job may have been lost (an enqueue that failed after the record
-        was made). Returned as (connection id, note id); touched, so each is reported once a
-        period."""
+    def unclaimed(self, older_than: timedelta, limit: int = 500) -> list[tuple[str, str]]:
+        """Notes recorded more than `older_than` ago that no worker has taken up since: their
+        job may have been lost (the enqueue after the record failed). Returned as
+        (connection id, note id), and touched, so each comes back once a period at most."""
         cutoff = time.time() - older_than.total_seconds()
         with translate_redis_errors():
             members: list[Any] = self._redis.zrangebyscore(
-                self._keys.open_notes(), "-inf", cutoff, 0, limit
+                self._keys.unclaimed_notes(), "-inf", cutoff, 0, limit
             )
             if members:
-                self._redis.zadd(
-                    self._keys.open_notes(), {m: time.time() for m in members}, xx=True
-                )
+                touched = {member: time.time() for member in members}
+                self._redis.zadd(self._keys.unclaimed_notes(), touched, xx=True)
         pairs = [as_bytes(m).decode().partition("/") for m in members]
         return [(connection_id, note_id) for connection_id, _, note_id in pairs]
 

@@ -65,8 +65,8 @@ class Keys:
     def parked_notes(self) -> str:
         return f"{self.namespace}:notes:parked"
 
-    def open_notes(self) -> str:
-        return f"{self.namespace}:notes:open"
+    def unclaimed_notes(self) -> str:
+        return f"{self.namespace}:notes:unclaimed"
 
     def dead_letters(self) -> str:
         return f"{self.namespace}:dead-letters"

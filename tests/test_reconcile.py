@@ -145,12 +145,14 @@ def test_the_scheduler_requeues_a_note_whose_job_was_lost(
     parked_id = note_id_for("cn_x", callback.model_copy(update={"name": "Other"}), None)
     outbox.create("cn_x", parked_id, callback.model_copy(update={"name": "Other"}))
     outbox.move("cn_x", parked_id, {NoteState.QUEUED}, NoteState.PARKED, reason="r")
+    # Any move takes a note off the unclaimed list: only the never-touched note remains.
+    assert redis_server_client.zscore(keys.unclaimed_notes(), f"cn_x/{parked_id}") is None
     scheduler = Scheduler(settings, WorkerRuntime(settings))
-    scheduler.requeue_stale_notes()
+    scheduler.requeue_unclaimed_notes()
     assert queued_messages(redis_server_client, keys) == []  # not stale yet
-    redis_server_client.zadd(keys.open_notes(), {f"cn_x/{note_id}": 0})
-    scheduler.requeue_stale_notes()
+    redis_server_client.zadd(keys.unclaimed_notes(), {f"cn_x/{note_id}": 0})
+    scheduler.requeue_unclaimed_notes()
     [message] = queued_messages(redis_server_client, keys)
     assert (message["actor_name"], message["kwargs"]["note_id"]) == ("write_program_note", note_id)
-    scheduler.requeue_stale_notes()  # touched: not again until it is stale again
+    scheduler.requeue_unclaimed_notes()  # touched: not again until it is stale again
     assert len(queued_messages(redis_server_client, keys)) == 1

@@ -18,7 +18,7 @@ from shared.jobs import JobQueue, job_for_note
 from shared.reconcile import SweepLog, due, sweep
 
 TICK_SECONDS = 5.0
-STALE_NOTE_AFTER = timedelta(minutes=10)
+UNCLAIMED_NOTE_AFTER = timedelta(minutes=10)
 LEADER_TTL_SECONDS = 30
 
 log = structlog.get_logger("halaxy_bridge.scheduler")
@@ -57,17 +57,17 @@ class Scheduler:
             requeue_from_dead_workers(self.settings, self.runtime.redis)
         except BridgeError as exc:
             log.warning("scheduler.maintenance_failed", error=type(exc).__name__)
-        self.requeue_stale_notes()
+        self.requeue_unclaimed_notes()
         for connection in self.runtime.connections.list():
             if connection.enabled:
                 self.sweep_if_due(connection.id)
 
-    def requeue_stale_notes(self) -> None:
-        """Queue again the notes whose state has not moved for a while: the enqueue that
+    def requeue_unclaimed_notes(self) -> None:
+        """Queue again the notes no worker has taken up for a while: the enqueue that
         followed their record may have failed. A duplicate message is harmless: one worker
-        per note, compare-and-set moves, and a note found in posting is parked."""
+        per note, and compare-and-set moves."""
         try:
-            stale = self.runtime.outbox.stale(STALE_NOTE_AFTER)
+            stale = self.runtime.outbox.unclaimed(UNCLAIMED_NOTE_AFTER)
             if stale:
                 self.queue.enqueue([job_for_note(c, n) for c, n in stale])
                 log.info("notes.requeued", count=len(stale), scheduler_id=self.id)
