@@ -67,12 +67,7 @@ def replay(
         actor = ActorName(letter.actor.removesuffix("_bulk"))
         queue.enqueue([Job(actor=actor, queue=QueueName.BULK, kwargs=letter.kwargs)])
         store.remove(letter.id)
-        audit.record(
-            actor=by,
-            action="dead_letter.replayed",
-            connection_id=letter.connection_id,
-            resource_ids=f"{letter.id} {letter.actor}:{letter.resource_id}",
-        )
+        _audit(audit, by, "dead_letter.replayed", letter)
         replayed.append(letter.id)
     return replayed
 
@@ -83,14 +78,18 @@ def purge(
     purged = []
     for letter in letters:
         if store.remove(letter.id):
-            audit.record(
-                actor=by,
-                action="dead_letter.purged",
-                connection_id=letter.connection_id,
-                resource_ids=f"{letter.id} {letter.actor}:{letter.resource_id}",
-            )
+            _audit(audit, by, "dead_letter.purged", letter)
             purged.append(letter.id)
     return purged
+
+
+def _audit(audit: AuditTrail, by: str, action: str, letter: DeadLetter) -> None:
+    audit.record(
+        actor=by,
+        action=action,
+        connection_id=letter.connection_id,
+        resource_ids=f"{letter.id} {letter.actor}:{letter.resource_id}",
+    )
 
 
 def public(letter: DeadLetter) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dramatiq
@@ -36,7 +35,7 @@ from shared.store import Keys
 from tests.helpers import auth
 from tests.redis_server import RedisServer
 from tests.test_processes import wait_until
-from tests.test_program_processes import start_worker
+from tests.test_program_processes import start_worker, workers  # noqa: F401
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -113,23 +112,13 @@ def test_redis_stopped_under_load_answers_503_never_202_and_loses_nothing(
     client.close()
 
 
-@pytest.fixture
-def worker_group(settings: Settings, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
     settings: Settings,
     store: ConnectionStore,
     sandbox: Sandbox,
     verify_key: KeyVerifier,
     redis_server_client: redis.Redis,
-    worker_group: list[subprocess.Popen[bytes]],
+    workers: list[subprocess.Popen[bytes]],  # noqa: F811  (the fixture)
     tmp_path: Path,
 ) -> None:
     clinics, per_clinic, callbacks = 5, 100, 50
@@ -140,7 +129,7 @@ def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
         sandbox_connection(store, sandbox, verify_key, name=f"C{n}") for n in range(clinics)
     ]
     for _ in range(2):
-        worker_group.append(start_worker(settings, tmp_path / "workers.log", threads=4))
+        workers.append(start_worker(settings, tmp_path / "workers.log", threads=4))
     stop = threading.Event()
     # What the scheduler does every few seconds: bring back a killed worker's messages.
     maintaining = threading.Thread(target=lambda: _maintain(settings, stop))
@@ -188,10 +177,10 @@ def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
         while time.monotonic() - started < 12:
             time.sleep(3)
             progress.append(len(sandbox.physitrack.clients))
-            victim = worker_group[kills % 2]
+            victim = workers[kills % 2]
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait(timeout=10)
-            worker_group[kills % 2] = start_worker(settings, tmp_path / "workers.log", threads=4)
+            workers[kills % 2] = start_worker(settings, tmp_path / "workers.log", threads=4)
             kills += 1
         keys = Keys(settings.redis_namespace)
         outbox = NoteOutbox(redis_server_client, keys, settings.fernet)
