@@ -22,6 +22,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 
 ## Run the whole suite (lint, types, tests) against REDIS_URL or a throwaway redis-server.
 test: $(VENV)/.dev-installed lint typecheck
+	@sh scripts/ensure_tools.sh
 	$(BIN)/python scripts/with_redis.py $(BIN)/pytest
 
 lint: $(VENV)/.dev-installed

@@ -1,25 +1,47 @@
 """The audit trail: an append-only Redis stream of writes to outside systems and ops actions.
 
 Each entry: time (the stream id), who, what, connection, resource ids, outcome. Ids only,
-never patient details. Entries older than a year are trimmed as new ones arrive.
+never patient details. Entries older than the retention (a year by default) are trimmed as new
+ones arrive.
 """
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import redis
+import structlog
 
-from shared.store import Keys, translate_redis_errors
+from shared.config import Settings
+from shared.errors import BridgeError
+from shared.store import Keys, as_bytes, translate_redis_errors
 
-RETENTION = timedelta(days=365)
+DEFAULT_RETENTION = timedelta(days=365)
+WORKER = "worker"
+
+log = structlog.get_logger("halaxy_bridge.audit")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: str
+    at: str
+    actor: str
+    action: str
+    connection_id: str
+    resource_ids: str
+    outcome: str
 
 
 class AuditTrail:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, retention: timedelta = DEFAULT_RETENTION
+    ) -> None:
         self._redis = client
         self._key = keys.audit()
+        self._retention = retention
 
     def record(
         self,
@@ -30,7 +52,7 @@ class AuditTrail:
         resource_ids: str = "",
         outcome: str = "ok",
     ) -> None:
-        oldest_ms = int((time.time() - RETENTION.total_seconds()) * 1000)
+        oldest_ms = int((datetime.now(UTC) - self._retention).timestamp() * 1000)
         with translate_redis_errors():
             self._redis.xadd(
                 self._key,
@@ -42,5 +64,79 @@ class AuditTrail:
                     "outcome": outcome,
                 },
                 minid=oldest_ms,
-                approximate=True,
+                approximate=False,  # exact: nothing past the retention is ever shown
             )
+
+    def record_write(
+        self, action: str, connection_id: str, resource_ids: str, outcome: str = "ok"
+    ) -> None:
+        """A worker's write to an outside system. The write has happened and must not be
+        undone by a Redis hiccup here: a failure to record is logged (with the same ids) and
+        the job goes on."""
+        try:
+            self.record(
+                actor=WORKER,
+                action=action,
+                connection_id=connection_id,
+                resource_ids=resource_ids,
+                outcome=outcome,
+            )
+        except BridgeError:
+            log.error(
+                "audit.not_recorded",
+                action=action,
+                connection_id=connection_id,
+                resource_ids=resource_ids,
+                outcome=outcome,
+            )
+
+    def entries(
+        self,
+        *,
+        connection_id: str | None = None,
+        since: datetime | None = None,
+        action: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEntry]:
+        """The newest `limit` entries matching the filters, oldest first."""
+        start = "-" if since is None else str(int(since.timestamp() * 1000))
+        found: list[AuditEntry] = []
+        end = "+"
+        with translate_redis_errors():
+            while len(found) < limit:
+                page = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    self._redis.xrevrange(self._key, max=end, min=start, count=500),
+                )
+                for stream_id, fields in page:
+                    entry = _entry(as_bytes(stream_id).decode(), fields)
+                    if (connection_id is None or entry.connection_id == connection_id) and (
+                        action is None or entry.action.startswith(action)
+                    ):
+                        found.append(entry)
+                        if len(found) == limit:
+                            break
+                if len(page) < 500:
+                    break
+                end = "(" + as_bytes(page[-1][0]).decode()
+        return found[::-1]
+
+
+def audit_trail(client: redis.Redis, settings: Settings) -> AuditTrail:
+    return AuditTrail(
+        client, Keys(settings.redis_namespace), timedelta(days=settings.audit_retention_days)
+    )
+
+
+def _entry(stream_id: str, fields: dict[bytes, bytes]) -> AuditEntry:
+    text = {as_bytes(k).decode(): as_bytes(v).decode() for k, v in fields.items()}
+    moment = datetime.fromtimestamp(int(stream_id.split("-")[0]) / 1000, UTC)
+    return AuditEntry(
+        id=stream_id,
+        at=moment.isoformat(timespec="milliseconds"),
+        actor=text.get("actor", ""),
+        action=text.get("action", ""),
+        connection_id=text.get("connection_id", ""),
+        resource_ids=text.get("resource_ids", ""),
+        outcome=text.get("outcome", ""),
+    )

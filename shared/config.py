@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(default=LogFormat.JSON, alias="LOG_FORMAT")
     # Lets two environments (or a test run) share one Redis without seeing each other's keys.
     redis_namespace: str = Field(default="hb", alias="BRIDGE_REDIS_NAMESPACE")
+    # How often each process adds what it counted to the shared totals in Redis.
+    metrics_push_seconds: float = Field(
+        default=5.0, gt=0, le=60, alias="BRIDGE_METRICS_PUSH_SECONDS"
+    )
+    # How long a connection may send no webhook before the ConnectionQuiet alert.
+    quiet_after_seconds: int = Field(default=86_400, ge=60, alias="BRIDGE_QUIET_AFTER_SECONDS")
+    audit_retention_days: int = Field(default=365, ge=1, alias="BRIDGE_AUDIT_RETENTION_DAYS")
 
     @field_validator("redis_url")
     @classmethod

@@ -31,34 +31,34 @@ class ConnectionStore:
     """Create, read and update connections; the only code that touches their keys."""
 
     def __init__(self, client: redis.Redis, keys: Keys, fernet: MultiFernet) -> None:
-        self._redis = client
-        self._keys = keys
+        self.redis = client
+        self.keys = keys
         self._fernet = fernet
 
     def create(self, connection: Connection) -> None:
         record = self._seal(connection)
         with translate_redis_errors():
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(self._keys.connection(connection.id), record, nx=True)
-            pipe.sadd(self._keys.connection_index(), connection.id)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(self.keys.connection(connection.id), record, nx=True)
+            pipe.sadd(self.keys.connection_index(), connection.id)
             created, _ = pipe.execute()
         if not created:
             raise ValueError(f"connection {connection.id} exists already")
 
     def save(self, connection: Connection) -> None:
         with translate_redis_errors():
-            self._redis.set(self._keys.connection(connection.id), self._seal(connection), xx=True)
+            self.redis.set(self.keys.connection(connection.id), self._seal(connection), xx=True)
 
     def get(self, connection_id: str) -> Connection | None:
         with translate_redis_errors():
-            record = self._redis.get(self._keys.connection(connection_id))
+            record = self.redis.get(self.keys.connection(connection_id))
         return None if record is None else self._open(as_bytes(record))
 
     def list(self) -> list[Connection]:
         with translate_redis_errors():
-            members = self._redis.smembers(self._keys.connection_index())
+            members = self.redis.smembers(self.keys.connection_index())
             ids = sorted(as_bytes(m).decode() for m in members)
-            records = self._redis.mget([self._keys.connection(i) for i in ids]) if ids else []
+            records = self.redis.mget([self.keys.connection(i) for i in ids]) if ids else []
         found = [self._open(as_bytes(r)) for r in records if r is not None]
         return sorted(found, key=lambda c: (c.created_at, c.id))
 

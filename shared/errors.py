@@ -26,9 +26,10 @@ class Transient(BridgeError):
 class RateLimited(Transient):
     """The remote side asked us to wait `retry_after` seconds before the next call."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, target: str = "halaxy") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.target = target  # whose limit: "halaxy" or "platform"
 
 
 class StoreUnavailable(Transient):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from shared.audit import AuditTrail
 from shared.connections import utcnow
 from shared.errors import InvalidInput
 from shared.jobs import JobQueue, job_for_note
@@ -32,10 +33,11 @@ def resolve_note(
     record: NoteRecord,
     resolution: Resolution,
     by: str,
+    audit: AuditTrail,
     docref_id: str | None = None,
 ) -> NoteRecord:
     """Apply `resolution` to a parked note, recording who and when; the settled record."""
-    audit = {
+    resolved = {
         "resolved_by": by,
         "resolution": resolution.value,
         "resolved_at": utcnow().isoformat(timespec="seconds"),
@@ -49,10 +51,19 @@ def resolve_note(
     else:
         target, extra = NoteState.DROPPED, {}
     moved, found = outbox.move(
-        record.connection_id, record.note_id, {NoteState.PARKED}, target, **audit, **extra
+        record.connection_id, record.note_id, {NoteState.PARKED}, target, **resolved, **extra
     )
     if not moved:
         raise InvalidInput(f"note {record.note_id} is {found}, not parked")
+    audit.record(
+        actor=by,
+        action="note.resolved",
+        connection_id=record.connection_id,
+        resource_ids=" ".join(
+            [f"note:{record.note_id}", *(f"DocumentReference/{d}" for d in extra.values())]
+        ),
+        outcome=resolution.value,
+    )
     if resolution is Resolution.RETRY:
         queue.enqueue([job_for_note(record.connection_id, record.note_id)])
     settled = outbox.get(record.connection_id, record.note_id)

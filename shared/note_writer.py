@@ -16,6 +16,7 @@ from enum import StrEnum
 
 import structlog
 
+from shared.audit import AuditTrail
 from shared.connections import Connection
 from shared.errors import Ambiguous, Permanent, Transient
 from shared.halaxy.client import HalaxyClient, HalaxyNotFound
@@ -57,6 +58,7 @@ def write_note(
     fetcher: PdfFetcher,
     halaxy: HalaxyClient,
     links: PatientLinks,
+    audit: AuditTrail,
     now: datetime,
 ) -> NoteResult:
     """Move one note forward; callers hold the note's lease (one worker per note)."""
@@ -90,7 +92,7 @@ def write_note(
     except Permanent as exc:
         return _fail(outbox, connection, note_id, str(exc))
     try:
-        return _post(connection, note_id, callback, pdf, outbox, halaxy, links)
+        return _post(connection, note_id, callback, pdf, outbox, halaxy, links, audit)
     except Permanent as exc:
         # Refused before the POST (the patient read, a revoked key): nothing was written.
         return _fail(outbox, connection, note_id, str(exc))
@@ -106,6 +108,7 @@ def _post(
     outbox: NoteOutbox,
     halaxy: HalaxyClient,
     links: PatientLinks,
+    audit: AuditTrail,
 ) -> NoteResult:
     patient_id = links.halaxy_id_for(callback.patient_id)
     try:
@@ -128,9 +131,11 @@ def _post(
     moved, found = outbox.move(connection.id, note_id, {NoteState.FETCHING}, NoteState.POSTING)
     if not moved:
         return NoteResult(NoteOutcome.NOTHING_TO_DO, f"the note was {found} meanwhile")
+    ids = f"note:{note_id} Patient/{patient_id}"
     try:
         created = halaxy.create("DocumentReference", body, length)
     except Ambiguous as exc:
+        audit.record_write("halaxy.note_post", connection.id, ids, "ambiguous: parked")
         return _park(
             outbox,
             connection,
@@ -139,6 +144,7 @@ def _post(
             {NoteState.POSTING},
         )
     except Permanent as exc:
+        audit.record_write("halaxy.note_post", connection.id, ids, f"refused: {type(exc).__name__}")
         return _fail(
             outbox, connection, note_id, f"Halaxy refused the note: {exc}", {NoteState.POSTING}
         )
@@ -151,6 +157,7 @@ def _post(
     log.info(
         "note.created_in_halaxy", connection_id=connection.id, note_id=note_id, docref_id=docref_id
     )
+    audit.record_write("halaxy.note_posted", connection.id, f"{ids} DocumentReference/{docref_id}")
     # A 201 proves the note exists: record it even if the note was parked meanwhile.
     moved, found = outbox.move(
         connection.id,

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared import connections as c
+from shared.audit import AuditTrail
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection, DocStatus, PlatformKind, RetiredSecret
 from shared.errors import BridgeError, InvalidInput, Transient
@@ -96,6 +97,15 @@ def parse_rotation(data: dict[str, Any]) -> RotateRequest:
     return validated(RotateRequest, data, "the rotation request is invalid")
 
 
+SECRET_FIELDS = (
+    "webhook_secret",
+    "program_api_key",
+    "signing_secret",
+    "halaxy_key",
+    "platform_api_key",
+)
+
+
 class RotateRequest(BaseModel):
     """Which secrets to replace. Generated secrets keep the old value valid for `grace`."""
 
@@ -114,14 +124,12 @@ class RotateRequest(BaseModel):
     def _given_secret(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _stripped_secret(value)
 
+    def replaced(self) -> list[str]:
+        """The names (never the values) of the secrets this rotation replaces."""
+        return [name for name in SECRET_FIELDS if getattr(self, name) not in (None, False)]
+
     def is_empty(self) -> bool:
-        return not (
-            self.webhook_secret
-            or self.program_api_key
-            or self.signing_secret
-            or self.halaxy_key is not None
-            or self.platform_api_key is not None
-        )
+        return not self.replaced()
 
 
 def _stripped_secret(value: SecretStr) -> SecretStr:
@@ -237,14 +245,29 @@ def setup_steps(details: dict[str, Any]) -> str:
 
 
 def add_connection(
-    store: ConnectionStore, verify_key: KeyVerifier, request: ConnectionRequest, now: datetime
+    store: ConnectionStore,
+    verify_key: KeyVerifier,
+    request: ConnectionRequest,
+    now: datetime,
+    audit: AuditTrail,
+    by: str,
 ) -> Connection:
     """Build, verify (unless `request.verify` is false) and store a new connection."""
     connection = build_connection(request, now)
     if request.verify:
         _verify(verify_key, connection, "the Halaxy key could not be verified")
     store.create(connection)
+    audit.record(actor=by, action="connection.added", connection_id=connection.id)
     return connection
+
+
+def disable_connection(
+    store: ConnectionStore, connection: Connection, now: datetime, audit: AuditTrail, by: str
+) -> Connection:
+    disabled = disable(connection, now)
+    store.save(disabled)
+    audit.record(actor=by, action="connection.disabled", connection_id=connection.id)
+    return disabled
 
 
 def apply_rotation(
@@ -253,12 +276,20 @@ def apply_rotation(
     connection: Connection,
     request: RotateRequest,
     now: datetime,
+    audit: AuditTrail,
+    by: str,
 ) -> Connection:
     """Rotate, verify a new Halaxy key (unless `request.verify` is false), and store."""
     rotated = rotate(connection, request, now)
     if request.halaxy_key is not None and request.verify:
         _verify(verify_key, rotated, "the new Halaxy key could not be verified")
     store.save(rotated)
+    audit.record(
+        actor=by,
+        action="connection.rotated",
+        connection_id=connection.id,
+        resource_ids=" ".join(request.replaced()),
+    )
     return rotated
 
 

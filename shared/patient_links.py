@@ -33,7 +33,7 @@ class PatientLinks:
     def __init__(self, client: redis.Redis, keys: Keys, connection_id: str) -> None:
         self._redis = client
         self._keys = keys
-        self._connection_id = connection_id
+        self.connection_id = connection_id
         self._key = keys.patient_links(connection_id)
 
     def get(self, patient_id: str) -> PatientLink | None:
@@ -47,7 +47,7 @@ class PatientLinks:
         self._put(patient_id, PatientLink(platform_id, fingerprint, _now()))
         with translate_redis_errors():
             self._redis.hset(
-                self._keys.patient_links_by_platform_id(self._connection_id),
+                self._keys.patient_links_by_platform_id(self.connection_id),
                 platform_id,
                 patient_id,
             )
@@ -59,7 +59,7 @@ class PatientLinks:
             return patient_id
         with translate_redis_errors():
             mapped = self._redis.hget(
-                self._keys.patient_links_by_platform_id(self._connection_id), patient_id
+                self._keys.patient_links_by_platform_id(self.connection_id), patient_id
             )
         return as_bytes(mapped).decode() if mapped is not None else patient_id
 
@@ -74,7 +74,7 @@ class PatientLinks:
         """Only one worker at a time works on one patient (else two creates could race)."""
         return held_lease(
             self._redis,
-            self._keys.patient_lock(self._connection_id, patient_id),
+            self._keys.patient_lock(self.connection_id, patient_id),
             ttl=LOCK_TTL,
             wait=LOCK_WAIT,
             busy="another worker is syncing this patient",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from shared.audit import AuditTrail
 from shared.errors import Permanent
 from shared.halaxy.client import HalaxyClient, HalaxyNotFound
 from shared.patient_links import PatientLinks
@@ -28,7 +29,11 @@ class SyncOutcome(StrEnum):
 
 
 def sync_patient(
-    halaxy: HalaxyClient, platform: TherapyPlatform, links: PatientLinks, patient_id: str
+    halaxy: HalaxyClient,
+    platform: TherapyPlatform,
+    links: PatientLinks,
+    audit: AuditTrail,
+    patient_id: str,
 ) -> SyncOutcome:
     with links.locked(patient_id):
         details = map_patient(halaxy.read(f"Patient/{patient_id}"))
@@ -46,9 +51,28 @@ def sync_patient(
             platform_id = platform.find_patient(patient_id)
         if platform_id is None:
             links.mark_creating(patient_id)
-        result = platform.upsert_patient(details, platform_id)
+        try:
+            result = platform.upsert_patient(details, platform_id)
+        except Permanent as exc:
+            audit.record_write(
+                "platform.patient_write",
+                links.connection_id,
+                _ids(patient_id, platform_id),
+                f"refused: {type(exc).__name__}",
+            )
+            raise
+        outcome = SyncOutcome.CREATED if result.created else SyncOutcome.UPDATED
+        audit.record_write(
+            f"platform.patient_{outcome.value}",
+            links.connection_id,
+            _ids(patient_id, result.platform_id),
+        )
         links.save(patient_id, result.platform_id, digest)
-        return SyncOutcome.CREATED if result.created else SyncOutcome.UPDATED
+        return outcome
+
+
+def _ids(patient_id: str, platform_id: str | None) -> str:
+    return f"Patient/{patient_id} platform:{platform_id or '-'}"
 
 
 def sync_appointment(

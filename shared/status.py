@@ -1,9 +1,11 @@
-"""What ops see at a glance: queues, and per connection the last sweep and what waits for
-them (dead letters, parked notes). Read-only; ids and counts, no patient details."""
+"""What ops see at a glance: queues, and per connection its last event, last success, recent
+failures, last sweep and what waits for a person (dead letters, parked notes). Read-only; ids,
+times and counts, never patient details."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -16,9 +18,20 @@ from shared.notes_outbox import NoteOutbox
 from shared.reconcile import SweepLog
 from shared.redis_health import check_redis
 from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.telemetry.activity import Activity, read_activity
 
 
-def queue_status(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+def iso(unix_time: float | None) -> str | None:
+    if unix_time is None:
+        return None
+    return datetime.fromtimestamp(unix_time, UTC).isoformat(timespec="seconds")
+
+
+def queue_status(
+    client: redis.Redis, keys: Keys, activity: Activity | None = None, now: float | None = None
+) -> list[dict[str, Any]]:
+    activity = Activity() if activity is None else activity
+    now = time.time() if now is None else now
     namespace = keys.dramatiq_namespace()
     rows = []
     with translate_redis_errors():
@@ -29,7 +42,7 @@ def queue_status(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
             age = None
             if oldest is not None:
                 sent_ms = orjson.loads(as_bytes(oldest)).get("message_timestamp", 0)
-                age = max(0.0, round(time.time() - sent_ms / 1000, 1))
+                age = max(0.0, round(now - sent_ms / 1000, 1))
             rows.append(
                 {
                     "queue": queue.value,
@@ -37,14 +50,21 @@ def queue_status(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
                     "delayed": int(client.hlen(f"{name}.DQ.msgs")),
                     "dead": int(client.zcard(f"{name}.XQ")),
                     "oldest_age_seconds": age,
+                    "throughput_per_minute": activity.throughput_per_minute(queue.value),
                 }
             )
     return rows
 
 
 def status(
-    client: redis.Redis, keys: Keys, connections: ConnectionStore, outbox: NoteOutbox
+    client: redis.Redis,
+    keys: Keys,
+    connections: ConnectionStore,
+    outbox: NoteOutbox,
+    now: float | None = None,
 ) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    activity = read_activity(client, keys, now)
     sweeps = SweepLog(client, keys)
     letters = DeadLetterStore(client, keys).list()
     parked = outbox.parked()
@@ -56,6 +76,11 @@ def status(
                 "id": connection.id,
                 "name": connection.name,
                 "enabled": connection.enabled,
+                "created_at": connection.created_at.isoformat(timespec="seconds"),
+                "last_event_at": iso(activity.last_event.get(connection.id)),
+                "last_success_at": iso(activity.last_success.get(connection.id)),
+                "failures_last_hour": activity.failures_last_hour[connection.id],
+                "processed_last_hour": activity.processed_last_hour[connection.id],
                 "last_sweep": None if last is None else last.started_at,
                 "last_sweep_kind": None if last is None else last.kind.value,
                 "dead_letters": sum(1 for x in letters if x.connection_id == connection.id),
@@ -63,7 +88,8 @@ def status(
             }
         )
     return {
-        "queues": queue_status(client, keys),
+        "generated_at": iso(now),
+        "queues": queue_status(client, keys, activity, now),
         "connections": rows,
         "dead_letters": len(letters),
         "parked_notes": len(parked),

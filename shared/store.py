@@ -77,6 +77,15 @@ class Keys:
     def audit(self) -> str:
         return f"{self.namespace}:audit"
 
+    def metric_totals(self) -> str:
+        return f"{self.namespace}:metrics:totals"
+
+    def metric_latest(self) -> str:
+        return f"{self.namespace}:metrics:latest"
+
+    def metric_minute(self, minute: int) -> str:
+        return f"{self.namespace}:metrics:minute:{minute}"
+
     def last_sweep(self) -> str:
         return f"{self.namespace}:reconcile:last-sweep"
 

@@ -33,6 +33,7 @@ from shared.connection_store import ConnectionStore  # noqa: E402
 from shared.connections import Connection, utcnow  # noqa: E402
 from shared.onboarding import KeyVerifier  # noqa: E402
 from shared.store import Keys  # noqa: E402
+from tests.helpers import audit_of  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 pytest_plugins = ["tests.workers"]
@@ -111,7 +112,9 @@ def make_connection(
         "author": "PR-1001",
     }
     data.update(fields)
-    return onboarding.add_connection(store, verify_key, onboarding.parse_request(data), utcnow())
+    return onboarding.add_connection(
+        store, verify_key, onboarding.parse_request(data), utcnow(), audit_of(store), "test"
+    )
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import orjson
 import redis
 
 from services.sandbox.samples import notification
+from shared.audit import AuditTrail
+from shared.connection_store import ConnectionStore
 from shared.connections import Connection
 from shared.store import Keys
 
@@ -65,3 +67,8 @@ def queued_messages(client: redis.Redis, keys: Keys, queue: str = "live") -> lis
         return []
     payloads = client.hmget(f"{namespace}:{queue}.msgs", ids)
     return [orjson.loads(p) for p in payloads if p is not None]
+
+
+def audit_of(store: ConnectionStore) -> AuditTrail:
+    """The audit trail next to a connection store (same Redis, same namespace)."""
+    return AuditTrail(store.redis, store.keys)

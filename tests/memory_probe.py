@@ -30,6 +30,7 @@ def main(connection_id: str, note_id: str) -> None:
         fetcher=services.pdfs,
         halaxy=services.halaxy,
         links=services.links,
+        audit=runtime.audit,
         now=utcnow(),
     )
     _, peak = tracemalloc.get_traced_memory()

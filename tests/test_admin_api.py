@@ -12,8 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
+from services.cli.main import cli
 from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.samples import notification
 from shared.config import Settings
@@ -510,3 +512,32 @@ def test_create_refuses_a_blank_platform_api_key(
 
     assert response.status_code == 422, response.text
     assert store.list() == []
+
+
+def test_connection_changes_are_in_the_audit_trail_with_secret_names_only(
+    client: TestClient, fake_halaxy: FakeHalaxy, store: ConnectionStore, settings: Settings
+) -> None:
+    made = create(client, request_body(fake_halaxy.add_key())).json()
+    rotated = client.post(
+        f"/admin/connections/{made['id']}/rotate",
+        json={"webhook_secret": True, "platform_api_key": "pt-new-key-123456"},
+        headers=admin_headers(),
+    )
+    assert rotated.status_code == 200
+    assert client.post(
+        f"/admin/connections/{made['id']}/disable", headers=admin_headers()
+    ).is_success
+    result = CliRunner().invoke(
+        cli,
+        ["audit", "--connection", made["id"], "--json"],
+        env={"BRIDGE_REDIS_NAMESPACE": settings.redis_namespace},
+    )
+    assert result.exit_code == 0, result.output
+    entries = orjson.loads(result.stdout)["entries"]
+    assert [(e["actor"], e["action"]) for e in entries] == [
+        ("admin-api", "connection.added"),
+        ("admin-api", "connection.rotated"),
+        ("admin-api", "connection.disabled"),
+    ]
+    assert entries[1]["resource_ids"] == "webhook_secret platform_api_key"
+    assert "pt-new-key" not in result.stdout

@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from services.cli.main import cli
 from services.sandbox.physitrack import program_callback
+from shared.audit import AuditTrail
 from shared.config import Settings
 from shared.notes_outbox import NoteOutbox, NoteState
 from shared.programs import note_id_for, parse_callback
@@ -65,7 +66,9 @@ def test_parked_lists_ids_title_times_and_reason(settings: Settings, outbox: Not
     assert "Halaxy answered 502" in text.stdout
 
 
-def test_resolve_as_posted_records_who_and_when(settings: Settings, outbox: NoteOutbox) -> None:
+def test_resolve_as_posted_records_who_and_when(
+    settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis
+) -> None:
     note_id = parked_note(outbox)
     result = invoke(settings, "resolve", note_id, "--posted", "DR-4411", "--by", "alice", "--json")
     assert result.exit_code == 0, result.output
@@ -74,6 +77,9 @@ def test_resolve_as_posted_records_who_and_when(settings: Settings, outbox: Note
     assert (settled["resolved_by"], settled["resolution"]) == ("alice", "posted")
     assert settled["resolved_at"].startswith(str(datetime.now(UTC).year))
     assert invoke(settings, "parked", "--json").stdout.count(note_id) == 0
+    [entry] = AuditTrail(redis_server_client, Keys(settings.redis_namespace)).entries()
+    assert (entry.actor, entry.action, entry.outcome) == ("alice", "note.resolved", "posted")
+    assert entry.resource_ids == f"note:{note_id} DocumentReference/DR-4411"
 
 
 def test_resolve_retry_queues_it_again(

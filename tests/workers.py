@@ -28,7 +28,7 @@ from shared.connection_store import ConnectionStore
 from shared.connections import Connection, utcnow
 from shared.onboarding import KeyVerifier
 from shared.store import Keys
-from tests.helpers import auth
+from tests.helpers import audit_of, auth
 
 
 @dataclass
@@ -78,7 +78,7 @@ def sandbox_connection(
             **fields,
         }
     )
-    return onboarding.add_connection(store, verify_key, request, utcnow())
+    return onboarding.add_connection(store, verify_key, request, utcnow(), audit_of(store), "test")
 
 
 @dataclass

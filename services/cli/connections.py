@@ -71,7 +71,9 @@ def add(
                 "verify": not no_verify,
             }
         )
-        connection = onboarding.add_connection(ctx.connections, ctx.verify_key, request, utcnow())
+        connection = onboarding.add_connection(
+            ctx.connections, ctx.verify_key, request, utcnow(), ctx.audit, ctx.user
+        )
         details = onboarding.setup_details(connection, ctx.settings.public_url)
         emit(as_json, details, lambda: onboarding.setup_steps(details))
 
@@ -111,8 +113,9 @@ def show(connection_id: str, reveal: bool, as_json: bool) -> None:
 def disable(connection_id: str, as_json: bool) -> None:
     """Disable a connection: its webhooks are answered 404 from now on."""
     with cli_context(as_json) as ctx:
-        disabled = onboarding.disable(_existing(ctx, connection_id), utcnow())
-        ctx.connections.save(disabled)
+        disabled = onboarding.disable_connection(
+            ctx.connections, _existing(ctx, connection_id), utcnow(), ctx.audit, ctx.user
+        )
         data = onboarding.summary(disabled)
         emit(as_json, data, f"Connection {disabled.id} is disabled.")
 
@@ -158,7 +161,13 @@ def rotate(
             }
         )
         rotated = onboarding.apply_rotation(
-            ctx.connections, ctx.verify_key, _existing(ctx, connection_id), request, utcnow()
+            ctx.connections,
+            ctx.verify_key,
+            _existing(ctx, connection_id),
+            request,
+            utcnow(),
+            ctx.audit,
+            ctx.user,
         )
         details = onboarding.setup_details(rotated, ctx.settings.public_url)
         emit(as_json, details, lambda: onboarding.setup_steps(details))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import httpx
 import redis
 
 from services.cli.output import fail
+from shared.audit import AuditTrail, audit_trail
 from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
 from shared.errors import (
@@ -31,6 +33,15 @@ class CliContext:
     redis: redis.Redis
     connections: ConnectionStore
     verify_key: KeyVerifier
+
+    @property
+    def audit(self) -> AuditTrail:
+        return audit_trail(self.redis, self.settings)
+
+    @property
+    def user(self) -> str:
+        """Who runs the command, for the audit trail."""
+        return getpass.getuser()
 
     def queue(self) -> JobQueue:
         """The Dramatiq queue, for commands that enqueue (imported only when needed)."""

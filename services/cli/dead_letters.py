@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from typing import Any
 
 import click
@@ -10,7 +9,6 @@ import click
 from services.cli.context import CliContext, cli_context
 from services.cli.output import emit, json_option, table
 from shared import dead_letter_ops as ops
-from shared.audit import AuditTrail
 from shared.connections import utcnow
 from shared.dead_letters import DeadLetter, DeadLetterStore
 from shared.store import Keys
@@ -88,13 +86,12 @@ def _act(
     as_json: bool,
 ) -> None:
     with cli_context(as_json) as ctx:
-        keys = Keys(ctx.settings.redis_namespace)
         letters = _selected(ctx, ids, connection_id, since, reason, all_matching)
-        who = by or getpass.getuser()
+        who = by or ctx.user
         if verb == "replayed":
-            done = ops.replay(_store(ctx), ctx.queue(), AuditTrail(ctx.redis, keys), letters, who)
+            done = ops.replay(_store(ctx), ctx.queue(), ctx.audit, letters, who)
         else:
-            done = ops.purge(_store(ctx), AuditTrail(ctx.redis, keys), letters, who)
+            done = ops.purge(_store(ctx), ctx.audit, letters, who)
         emit(as_json, {verb: done}, f"{verb.capitalize()} {len(done)} dead letter(s).")
 
 

@@ -69,6 +69,7 @@ def _run(serve: bool) -> None:
     from services.workers.messaging import DramatiqJobQueue
     from services.workers.runtime import WorkerRuntime
     from shared import onboarding
+    from shared.audit import AuditTrail
     from shared.config import load_settings
     from shared.connection_store import ConnectionStore
     from shared.connections import utcnow
@@ -127,7 +128,14 @@ def _run(serve: bool) -> None:
                         "pdf_hosts": [physitrack_server.url.removeprefix("http://")],
                     }
                 )
-                connection = onboarding.add_connection(store, verify, request, utcnow())
+                connection = onboarding.add_connection(
+                    store,
+                    verify,
+                    request,
+                    utcnow(),
+                    AuditTrail(client, Keys(DEMO_NAMESPACE)),
+                    "demo",
+                )
                 details = onboarding.setup_details(connection, settings.public_url)
                 timeline.say(f"connection {connection.id} added; Halaxy key verified by a token")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from services.cli.audit import audit
 from services.cli.connections import connections
 from services.cli.dead_letters import dead_letters
 from services.cli.demo import demo
@@ -18,6 +19,7 @@ def cli() -> None:
     """halaxy-bridge: Halaxy <-> therapy platform bridge, operations CLI."""
 
 
+cli.add_command(audit)
 cli.add_command(connections)
 cli.add_command(dead_letters)
 cli.add_command(demo)

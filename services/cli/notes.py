@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from dataclasses import asdict
 
 import click
@@ -63,7 +62,7 @@ def resolve(
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
         record = find_parked(outbox, note_id)
         settled = resolve_note(
-            outbox, ctx.queue(), record, chosen[0], by or getpass.getuser(), docref_id
+            outbox, ctx.queue(), record, chosen[0], by or ctx.user, ctx.audit, docref_id
         )
         emit(
             as_json,

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.requests import (
+    basic_password,
     presented_secret,
     read_capped_body,
     require_json,
@@ -23,20 +24,34 @@ from shared.connections import Connection, utcnow
 from shared.errors import InvalidInput, StoreUnavailable, Transient
 
 MAX_BODY = 64 * 1024
+ADMIN_API = "admin-api"  # who acts, in the audit trail: everyone shares the admin token
 
 log = structlog.get_logger("halaxy_bridge.admin")
 
 
-def authorize(request: Request) -> Deps:
+BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="halaxy-bridge ops", charset="UTF-8"'}
+
+
+def authorize(request: Request, *, browser: bool = False) -> Deps:
+    """The admin token as a Bearer header; for a page a browser opens (`browser`), also as the
+    password of HTTP Basic auth, since a browser cannot send a Bearer header as it navigates."""
     deps = deps_of(request)
     token = deps.settings.admin_token
+    challenge = BASIC_CHALLENGE if browser else None
     if token is None:
-        raise ApiError(401, "unauthorized", "the admin API is off: BRIDGE_ADMIN_TOKEN is not set")
-    presented = request.headers.get("authorization", "")
-    if not presented.lower().startswith("bearer ") or not secret_matches(
-        presented_secret(presented), [token.get_secret_value()]
-    ):
-        raise ApiError(401, "unauthorized", "missing or wrong admin Bearer token")
+        raise ApiError(
+            401, "unauthorized", "the admin API is off: BRIDGE_ADMIN_TOKEN is not set", challenge
+        )
+    header = request.headers.get("authorization", "")
+    scheme = header.strip().partition(" ")[0].lower()
+    presented = presented_secret(header) if scheme == "bearer" else None
+    if browser and scheme == "basic":
+        presented = basic_password(header)
+    if not secret_matches(presented, [token.get_secret_value()]):
+        detail = "missing or wrong admin Bearer token"
+        if browser:
+            detail += ", or Basic auth with it as the password"
+        raise ApiError(401, "unauthorized", detail, challenge)
     return deps
 
 
@@ -80,7 +95,7 @@ async def create_connection(request: Request) -> Response:
     deps = authorize(request)
     data = await json_object(request)
     connection = await call(_add, deps, data)
-    log.info("connection.added", connection_id=connection.id, actor="admin-api")
+    log.info("connection.added", connection_id=connection.id, actor=ADMIN_API)
     return JSONResponse(
         onboarding.setup_details(connection, deps.settings.public_url), status_code=201
     )
@@ -88,7 +103,9 @@ async def create_connection(request: Request) -> Response:
 
 def _add(deps: Deps, data: dict[str, Any]) -> Connection:
     request = onboarding.parse_request(data)
-    return onboarding.add_connection(deps.connections, deps.verify_key, request, utcnow())
+    return onboarding.add_connection(
+        deps.connections, deps.verify_key, request, utcnow(), deps.audit, ADMIN_API
+    )
 
 
 async def show_connection(request: Request) -> Response:
@@ -100,9 +117,15 @@ async def show_connection(request: Request) -> Response:
 async def disable_connection(request: Request) -> Response:
     deps = authorize(request)
     connection = await _existing(deps, request.path_params["connection_id"])
-    disabled = onboarding.disable(connection, utcnow())
-    await call(deps.connections.save, disabled)
-    log.info("connection.disabled", connection_id=connection.id, actor="admin-api")
+    disabled = await call(
+        onboarding.disable_connection,
+        deps.connections,
+        connection,
+        utcnow(),
+        deps.audit,
+        ADMIN_API,
+    )
+    log.info("connection.disabled", connection_id=connection.id, actor=ADMIN_API)
     return JSONResponse(onboarding.summary(disabled))
 
 
@@ -118,6 +141,8 @@ async def rotate_connection(request: Request) -> Response:
         connection,
         rotation,
         utcnow(),
+        deps.audit,
+        ADMIN_API,
     )
-    log.info("connection.rotated", connection_id=connection.id, actor="admin-api")
+    log.info("connection.rotated", connection_id=connection.id, actor=ADMIN_API)
     return JSONResponse(onboarding.setup_details(rotated, deps.settings.public_url))

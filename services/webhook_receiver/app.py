@@ -11,6 +11,7 @@ import redis
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,9 +19,12 @@ from starlette.routing import Route
 from services.webhook_receiver import admin, health, ops
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
+from services.webhook_receiver.metrics import CountWebhookRequests
 from services.webhook_receiver.openapi import openapi
+from services.webhook_receiver.ops_page import ops_page
 from services.webhook_receiver.programs import program_callback
 from services.webhook_receiver.responses import ApiError, error_response
+from shared.audit import audit_trail
 from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
 from shared.errors import ConfigError
@@ -32,6 +36,7 @@ from shared.notes_outbox import NoteOutbox
 from shared.onboarding import KeyVerifier
 from shared.program_intake import ProgramIntake
 from shared.store import Keys, redis_client
+from shared.telemetry.push import MetricsPusher
 
 log = structlog.get_logger("halaxy_bridge.receiver")
 
@@ -89,11 +94,15 @@ def create_app(
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
         queue=queue,
         verify_key=verify_key or halaxy_key_verifier(settings, http),
+        metrics=MetricsPusher(client, keys, settings.metrics_push_seconds),
+        audit=audit_trail(client, settings),
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        deps.metrics.start()
         yield
+        deps.metrics.stop()
         http.close()
         client.close()
 
@@ -115,6 +124,7 @@ def create_app(
         Route(
             "/admin/connections/{connection_id}/rotate", admin.rotate_connection, methods=["POST"]
         ),
+        Route("/ops", ops_page, methods=["GET"]),
         Route("/ops/status", ops.ops_status, methods=["GET"]),
         Route("/ops/dead-letters", ops.list_dead_letters, methods=["GET"]),
         Route("/ops/dead-letters/replay", ops.replay_dead_letters, methods=["POST"]),
@@ -128,6 +138,7 @@ def create_app(
             Exception: _unexpected,
         },
         lifespan=lifespan,
+        middleware=[Middleware(CountWebhookRequests)],
     )
     app.state.deps = deps
     return app

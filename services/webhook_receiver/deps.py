@@ -7,12 +7,14 @@ from dataclasses import dataclass
 import redis
 from starlette.requests import Request
 
+from shared.audit import AuditTrail
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.intake import WebhookIntake
 from shared.jobs import JobQueue
 from shared.onboarding import KeyVerifier
 from shared.program_intake import ProgramIntake
+from shared.telemetry.push import MetricsPusher
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class Deps:
     programs: ProgramIntake
     queue: JobQueue
     verify_key: KeyVerifier
+    metrics: MetricsPusher
+    audit: AuditTrail
 
 
 def deps_of(request: Request) -> Deps:

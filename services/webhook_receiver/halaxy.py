@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.webhook_receiver import metrics
-from services.webhook_receiver.deps import deps_of
+from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.requests import (
     presented_secret,
     read_capped_body,
@@ -16,9 +16,9 @@ from services.webhook_receiver.requests import (
     secret_matches,
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
-from shared.connections import utcnow
+from shared.connections import Connection, utcnow
 from shared.errors import StoreUnavailable
-from shared.halaxy.events import HALAXY_EVENTS
+from shared.halaxy.events import HALAXY_EVENTS, HalaxyEvent
 from shared.halaxy.notifications import NotificationError, parse_notification
 
 # Halaxy's notifications are id-only and small; 256 KiB leaves ample room (DESIGN.md).
@@ -39,26 +39,33 @@ async def halaxy_webhook(request: Request) -> Response:
         raise unavailable() from None
     if connection is None or not connection.enabled:
         raise ApiError(404, "unknown_connection", "no such connection")
+    try:
+        return await _take(deps, connection, event, request)
+    except ApiError as exc:
+        metrics.rejected(connection.id, event.name, exc.code)
+        raise
 
+
+async def _take(
+    deps: Deps, connection: Connection, event: HalaxyEvent, request: Request
+) -> Response:
     bound = log.bind(connection_id=connection.id, halaxy_event=event.name)
     presented = presented_secret(request.headers.get("authorization"))
     if not secret_matches(presented, connection.webhook_secrets(utcnow())):
-        metrics.rejected(connection.id, event.name, "unauthorized")
         bound.warning("webhook.unauthorized")
         raise ApiError(401, "unauthorized", "missing or wrong Authorization for this connection")
+    metrics.authenticated(connection.id)
     require_json(request)
     body = await read_capped_body(request, MAX_BODY)
     try:
         changed = parse_notification(body, event.resource_type, connection.halaxy_base_url)
     except NotificationError as exc:
         status = 400 if exc.code == "malformed_json" else 422
-        metrics.rejected(connection.id, event.name, exc.code)
         bound.warning("webhook.rejected", reason=exc.code)
         raise ApiError(status, exc.code, exc.detail) from None
     try:
         result = await run_in_threadpool(deps.intake.accept, connection.id, event, changed)
     except StoreUnavailable:
-        metrics.rejected(connection.id, event.name, "unavailable")
         bound.error("webhook.not_queued", reason="redis_unavailable")
         raise unavailable() from None
     metrics.accepted(connection.id, event.name, len(result.accepted), len(result.duplicates))

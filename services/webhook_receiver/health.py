@@ -1,17 +1,23 @@
-"""`/healthz` (the process is alive), `/readyz` (Redis reachable and sane), `/metrics`."""
+"""`/healthz` (the process is alive), `/readyz` (Redis reachable and sane), and `/metrics`
+(the totals of every process, kept in Redis)."""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.webhook_receiver import metrics
-from services.webhook_receiver.deps import deps_of
+from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.responses import JSONResponse, unavailable
 from shared.errors import StoreUnavailable
+from shared.notes_outbox import NoteOutbox
 from shared.redis_health import check_redis
+from shared.status import status
+from shared.store import Keys
+from shared.telemetry.collect import exposition, gauges, totals
 
 
 async def healthz(request: Request) -> Response:
@@ -27,4 +33,19 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    try:
+        body = await run_in_threadpool(_scrape, deps_of(request))
+    except StoreUnavailable:
+        raise unavailable(
+            "Redis is unreachable, and the metrics of every process are in it"
+        ) from None
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _scrape(deps: Deps) -> bytes:
+    deps.metrics.push()  # this process's own counts, so a scrape sees them at once
+    keys = Keys(deps.settings.redis_namespace)
+    outbox = NoteOutbox(deps.redis, keys, deps.settings.fernet)
+    snapshot = status(deps.redis, keys, deps.connections, outbox)
+    quiet_after = deps.settings.quiet_after_seconds
+    return exposition([*totals(deps.redis, keys), *gauges(snapshot, quiet_after, time.time())])

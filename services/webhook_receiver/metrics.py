@@ -1,23 +1,23 @@
-"""Prometheus counters of the receiver (this process; cross-process metrics come later)."""
+"""What the receiver counts: webhook deliveries, events taken in, refusals, last event time."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+import time
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-WEBHOOK_EVENTS = Counter(
-    "halaxy_bridge_webhook_events_total",
-    "Halaxy notification events taken in, by outcome (accepted, duplicate).",
-    ["connection_id", "event", "outcome"],
-    registry=REGISTRY,
+from shared.telemetry.definitions import (
+    LAST_EVENT,
+    WEBHOOK_EVENTS,
+    WEBHOOK_REJECTIONS,
+    WEBHOOK_REQUESTS,
 )
-WEBHOOK_REJECTIONS = Counter(
-    "halaxy_bridge_webhook_rejections_total",
-    "Halaxy webhook deliveries refused, by reason, for known connections.",
-    ["connection_id", "event", "reason"],
-    registry=REGISTRY,
-)
+
+WEBHOOK_ROUTES = {"/webhooks/halaxy/": "halaxy", "/webhooks/programs/": "programs"}
+
+
+def authenticated(connection_id: str) -> None:
+    LAST_EVENT.labels(connection_id).set(time.time())
 
 
 def accepted(connection_id: str, event: str, fresh: int, duplicates: int) -> None:
@@ -27,3 +27,34 @@ def accepted(connection_id: str, event: str, fresh: int, duplicates: int) -> Non
 
 def rejected(connection_id: str, event: str, reason: str) -> None:
     WEBHOOK_REJECTIONS.labels(connection_id, event, reason).inc()
+
+
+class CountWebhookRequests:
+    """Counts every answer of the webhook routes by route and status, whoever called: the
+    connection id in the path is the caller's choice, so it is not a label here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _webhook_route(scope)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                WEBHOOK_REQUESTS.labels(route, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def _webhook_route(scope: Scope) -> str | None:
+    if scope["type"] != "http":
+        return None
+    path: str = scope["path"]
+    for prefix, route in WEBHOOK_ROUTES.items():
+        if path.startswith(prefix):
+            return route
+    return None

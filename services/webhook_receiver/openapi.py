@@ -112,6 +112,8 @@ CONNECTION_ID = {
     "schema": {"type": "string"},
 }
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
+# The /ops page: the admin token as Bearer, or as the Basic password (what a browser can send).
+PAGE_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}, {"adminBasic": []}]
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
 
@@ -137,6 +139,11 @@ def build_spec() -> dict[str, Any]:
             "securitySchemes": {
                 "halaxySecret": {"type": "apiKey", "in": "header", "name": "Authorization"},
                 "adminToken": {"type": "http", "scheme": "bearer"},
+                "adminBasic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "any user name; the password is BRIDGE_ADMIN_TOKEN",
+                },
             },
         },
         "paths": {
@@ -261,6 +268,19 @@ def build_spec() -> dict[str, Any]:
                     "security": ADMIN_SECURITY,
                     "parameters": [CONNECTION_ID],
                     "responses": {"200": _json(ANY_OBJECT, "disabled"), **_errors(401, 404, 503)},
+                }
+            },
+            "/ops": {
+                "get": {
+                    "summary": "the status as a read-only HTML page that refreshes every 10 s",
+                    "security": PAGE_SECURITY,
+                    "responses": {
+                        "200": {
+                            "description": "the page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(401, 503),
+                    },
                 }
             },
             "/ops/status": {

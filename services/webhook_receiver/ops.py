@@ -12,7 +12,6 @@ from services.webhook_receiver.admin import authorize, call, json_object
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.responses import JSONResponse
 from shared import dead_letter_ops as ops
-from shared.audit import AuditTrail
 from shared.connections import utcnow
 from shared.dead_letters import DeadLetter, DeadLetterStore
 from shared.notes_outbox import NoteOutbox
@@ -49,11 +48,17 @@ def _select(deps: Deps, action: DeadLetterAction) -> list[DeadLetter]:
     )
 
 
-async def ops_status(request: Request) -> Response:
-    deps = authorize(request)
+async def current_status(deps: Deps) -> dict[str, Any]:
+    """`shared.status.status` in the threadpool: what `/ops/status` and the `/ops` page show."""
     keys = _keys(deps)
     outbox = NoteOutbox(deps.redis, keys, deps.settings.fernet)
-    return JSONResponse(await call(gather, deps.redis, keys, deps.connections, outbox))
+    found: dict[str, Any] = await call(gather, deps.redis, keys, deps.connections, outbox)
+    return found
+
+
+async def ops_status(request: Request) -> Response:
+    deps = authorize(request)
+    return JSONResponse(await current_status(deps))
 
 
 async def list_dead_letters(request: Request) -> Response:
@@ -77,7 +82,7 @@ async def replay_dead_letters(request: Request) -> Response:
         return ops.replay(
             DeadLetterStore(deps.redis, _keys(deps)),
             deps.queue,
-            AuditTrail(deps.redis, _keys(deps)),
+            deps.audit,
             _select(deps, action),
             action.by,
         )
@@ -92,7 +97,7 @@ async def purge_dead_letters(request: Request) -> Response:
     def purge() -> list[str]:
         return ops.purge(
             DeadLetterStore(deps.redis, _keys(deps)),
-            AuditTrail(deps.redis, _keys(deps)),
+            deps.audit,
             _select(deps, action),
             action.by,
         )

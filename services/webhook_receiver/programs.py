@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.webhook_receiver.deps import deps_of
+from services.webhook_receiver import metrics
+from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.requests import read_capped_body, require_json, secret_matches
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
 from shared.connections import Connection, utcnow
@@ -25,6 +26,7 @@ from shared.pdf_fetch import PdfRefused, check_listed
 from shared.programs import is_link_expired, note_id_for, parse_callback
 
 MAX_BODY = 16 * 1024
+EVENT = "program"
 
 log = structlog.get_logger("halaxy_bridge.receiver")
 
@@ -39,6 +41,14 @@ async def program_callback(request: Request) -> Response:
         raise unavailable() from None
     if connection is None or not connection.enabled:
         raise ApiError(404, "unknown_connection", "no such connection")
+    try:
+        return await _take(deps, connection, request)
+    except ApiError as exc:
+        metrics.rejected(connection.id, EVENT, exc.code)
+        raise
+
+
+async def _take(deps: Deps, connection: Connection, request: Request) -> Response:
     bound = log.bind(connection_id=connection.id, callback="program-assigned")
     require_json(request)
     body = await read_capped_body(request, MAX_BODY)
@@ -53,6 +63,7 @@ async def program_callback(request: Request) -> Response:
         bound.warning("callback.unauthorized")
         raise ApiError(401, "unauthorized", "missing or wrong api_key for this connection")
     webhook_id = _verified_webhook_id(connection, request, body)
+    metrics.authenticated(connection.id)
     try:
         callback = parse_callback(data)
         # Refuse now what the worker would refuse later, so the platform hears of it.
@@ -71,6 +82,7 @@ async def program_callback(request: Request) -> Response:
     except StoreUnavailable:
         bound.error("callback.not_queued", reason="redis_unavailable", note_id=note_id)
         raise unavailable() from None
+    metrics.accepted(connection.id, EVENT, len(result.accepted), len(result.duplicates))
     bound.info("callback.accepted", note_id=note_id, duplicate=not result.accepted)
     return JSONResponse(
         {"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202

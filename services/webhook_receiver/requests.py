@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import re
 
@@ -22,6 +24,19 @@ def presented_secret(header: str | None) -> str | None:
     if scheme.lower() == "bearer":
         value = rest.strip()
     return value or None
+
+
+def basic_password(header: str) -> str | None:
+    """The password of a `Basic` Authorization value, or None when it is not one."""
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon else None
 
 
 def secret_matches(presented: str | None, accepted: list[str]) -> bool:

@@ -17,7 +17,9 @@ from shared.note_writer import write_note
 from shared.patient_sync import sync_appointment as sync_appointment_of
 from shared.patient_sync import sync_patient as sync_patient_of
 from shared.store import held_lease
+from shared.telemetry.definitions import NOTES
 
+NOTE_OUTCOMES = frozenset({"posted", "parked", "failed"})
 NOTE_LEASE_SECONDS = 30.0  # renewed every 10 s; lapses within 30 s of a crash
 
 _runtime: WorkerRuntime | None = None
@@ -48,8 +50,11 @@ def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str
         halaxy_event=event,
         patient_id=resource_id,
     ) as log:
-        services = runtime().services(connection_id)
-        outcome = sync_patient_of(services.halaxy, services.platform, services.links, resource_id)
+        rt = runtime()
+        services = rt.services(connection_id)
+        outcome = sync_patient_of(
+            services.halaxy, services.platform, services.links, rt.audit, resource_id
+        )
         log.info("patient.synced", outcome=outcome.value)
 
 
@@ -61,14 +66,15 @@ def sync_appointment(connection_id: str, resource_id: str, event: str, event_id:
         halaxy_event=event,
         appointment_id=resource_id,
     ) as log:
-        services = runtime().services(connection_id)
+        rt = runtime()
+        services = rt.services(connection_id)
         outcome, patient_id = sync_appointment_of(
             services.halaxy,
             services.links,
             resource_id,
             deleted=event == "appointment-deleted",
             sync=lambda pid: sync_patient_of(
-                services.halaxy, services.platform, services.links, pid
+                services.halaxy, services.platform, services.links, rt.audit, pid
             ),
         )
         log.info("appointment.synced", outcome=outcome.value, patient_id=patient_id)
@@ -110,8 +116,11 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
                 fetcher=services.pdfs,
                 halaxy=services.halaxy,
                 links=services.links,
+                audit=rt.audit,
                 now=utcnow(),
             )
+        if result.outcome.value in NOTE_OUTCOMES:
+            NOTES.labels(connection_id, result.outcome.value).inc()
         level = {"posted": log.info, "parked": log.warning, "failed": log.error}.get(
             result.outcome.value, log.info
         )

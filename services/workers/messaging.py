@@ -7,12 +7,13 @@ from collections.abc import Sequence
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, Retries
 
 from shared.config import Settings
 from shared.dead_letters import DeadLetterStore
 from shared.jobs import Job, QueueName
 from shared.store import Keys, redis_client, translate_redis_errors
+from shared.telemetry.push import MetricsPusher
 
 # A worker that sent no command for this long is dead; its unacked messages are requeued at
 # the next maintenance run (Dramatiq's default is 60 s).
@@ -42,10 +43,14 @@ def build_broker(
 def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Redis) -> None:
     """What every broker of ours needs beyond Dramatiq's defaults."""
     from services.workers.dead_letter_middleware import RecordDeadLetters
+    from services.workers.job_metrics import JobMetrics, PushMetrics
 
     broker.add_middleware(CurrentMessage())  # lets log lines name the message and attempt
     keys = Keys(settings.redis_namespace)
     broker.add_middleware(RecordDeadLetters(DeadLetterStore(client, keys)))
+    # Before Retries in the list, so its "after" hooks (run in reverse) see Retries' verdict.
+    broker.add_middleware(JobMetrics(), before=Retries)
+    broker.add_middleware(PushMetrics(MetricsPusher(client, keys, settings.metrics_push_seconds)))
     for queue in QueueName:
         broker.declare_queue(queue.value)
 

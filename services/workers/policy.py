@@ -17,7 +17,9 @@ from typing import Any
 import dramatiq
 import structlog
 
+from services.workers.job_metrics import DROPPED
 from shared.errors import ConnectionNotFound, Permanent, RateLimited, Transient
+from shared.telemetry.definitions import RATE_LIMIT_DEFERRALS
 
 MIN_BACKOFF_MS = 15_000
 MAX_BACKOFF_MS = 6 * 3600 * 1000
@@ -73,8 +75,11 @@ def job_outcome(actor: str, **ids: Any) -> Iterator[structlog.typing.FilteringBo
         yield bound
     except ConnectionNotFound as exc:
         bound.warning("job.dropped", reason=str(exc))  # disabled since queued: nothing to do
+        if message is not None:
+            message.options[DROPPED] = True
     except RateLimited as exc:
         bound.warning("job.deferred", reason=str(exc), retry_after=exc.retry_after)
+        RATE_LIMIT_DEFERRALS.labels(ids.get("connection_id", ""), exc.target).inc()
         if message is not None:
             # Dramatiq's Retries middleware adds one to the count for this Retry; take it off
             # first, so waiting for a rate limit never uses up the budget for real failures.

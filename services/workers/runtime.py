@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 import redis
 
+from shared.audit import audit_trail
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
@@ -21,6 +22,7 @@ from shared.patient_links import PatientLinks
 from shared.pdf_fetch import PdfFetcher, Resolver, system_resolver
 from shared.platforms import TherapyPlatform, platform_for
 from shared.store import Keys, redis_client
+from shared.telemetry.http import MeteredTransport, origin
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class WorkerRuntime:
         self.tokens = TokenCache(self.redis, self.keys, settings.fernet)
         self.outbox = NoteOutbox(self.redis, self.keys, settings.fernet)
         self.limiter = HalaxyRateLimiter(self.redis, self.keys)
-        self._http: dict[str, httpx.Client] = {}
+        self.audit = audit_trail(self.redis, settings)
+        self._http: dict[str, tuple[dict[tuple[str, int], str], httpx.Client]] = {}
+        self._retired: list[httpx.Client] = []
         self._lock = threading.Lock()
 
     def services(self, connection_id: str) -> ConnectionServices:
@@ -56,7 +60,7 @@ class WorkerRuntime:
         connection = self.connections.get(connection_id)
         if connection is None or not connection.enabled:
             raise ConnectionNotFound(f"connection {connection_id} is unknown or disabled")
-        http = self._http_for(connection_id)
+        http = self._http_for(connection)
         return ConnectionServices(
             connection=connection,
             halaxy=HalaxyClient(
@@ -67,16 +71,26 @@ class WorkerRuntime:
             pdfs=PdfFetcher(http, self.resolver),
         )
 
-    def _http_for(self, connection_id: str) -> httpx.Client:
+    def _http_for(self, connection: Connection) -> httpx.Client:
+        targets = {
+            origin(connection.halaxy_base_url): "halaxy",
+            origin(connection.platform_base_url): "platform",
+        }
         with self._lock:
-            http = self._http.get(connection_id)
-            if http is None:
-                http = self._http[connection_id] = new_http_client()
-            return http
+            cached = self._http.get(connection.id)
+            if cached is None or cached[0] != targets:  # new client when a base URL changed
+                if cached is not None:
+                    self._retired.append(cached[1])  # a job may still be using it
+                http = new_http_client(
+                    lambda inner: MeteredTransport(inner, connection.id, targets)
+                )
+                cached = self._http[connection.id] = (targets, http)
+            return cached[1]
 
     def close(self) -> None:
         with self._lock:
-            for http in self._http.values():
+            for http in [*self._retired, *(client for _, client in self._http.values())]:
                 http.close()
             self._http.clear()
+            self._retired.clear()
         self.redis.close()

@@ -24,6 +24,7 @@ from shared.halaxy.rate_limit import EXHAUSTED_PAUSE_MS, HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
 from shared.httputil import retry_after_seconds
 from shared.logs import remote_text
+from shared.telemetry.definitions import HALAXY_AUTH_FAILURES, TOKEN_REFRESHES
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 # A 20 MB PDF is about 27 MB of JSON: give the upload and Halaxy's answer time.
@@ -41,11 +42,17 @@ class HalaxyAuthRefused(Permanent):
     """Halaxy refused a fresh token: the key was revoked or lacks a permission."""
 
 
-def new_http_client() -> httpx.Client:
-    """One pooled client per process and connection; reuse it for every call."""
+def new_http_client(
+    wrap: Callable[[httpx.BaseTransport], httpx.BaseTransport] | None = None,
+) -> httpx.Client:
+    """One pooled client per process and connection; reuse it for every call. `wrap` lets the
+    caller put a transport (metrics) around the pooled one."""
+    transport: httpx.BaseTransport = httpx.HTTPTransport(
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10)
+    )
     return httpx.Client(
         timeout=DEFAULT_TIMEOUT,
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        transport=transport if wrap is None else wrap(transport),
         follow_redirects=False,
     )
 
@@ -157,13 +164,23 @@ class HalaxyClient:
 
         def fetch() -> Token:
             self._spend()
-            return fetch_token(
-                self._http,
-                connection.halaxy_base_url,
-                connection.halaxy_client_id,
-                connection.halaxy_client_secret.get_secret_value(),
-                self._user_agent,
-            )
+            try:
+                token = fetch_token(
+                    self._http,
+                    connection.halaxy_base_url,
+                    connection.halaxy_client_id,
+                    connection.halaxy_client_secret.get_secret_value(),
+                    self._user_agent,
+                )
+            except Permanent:
+                TOKEN_REFRESHES.labels(connection.id, "refused").inc()
+                HALAXY_AUTH_FAILURES.labels(connection.id).inc()
+                raise
+            except Transient:
+                TOKEN_REFRESHES.labels(connection.id, "error").inc()
+                raise
+            TOKEN_REFRESHES.labels(connection.id, "ok").inc()
+            return token
 
         return self._tokens.get(connection.halaxy_base_url, connection.halaxy_client_id, fetch)
 
@@ -213,6 +230,7 @@ class HalaxyClient:
                 self._connection.halaxy_base_url, self._connection.halaxy_client_id, token
             )
             if attempt == 2:
+                HALAXY_AUTH_FAILURES.labels(self._connection.id).inc()
                 raise HalaxyAuthRefused(
                     "Halaxy refused a fresh access token (401): the connection's API key was "
                     "revoked or lacks the permission for this request"

@@ -61,7 +61,7 @@ def raise_for_status(platform: str, response: httpx.Response) -> None:
     messages = error_messages(response)
     said = f": {'; '.join(messages)}" if messages else ""
     if status == 429:
-        raise RateLimited(f"{platform} rate limit", retry_after_seconds(response))
+        raise RateLimited(f"{platform} rate limit", retry_after_seconds(response), "platform")
     if status in (408, 425) or status >= 500:
         raise Transient(f"{platform} answered {status}{said}")
     if status in (401, 403):

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Best effort: install the Debian packages some tests use when they are missing — chromium (the
+# /ops page in a real browser) and prometheus (promtool). Only as root with apt-get; never fails:
+# without them those tests skip and say why. Silent when everything is present.
+
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "ensure_tools: missing:$missing; not root or no apt-get, so not installed (the tests that need them will skip)"
+    exit 0
+fi
+
+echo "ensure_tools: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+# shellcheck disable=SC2086  # $missing is a list of package names
+if ! apt-get install -y --no-install-recommends $missing >/dev/null 2>&1; then
+    # Package lists may be absent or stale on a fresh machine.
+    if ! { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get install -y --no-install-recommends $missing >/dev/null 2>&1; }; then
+        echo "ensure_tools: could not install$missing (apt-get failed); the tests that need them will skip"
+    fi
+fi
+exit 0

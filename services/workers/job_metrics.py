@@ -1,0 +1,72 @@
+"""Dramatiq middleware: count each job's outcome and time, and push the counts to Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.common import q_name
+
+from shared.telemetry.definitions import JOB_DURATION, JOBS, LAST_SUCCESS
+from shared.telemetry.push import MetricsPusher
+
+# `policy.job_outcome` sets this on a message whose connection was disabled meanwhile.
+DROPPED = "bridge_dropped"
+
+
+def outcome_of(message: Any, exception: BaseException | None) -> str:
+    """Called after Dramatiq's Retries middleware, so `message.failed` says if it gave up."""
+    if exception is None:
+        return "dropped" if message.options.get(DROPPED) else "succeeded"
+    if message.failed:
+        return "dead"
+    if isinstance(exception, dramatiq.Retry):
+        return "deferred"
+    return "retried"
+
+
+class JobMetrics(dramatiq.Middleware):
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        with self._lock:
+            self._started[message.message_id] = time.perf_counter()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        with self._lock:
+            started = self._started.pop(message.message_id, None)
+        connection_id = str(message.kwargs.get("connection_id", ""))
+        outcome = outcome_of(message, exception)
+        JOBS.labels(message.actor_name, q_name(message.queue_name), connection_id, outcome).inc()
+        if started is not None:
+            JOB_DURATION.labels(message.actor_name, connection_id).observe(
+                time.perf_counter() - started
+            )
+        if outcome == "succeeded":
+            LAST_SUCCESS.labels(connection_id).set(time.time())
+
+    after_skip_message = after_process_message
+
+
+class PushMetrics(dramatiq.Middleware):
+    """Starts the pusher in each worker process and sends what is left when it stops."""
+
+    def __init__(self, pusher: MetricsPusher) -> None:
+        self._pusher = pusher
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._pusher.start()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._pusher.stop()

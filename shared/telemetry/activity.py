@@ -1,0 +1,59 @@
+"""Recent activity from the shared metrics: what `status` shows per connection and queue."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import redis
+
+from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.telemetry.definitions import JOBS, LAST_EVENT, LAST_SUCCESS
+from shared.telemetry.push import read_field
+
+FAILED = frozenset({"retried", "dead"})
+THROUGHPUT_MINUTES = 5
+
+
+@dataclass(frozen=True)
+class Activity:
+    last_event: dict[str, float] = field(default_factory=dict)  # connection id -> unix time
+    last_success: dict[str, float] = field(default_factory=dict)
+    failures_last_hour: Counter[str] = field(default_factory=Counter)
+    processed_last_hour: Counter[str] = field(default_factory=Counter)
+    processed_recently: Counter[str] = field(default_factory=Counter)  # queue -> jobs
+
+    def throughput_per_minute(self, queue: str) -> float:
+        """Jobs a minute that left the queue, over the last few minutes."""
+        return round(self.processed_recently[queue] / THROUGHPUT_MINUTES, 1)
+
+
+def read_activity(client: redis.Redis, keys: Keys, now: float) -> Activity:
+    this_minute = int(now // 60)
+    minutes = range(this_minute - 59, this_minute + 1)
+    with translate_redis_errors():
+        pipe = client.pipeline(transaction=False)
+        pipe.zrange(keys.metric_latest(), 0, -1, withscores=True)
+        for minute in minutes:
+            pipe.hgetall(keys.metric_minute(minute))
+        latest, *per_minute = pipe.execute()
+    activity = Activity()
+    gauges = {LAST_EVENT._name: activity.last_event, LAST_SUCCESS._name: activity.last_success}
+    for raw, score in latest:
+        name, labels = read_field(as_bytes(raw))
+        if name in gauges:
+            gauges[name][labels["connection_id"]] = float(score)
+    jobs_total = f"{JOBS._name}_total"
+    for minute, counts in zip(minutes, per_minute, strict=True):
+        recent = minute > this_minute - THROUGHPUT_MINUTES
+        for raw, value in counts.items():
+            name, labels = read_field(as_bytes(raw))
+            if name != jobs_total:
+                continue
+            jobs = round(float(value))
+            activity.processed_last_hour[labels["connection_id"]] += jobs
+            if labels["outcome"] in FAILED:
+                activity.failures_last_hour[labels["connection_id"]] += jobs
+            if recent:
+                activity.processed_recently[labels["queue"]] += jobs
+    return activity

@@ -1,0 +1,127 @@
+"""The receiver's `/metrics`: the totals every process pushed to Redis, and gauges read from
+Redis at scrape time (queues, dead letters, parked notes, each connection's last event)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.telemetry.definitions import REGISTRY
+from shared.telemetry.push import read_field
+
+SUFFIX_ORDER = {"_bucket": 0, "_count": 1, "_sum": 2, "_total": 0}
+PER_CONNECTION = {
+    "dead_letters": ("halaxy_bridge_dead_letters", "Dead letters kept for replay."),
+    "parked_notes": (
+        "halaxy_bridge_parked_notes",
+        "Program notes that may or may not be in Halaxy: a person must resolve them.",
+    ),
+    "enabled": ("halaxy_bridge_connection_enabled", "1 while the connection is enabled."),
+    "quiet_after": (
+        "halaxy_bridge_connection_quiet_after_seconds",
+        "How long the connection may send no webhook before it is worth an alert.",
+    ),
+    "last_event": (
+        "halaxy_bridge_connection_last_event_timestamp_seconds",
+        "Unix time of the last authenticated webhook (the connection's creation before any).",
+    ),
+    "last_success": (
+        "halaxy_bridge_connection_last_success_timestamp_seconds",
+        "Unix time of the last job of the connection that succeeded.",
+    ),
+    "reconcile_lag": (
+        "halaxy_bridge_reconcile_lag_seconds",
+        "Seconds since the connection's last reconcile sweep started.",
+    ),
+}
+
+
+def totals(client: redis.Redis, keys: Keys) -> Iterator[Metric]:
+    """Counters and histograms summed over every process."""
+    with translate_redis_errors():
+        stored = client.hgetall(keys.metric_totals())
+    families = {
+        family.name: Metric(family.name, family.documentation, family.type)
+        for family in REGISTRY.collect()
+        if family.type in ("counter", "histogram")
+    }
+    samples: dict[str, list[tuple[Any, str, dict[str, str], float]]] = {}
+    for raw, value in stored.items():
+        name, labels = read_field(as_bytes(raw))
+        for suffix, order in SUFFIX_ORDER.items():
+            family = name.removesuffix(suffix)
+            if name.endswith(suffix) and family in families:
+                series = sorted((k, v) for k, v in labels.items() if k != "le")
+                le = float(labels.get("le", "0"))
+                position = (series, order, le)
+                samples.setdefault(family, []).append((position, name, labels, float(value)))
+                break
+    for family_name, metric in families.items():
+        for _, sample_name, labels, total in sorted(samples.get(family_name, [])):
+            metric.add_sample(sample_name, labels, total)
+        yield metric
+
+
+def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> Iterator[Metric]:
+    """Gauges from a `shared.status.status` snapshot."""
+    messages = GaugeMetricFamily(
+        "halaxy_bridge_queue_messages",
+        "Messages in a queue, by state (ready, delayed, dead).",
+        labels=["queue", "state"],
+    )
+    oldest = GaugeMetricFamily(
+        "halaxy_bridge_queue_oldest_message_age_seconds",
+        "Age of the oldest message waiting in the queue (0 when it is empty).",
+        labels=["queue"],
+    )
+    for queue in snapshot["queues"]:
+        for state, column in (("ready", "depth"), ("delayed", "delayed"), ("dead", "dead")):
+            messages.add_metric([queue["queue"], state], queue[column])
+        oldest.add_metric([queue["queue"]], queue["oldest_age_seconds"] or 0.0)
+    yield messages
+    yield oldest
+
+    per_connection = {
+        key: GaugeMetricFamily(name, documentation, labels=["connection_id"])
+        for key, (name, documentation) in PER_CONNECTION.items()
+    }
+    for row in snapshot["connections"]:
+        labels = [row["id"]]
+        per_connection["dead_letters"].add_metric(labels, row["dead_letters"])
+        per_connection["parked_notes"].add_metric(labels, row["parked_notes"])
+        per_connection["enabled"].add_metric(labels, 1 if row["enabled"] else 0)
+        per_connection["quiet_after"].add_metric(labels, quiet_after_seconds)
+        last_event = row["last_event_at"] or row["created_at"]
+        per_connection["last_event"].add_metric(labels, _unix(last_event))
+        if row["last_success_at"] is not None:
+            per_connection["last_success"].add_metric(labels, _unix(row["last_success_at"]))
+        if row["last_sweep"] is not None:
+            lag = max(0.0, now - _unix(row["last_sweep"]))
+            per_connection["reconcile_lag"].add_metric(labels, lag)
+    yield from per_connection.values()
+
+
+def _unix(moment: str) -> float:
+    return datetime.fromisoformat(moment).timestamp()
+
+
+class _Snapshot(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def exposition(families: list[Metric]) -> bytes:
+    """The Prometheus text format of `families`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
+    return generate_latest(registry)

@@ -1,0 +1,101 @@
+"""Every metric the bridge counts, in one process-local registry.
+
+Each process counts into this registry; `push.MetricsPusher` adds what changed to Redis, and
+the receiver's `/metrics` reads the totals of every process back from there (`collect.py`).
+Labels carry ids and codes only: never a patient detail, never a caller-chosen string that has
+not been checked (an unknown connection is counted without its id).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+PREFIX = "halaxy_bridge_"
+
+WEBHOOK_REQUESTS = Counter(
+    "halaxy_bridge_webhook_requests",
+    "Webhook deliveries answered, by route (halaxy, programs) and HTTP status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+WEBHOOK_EVENTS = Counter(
+    "halaxy_bridge_webhook_events",
+    "Events taken in from a known connection, by outcome (accepted, duplicate).",
+    ["connection_id", "event", "outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_REJECTIONS = Counter(
+    "halaxy_bridge_webhook_rejections",
+    "Deliveries to a known connection that were refused, by reason.",
+    ["connection_id", "event", "reason"],
+    registry=REGISTRY,
+)
+JOBS = Counter(
+    "halaxy_bridge_jobs",
+    "Jobs that ran, by outcome (succeeded, retried, deferred, dead, dropped).",
+    ["actor", "queue", "connection_id", "outcome"],
+    registry=REGISTRY,
+)
+JOB_DURATION = Histogram(
+    "halaxy_bridge_job_duration_seconds",
+    "How long a job ran, whatever its outcome.",
+    ["actor", "connection_id"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+UPSTREAM_REQUESTS = Counter(
+    "halaxy_bridge_upstream_requests",
+    "Requests to Halaxy, the therapy platform or a PDF host (other), by HTTP status or error.",
+    ["connection_id", "target", "status"],
+    registry=REGISTRY,
+)
+UPSTREAM_DURATION = Histogram(
+    "halaxy_bridge_upstream_request_duration_seconds",
+    "Time to the response headers of a request to an outside system.",
+    ["connection_id", "target"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
+    registry=REGISTRY,
+)
+RATE_LIMIT_DEFERRALS = Counter(
+    "halaxy_bridge_rate_limit_deferrals",
+    "Jobs put off because a rate limit (ours or the remote side's) was reached.",
+    ["connection_id", "target"],
+    registry=REGISTRY,
+)
+TOKEN_REFRESHES = Counter(
+    "halaxy_bridge_token_refreshes",
+    "Halaxy access tokens fetched, by outcome (ok, refused, error).",
+    ["connection_id", "outcome"],
+    registry=REGISTRY,
+)
+HALAXY_AUTH_FAILURES = Counter(
+    "halaxy_bridge_halaxy_auth_failures",
+    "Times Halaxy refused the connection's key, or a fresh token: the key was revoked.",
+    ["connection_id"],
+    registry=REGISTRY,
+)
+NOTES = Counter(
+    "halaxy_bridge_notes",
+    "Program notes finished, by outcome (posted, parked, failed).",
+    ["connection_id", "outcome"],
+    registry=REGISTRY,
+)
+LAST_EVENT = Gauge(
+    "halaxy_bridge_connection_last_event_timestamp_seconds",
+    "Unix time of the last authenticated webhook from the connection.",
+    ["connection_id"],
+    registry=REGISTRY,
+)
+LAST_SUCCESS = Gauge(
+    "halaxy_bridge_connection_last_success_timestamp_seconds",
+    "Unix time of the last job of the connection that succeeded.",
+    ["connection_id"],
+    registry=REGISTRY,
+)
+
+# Gauges above hold a time: across processes the latest one wins.
+LATEST_GAUGES = frozenset({LAST_EVENT._name, LAST_SUCCESS._name})
+# Counters also kept per minute for two hours, for "in the last hour" figures in `status`.
+WINDOWED = frozenset({JOBS._name})

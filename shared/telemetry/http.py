@@ -1,0 +1,46 @@
+"""Counts and times every request a worker makes, by connection, target and status."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+import httpx
+
+from shared.telemetry.definitions import UPSTREAM_DURATION, UPSTREAM_REQUESTS
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return (parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme, 0))
+
+
+class MeteredTransport(httpx.BaseTransport):
+    """Wraps a transport; `targets` names the origins (host, port) of Halaxy and the platform,
+    anything else (a PDF host) is "other"."""
+
+    def __init__(
+        self, inner: httpx.BaseTransport, connection_id: str, targets: dict[tuple[str, int], str]
+    ) -> None:
+        self._inner = inner
+        self._connection_id = connection_id
+        self._targets = targets
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        port = url.port or DEFAULT_PORTS.get(url.scheme, 0)
+        target = self._targets.get((url.host, port), "other")
+        started = time.perf_counter()
+        try:
+            response = self._inner.handle_request(request)
+        except Exception:
+            UPSTREAM_REQUESTS.labels(self._connection_id, target, "error").inc()
+            raise
+        UPSTREAM_DURATION.labels(self._connection_id, target).observe(time.perf_counter() - started)
+        UPSTREAM_REQUESTS.labels(self._connection_id, target, str(response.status_code)).inc()
+        return response
+
+    def close(self) -> None:
+        self._inner.close()

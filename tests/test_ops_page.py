@@ -1,0 +1,415 @@
+"""The `/ops` HTML page: auth (Bearer, or Basic with the admin token as password), escaping,
+security headers, 503 without Redis; and the page in a real headless Chromium, signed in by
+Basic auth from the URL and refreshing itself."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from services.sandbox.halaxy import FakeHalaxy
+from services.sandbox.serve import ServerThread, free_port
+from services.webhook_receiver.app import create_app
+from services.webhook_receiver.ops_page import render
+from shared.config import Settings
+from shared.connection_store import ConnectionStore
+from shared.connections import Connection
+from shared.dead_letters import DeadLetter, DeadLetterStore
+from shared.jobs import ActorName, Job, QueueName
+from shared.onboarding import KeyVerifier
+from shared.store import Keys
+from tests.conftest import make_connection
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
+CHALLENGE = 'Basic realm="halaxy-bridge ops", charset="UTF-8"'
+CSP = "default-src 'none'; style-src 'unsafe-inline'"
+BROWSER_TIMEOUT = 60
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {pair}"}
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Page(HTMLParser):
+    """The rows of each table, as (row class, cell texts), by table id."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tables: dict[str, list[tuple[str, list[str]]]] = {}
+        self._table = ""
+        self._in_cell = False
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "table":
+            self._table = attributes.get("id") or ""
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append((attributes.get("class") or "", []))
+        elif tag == "td" and self._table:
+            self._in_cell = True
+            self.tables[self._table][-1][1].append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td":
+            self._in_cell = False
+        elif tag == "table":
+            self._table = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._in_cell:
+            row = self.tables[self._table][-1][1]
+            row[-1] += data
+
+    def row(self, table: str, first_cell: str) -> tuple[str, list[str]]:
+        [found] = [r for r in self.tables[table] if r[1] and r[1][0] == first_cell]
+        return found
+
+
+def dead_letter(connection_id: str) -> DeadLetter:
+    return DeadLetter(
+        id="m-ops-1",
+        actor="sync_patient",
+        queue="live",
+        connection_id=connection_id,
+        event="patient-created",
+        resource_id="1001",
+        error_class="PatientNotUsable",
+        reason="Patient 1001 cannot be synced",
+        attempts=1,
+        first_enqueued_at="2026-11-21T09:00:00+00:00",
+        failed_at="2026-11-21T09:00:01+00:00",
+    )
+
+
+# --- Through the test client ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic("ops", TOKEN + "x"),
+        basic(TOKEN, ""),
+        basic("ops", ""),
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": "Basic !!not-base64!!"},
+        {"Authorization": "Basic " + base64.b64encode(TOKEN.encode()).decode()},
+        bearer(TOKEN + "x"),
+        {"Authorization": TOKEN},
+    ],
+    ids=[
+        "none",
+        "wrong-password",
+        "token-as-user",
+        "empty-password",
+        "basic-not-encoded",
+        "basic-garbage",
+        "basic-no-colon",
+        "wrong-bearer",
+        "bare-token",
+    ],
+)
+def test_without_valid_credentials_is_401_with_a_basic_challenge(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    response = client.get("/ops", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == CHALLENGE
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert body["error"] == "unauthorized"
+    assert TOKEN not in response.text
+
+
+def test_without_an_admin_token_configured_the_page_is_off(
+    settings: Settings, verify_key: KeyVerifier
+) -> None:
+    off = create_app(settings.model_copy(update={"admin_token": None}), verify_key=verify_key)
+    with TestClient(off) as client:
+        response = client.get("/ops", headers=basic("ops", TOKEN))
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == CHALLENGE
+    assert response.json() == {
+        "error": "unauthorized",
+        "detail": "the admin API is off: BRIDGE_ADMIN_TOKEN is not set",
+    }
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [basic("ops", TOKEN), basic("", TOKEN), basic("anyone", TOKEN), bearer()],
+    ids=["basic", "basic-no-user", "basic-other-user", "bearer"],
+)
+def test_valid_credentials_get_the_page_with_security_headers(
+    client: TestClient, connection: Connection, headers: dict[str, str]
+) -> None:
+    response = client.get("/ops", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.headers["Content-Security-Policy"] == CSP
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert '<meta http-equiv="refresh" content="10">' in response.text
+    assert "<script" not in response.text
+    page = Page(response.text)
+    assert [cells[0] for _, cells in page.tables["queues"][1:]] == ["live", "bulk"]
+    assert page.row("connections", connection.name)[1][1] == connection.id
+
+
+def test_a_basic_password_with_a_colon_is_read_whole(
+    settings: Settings, verify_key: KeyVerifier
+) -> None:
+    token = "with:colon-" + TOKEN
+    app = create_app(
+        settings.model_copy(update={"admin_token": SecretStr(token)}), verify_key=verify_key
+    )
+    with TestClient(app) as client:
+        assert client.get("/ops", headers=basic("ops", token)).status_code == 200
+        assert client.get("/ops", headers=basic("ops", TOKEN)).status_code == 401
+
+
+def test_connection_names_are_escaped(
+    client: TestClient, store: ConnectionStore, fake_halaxy: FakeHalaxy, verify_key: KeyVerifier
+) -> None:
+    name = "<script>alert(1)</script>"
+    connection = make_connection(store, fake_halaxy, verify_key, name=name)
+    response = client.get("/ops", headers=bearer())
+    assert response.status_code == 200
+    assert name not in response.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
+    assert "<script" not in response.text
+    assert Page(response.text).row("connections", name)[1][1] == connection.id
+
+
+def test_rows_needing_attention_are_highlighted(
+    client: TestClient,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    verify_key: KeyVerifier,
+    connection: Connection,
+) -> None:
+    make_connection(store, fake_halaxy, verify_key, name="Quiet Clinic")
+    DeadLetterStore(redis_server_client, keys).add(dead_letter(connection.id))
+    page = Page(client.get("/ops", headers=bearer()).text)
+    attention, cells = page.row("connections", connection.name)
+    assert attention == "attention"
+    assert cells[6] == "1"
+    assert page.row("connections", "Quiet Clinic")[0] == ""
+
+
+def test_render_shows_a_dash_for_what_is_missing_and_highlights_old_or_dead_queues() -> None:
+    html = render(
+        {
+            "queues": [
+                {"queue": "live", "depth": 3, "oldest_age_seconds": 301.0},
+                {"queue": "bulk", "dead": 2},
+                {"queue": "calm", "depth": 1, "oldest_age_seconds": 12.25, "dead": 0},
+            ],
+            "connections": [{"name": "Partial", "enabled": False, "parked_notes": 1}],
+            "redis_warnings": ["maxmemory-policy is allkeys-lru, <not> noeviction"],
+        }
+    )
+    page = Page(html)
+    assert page.row("queues", "live") == ("attention", ["live", "3", "—", "—", "301.0", "—"])
+    assert page.row("queues", "bulk")[0] == "attention"
+    assert page.row("queues", "calm") == ("", ["calm", "1", "—", "0", "12.2", "—"])
+    attention, cells = page.row("connections", "Partial")
+    assert attention == "attention"
+    assert cells[1:4] == ["—", "no", "—"]
+    assert "&lt;not&gt; noeviction" in html
+    assert "Dead letters: —" in html
+
+
+def test_render_of_an_empty_status_is_a_page() -> None:
+    page = Page(render({}))
+    assert page.tables["queues"][1][1] == ["none"]
+    assert page.tables["connections"][1][1] == ["none"]
+
+
+def test_503_when_redis_is_unreachable(settings: Settings, verify_key: KeyVerifier) -> None:
+    nowhere = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(nowhere, verify_key=verify_key)) as client:
+        page = client.get("/ops", headers=basic("ops", TOKEN))
+        status = client.get("/ops/status", headers=bearer())
+    assert page.status_code == status.status_code == 503
+    assert page.headers["Retry-After"] == "5"
+    assert page.json() == status.json()
+    assert page.json()["error"] == "unavailable"
+
+
+# --- In a real browser ------------------------------------------------------------------------
+
+
+class Recorder:
+    """ASGI wrapper noting (monotonic time, method, path, status) of every answer."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.answers: list[tuple[float, str, str, int]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def noting(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                answer = (time.monotonic(), scope["method"], scope["path"], message["status"])
+                self.answers.append(answer)
+            await send(message)
+
+        await self.app(scope, receive, noting)
+
+    def pages(self, status: int) -> list[float]:
+        return [
+            t for t, method, path, s in self.answers if (method, path, s) == ("GET", "/ops", status)
+        ]
+
+
+def find_chromium() -> str:
+    """Chromium, installed by scripts/ensure_tools.sh if missing and possible; else skip."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        subprocess.run(["sh", str(ROOT / "scripts/ensure_tools.sh")], check=False, timeout=240)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("no chromium: install the Debian package (scripts/ensure_tools.sh as root)")
+    return found
+
+
+class Chromium:
+    def __init__(self, binary: str, profiles: Path) -> None:
+        self.binary = binary
+        self.profiles = profiles
+        self._runs = 0
+
+    def command(self, *args: str) -> list[str]:
+        self._runs += 1
+        return [
+            self.binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={self.profiles / f'profile-{self._runs}'}",
+            *args,
+        ]
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+
+    def dump_dom(self, url: str) -> str:
+        process = self.start("--dump-dom", url)
+        try:
+            out, _ = process.communicate(timeout=BROWSER_TIMEOUT)
+        finally:
+            stop(process)
+        assert process.returncode == 0, process.returncode
+        return out
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """End this Chromium and its helper processes (its own process group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    elif process.stdout is not None:
+        process.stdout.close()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.slow
+def test_the_page_in_headless_chromium(
+    app: Starlette,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    verify_key: KeyVerifier,
+    tmp_path: Path,
+) -> None:
+    browser = Chromium(find_chromium(), tmp_path)
+    name = "Harbour Physio & Hand <Therapy>"
+    connection = make_connection(store, fake_halaxy, verify_key, name=name)
+    DeadLetterStore(redis_server_client, keys).add(dead_letter(connection.id))
+    job = Job(ActorName.SYNC_PATIENT, QueueName.BULK, {"connection_id": connection.id})
+    app.state.deps.queue.enqueue([job])
+    recorder = Recorder(app)
+    with ServerThread(recorder) as server:
+        signed_in = f"http://ops:{TOKEN}@127.0.0.1:{server.port}/ops"
+
+        # Signed in by the URL's credentials: Chromium answers the Basic challenge with them.
+        dom = browser.dump_dom(signed_in)
+        page = Page(dom)
+        attention, cells = page.row("connections", name)
+        assert (attention, cells[1], cells[6]) == ("attention", connection.id, "1")
+        assert page.row("queues", "live")[1][1] == "0"
+        assert page.row("queues", "bulk")[1][1] == "1"
+        assert len(recorder.pages(401)) == 1  # the challenge, then the page
+        assert len(recorder.pages(200)) == 1
+
+        # No credentials: the browser is refused and shows none of it.
+        recorder.answers.clear()
+        dom = browser.dump_dom(f"{server.url}/ops")
+        assert recorder.pages(401)
+        assert recorder.pages(200) == []
+        assert connection.id not in dom
+        assert "Harbour Physio" not in dom
+
+        # Left open on the page, the browser loads it again by itself every 10 seconds.
+        recorder.answers.clear()
+        process = browser.start(signed_in)
+        try:
+            refreshed = wait_for(lambda: len(recorder.pages(200)) >= 2, 30)
+        finally:
+            stop(process)
+        loads = recorder.pages(200)
+        assert refreshed, recorder.answers
+        assert 9 <= loads[1] - loads[0] <= 15, loads
+        print(f"\n/ops in chromium: {len(loads)} loads, {loads[1] - loads[0]:.1f} s apart")

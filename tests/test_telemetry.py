@@ -1,0 +1,286 @@
+"""The pieces behind cross-process metrics, status and audit, on real Redis: pushes of growth,
+no loss while Redis is away, the exposition, the HTTP transport's counts, the audit trail."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+import redis
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.cli.main import cli
+from services.sandbox.serve import free_port
+from services.workers.job_metrics import outcome_of
+from shared.audit import AuditTrail
+from shared.config import Settings
+from shared.errors import StoreUnavailable
+from shared.store import Keys
+from shared.telemetry.activity import read_activity
+from shared.telemetry.collect import exposition, totals
+from shared.telemetry.definitions import JOB_DURATION, JOBS, LAST_EVENT
+from shared.telemetry.http import MeteredTransport
+from shared.telemetry.push import MetricsPusher
+from tests.redis_server import RedisServer
+from tests.test_processes import BIN, process_env
+
+
+def fresh_id() -> str:
+    return "cn_" + secrets.token_hex(6)
+
+
+def parsed(body: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def test_a_push_sends_growth_since_the_last_push_and_only_what_came_after_the_pusher(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    cid = fresh_id()
+    JOBS.labels("sync_patient", "live", cid, "succeeded").inc(5)  # before: not ours to send
+    pusher = MetricsPusher(redis_server_client, keys, interval=60)
+    JOBS.labels("sync_patient", "live", cid, "succeeded").inc(2)
+    pusher.push()
+    JOBS.labels("sync_patient", "live", cid, "succeeded").inc()
+    pusher.push()
+    pusher.push()  # nothing new: nothing added
+
+    samples = parsed(exposition(list(totals(redis_server_client, keys))))
+    labels = {"actor": "sync_patient", "queue": "live", "connection_id": cid}
+    key = ("halaxy_bridge_jobs_total", frozenset({**labels, "outcome": "succeeded"}.items()))
+    assert samples[key] == 3
+
+
+def test_two_processes_pushing_add_up(redis_server_client: redis.Redis, keys: Keys) -> None:
+    """Two registries stand for two processes with the same metric definitions."""
+    cid = fresh_id()
+    pushers, counters = [], []
+    for _ in range(2):
+        registry = CollectorRegistry()
+        counters.append(
+            Counter(
+                "halaxy_bridge_jobs",
+                "d",
+                ["actor", "queue", "connection_id", "outcome"],
+                registry=registry,
+            )
+        )
+        pushers.append(MetricsPusher(redis_server_client, keys, 60, registry))
+    counters[0].labels("a", "live", cid, "succeeded").inc(4)
+    counters[1].labels("a", "live", cid, "succeeded").inc(3)
+    for pusher in pushers:
+        pusher.push()
+    stored = parsed(exposition(list(totals(redis_server_client, keys))))
+    assert sum(v for (n, ls), v in stored.items() if ("connection_id", cid) in ls) == 7
+
+
+def test_counts_made_while_redis_is_down_go_with_the_next_push(
+    private_redis: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(private_redis.url, socket_connect_timeout=0.5)
+    keys = Keys("down-" + secrets.token_hex(3))
+    cid = fresh_id()
+    pusher = MetricsPusher(client, keys, interval=60)
+    JOBS.labels("sync_patient", "live", cid, "dead").inc()
+    private_redis.stop()
+    with pytest.raises(StoreUnavailable):
+        pusher.push()
+    pusher.push_quietly()  # logs, never raises: a worker must not fail over metrics
+    JOBS.labels("sync_patient", "live", cid, "dead").inc()
+    private_redis.start()
+    pusher.push()
+    samples = parsed(exposition(list(totals(client, keys))))
+    assert sum(v for (n, ls), v in samples.items() if ("connection_id", cid) in ls) == 2
+
+
+def test_histograms_come_out_whole_and_in_order(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    cid = fresh_id()
+    pusher = MetricsPusher(redis_server_client, keys, interval=60)
+    for seconds in (0.003, 0.2, 0.2, 7.0):
+        JOB_DURATION.labels("sync_patient", cid).observe(seconds)
+    pusher.push()
+    text = exposition(list(totals(redis_server_client, keys)))
+    samples = parsed(text)  # the official parser accepts it
+    bucket = "halaxy_bridge_job_duration_seconds_bucket"
+    labels = {"actor": "sync_patient", "connection_id": cid}
+    assert samples[(bucket, frozenset({**labels, "le": "0.01"}.items()))] == 1
+    assert samples[(bucket, frozenset({**labels, "le": "0.25"}.items()))] == 3
+    assert samples[(bucket, frozenset({**labels, "le": "+Inf"}.items()))] == 4
+    count = ("halaxy_bridge_job_duration_seconds_count", frozenset(labels.items()))
+    assert samples[count] == 4
+    lines = [line for line in text.decode().splitlines() if cid in line and "_bucket" in line]
+    bounds = [float(line.split('le="')[1].split('"')[0]) for line in lines]
+    assert bounds == sorted(bounds)
+
+
+def test_the_latest_time_wins_across_processes(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    cid = fresh_id()
+    registry = CollectorRegistry()
+    from prometheus_client import Gauge
+
+    older = Gauge(LAST_EVENT._name, "d", ["connection_id"], registry=registry)
+    pusher = MetricsPusher(redis_server_client, keys, 60)
+    late = MetricsPusher(redis_server_client, keys, 60, registry)
+    LAST_EVENT.labels(cid).set(2_000_000_000)
+    older.labels(cid).set(1_000_000_000)  # another process, pushing an older time later
+    pusher.push()
+    late.push()
+    assert read_activity(redis_server_client, keys, time.time()).last_event[cid] == 2_000_000_000
+
+
+def test_status_counts_failures_of_the_last_hour_only(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    cid = fresh_id()
+    pusher = MetricsPusher(redis_server_client, keys, 60)
+    JOBS.labels("sync_patient", "live", cid, "retried").inc(2)
+    JOBS.labels("sync_patient_bulk", "bulk", cid, "dead").inc()
+    JOBS.labels("sync_patient", "live", cid, "succeeded").inc(6)
+    JOBS.labels("sync_patient", "live", cid, "deferred").inc(9)  # waiting is not failing
+    pusher.push()
+    now = time.time()
+    activity = read_activity(redis_server_client, keys, now)
+    assert activity.failures_last_hour[cid] == 3
+    assert activity.processed_last_hour[cid] == 18
+    assert activity.throughput_per_minute("bulk") == pytest.approx(1 / 5)
+    later = read_activity(redis_server_client, keys, now + 3700)
+    assert later.failures_last_hour[cid] == 0
+
+
+class _Proxy:
+    def __init__(self, failed: bool, options: dict[str, object] | None = None) -> None:
+        self.failed = failed
+        self.options = options or {}
+
+
+@pytest.mark.parametrize(
+    ("failed", "exception", "options", "expected"),
+    [
+        (False, None, {}, "succeeded"),
+        (False, None, {"bridge_dropped": True}, "dropped"),
+        (True, RuntimeError("x"), {}, "dead"),
+        (False, RuntimeError("x"), {}, "retried"),
+    ],
+)
+def test_job_outcomes(
+    failed: bool, exception: BaseException | None, options: dict[str, object], expected: str
+) -> None:
+    assert outcome_of(_Proxy(failed, options), exception) == expected
+
+
+def test_a_deferral_is_not_a_failure() -> None:
+    import dramatiq
+
+    assert outcome_of(_Proxy(False), dramatiq.Retry("later", delay=10)) == "deferred"
+
+
+def test_the_transport_counts_by_target_and_status_and_errors() -> None:
+    cid = fresh_id()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "down.example":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(404 if request.url.path == "/missing" else 200)
+
+    targets = {("au-api.halaxy.com", 443): "halaxy", ("pt.example", 443): "platform"}
+    transport = MeteredTransport(httpx.MockTransport(answer), cid, targets)
+    with httpx.Client(transport=transport) as http:
+        http.get("https://au-api.halaxy.com/main/Patient/1")
+        http.get("https://pt.example/missing")
+        http.get("https://files.example/a.pdf")
+        with pytest.raises(httpx.ConnectError):
+            http.get("https://down.example/x")
+    from shared.telemetry.definitions import UPSTREAM_REQUESTS
+
+    def count(target: str, status: str) -> float:
+        return UPSTREAM_REQUESTS.labels(cid, target, status)._value.get()
+
+    assert count("halaxy", "200") == 1
+    assert count("platform", "404") == 1
+    assert count("other", "200") == 1
+    assert count("other", "error") == 1
+
+
+def test_audit_trail_filters_and_keeps_order(redis_server_client: redis.Redis, keys: Keys) -> None:
+    trail = AuditTrail(redis_server_client, keys)
+    for n in range(1203):  # more than one page of the stream
+        trail.record(
+            actor="worker",
+            action="platform.patient_created",
+            connection_id="a",
+            resource_ids=f"Patient/{n}",
+        )
+    trail.record(actor="ops", action="connection.disabled", connection_id="b")
+    newest = trail.entries(connection_id="a", limit=1000)
+    assert len(newest) == 1000
+    assert newest[-1].resource_ids == "Patient/1202"
+    assert newest[0].resource_ids == "Patient/203"
+    assert [e.action for e in trail.entries(action="connection.")] == ["connection.disabled"]
+    future = datetime.now(UTC) + timedelta(minutes=1)
+    assert trail.entries(since=future) == []
+
+
+def test_audit_entries_older_than_the_retention_are_trimmed(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    redis_server_client.xadd(keys.audit(), {"action": "ancient"}, id="1000-0")
+    AuditTrail(redis_server_client, keys, retention=timedelta(days=1)).record(
+        actor="ops", action="connection.added"
+    )
+    assert [e.action for e in AuditTrail(redis_server_client, keys).entries()] == [
+        "connection.added"
+    ]
+
+
+@hsettings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(since=st.text(max_size=40))
+def test_audit_since_gets_a_clear_error_not_a_crash(since: str) -> None:
+    """Whatever `--since` says, the command answers: entries, or a one-line error, exit 2."""
+    result = CliRunner().invoke(cli, ["audit", "--since", since, "--json"])
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 2:
+        assert "since" in result.output or "Error" in result.output
+
+
+@pytest.mark.parametrize("redis_up", [True, False])
+def test_status_watch_refreshes_and_outlasts_a_redis_outage(
+    settings: Settings, redis_up: bool
+) -> None:
+    env = process_env(settings)
+    if not redis_up:
+        env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    command = [str(BIN / "halaxy-bridge"), "status", "--watch", "--json", "--interval", "0.5"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        lines = [orjson.loads(process.stdout.readline()) for _ in range(2)]
+        assert process.poll() is None  # still watching
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+    assert process.returncode == 0  # Ctrl-C ends a watch quietly
+    if redis_up:
+        assert all({"queues", "connections", "generated_at"} <= set(line) for line in lines)
+    else:
+        assert all(line["error"] == "unavailable" for line in lines)
