@@ -52,43 +52,45 @@ class AuditTrail:
         resource_ids: str = "",
         outcome: str = "ok",
     ) -> None:
+        """Append an entry. What it records has already happened (a note is in Halaxy, a secret
+        was rotated) and must not be reported as failed, or undone by a retry, because Redis
+        missed the entry: a failure to record is logged at ERROR with the same fields."""
         oldest_ms = int((datetime.now(UTC) - self._retention).timestamp() * 1000)
-        with translate_redis_errors():
-            self._redis.xadd(
-                self._key,
-                {
-                    "actor": actor,
-                    "action": action,
-                    "connection_id": connection_id,
-                    "resource_ids": resource_ids,
-                    "outcome": outcome,
-                },
-                minid=oldest_ms,
-                approximate=False,  # exact: nothing past the retention is ever shown
+        try:
+            with translate_redis_errors():
+                self._redis.xadd(
+                    self._key,
+                    {
+                        "actor": actor,
+                        "action": action,
+                        "connection_id": connection_id,
+                        "resource_ids": resource_ids,
+                        "outcome": outcome,
+                    },
+                    minid=oldest_ms,
+                    approximate=False,  # exact: nothing past the retention is ever shown
+                )
+        except BridgeError:
+            log.error(
+                "audit.not_recorded",
+                actor=actor,
+                action=action,
+                connection_id=connection_id,
+                resource_ids=resource_ids,
+                outcome=outcome,
             )
 
     def record_write(
         self, action: str, connection_id: str, resource_ids: str, outcome: str = "ok"
     ) -> None:
-        """A worker's write to an outside system. The write has happened and must not be
-        undone by a Redis hiccup here: a failure to record is logged (with the same ids) and
-        the job goes on."""
-        try:
-            self.record(
-                actor=WORKER,
-                action=action,
-                connection_id=connection_id,
-                resource_ids=resource_ids,
-                outcome=outcome,
-            )
-        except BridgeError:
-            log.error(
-                "audit.not_recorded",
-                action=action,
-                connection_id=connection_id,
-                resource_ids=resource_ids,
-                outcome=outcome,
-            )
+        """A worker's write to an outside system."""
+        self.record(
+            actor=WORKER,
+            action=action,
+            connection_id=connection_id,
+            resource_ids=resource_ids,
+            outcome=outcome,
+        )
 
     def entries(
         self,
@@ -99,7 +101,7 @@ class AuditTrail:
         limit: int = 1000,
     ) -> list[AuditEntry]:
         """The newest `limit` entries matching the filters, oldest first."""
-        start = "-" if since is None else str(int(since.timestamp() * 1000))
+        start = "-" if since is None else str(max(0, int(since.timestamp() * 1000)))
         found: list[AuditEntry] = []
         end = "+"
         with translate_redis_errors():

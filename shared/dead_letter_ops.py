@@ -22,7 +22,10 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
         return None
     match = DURATION.fullmatch(text.strip())
     if match:
-        return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            raise InvalidInput("since reaches back too far; give an ISO 8601 time") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

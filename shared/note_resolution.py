@@ -55,6 +55,8 @@ def resolve_note(
     )
     if not moved:
         raise InvalidInput(f"note {record.note_id} is {found}, not parked")
+    if resolution is Resolution.RETRY:
+        queue.enqueue([job_for_note(record.connection_id, record.note_id)])
     audit.record(
         actor=by,
         action="note.resolved",
@@ -64,8 +66,6 @@ def resolve_note(
         ),
         outcome=resolution.value,
     )
-    if resolution is Resolution.RETRY:
-        queue.enqueue([job_for_note(record.connection_id, record.note_id)])
     settled = outbox.get(record.connection_id, record.note_id)
     assert settled is not None
     return settled

@@ -157,7 +157,6 @@ def _post(
     log.info(
         "note.created_in_halaxy", connection_id=connection.id, note_id=note_id, docref_id=docref_id
     )
-    audit.record_write("halaxy.note_posted", connection.id, f"{ids} DocumentReference/{docref_id}")
     # A 201 proves the note exists: record it even if the note was parked meanwhile.
     moved, found = outbox.move(
         connection.id,
@@ -166,6 +165,7 @@ def _post(
         NoteState.POSTED,
         docref_id=docref_id,
     )
+    audit.record_write("halaxy.note_posted", connection.id, f"{ids} DocumentReference/{docref_id}")
     if not moved:
         log.error(
             "note.posted_but_not_recorded",

@@ -48,7 +48,12 @@ end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
-redis.call('ZREM', KEYS[3], ARGV[3])  -- a worker (or a person) has taken the note up
+if current == 'parked' and ARGV[2] == 'queued' then
+  -- a person asked for a retry: until a worker takes it up, the scheduler watches for its job
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+else
+  redis.call('ZREM', KEYS[3], ARGV[3])  -- a worker (or a person) has taken the note up
+end
 return {1, current}
 """
 

@@ -41,8 +41,14 @@ def queue_status(
             oldest = client.hget(f"{name}.msgs", oldest_id) if oldest_id is not None else None
             age = None
             if oldest is not None:
-                sent_ms = orjson.loads(as_bytes(oldest)).get("message_timestamp", 0)
-                age = max(0.0, round(now - sent_ms / 1000, 1))
+                message = orjson.loads(as_bytes(oldest))
+                # A retried or deferred message keeps its first timestamp; it has waited in
+                # this queue only since its `eta`.
+                since_ms = max(
+                    message.get("message_timestamp", 0),
+                    message.get("options", {}).get("eta", 0),
+                )
+                age = max(0.0, round(now - since_ms / 1000, 1))
             rows.append(
                 {
                     "queue": queue.value,
@@ -62,9 +68,11 @@ def status(
     connections: ConnectionStore,
     outbox: NoteOutbox,
     now: float | None = None,
+    recent: bool = True,
 ) -> dict[str, Any]:
+    """`recent`: include the last hour's failures and throughput (more of Redis to read)."""
     now = time.time() if now is None else now
-    activity = read_activity(client, keys, now)
+    activity = read_activity(client, keys, now, recent)
     sweeps = SweepLog(client, keys)
     letters = DeadLetterStore(client, keys).list()
     parked = outbox.parked()

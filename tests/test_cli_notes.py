@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -94,6 +94,8 @@ def test_resolve_retry_queues_it_again(
     [message] = queued_messages(redis_server_client, Keys(settings.redis_namespace))
     assert message["actor_name"] == "write_program_note"
     assert message["kwargs"]["note_id"] == note_id
+    # Until a worker takes it up, the scheduler watches for a lost job (as for a new note).
+    assert ("cn_test", note_id) in outbox.unclaimed(older_than=timedelta(0))
 
 
 def test_resolve_drop(settings: Settings, outbox: NoteOutbox) -> None:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
 
 import httpx
 import orjson
@@ -19,18 +21,21 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from services.cli.main import cli
-from services.sandbox.serve import free_port
+from services.sandbox.serve import ServerThread, free_port
 from services.workers.job_metrics import outcome_of
 from shared.audit import AuditTrail
 from shared.config import Settings
 from shared.errors import StoreUnavailable
+from shared.halaxy.client import new_http_client
+from shared.status import queue_status
 from shared.store import Keys
 from shared.telemetry.activity import read_activity
 from shared.telemetry.collect import exposition, totals
 from shared.telemetry.definitions import JOB_DURATION, JOBS, LAST_EVENT
-from shared.telemetry.http import MeteredTransport
+from shared.telemetry.http import MeteredClient
 from shared.telemetry.push import MetricsPusher
 from tests.redis_server import RedisServer
 from tests.test_processes import BIN, process_env
@@ -113,7 +118,15 @@ def test_histograms_come_out_whole_and_in_order(
 ) -> None:
     cid = fresh_id()
     pusher = MetricsPusher(redis_server_client, keys, interval=60)
-    for seconds in (0.003, 0.2, 0.2, 7.0):
+    JOB_DURATION.labels("sync_patient", cid).observe(7.0)
+    pusher.push()  # a new series goes whole: its empty low buckets too
+    first = parsed(exposition(list(totals(redis_server_client, keys))))
+    low = (
+        "halaxy_bridge_job_duration_seconds_bucket",
+        frozenset({"actor": "sync_patient", "connection_id": cid, "le": "0.01"}.items()),
+    )
+    assert first[low] == 0
+    for seconds in (0.003, 0.2, 0.2):
         JOB_DURATION.labels("sync_patient", cid).observe(seconds)
     pusher.push()
     text = exposition(list(totals(redis_server_client, keys)))
@@ -193,7 +206,7 @@ def test_a_deferral_is_not_a_failure() -> None:
     assert outcome_of(_Proxy(False), dramatiq.Retry("later", delay=10)) == "deferred"
 
 
-def test_the_transport_counts_by_target_and_status_and_errors() -> None:
+def test_the_client_counts_by_target_and_status_and_errors() -> None:
     cid = fresh_id()
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -202,8 +215,7 @@ def test_the_transport_counts_by_target_and_status_and_errors() -> None:
         return httpx.Response(404 if request.url.path == "/missing" else 200)
 
     targets = {("au-api.halaxy.com", 443): "halaxy", ("pt.example", 443): "platform"}
-    transport = MeteredTransport(httpx.MockTransport(answer), cid, targets)
-    with httpx.Client(transport=transport) as http:
+    with MeteredClient(cid, targets, transport=httpx.MockTransport(answer)) as http:
         http.get("https://au-api.halaxy.com/main/Patient/1")
         http.get("https://pt.example/missing")
         http.get("https://files.example/a.pdf")
@@ -284,3 +296,61 @@ def test_status_watch_refreshes_and_outlasts_a_redis_outage(
         assert all({"queues", "connections", "generated_at"} <= set(line) for line in lines)
     else:
         assert all(line["error"] == "unavailable" for line in lines)
+
+
+def test_an_audit_entry_redis_missed_is_logged_and_the_action_stands() -> None:
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    with capture_logs() as logs:
+        AuditTrail(unreachable, Keys("nowhere")).record(
+            actor="ops", action="connection.rotated", connection_id="cn_x"
+        )  # no exception: the rotation happened and must be shown to whoever did it
+    assert [(e["event"], e["action"]) for e in logs] == [
+        ("audit.not_recorded", "connection.rotated")
+    ]
+
+
+def test_the_oldest_age_of_a_retried_message_counts_from_its_return_to_the_queue(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    queue = f"{keys.dramatiq_namespace()}:live"
+    now = time.time()
+    message = {
+        "message_timestamp": int((now - 3600) * 1000),
+        "options": {"eta": int((now - 30) * 1000)},
+    }
+    redis_server_client.rpush(queue, "m1")
+    redis_server_client.hset(f"{queue}.msgs", "m1", orjson.dumps(message))
+    [live, _] = queue_status(redis_server_client, keys, now=now)
+    assert 29 <= live["oldest_age_seconds"] <= 31
+
+
+@pytest.mark.parametrize(("since", "exit_code"), [("999999d", 2), ("1900-01-01T00:00:00Z", 0)])
+def test_audit_since_at_the_extremes(since: str, exit_code: int) -> None:
+    result = CliRunner().invoke(cli, ["audit", "--since", since, "--json"])
+    assert result.exit_code == exit_code, result.output
+
+
+def test_the_metered_client_still_goes_through_the_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Egress proxies (HTTP_PROXY, HTTPS_PROXY) apply as to any httpx client."""
+    seen: list[str] = []
+
+    async def proxy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"via proxy"})
+
+    with ServerThread(proxy) as server:
+        monkeypatch.setenv("HTTP_PROXY", server.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with new_http_client(partial(MeteredClient, fresh_id(), {})) as http:
+            response = http.get("http://platform.example.invalid/api/v2/clients")
+    assert response.text == "via proxy"
+    assert seen

@@ -14,8 +14,16 @@ def scheduler() -> None:
     from services.scheduler.loop import Scheduler
     from services.workers import settings
     from services.workers.runtime import WorkerRuntime
+    from shared.telemetry.push import MetricsPusher
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Scheduler(settings, WorkerRuntime(settings)).run(stop)
+    runtime = WorkerRuntime(settings)
+    # Sweeps call Halaxy too: their requests, token refreshes and refusals count.
+    pusher = MetricsPusher(runtime.redis, runtime.keys, settings.metrics_push_seconds)
+    pusher.start()
+    try:
+        Scheduler(settings, runtime).run(stop)
+    finally:
+        pusher.stop()

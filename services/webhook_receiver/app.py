@@ -36,9 +36,13 @@ from shared.notes_outbox import NoteOutbox
 from shared.onboarding import KeyVerifier
 from shared.program_intake import ProgramIntake
 from shared.store import Keys, redis_client
+from shared.telemetry.collect import Reused
 from shared.telemetry.push import MetricsPusher
 
 log = structlog.get_logger("halaxy_bridge.receiver")
+
+# A scrape is reused this long (never longer than a push interval): see `Reused`.
+SCRAPE_REUSE_SECONDS = 5.0
 
 HTTP_ERROR_CODES = {
     400: "bad_request",
@@ -96,6 +100,7 @@ def create_app(
         verify_key=verify_key or halaxy_key_verifier(settings, http),
         metrics=MetricsPusher(client, keys, settings.metrics_push_seconds),
         audit=audit_trail(client, settings),
+        scrapes=Reused(min(SCRAPE_REUSE_SECONDS, settings.metrics_push_seconds)),
     )
 
     @asynccontextmanager

@@ -14,6 +14,7 @@ from shared.intake import WebhookIntake
 from shared.jobs import JobQueue
 from shared.onboarding import KeyVerifier
 from shared.program_intake import ProgramIntake
+from shared.telemetry.collect import Reused
 from shared.telemetry.push import MetricsPusher
 
 
@@ -28,6 +29,7 @@ class Deps:
     verify_key: KeyVerifier
     metrics: MetricsPusher
     audit: AuditTrail
+    scrapes: Reused  # /metrics bodies
 
 
 def deps_of(request: Request) -> Deps:

@@ -34,7 +34,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     try:
-        body = await run_in_threadpool(_scrape, deps_of(request))
+        deps = deps_of(request)
+        body = await run_in_threadpool(deps.scrapes.get, lambda: _scrape(deps))
     except StoreUnavailable:
         raise unavailable(
             "Redis is unreachable, and the metrics of every process are in it"
@@ -46,6 +47,6 @@ def _scrape(deps: Deps) -> bytes:
     deps.metrics.push()  # this process's own counts, so a scrape sees them at once
     keys = Keys(deps.settings.redis_namespace)
     outbox = NoteOutbox(deps.redis, keys, deps.settings.fernet)
-    snapshot = status(deps.redis, keys, deps.connections, outbox)
+    snapshot = status(deps.redis, keys, deps.connections, outbox, recent=False)
     quiet_after = deps.settings.quiet_after_seconds
     return exposition([*totals(deps.redis, keys), *gauges(snapshot, quiet_after, time.time())])

@@ -63,7 +63,6 @@ async def _take(deps: Deps, connection: Connection, request: Request) -> Respons
         bound.warning("callback.unauthorized")
         raise ApiError(401, "unauthorized", "missing or wrong api_key for this connection")
     webhook_id = _verified_webhook_id(connection, request, body)
-    metrics.authenticated(connection.id)
     try:
         callback = parse_callback(data)
         # Refuse now what the worker would refuse later, so the platform hears of it.

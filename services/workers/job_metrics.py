@@ -28,13 +28,14 @@ def outcome_of(message: Any, exception: BaseException | None) -> str:
 
 
 class JobMetrics(dramatiq.Middleware):
+    """A job's hooks run on the thread that runs it, so its start time is kept per thread
+    (a message id is not unique among jobs in flight: a redelivery may run alongside)."""
+
     def __init__(self) -> None:
-        self._started: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._local = threading.local()
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        with self._lock:
-            self._started[message.message_id] = time.perf_counter()
+        self._local.started = time.perf_counter()
 
     def after_process_message(
         self,
@@ -44,11 +45,10 @@ class JobMetrics(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        with self._lock:
-            started = self._started.pop(message.message_id, None)
-        connection_id = str(message.kwargs.get("connection_id", ""))
+        started = getattr(self._local, "started", None)
+        self._local.started = None
         outcome = outcome_of(message, exception)
-        JOBS.labels(message.actor_name, q_name(message.queue_name), connection_id, outcome).inc()
+        connection_id = _count(message, outcome)
         if started is not None:
             JOB_DURATION.labels(message.actor_name, connection_id).observe(
                 time.perf_counter() - started
@@ -56,7 +56,15 @@ class JobMetrics(dramatiq.Middleware):
         if outcome == "succeeded":
             LAST_SUCCESS.labels(connection_id).set(time.time())
 
-    after_skip_message = after_process_message
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        self._local.started = None
+        _count(message, "skipped")
+
+
+def _count(message: Any, outcome: str) -> str:
+    connection_id = str(message.kwargs.get("connection_id", ""))
+    JOBS.labels(message.actor_name, q_name(message.queue_name), connection_id, outcome).inc()
+    return connection_id
 
 
 class PushMetrics(dramatiq.Middleware):

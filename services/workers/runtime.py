@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 import redis
@@ -22,7 +23,7 @@ from shared.patient_links import PatientLinks
 from shared.pdf_fetch import PdfFetcher, Resolver, system_resolver
 from shared.platforms import TherapyPlatform, platform_for
 from shared.store import Keys, redis_client
-from shared.telemetry.http import MeteredTransport, origin
+from shared.telemetry.http import MeteredClient, origin
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,7 @@ class WorkerRuntime:
             if cached is None or cached[0] != targets:  # new client when a base URL changed
                 if cached is not None:
                     self._retired.append(cached[1])  # a job may still be using it
-                http = new_http_client(
-                    lambda inner: MeteredTransport(inner, connection.id, targets)
-                )
+                http = new_http_client(partial(MeteredClient, connection.id, targets))
                 cached = self._http[connection.id] = (targets, http)
             return cached[1]
 

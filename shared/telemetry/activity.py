@@ -28,9 +28,11 @@ class Activity:
         return round(self.processed_recently[queue] / THROUGHPUT_MINUTES, 1)
 
 
-def read_activity(client: redis.Redis, keys: Keys, now: float) -> Activity:
+def read_activity(client: redis.Redis, keys: Keys, now: float, recent: bool = True) -> Activity:
+    """Last event and success per connection; with `recent`, also the last hour's counts
+    (60 hashes to read: `/metrics` leaves them out)."""
     this_minute = int(now // 60)
-    minutes = range(this_minute - 59, this_minute + 1)
+    minutes = range(this_minute - 59, this_minute + 1) if recent else range(0)
     with translate_redis_errors():
         pipe = client.pipeline(transaction=False)
         pipe.zrange(keys.metric_latest(), 0, -1, withscores=True)

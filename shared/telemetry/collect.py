@@ -3,7 +3,10 @@ Redis at scrape time (queues, dead letters, parked notes, each connection's last
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -110,6 +113,24 @@ def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> It
 
 def _unix(moment: str) -> float:
     return datetime.fromisoformat(moment).timestamp()
+
+
+class Reused:
+    """The last result of an expensive build, reused for `seconds`, built by one caller at a
+    time: `/metrics` is open to anyone who can reach it and reads much of Redis."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._built_at = -math.inf
+        self._result = b""
+
+    def get(self, build: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if time.monotonic() - self._built_at >= self._seconds:
+                self._result = build()
+                self._built_at = time.monotonic()
+            return self._result
 
 
 class _Snapshot(Collector):

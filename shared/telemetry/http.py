@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,30 +18,28 @@ def origin(url: str) -> tuple[str, int]:
     return (parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme, 0))
 
 
-class MeteredTransport(httpx.BaseTransport):
-    """Wraps a transport; `targets` names the origins (host, port) of Halaxy and the platform,
-    anything else (a PDF host) is "other"."""
+class MeteredClient(httpx.Client):
+    """An `httpx.Client` (environment proxies and all) that counts what it sends. `targets`
+    names the origins (host, port) of Halaxy and the platform; anything else (a PDF host) is
+    "other". The time is to the response headers for a streamed request, else the whole body."""
 
     def __init__(
-        self, inner: httpx.BaseTransport, connection_id: str, targets: dict[tuple[str, int], str]
+        self, connection_id: str, targets: dict[tuple[str, int], str], **options: Any
     ) -> None:
-        self._inner = inner
+        super().__init__(**options)
         self._connection_id = connection_id
         self._targets = targets
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def send(self, request: httpx.Request, **options: Any) -> httpx.Response:
         url = request.url
         port = url.port or DEFAULT_PORTS.get(url.scheme, 0)
         target = self._targets.get((url.host, port), "other")
         started = time.perf_counter()
         try:
-            response = self._inner.handle_request(request)
-        except Exception:
+            response = super().send(request, **options)
+        except httpx.TransportError:
             UPSTREAM_REQUESTS.labels(self._connection_id, target, "error").inc()
             raise
         UPSTREAM_DURATION.labels(self._connection_id, target).observe(time.perf_counter() - started)
         UPSTREAM_REQUESTS.labels(self._connection_id, target, str(response.status_code)).inc()
         return response
-
-    def close(self) -> None:
-        self._inner.close()

@@ -77,7 +77,8 @@ class MetricsPusher:
             changed = [
                 (family, kind, field, value)
                 for family, kind, field, value in _samples(self._registry)
-                if value != self._sent.get(field, 0.0)
+                # A series seen for the first time goes whole, zero buckets included.
+                if field not in self._sent or value != self._sent[field]
             ]
             if not changed:
                 return
@@ -116,4 +117,7 @@ class MetricsPusher:
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):
-            self.push_quietly()
+            try:
+                self.push_quietly()
+            except Exception:  # the thread must outlive any surprise: it is the only pusher
+                log.exception("metrics.push_crashed")
