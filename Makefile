@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: test demo lint typecheck serve worker clean
+.PHONY: test demo lint typecheck serve worker clean bench
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -20,6 +20,10 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet -e '.[demo]'
 	@touch $@
 
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e '.[bench]'
+	@touch $@
+
 ## Run the whole suite (lint, types, tests) against REDIS_URL or a throwaway redis-server.
 test: $(VENV)/.dev-installed lint typecheck
 	@sh scripts/ensure_tools.sh
@@ -31,6 +35,12 @@ lint: $(VENV)/.dev-installed
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
+
+## Benchmarks (issue 7) against REDIS_URL or a throwaway redis-server; writes docs/performance.md.
+## BENCH_ARGS="--size tiny" for a quick pass, "--only P1,P3" for some, "--profile" for py-spy.
+bench: $(VENV)/.bench-installed
+	@sh scripts/ensure_tools.sh
+	$(BIN)/python scripts/with_redis.py $(BIN)/python -m bench $(BENCH_ARGS)
 
 ## Run the demo: receiver + sandbox Halaxy, one sample webhook, then exit.
 demo: $(VENV)/.demo-installed

@@ -1,11 +1,13 @@
 #!/bin/sh
 # Best effort: install the Debian packages some tests use when they are missing — chromium (the
-# /ops page in a real browser) and prometheus (promtool). Only as root with apt-get; never fails:
-# without them those tests skip and say why. Silent when everything is present.
+# /ops page in a real browser) and prometheus (promtool) — and wrk for `make bench` (P1). Only
+# as root with apt-get; never fails: without them those tests skip and say why. Silent when
+# everything is present.
 
 missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 [ -z "$missing" ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
