@@ -6,6 +6,7 @@ instead of the secret, so a dump of Redis carries no secret in clear.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -27,6 +28,9 @@ SEALED_FIELDS = (
 SEALED_RETIRED_FIELDS = ("retired_webhook_secret", "retired_program_api_key")
 
 
+OPENED_KEPT = 512  # decrypted connections kept per process
+
+
 class ConnectionStore:
     """Create, read and update connections; the only code that touches their keys."""
 
@@ -34,6 +38,9 @@ class ConnectionStore:
         self.redis = client
         self.keys = keys
         self._fernet = fernet
+        # Every webhook and job reads its connection: decrypt each stored version once. Keyed
+        # by the whole record, so a rotation or a disable is seen at the next read.
+        self._open = functools.lru_cache(maxsize=OPENED_KEPT)(self._decrypt_record)
 
     def create(self, connection: Connection) -> None:
         record = self._seal(connection)
@@ -73,7 +80,7 @@ class ConnectionStore:
                 data[name]["value"] = self._encrypt(retired.value)
         return orjson.dumps(data)
 
-    def _open(self, record: bytes) -> Connection:
+    def _decrypt_record(self, record: bytes) -> Connection:
         data = orjson.loads(record)
         for name in SEALED_FIELDS:
             if data.get(name) is not None:
