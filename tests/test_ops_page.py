@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from shared.jobs import ActorName, Job, QueueName
 from shared.onboarding import KeyVerifier
 from shared.store import Keys
 from tests.conftest import make_connection
+from tests.test_dead_letters import LETTER
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
@@ -88,19 +90,7 @@ class Page(HTMLParser):
 
 
 def dead_letter(connection_id: str) -> DeadLetter:
-    return DeadLetter(
-        id="m-ops-1",
-        actor="sync_patient",
-        queue="live",
-        connection_id=connection_id,
-        event="patient-created",
-        resource_id="1001",
-        error_class="PatientNotUsable",
-        reason="Patient 1001 cannot be synced",
-        attempts=1,
-        first_enqueued_at="2026-11-21T09:00:00+00:00",
-        failed_at="2026-11-21T09:00:01+00:00",
-    )
+    return replace(LETTER, id="m-ops-1", connection_id=connection_id, kwargs={})
 
 
 # --- Through the test client ----------------------------------------------------------------

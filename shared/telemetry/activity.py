@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.store import Keys, as_bytes, translate_redis_errors
-from shared.telemetry.definitions import JOBS, LAST_EVENT, LAST_SUCCESS
+from shared.telemetry.definitions import JOBS_NAME, LAST_EVENT_NAME, LAST_SUCCESS_NAME
 from shared.telemetry.push import read_field
 
 FAILED = frozenset({"retried", "dead"})
@@ -40,12 +40,12 @@ def read_activity(client: redis.Redis, keys: Keys, now: float, recent: bool = Tr
             pipe.hgetall(keys.metric_minute(minute))
         latest, *per_minute = pipe.execute()
     activity = Activity()
-    gauges = {LAST_EVENT._name: activity.last_event, LAST_SUCCESS._name: activity.last_success}
+    gauges = {LAST_EVENT_NAME: activity.last_event, LAST_SUCCESS_NAME: activity.last_success}
     for raw, score in latest:
         name, labels = read_field(as_bytes(raw))
         if name in gauges:
             gauges[name][labels["connection_id"]] = float(score)
-    jobs_total = f"{JOBS._name}_total"
+    jobs_total = f"{JOBS_NAME}_total"
     for minute, counts in zip(minutes, per_minute, strict=True):
         recent = minute > this_minute - THROUGHPUT_MINUTES
         for raw, value in counts.items():

@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.store import Keys, as_bytes, translate_redis_errors
-from shared.telemetry.definitions import REGISTRY
+from shared.telemetry.definitions import LAST_EVENT_NAME, LAST_SUCCESS_NAME, REGISTRY
 from shared.telemetry.push import read_field
 
 SUFFIX_ORDER = {"_bucket": 0, "_count": 1, "_sum": 2, "_total": 0}
@@ -32,11 +32,11 @@ PER_CONNECTION = {
         "How long the connection may send no webhook before it is worth an alert.",
     ),
     "last_event": (
-        "halaxy_bridge_connection_last_event_timestamp_seconds",
-        "Unix time of the last authenticated webhook (the connection's creation before any).",
+        LAST_EVENT_NAME,
+        "Unix time of the last authenticated Halaxy webhook (its creation before any).",
     ),
     "last_success": (
-        "halaxy_bridge_connection_last_success_timestamp_seconds",
+        LAST_SUCCESS_NAME,
         "Unix time of the last job of the connection that succeeded.",
     ),
     "reconcile_lag": (

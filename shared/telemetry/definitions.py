@@ -32,8 +32,9 @@ WEBHOOK_REJECTIONS = Counter(
     ["connection_id", "event", "reason"],
     registry=REGISTRY,
 )
+JOBS_NAME = "halaxy_bridge_jobs"
 JOBS = Counter(
-    "halaxy_bridge_jobs",
+    JOBS_NAME,
     "Jobs that ran, by outcome (succeeded, retried, deferred, dead, dropped).",
     ["actor", "queue", "connection_id", "outcome"],
     registry=REGISTRY,
@@ -82,20 +83,23 @@ NOTES = Counter(
     ["connection_id", "outcome"],
     registry=REGISTRY,
 )
+# Pushed (the latest time of any process wins), and exported by `collect.gauges` with a
+# fallback for connections that have none yet.
+LAST_EVENT_NAME = "halaxy_bridge_connection_last_event_timestamp_seconds"
+LAST_SUCCESS_NAME = "halaxy_bridge_connection_last_success_timestamp_seconds"
 LAST_EVENT = Gauge(
-    "halaxy_bridge_connection_last_event_timestamp_seconds",
-    "Unix time of the last authenticated webhook from the connection.",
+    LAST_EVENT_NAME,
+    "Unix time of the last authenticated Halaxy webhook from the connection.",
     ["connection_id"],
     registry=REGISTRY,
 )
 LAST_SUCCESS = Gauge(
-    "halaxy_bridge_connection_last_success_timestamp_seconds",
+    LAST_SUCCESS_NAME,
     "Unix time of the last job of the connection that succeeded.",
     ["connection_id"],
     registry=REGISTRY,
 )
 
-# Gauges above hold a time: across processes the latest one wins.
-LATEST_GAUGES = frozenset({LAST_EVENT._name, LAST_SUCCESS._name})
+LATEST_GAUGES = frozenset({LAST_EVENT_NAME, LAST_SUCCESS_NAME})
 # Counters also kept per minute for two hours, for "in the last hour" figures in `status`.
-WINDOWED = frozenset({JOBS._name})
+WINDOWED = frozenset({JOBS_NAME})
