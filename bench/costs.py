@@ -28,6 +28,16 @@ def timed(label: str, step: Callable[[], Any], calls: int = 500) -> None:
     print(f"  {label:<62}{micros:>9.1f} µs", flush=True)
 
 
+async def timed_async(label: str, step: Callable[[], Any], calls: int = 500) -> None:
+    """`timed` for a coroutine function."""
+    await step()
+    started = time.perf_counter()
+    for _ in range(calls):
+        await step()
+    micros = (time.perf_counter() - started) / calls * 1e6
+    print(f"  {label:<62}{micros:>9.1f} µs", flush=True)
+
+
 def main() -> None:
     prepare_environment()
     os.environ["LOG_LEVEL"] = "INFO"  # the log line is one of the steps
@@ -39,24 +49,21 @@ def main() -> None:
     from bench.common import namespace
     from bench.sandbox import add_clinics, add_patients, running_sandbox, webhook
     from services.sandbox.samples import notification
-    from services.workers.messaging import DramatiqJobQueue, build_broker
+    from services.webhook_receiver.known_connections import KnownConnections
     from services.workers.runtime import WorkerRuntime
     from shared.connection_store import ConnectionStore
     from shared.halaxy.events import HALAXY_EVENTS
     from shared.halaxy.notifications import parse_notification
-    from shared.intake import WebhookIntake
-    from shared.jobs import job_for_event
+    from shared.intake import RedisEventIntake
     from shared.logs import configure_logging
     from shared.patients import map_patient
-    from shared.store import Keys, as_bytes, redis_client
+    from shared.store import Keys, as_bytes, async_redis_client, redis_client
 
     with namespace("costs") as settings, running_sandbox() as sandbox:
         receiver_clinic, worker_clinic = add_clinics(settings, sandbox, 2, "Costs clinic")
         client = redis_client(settings)
         keys = Keys(settings.redis_namespace)
         store = ConnectionStore(client, keys, settings.fernet)
-        queue = DramatiqJobQueue(build_broker(settings, client))
-        intake = WebhookIntake(client, keys, queue)
         event = HALAXY_EVENTS["patient-created"]
         base = receiver_clinic.halaxy_base_url
         numbers = itertools.count()
@@ -67,21 +74,31 @@ def main() -> None:
 
         print("receiver, per webhook:")
         timed("Redis PING (one round trip)", client.ping)
-        timed(
-            "ConnectionStore.get (GET, 5 Fernet decrypts, validation)",
-            lambda: store.get(receiver_clinic.id),
-        )
-        record = as_bytes(client.get(keys.connection(receiver_clinic.id)) or b"")
-        timed("  of which decrypt + validate (ConnectionStore._open)", lambda: store._open(record))
         hook = webhook(receiver_clinic, "1001")
         timed("parse_notification", lambda: parse_notification(hook.body, "Patient", base))
         timed("(making a fresh notification, to subtract below)", fresh_events)
+        record = as_bytes(client.get(keys.connection(receiver_clinic.id)) or b"")
         timed(
-            "WebhookIntake.accept, one fresh event (3 round trips)",
-            lambda: intake.accept(receiver_clinic.id, event, fresh_events()),
+            "decrypt + validate a connection record (5 Fernet decrypts)",
+            lambda: store._decrypt_record(record),
         )
-        job = job_for_event(receiver_clinic.id, event, fresh_events()[0])
-        timed("  of which DramatiqJobQueue.enqueue, one job", lambda: queue.enqueue([job]))
+
+        async def async_steps() -> None:
+            async_client = async_redis_client(settings)
+            known = KnownConnections(async_client, store)
+            intake = RedisEventIntake(async_client, keys)
+            await timed_async("async Redis PING (one round trip)", async_client.ping)
+            await timed_async(
+                "KnownConnections.read (GET; decrypted once, then memoised)",
+                lambda: known.read(receiver_clinic.id),
+            )
+            await timed_async(
+                "RedisEventIntake.accept, one fresh event (one script call)",
+                lambda: intake.accept(record, receiver_clinic.id, event, fresh_events()),
+            )
+            await async_client.aclose()
+
+        asyncio.run(async_steps())
         configure_logging(settings)
         with open(os.devnull, "w") as devnull:
             for handler in logging.getLogger().handlers:

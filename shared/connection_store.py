@@ -40,7 +40,7 @@ class ConnectionStore:
         self._fernet = fernet
         # Every webhook and job reads its connection: decrypt each stored version once. Keyed
         # by the whole record, so a rotation or a disable is seen at the next read.
-        self._open = functools.lru_cache(maxsize=OPENED_KEPT)(self._decrypt_record)
+        self.open_record = functools.lru_cache(maxsize=OPENED_KEPT)(self._decrypt_record)
 
     def create(self, connection: Connection) -> None:
         record = self._seal(connection)
@@ -59,14 +59,14 @@ class ConnectionStore:
     def get(self, connection_id: str) -> Connection | None:
         with translate_redis_errors():
             record = self.redis.get(self.keys.connection(connection_id))
-        return None if record is None else self._open(as_bytes(record))
+        return None if record is None else self.open_record(as_bytes(record))
 
     def list(self) -> list[Connection]:
         with translate_redis_errors():
             members = self.redis.smembers(self.keys.connection_index())
             ids = sorted(as_bytes(m).decode() for m in members)
             records = self.redis.mget([self.keys.connection(i) for i in ids]) if ids else []
-        found = [self._open(as_bytes(r)) for r in records if r is not None]
+        found = [self.open_record(as_bytes(r)) for r in records if r is not None]
         return sorted(found, key=lambda c: (c.created_at, c.id))
 
     def _seal(self, connection: Connection) -> bytes:

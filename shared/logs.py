@@ -13,6 +13,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 from shared.config import LogFormat, Settings
@@ -100,6 +101,11 @@ def redact(
     return event_dict
 
 
+def _orjson_text(event_dict: Any, default: Any = None) -> str:
+    # A fifth of the stdlib json module's time: every webhook and every job writes a line.
+    return orjson.dumps(event_dict, default=default).decode()
+
+
 def configure_logging(settings: Settings) -> None:
     """Route structlog and the standard library's logging through the same redacted output."""
     shared_processors: list[Any] = [
@@ -111,7 +117,7 @@ def configure_logging(settings: Settings) -> None:
         redact,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_text)
         if settings.log_format is LogFormat.JSON
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

@@ -5,22 +5,30 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import redis
+import redis.asyncio
 
 from shared.config import Settings
 from shared.errors import StoreUnavailable, Transient
 
+CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 2.0,
+    "health_check_interval": 15,
+    "retry_on_timeout": False,
+}
+
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A pooled client with short timeouts, so a dead Redis is noticed in about a second."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=1.0,
-        socket_timeout=2.0,
-        health_check_interval=15,
-        retry_on_timeout=False,
-    )
+    return redis.Redis.from_url(settings.redis_url, **CLIENT_OPTIONS)
+
+
+def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
+    """`redis_client`'s twin for the event loop (the receiver's webhook intake)."""
+    return redis.asyncio.Redis.from_url(settings.redis_url, **CLIENT_OPTIONS)
 
 
 class Keys:
@@ -94,6 +102,14 @@ class Keys:
 
     def dramatiq_namespace(self) -> str:
         return f"{self.namespace}-dramatiq"
+
+    def dramatiq_queue(self, queue_name: str) -> str:
+        """The list of a queue's message ids, as Dramatiq's Redis broker keeps it."""
+        return f"{self.dramatiq_namespace()}:{queue_name}"
+
+    def dramatiq_messages(self, queue_name: str) -> str:
+        """The hash of a queue's encoded messages by id, as Dramatiq's Redis broker keeps it."""
+        return f"{self.dramatiq_queue(queue_name)}.msgs"
 
 
 REFUSING = tuple(

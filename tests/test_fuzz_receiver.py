@@ -1344,8 +1344,8 @@ def test_any_path_and_method(
 # --- The log check itself, and known bugs --------------------------------------------------------
 
 
-class _BrokenQueue:
-    def enqueue(self, jobs: Any) -> None:
+class _BrokenIntake:
+    async def accept(self, *args: Any) -> Any:
         raise RuntimeError("boom")
 
 
@@ -1357,7 +1357,7 @@ def test_log_watch_sees_unexpected_exceptions(
 ) -> None:
     """The no-error-log check is not vacuous: an unexpected exception is caught by it."""
     log_watch.errors_expected = True
-    app = create_app(settings, queue=_BrokenQueue(), verify_key=verify_key)
+    app = create_app(settings, intake=_BrokenIntake(), verify_key=verify_key)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post(
             f"/webhooks/halaxy/{connection.id}/patient-created",

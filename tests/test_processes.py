@@ -128,6 +128,35 @@ def test_a_webhook_travels_from_the_receiver_process_to_a_worker_process(
     wait_until(lambda: not queued_messages(redis_server_client, keys), 10, "the queue to drain")
 
 
+def test_the_receiver_logs_each_request_once(
+    receiver: str, store: ConnectionStore, sandbox: Sandbox, verify_key: KeyVerifier, tmp_path: Path
+) -> None:
+    """An accepted Halaxy webhook is logged by its handler only; a refusal, and any other
+    route, by uvicorn's access line."""
+    connection = sandbox_connection(store, sandbox, verify_key)
+    url = f"{receiver}/webhooks/halaxy/{connection.id}/patient-created"
+    body = orjson.dumps(notification(connection.halaxy_base_url, "Patient", ["77"]))
+    json_type = {"Content-Type": "application/json"}
+    assert httpx.post(url, content=body, headers={**json_type, **auth(connection)}).is_success
+    wrong = {**json_type, "Authorization": "Bearer wrong"}
+    assert httpx.post(url, content=body, headers=wrong).status_code == 401
+    assert httpx.get(f"{receiver}/healthz").status_code == 200
+
+    def records() -> list[dict[str, object]]:
+        lines = (tmp_path / "receiver.log").read_text(errors="replace").splitlines()
+        return [orjson.loads(line) for line in lines if line.startswith("{")]
+
+    def access_lines() -> list[str]:
+        return [str(r["event"]) for r in records() if r.get("logger") == "uvicorn.access"]
+
+    # The fixture's readiness probe, then ours: after it, every line above is written.
+    wait_until(lambda: sum("/healthz" in line for line in access_lines()) >= 2, 10, "the logs")
+    on_the_webhook = [line for line in access_lines() if connection.id in line]
+    assert [line.rsplit(" ", 1)[-1] for line in on_the_webhook] == ["401"]
+    by_handler = [r["event"] for r in records() if r.get("connection_id") == connection.id]
+    assert by_handler == ["webhook.accepted", "webhook.unauthorized"]
+
+
 def test_the_receiver_refuses_to_start_with_a_bad_secret_key(settings: Settings) -> None:
     result = subprocess.run(
         [str(BIN / "uvicorn"), "services.webhook_receiver.app:app", "--port", str(free_port())],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +10,7 @@ import anyio
 import orjson
 import pytest
 import redis
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -20,8 +21,6 @@ from shared import onboarding
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection, utcnow
-from shared.errors import StoreUnavailable
-from shared.jobs import Job
 from shared.onboarding import KeyVerifier
 from shared.store import Keys
 from tests.conftest import make_connection
@@ -301,23 +300,57 @@ def test_a_redelivered_event_is_queued_once_even_across_an_app_restart(
     assert redis_server_client.ttl(seen_key) >= 7 * 24 * 3600
 
 
-class FailingQueue:
-    def enqueue(self, jobs: Sequence[Job]) -> None:
-        raise StoreUnavailable("queue down")
-
-
-def test_an_event_that_could_not_be_queued_is_not_marked_seen(
+def test_an_event_redis_refused_to_queue_is_not_marked_seen(
     settings: Settings,
+    private_redis: RedisServer,
+    fake_halaxy: FakeHalaxy,
     verify_key: KeyVerifier,
-    connection: Connection,
-    client: TestClient,
 ) -> None:
+    private = settings.model_copy(update={"redis_url": private_redis.url})
+    server = redis.Redis.from_url(private_redis.url)
+    keys = Keys(private.redis_namespace)
+    connection = make_connection(
+        ConnectionStore(server, keys, private.fernet), fake_halaxy, verify_key
+    )
     body = notification(connection.halaxy_base_url, "Patient", ["1001"])
-    with TestClient(create_app(settings, queue=FailingQueue(), verify_key=verify_key)) as broken:
-        response = post_notification(broken, connection, body=body)
-    assert response.status_code == 503
-    assert response.headers["Retry-After"].isdigit()
-    assert post_notification(client, connection, body=body).json()["duplicates"] == []
+    with TestClient(create_app(private, verify_key=verify_key)) as client:
+        server.config_set("maxmemory", 1)  # noeviction: every write is refused, reads work
+        try:
+            refused = post_notification(client, connection, body=body)
+        finally:
+            server.config_set("maxmemory", 0)
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"].isdigit()
+        assert list(server.scan_iter(match=f"{keys.namespace}:seen:*")) == []
+        assert queued_messages(server, keys) == []
+        taken = post_notification(client, connection, body=body)
+    assert taken.status_code == 202
+    assert taken.json()["duplicates"] == []
+    assert len(queued_messages(server, keys)) == 1
+    server.close()
+
+
+def test_changes_made_elsewhere_apply_to_the_very_next_webhook(
+    store: ConnectionStore, connection: Connection, client: TestClient
+) -> None:
+    """The receiver authenticates against the record it read last, so a rotation, a disable
+    or a re-enable made by another process (the CLI, another receiver) must not be missed."""
+
+    def post(secret: SecretStr) -> int:
+        bearer = {"Authorization": f"Bearer {secret.get_secret_value()}"}
+        body = notification(connection.halaxy_base_url, "Patient", [secrets.token_hex(4)])
+        return int(post_notification(client, connection, body=body, headers=bearer).status_code)
+
+    old = connection.webhook_secret
+    assert post(old) == 202  # the record is now the one last read
+    request = onboarding.RotateRequest(webhook_secret=True, grace_hours=0)
+    rotated = onboarding.rotate(connection, request, utcnow())
+    store.save(rotated)
+    assert (post(rotated.webhook_secret), post(old)) == (202, 401)
+    store.save(onboarding.disable(rotated, utcnow()))
+    assert post(rotated.webhook_secret) == 404
+    store.save(rotated)
+    assert post(rotated.webhook_secret) == 202
 
 
 def test_503_while_redis_is_down_and_202_once_it_is_back(

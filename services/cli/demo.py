@@ -73,12 +73,15 @@ def _run(serve: bool) -> None:
     from shared.config import load_settings
     from shared.connection_store import ConnectionStore
     from shared.connections import utcnow
-    from shared.jobs import Job, JobQueue
+    from shared.halaxy.events import HalaxyEvent
+    from shared.halaxy.notifications import ChangedResource
+    from shared.intake import EventIntake, IntakeResult, RedisEventIntake
+    from shared.jobs import Job, JobQueue, job_for_event
     from shared.store import Keys
 
     receiver_port = free_port()
     settings = load_settings(BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{receiver_port}")
-    client, broker, where = _redis_and_broker(settings, worker_broker)
+    client, async_client, broker, where = _redis_and_broker(settings, worker_broker)
     timeline = Timeline()
     click.echo(f"halaxy-bridge demo: queues and store on {where}")
 
@@ -91,6 +94,25 @@ def _run(serve: bool) -> None:
         def enqueue(self, jobs: Sequence[Job]) -> None:
             self.inner.enqueue(jobs)
             queued.extend((time.monotonic(), job) for job in jobs)
+
+    @dataclass
+    class RecordingIntake:
+        inner: EventIntake
+
+        async def accept(
+            self,
+            record: bytes,
+            connection_id: str,
+            event: HalaxyEvent,
+            changed: Sequence[ChangedResource],
+        ) -> IntakeResult:
+            result = await self.inner.accept(record, connection_id, event, changed)
+            queued.extend(
+                (time.monotonic(), job_for_event(connection_id, event, item))
+                for item in changed
+                if item.event_key in result.accepted
+            )
+            return result
 
     halaxy, physitrack = FakeHalaxy(), FakePhysitrack()
     runtime = WorkerRuntime(settings, client)
@@ -108,6 +130,8 @@ def _run(serve: bool) -> None:
                 settings,
                 queue=RecordingQueue(DramatiqJobQueue(broker)),
                 client=client,
+                async_client=async_client,
+                intake=RecordingIntake(RedisEventIntake(async_client, Keys(DEMO_NAMESPACE))),
                 verify_key=verify,
             )
             with ServerThread(app, port=receiver_port) as receiver:
@@ -271,26 +295,30 @@ def program_step(
     return dict(note)
 
 
-def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, str]:
-    """The Redis at REDIS_URL and the workers' broker, else in-process stand-ins."""
+def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, Any, str]:
+    """The Redis at REDIS_URL (a client and an async client) and the workers' broker, else
+    in-process stand-ins: fakeredis, with Dramatiq's Redis broker on it."""
     import redis
 
-    from services.workers.messaging import add_middleware
+    from services.workers.messaging import build_broker
+    from shared.store import async_redis_client
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1)
     try:
         client.ping()
-        return client, worker_broker, f"the Redis at REDIS_URL (namespace {DEMO_NAMESPACE})"
+        where = f"the Redis at REDIS_URL (namespace {DEMO_NAMESPACE})"
+        return client, async_redis_client(settings), worker_broker, where
     except redis.exceptions.ConnectionError:
         import fakeredis
-        from dramatiq.brokers.stub import StubBroker
+        import fakeredis.aioredis
 
-        fake = fakeredis.FakeRedis()
-        broker = StubBroker()
-        add_middleware(broker, settings, fake)
+        server = fakeredis.FakeServer()
+        fake = fakeredis.FakeRedis(server=server)
+        broker = build_broker(settings, fake)
         for name in worker_broker.get_declared_actors():
             broker.declare_actor(worker_broker.get_actor(name))
-        return fake, broker, "an in-process stand-in (no Redis answered)"
+        stand_in = "an in-process stand-in (no Redis answered)"
+        return fake, fakeredis.aioredis.FakeRedis(server=server), broker, stand_in
 
 
 def _wait_forever() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 import redis
+import redis.asyncio
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,8 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.webhook_receiver import admin, health, ops
+from services.webhook_receiver.access_log import log_each_request_once
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
+from services.webhook_receiver.known_connections import KnownConnections
 from services.webhook_receiver.metrics import CountWebhookRequests
 from services.webhook_receiver.openapi import openapi
 from services.webhook_receiver.ops_page import ops_page
@@ -29,13 +33,13 @@ from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
 from shared.errors import ConfigError
 from shared.halaxy.auth import fetch_token
-from shared.intake import WebhookIntake
+from shared.intake import EventIntake, RedisEventIntake
 from shared.jobs import JobQueue
 from shared.logs import configure_logging
 from shared.notes_outbox import NoteOutbox
 from shared.onboarding import KeyVerifier
 from shared.program_intake import ProgramIntake
-from shared.store import Keys, redis_client
+from shared.store import Keys, async_redis_client, redis_client
 from shared.telemetry.collect import Reused
 from shared.telemetry.push import MetricsPusher
 
@@ -80,11 +84,19 @@ def create_app(
     *,
     queue: JobQueue | None = None,
     client: redis.Redis | None = None,
+    async_client: redis.asyncio.Redis | None = None,
+    intake: EventIntake | None = None,
     verify_key: KeyVerifier | None = None,
 ) -> Starlette:
-    """The receiver, wired to Redis and the job queue (by default the Dramatiq broker)."""
+    """The receiver, wired to Redis and the job queue (by default the Dramatiq broker).
+
+    Halaxy's webhooks are taken on the event loop through `async_client`; everything else
+    goes through `client` in the threadpool. Both must reach the same Redis.
+    """
     client = client or redis_client(settings)
+    async_client = async_client or async_redis_client(settings)
     keys = Keys(settings.redis_namespace)
+    connections = ConnectionStore(client, keys, settings.fernet)
     http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
     if queue is None:
         from services.workers.messaging import DramatiqJobQueue, build_broker
@@ -93,8 +105,9 @@ def create_app(
     deps = Deps(
         settings=settings,
         redis=client,
-        connections=ConnectionStore(client, keys, settings.fernet),
-        intake=WebhookIntake(client, keys, queue),
+        connections=connections,
+        known=KnownConnections(async_client, connections),
+        intake=intake or RedisEventIntake(async_client, keys),
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
         queue=queue,
         verify_key=verify_key or halaxy_key_verifier(settings, http),
@@ -106,10 +119,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         deps.metrics.start()
+        # What exists once the app is built lives as long as the process: keep it out of the
+        # collector's full passes, which otherwise pause every request in flight.
+        gc.freeze()
         yield
         deps.metrics.stop()
         http.close()
         client.close()
+        await async_client.aclose()
 
     routes = [
         Route("/webhooks/halaxy/{connection_id}/{event}", halaxy_webhook, methods=["POST"]),
@@ -157,6 +174,7 @@ def _app_from_environment() -> Starlette:
         print(f"halaxy-bridge receiver: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings)
+    log_each_request_once()
     return create_app(settings)
 
 

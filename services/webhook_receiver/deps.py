@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import redis
 from starlette.requests import Request
 
+from services.webhook_receiver.known_connections import KnownConnections
 from shared.audit import AuditTrail
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
-from shared.intake import WebhookIntake
+from shared.intake import EventIntake
 from shared.jobs import JobQueue
 from shared.onboarding import KeyVerifier
 from shared.program_intake import ProgramIntake
@@ -23,7 +24,8 @@ class Deps:
     settings: Settings
     redis: redis.Redis
     connections: ConnectionStore
-    intake: WebhookIntake
+    known: KnownConnections  # the Halaxy webhook's view, on the event loop
+    intake: EventIntake
     programs: ProgramIntake
     queue: JobQueue
     verify_key: KeyVerifier

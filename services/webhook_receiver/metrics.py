@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,21 +15,30 @@ from shared.telemetry.definitions import (
 )
 
 WEBHOOK_ROUTES = {"/webhooks/halaxy/": "halaxy", "/webhooks/programs/": "programs"}
+# Labelled children are looked up once: `labels()` costs a lock and a dict per call, on every
+# webhook. Connection ids reach these only once the connection is found, so the sets are small.
+KEPT_CHILDREN = 4096
 
 
 def authenticated(connection_id: str) -> None:
     """A Halaxy webhook came in with the right secret (program callbacks do not count: the
     quiet-connection alert is about Halaxy's webhooks)."""
-    LAST_EVENT.labels(connection_id).set(time.time())
+    _last_event(connection_id).set(time.time())
 
 
 def accepted(connection_id: str, event: str, fresh: int, duplicates: int) -> None:
-    WEBHOOK_EVENTS.labels(connection_id, event, "accepted").inc(fresh)
-    WEBHOOK_EVENTS.labels(connection_id, event, "duplicate").inc(duplicates)
+    _events(connection_id, event, "accepted").inc(fresh)
+    _events(connection_id, event, "duplicate").inc(duplicates)
 
 
 def rejected(connection_id: str, event: str, reason: str) -> None:
-    WEBHOOK_REJECTIONS.labels(connection_id, event, reason).inc()
+    _rejections(connection_id, event, reason).inc()
+
+
+_last_event = functools.lru_cache(KEPT_CHILDREN)(LAST_EVENT.labels)
+_events = functools.lru_cache(KEPT_CHILDREN)(WEBHOOK_EVENTS.labels)
+_rejections = functools.lru_cache(KEPT_CHILDREN)(WEBHOOK_REJECTIONS.labels)
+_requests = functools.lru_cache(64)(WEBHOOK_REQUESTS.labels)
 
 
 class CountWebhookRequests:
@@ -46,7 +56,7 @@ class CountWebhookRequests:
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                WEBHOOK_REQUESTS.labels(route, str(message["status"])).inc()
+                _requests(route, message["status"]).inc()
             await send(message)
 
         await self.app(scope, receive, counting_send)

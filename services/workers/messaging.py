@@ -11,7 +11,7 @@ from dramatiq.middleware import CurrentMessage, Retries
 
 from shared.config import Settings
 from shared.dead_letters import DeadLetterStore
-from shared.jobs import Job, QueueName
+from shared.jobs import Job, QueueName, dramatiq_message
 from shared.store import Keys, redis_client, translate_redis_errors
 from shared.telemetry.push import MetricsPusher
 
@@ -64,15 +64,7 @@ class DramatiqJobQueue:
     def enqueue(self, jobs: Sequence[Job]) -> None:
         with translate_redis_errors():
             for job in jobs:
-                self._broker.enqueue(
-                    dramatiq.Message(
-                        queue_name=job.queue.value,
-                        actor_name=job.actor_name,
-                        args=(),
-                        kwargs=job.kwargs,
-                        options={},
-                    )
-                )
+                self._broker.enqueue(dramatiq_message(job))
 
 
 def requeue_from_dead_workers(settings: Settings, client: redis.Redis | None = None) -> None:
