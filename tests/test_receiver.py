@@ -333,12 +333,13 @@ def test_an_event_redis_refused_to_queue_is_not_marked_seen(
 def test_changes_made_elsewhere_apply_to_the_very_next_webhook(
     store: ConnectionStore, connection: Connection, client: TestClient
 ) -> None:
-    """The receiver authenticates against the record it read last, so a rotation, a disable
-    or a re-enable made by another process (the CLI, another receiver) must not be missed."""
+    """The receiver authenticates against the record it read last, so a rotation, a disable,
+    a re-enable or a new base URL made by another process (the CLI, another receiver) must
+    not be missed."""
 
-    def post(secret: SecretStr) -> int:
+    def post(secret: SecretStr, base_url: str = connection.halaxy_base_url) -> int:
         bearer = {"Authorization": f"Bearer {secret.get_secret_value()}"}
-        body = notification(connection.halaxy_base_url, "Patient", [secrets.token_hex(4)])
+        body = notification(base_url, "Patient", [secrets.token_hex(4)])
         return int(post_notification(client, connection, body=body, headers=bearer).status_code)
 
     old = connection.webhook_secret
@@ -351,6 +352,9 @@ def test_changes_made_elsewhere_apply_to_the_very_next_webhook(
     assert post(rotated.webhook_secret) == 404
     store.save(rotated)
     assert post(rotated.webhook_secret) == 202
+    moved = "https://au-api.halaxy.com/moved"  # focus references are checked against it
+    store.save(rotated.model_copy(update={"halaxy_base_url": moved}))
+    assert post(rotated.webhook_secret, moved) == 202
 
 
 def test_503_while_redis_is_down_and_202_once_it_is_back(
