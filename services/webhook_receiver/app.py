@@ -19,11 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.webhook_receiver import admin, health, ops
-from services.webhook_receiver.access_log import log_each_request_once
+from services.webhook_receiver.access_log import ObserveRequests, turn_off_uvicorn_access_log
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
 from services.webhook_receiver.known_connections import KnownConnections
-from services.webhook_receiver.metrics import CountWebhookRequests
 from services.webhook_receiver.openapi import openapi
 from services.webhook_receiver.ops_page import ops_page
 from services.webhook_receiver.programs import program_callback
@@ -160,7 +159,7 @@ def create_app(
             Exception: _unexpected,
         },
         lifespan=lifespan,
-        middleware=[Middleware(CountWebhookRequests)],
+        middleware=[Middleware(ObserveRequests)],
     )
     app.state.deps = deps
     return app
@@ -174,7 +173,7 @@ def _app_from_environment() -> Starlette:
         print(f"halaxy-bridge receiver: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings)
-    log_each_request_once()
+    turn_off_uvicorn_access_log()
     return create_app(settings)
 
 

@@ -1,11 +1,10 @@
-"""What the receiver counts: webhook deliveries, events taken in, refusals, last event time."""
+"""What the receiver counts: webhook requests and deliveries, events taken in, refusals, last
+event time."""
 
 from __future__ import annotations
 
 import functools
 import time
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.telemetry.definitions import (
     LAST_EVENT,
@@ -41,32 +40,14 @@ _rejections = functools.lru_cache(KEPT_CHILDREN)(WEBHOOK_REJECTIONS.labels)
 _requests = functools.lru_cache(64)(WEBHOOK_REQUESTS.labels)
 
 
-class CountWebhookRequests:
-    """Counts every answer of the webhook routes by route and status, whoever called: the
-    connection id in the path is the caller's choice, so it is not a label here."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = _webhook_route(scope)
-        if route is None:
-            await self.app(scope, receive, send)
-            return
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                _requests(route, message["status"]).inc()
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
-
-
-def _webhook_route(scope: Scope) -> str | None:
-    if scope["type"] != "http":
-        return None
-    path: str = scope["path"]
+def webhook_route(path: str) -> str | None:
     for prefix, route in WEBHOOK_ROUTES.items():
         if path.startswith(prefix):
             return route
     return None
+
+
+def answered(route: str, status: int) -> None:
+    """Every answer of a webhook route, whoever called: the connection id in the path is the
+    caller's choice, so it is not a label here."""
+    _requests(route, status).inc()
