@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis
 import redis.asyncio
+from redis.lock import Lock
 
 from shared.config import Settings
 from shared.errors import StoreUnavailable, Transient
@@ -158,11 +163,66 @@ def held_lock(
             lock.release()
 
 
+class _LeaseRenewer:
+    """One daemon thread per process renews every lease the process holds, each a third of
+    its ttl after it was taken or last renewed. The thread dies with its process, so a dead
+    holder's leases lapse after their ttl."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._due: dict[Lock, float] = {}  # lease -> when to renew it next (monotonic)
+        self._wakes_at = math.inf
+        self._thread: threading.Thread | None = None
+
+    def add(self, lock: Lock) -> None:
+        due = time.monotonic() + float(lock.timeout or 0) / 3
+        with self._changed:
+            self._due[lock] = due
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
+                self._thread.start()
+            if due < self._wakes_at:
+                self._changed.notify()
+
+    def discard(self, lock: Lock) -> None:
+        """Renew `lock` no more. A renewal already under way cannot outlive a release: both
+        are compare-and-set on the lease's token."""
+        with self._changed:
+            self._due.pop(lock, None)
+
+    def forget_all(self) -> None:
+        """In a forked child: the parent's leases are not ours, and its thread is not here."""
+        self._changed = threading.Condition()
+        self._due = {}
+        self._wakes_at = math.inf
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [lock for lock, at in self._due.items() if at <= now]
+                for lock in due:
+                    self._due[lock] = now + float(lock.timeout or 0) / 3
+                self._wakes_at = min(self._due.values(), default=math.inf)
+                if not due:
+                    wait = None if self._wakes_at == math.inf else self._wakes_at - now
+                    self._changed.wait(wait)
+                    continue
+            for lock in due:
+                with suppress(redis.exceptions.RedisError):  # a blip: the next renewal may land
+                    lock.reacquire()
+
+
+_renewer = _LeaseRenewer()
+os.register_at_fork(after_in_child=_renewer.forget_all)
+
+
 @contextmanager
 def held_lease(
     client: redis.Redis, name: str, *, ttl: float, wait: float, busy: str
 ) -> Iterator[None]:
-    """`held_lock` kept alive by a renewal thread for as long as the block runs.
+    """`held_lock` kept alive by the process's renewal thread for as long as the block runs.
 
     If the holder dies (SIGKILL, OOM), renewal stops and the lease expires after `ttl`, so
     another worker can take over without waiting for a long fixed timeout.
@@ -170,21 +230,13 @@ def held_lease(
     with translate_redis_errors():
         # thread_local=False: the renewal thread must see the token this thread acquired.
         lock = client.lock(name, timeout=ttl, blocking_timeout=wait, sleep=0.02, thread_local=False)
-        if not lock.acquire():
+        # uuid4, not redis-py's default uuid1: libuuid tries the uuidd socket on every call.
+        if not lock.acquire(token=uuid.uuid4().hex):
             raise Transient(busy)
-    done = threading.Event()
-
-    def renew() -> None:
-        while not done.wait(ttl / 3):
-            with suppress(redis.exceptions.RedisError):  # a blip: the next renewal may land
-                lock.reacquire()
-
-    renewer = threading.Thread(target=renew, name=f"lease:{name}", daemon=True)
-    renewer.start()
+    _renewer.add(lock)
     try:
         yield
     finally:
-        done.set()
-        renewer.join()
+        _renewer.discard(lock)
         with translate_redis_errors(), suppress(redis.exceptions.LockError):
             lock.release()

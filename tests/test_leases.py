@@ -1,0 +1,145 @@
+"""Leases (`held_lease`): kept alive by one renewal thread per process, for as long as their
+holder works and no longer, against real Redis and real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import redis
+
+from shared.config import Settings
+from shared.errors import Transient
+from shared.store import Keys, held_lease
+from tests.redis_server import RedisServer
+
+HOLDER = """
+import sys, time
+import redis
+from shared.store import held_lease
+
+client = redis.Redis.from_url(sys.argv[1])
+with held_lease(client, sys.argv[2], ttl=float(sys.argv[3]), wait=1, busy="busy"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def renewer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "lease-renewer"]
+
+
+def test_many_leases_at_once_are_kept_alive_by_one_thread(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    names = [f"{keys.namespace}:lease-{n}" for n in range(8)]
+    held = threading.Barrier(len(names) + 1)
+    done = threading.Event()
+
+    def hold(name: str, ttl: float) -> None:
+        with held_lease(redis_server_client, name, ttl=ttl, wait=1, busy="busy"):
+            held.wait()
+            done.wait()
+
+    threads = [
+        threading.Thread(target=hold, args=(name, 0.3 + 0.1 * (n % 3)))
+        for n, name in enumerate(names)
+    ]
+    for thread in threads:
+        thread.start()
+    held.wait()
+    time.sleep(1.5)  # several times every ttl
+    try:
+        assert all(redis_server_client.pttl(name) > 0 for name in names)
+        assert len(renewer_threads()) == 1
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert redis_server_client.exists(*names) == 0  # each released as its block ended
+
+
+def test_a_lease_whose_block_ended_is_renewed_no_more(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    name = f"{keys.namespace}:lease-ended"
+    with held_lease(redis_server_client, name, ttl=0.3, wait=1, busy="busy"):
+        token = redis_server_client.get(name)
+    assert redis_server_client.exists(name) == 0
+    # Put back what the renewer would extend if it still held the lease: it must lapse.
+    redis_server_client.set(name, token or b"", px=300)
+    time.sleep(0.8)
+    assert redis_server_client.exists(name) == 0
+
+
+def test_a_lease_lapses_about_its_ttl_after_its_holder_is_killed(
+    redis_server_client: redis.Redis, keys: Keys, settings: Settings
+) -> None:
+    name = f"{keys.namespace}:lease-killed"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, settings.redis_url, name, "0.6"], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"held\n"
+        time.sleep(1.5)
+        assert redis_server_client.pttl(name) > 0  # renewed past its ttl while alive
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        killed = time.monotonic()
+        while redis_server_client.exists(name):
+            assert time.monotonic() - killed < 0.6 + 0.5, "the lease outlived its dead holder"
+            time.sleep(0.02)
+        with held_lease(redis_server_client, name, ttl=0.6, wait=0.1, busy="busy"):
+            pass  # another worker takes over
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def test_renewal_outlasts_a_redis_outage_shorter_than_the_ttl(
+    private_redis: RedisServer, keys: Keys
+) -> None:
+    client = redis.Redis.from_url(private_redis.url, socket_connect_timeout=0.2)
+    name = f"{keys.namespace}:lease-outage"
+    try:
+        with held_lease(client, name, ttl=3.0, wait=1, busy="busy"):
+            private_redis.stop()  # renewals fail meanwhile
+            time.sleep(1.2)
+            private_redis.start()
+            time.sleep(4.0)  # more than the ttl since the outage: renewed again
+            assert client.pttl(name) > 0
+            with (
+                pytest.raises(Transient),
+                held_lease(client, name, ttl=3.0, wait=0.1, busy="busy"),
+            ):
+                pass
+        assert client.exists(name) == 0
+    finally:
+        client.close()
+
+
+def test_a_forked_child_renews_its_own_leases(
+    redis_server_client: redis.Redis, keys: Keys, settings: Settings
+) -> None:
+    """Dramatiq forks its worker processes: a child gets a renewal thread of its own."""
+    with held_lease(redis_server_client, f"{keys.namespace}:lease-parent", ttl=5, wait=1, busy="b"):
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if its lease outlived the ttl
+            code = 1
+            try:
+                client = redis.Redis.from_url(settings.redis_url)
+                name = f"{keys.namespace}:lease-child"
+                with held_lease(client, name, ttl=0.3, wait=1, busy="busy"):
+                    time.sleep(1.0)
+                    code = 0 if client.pttl(name) > 0 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
