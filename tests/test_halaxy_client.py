@@ -9,12 +9,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from cryptography.fernet import MultiFernet
 from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
 from shared.config import Settings
 from shared.connections import Connection
 from shared.errors import Permanent, RateLimited, Transient
+from shared.halaxy.auth import Token
 from shared.halaxy.client import HalaxyAuthRefused, HalaxyClient, HalaxyNotFound
 from shared.halaxy.tokens import TokenCache
 from shared.store import Keys
@@ -238,3 +240,44 @@ def test_search_refuses_a_next_link_to_another_host(
         assert next(pages)["id"] == "1"
         with pytest.raises(Permanent):
             next(pages)
+
+
+class CountingFernet(MultiFernet):
+    def __init__(self, fernet: MultiFernet) -> None:
+        self._inner = fernet
+        self.decrypted = 0
+
+    def encrypt(self, msg: bytes) -> bytes:
+        return self._inner.encrypt(msg)
+
+    def decrypt(self, msg: bytes | str, ttl: int | None = None) -> bytes:
+        self.decrypted += 1
+        return self._inner.decrypt(msg, ttl)
+
+
+def test_a_token_is_decrypted_once_and_a_refresh_elsewhere_is_seen_at_once(
+    redis_server_client: redis.Redis, keys: Keys, settings: Settings
+) -> None:
+    fernet = CountingFernet(settings.fernet)
+    mine = TokenCache(redis_server_client, keys, fernet)
+    other_client = redis.Redis.from_url(settings.redis_url)
+    theirs = TokenCache(other_client, keys, settings.fernet)  # another process
+    issued = iter(["t1", "t2"])
+
+    def fetch() -> Token:
+        return Token(next(issued), 900)
+
+    def must_not_fetch() -> Token:
+        raise AssertionError("fetched although a token is cached")
+
+    base = "https://au-api.halaxy.com/main"
+    assert theirs.get(base, "key-a", fetch) == "t1"
+    for _ in range(5):
+        assert mine.get(base, "key-a", must_not_fetch) == "t1"
+    assert fernet.decrypted == 1
+    theirs.invalidate(base, "key-a", "t1")  # Halaxy said 401 to the other process
+    assert theirs.get(base, "key-a", fetch) == "t2"
+    assert mine.get(base, "key-a", must_not_fetch) == "t2"  # not the remembered t1
+    theirs.invalidate(base, "key-a", "t2")
+    assert mine.get(base, "key-a", lambda: Token("t3", 900)) == "t3"
+    other_client.close()

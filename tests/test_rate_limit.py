@@ -159,3 +159,43 @@ def test_a_lease_outlives_its_ttl_while_its_holder_works(
         ):
             pass
     assert redis_server_client.exists(name) == 0
+
+
+def test_the_budget_is_taken_with_the_token_only_while_one_is_cached(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    limiter = HalaxyRateLimiter(redis_server_client, keys, limit=2, window_ms=60_000)
+    token_key = f"{keys.namespace}:a-token"
+    assert limiter.acquire_if_set(BASE, "key-a", token_key) is None  # nothing taken
+    redis_server_client.set(token_key, b"sealed")
+    assert limiter.acquire_if_set(BASE, "key-a", token_key) == b"sealed"
+    limiter.acquire(BASE, "key-a")  # the second and last request of the window
+    with pytest.raises(RateLimited):
+        limiter.acquire_if_set(BASE, "key-a", token_key)
+    redis_server_client.delete(token_key)
+    assert limiter.acquire_if_set(BASE, "key-a", token_key) is None
+
+
+def test_every_request_halaxy_receives_takes_one_request_from_the_budget(
+    connection: Connection,
+    fake_halaxy: FakeHalaxy,
+    redis_server_client: redis.Redis,
+    settings: Settings,
+    keys: Keys,
+) -> None:
+    fake_halaxy.patients["42"] = patient_resource("42")
+    now = [1000.0]
+    fake_halaxy.clock = lambda: now[0]
+    with TestClient(fake_halaxy.app()) as http:
+        tokens = TokenCache(redis_server_client, keys, settings.fernet)
+        limiter = HalaxyRateLimiter(redis_server_client, keys, limit=6, window_ms=60_000)
+        client = HalaxyClient(connection, http, tokens, settings.user_agent, limiter)
+        fake_halaxy.requests.clear()  # the key check made when the connection was added
+        client.read("Patient/42")  # a token, then the read
+        client.read("Patient/42")
+        now[0] += 15 * 60  # the token stops working: 401, a new token, the read again
+        client.read("Patient/42")
+        assert len(fake_halaxy.requests) == 6
+        with pytest.raises(RateLimited):
+            client.read("Patient/42")  # the budget of 6 is spent: refused before sending
+        assert len(fake_halaxy.requests) == 6

@@ -102,7 +102,6 @@ class HalaxyClient:
             "Content-Length": str(length),
             "User-Agent": self._user_agent,
         }
-        self._spend()
         try:
             return self._heed(
                 self._http.request(
@@ -179,6 +178,22 @@ class HalaxyClient:
 
         return self._tokens.get(connection.halaxy_base_url, connection.halaxy_client_id, fetch)
 
+    def _token_and_spend(self) -> str:
+        """A token, and one request from the key's budget for the request it goes with: in
+        one round trip while a token is cached."""
+        connection = self._connection
+        if self._limiter is not None:
+            key = self._tokens.key(connection.halaxy_base_url, connection.halaxy_client_id)
+            sealed = self._limiter.acquire_if_set(
+                connection.halaxy_base_url, connection.halaxy_client_id, key
+            )
+            if sealed is not None:  # the request is paid for
+                token = self._tokens.open(sealed)
+                return token if token is not None else self._token()
+        token = self._token()
+        self._spend()
+        return token
+
     def _spend(self) -> None:
         """One request from the key's shared budget (raises `RateLimited` when spent)."""
         if self._limiter is not None:
@@ -217,7 +232,7 @@ class HalaxyClient:
         """Run `exchange` with the cached token; on 401 or an `expired` OperationOutcome,
         once more with a fresh one (halaxy-api.md sections 2 and 7)."""
         for attempt in (1, 2):
-            token = self._token()
+            token = self._token_and_spend()
             response = exchange(token)
             if not _token_rejected(response):
                 return response
@@ -240,7 +255,6 @@ class HalaxyClient:
             "Accept": FHIR_JSON,
             "User-Agent": self._user_agent,
         }
-        self._spend()
         try:
             return self._heed(self._http.request(method, url, headers=headers, params=params))
         except httpx.TimeoutException as exc:

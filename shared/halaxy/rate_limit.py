@@ -16,7 +16,7 @@ import uuid
 import redis
 
 from shared.errors import RateLimited
-from shared.store import Keys, translate_redis_errors
+from shared.store import Keys, as_bytes, translate_redis_errors
 
 LIMIT = 480
 WINDOW_MS = 60_000
@@ -41,6 +41,17 @@ return math.max(1, tonumber(oldest[2]) + tonumber(ARGV[1]) - now)
 """
 
 
+# KEYS: window, pause, and a key of the caller's (the key's access token). Without a value
+# there, nothing is taken and false comes back; else ACQUIRE's answer and the value, so a
+# caller holding a cached token spends its request in the round trip that reads the token.
+ACQUIRE_IF_SET = f"""
+local value = redis.call('GET', KEYS[3])
+if not value then return false end
+local wait = (function() {ACQUIRE} end)()
+return {{wait, value}}
+"""
+
+
 # A pause never shortens a longer one already set (a 429's retry-after outlasts a 5 s pause).
 PAUSE = """
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
@@ -59,6 +70,7 @@ class HalaxyRateLimiter:
         self._limit = limit
         self._window_ms = window_ms
         self._acquire = client.register_script(ACQUIRE)
+        self._acquire_if_set = client.register_script(ACQUIRE_IF_SET)
         self._pause = client.register_script(PAUSE)
 
     def acquire(self, base_url: str, client_id: str) -> None:
@@ -73,6 +85,22 @@ class HalaxyRateLimiter:
             )
         if wait_ms > 0:
             raise RateLimited("the Halaxy request budget for this key is spent", wait_ms / 1000)
+
+    def acquire_if_set(self, base_url: str, client_id: str, key: str) -> bytes | None:
+        """`acquire`, in the same round trip as reading `key`, and only while `key` holds a
+        value, which is returned; None means nothing was read and nothing taken."""
+        window, pause = self._names(base_url, client_id)
+        with translate_redis_errors():
+            answer = self._acquire_if_set(
+                keys=[window, pause, key],
+                args=[self._window_ms, self._limit, uuid.uuid4().hex],
+            )
+        if answer is None:
+            return None
+        wait_ms, value = int(answer[0]), as_bytes(answer[1])
+        if wait_ms > 0:
+            raise RateLimited("the Halaxy request budget for this key is spent", wait_ms / 1000)
+        return value
 
     def pause(self, base_url: str, client_id: str, seconds: float) -> None:
         """Halaxy said wait (429, or nothing remaining): no process uses the key until then."""

@@ -7,6 +7,7 @@ whatever `expires_in` claims. The token is sealed with Fernet like every other s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ MAX_LIFETIME = 15 * 60
 SAFETY_MARGIN = 60
 LOCK_TIMEOUT = 20.0
 WAIT_FOR_REFRESH = 20.0
+OPENED_KEPT = 512  # decrypted tokens kept per process
 
 
 class TokenCache:
@@ -27,10 +29,13 @@ class TokenCache:
         self._redis = client
         self._keys = keys
         self._fernet = fernet
+        # Every Halaxy call reads the token: decrypt each stored one once. Keyed by the sealed
+        # bytes, so a refresh or an invalidation by any process is seen at the next read.
+        self._opened = functools.lru_cache(maxsize=OPENED_KEPT)(self._decrypt)
 
     def get(self, base_url: str, client_id: str, fetch: Callable[[], Token]) -> str:
         """The cached token for this key, or a fresh one fetched by exactly one caller."""
-        key = self._key(base_url, client_id)
+        key = self.key(base_url, client_id)
         cached = self._read(key)
         if cached is not None:
             return cached
@@ -53,7 +58,7 @@ class TokenCache:
 
     def invalidate(self, base_url: str, client_id: str, token: str) -> None:
         """Forget `token` if it is still the cached one (a newer token is left alone)."""
-        key = self._key(base_url, client_id)
+        key = self.key(base_url, client_id)
         if self._read(key) == token:
             with translate_redis_errors():
                 self._redis.delete(key)
@@ -61,13 +66,19 @@ class TokenCache:
     def _read(self, key: str) -> str | None:
         with translate_redis_errors():
             sealed = self._redis.get(key)
-        if sealed is None:
-            return None
+        return None if sealed is None else self.open(as_bytes(sealed))
+
+    def open(self, sealed: bytes) -> str | None:
+        """The token sealed in `sealed` (what `key` holds), or None under a retired key."""
+        return self._opened(sealed)
+
+    def _decrypt(self, sealed: bytes) -> str | None:
         try:
-            return self._fernet.decrypt(as_bytes(sealed)).decode()
+            return self._fernet.decrypt(sealed).decode()
         except InvalidToken:
             return None  # sealed under a retired key: fetch a new one
 
-    def _key(self, base_url: str, client_id: str) -> str:
+    def key(self, base_url: str, client_id: str) -> str:
+        """The Redis key holding this API key's sealed token."""
         digest = hashlib.sha256(f"{base_url}|{client_id}".encode()).hexdigest()[:32]
         return self._keys.halaxy_token(digest)
