@@ -40,8 +40,8 @@ class AuditTrail:
         self, client: redis.Redis, keys: Keys, retention: timedelta = DEFAULT_RETENTION
     ) -> None:
         self._redis = client
-        self._key = keys.audit()
-        self._retention = retention
+        self.key = keys.audit()
+        self.retention = retention
 
     def record(
         self,
@@ -55,30 +55,19 @@ class AuditTrail:
         """Append an entry. What it records has already happened (a note is in Halaxy, a secret
         was rotated) and must not be reported as failed, or undone by a retry, because Redis
         missed the entry: a failure to record is logged at ERROR with the same fields."""
-        oldest_ms = int((datetime.now(UTC) - self._retention).timestamp() * 1000)
+        entry = PendingEntry(self, actor, action, connection_id, resource_ids, outcome)
         try:
             with translate_redis_errors():
-                self._redis.xadd(
-                    self._key,
-                    {
-                        "actor": actor,
-                        "action": action,
-                        "connection_id": connection_id,
-                        "resource_ids": resource_ids,
-                        "outcome": outcome,
-                    },
-                    minid=oldest_ms,
-                    approximate=False,  # exact: nothing past the retention is ever shown
-                )
-        except BridgeError:
-            log.error(
-                "audit.not_recorded",
-                actor=actor,
-                action=action,
-                connection_id=connection_id,
-                resource_ids=resource_ids,
-                outcome=outcome,
-            )
+                entry.add_to(self._redis)
+        except BridgeError as exc:
+            entry.settle(exc)
+
+    def pending_write(
+        self, action: str, connection_id: str, resource_ids: str, outcome: str = "ok"
+    ) -> PendingEntry:
+        """A worker's write to an outside system, to be recorded in the round trip of other
+        commands (`PendingEntry.add_to` a pipeline, then `settle` with its reply)."""
+        return PendingEntry(self, WORKER, action, connection_id, resource_ids, outcome)
 
     def record_write(
         self, action: str, connection_id: str, resource_ids: str, outcome: str = "ok"
@@ -108,7 +97,7 @@ class AuditTrail:
             while len(found) < limit:
                 page = cast(
                     list[tuple[bytes, dict[bytes, bytes]]],
-                    self._redis.xrevrange(self._key, max=end, min=start, count=500),
+                    self._redis.xrevrange(self.key, max=end, min=start, count=500),
                 )
                 for stream_id, fields in page:
                     entry = _entry(as_bytes(stream_id).decode(), fields)
@@ -122,6 +111,53 @@ class AuditTrail:
                     break
                 end = "(" + as_bytes(page[-1][0]).decode()
         return found[::-1]
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """An audit entry on its way: `AuditTrail.record` sends it alone; `add_to` a pipeline and
+    `settle` with the reply sends it with other commands, with the same guarantees."""
+
+    trail: AuditTrail
+    actor: str
+    action: str
+    connection_id: str
+    resource_ids: str
+    outcome: str
+
+    def add_to(self, client: redis.Redis) -> None:
+        """Send the entry through `client`, or queue it there when it is a pipeline."""
+        oldest_ms = int((datetime.now(UTC) - self.trail.retention).timestamp() * 1000)
+        client.xadd(
+            self.trail.key,
+            {
+                "actor": self.actor,
+                "action": self.action,
+                "connection_id": self.connection_id,
+                "resource_ids": self.resource_ids,
+                "outcome": self.outcome,
+            },
+            minid=oldest_ms,
+            approximate=False,  # exact: nothing past the retention is ever shown
+        )
+
+    def settle(self, reply: object) -> None:
+        """Log the entry as not recorded when `reply` is the error Redis gave instead. An error
+        that is not Redis being unavailable is raised, as `AuditTrail.record` would."""
+        if not isinstance(reply, Exception):
+            return
+        try:
+            with translate_redis_errors():
+                raise reply
+        except BridgeError:
+            log.error(
+                "audit.not_recorded",
+                actor=self.actor,
+                action=self.action,
+                connection_id=self.connection_id,
+                resource_ids=self.resource_ids,
+                outcome=self.outcome,
+            )
 
 
 def audit_trail(client: redis.Redis, settings: Settings) -> AuditTrail:

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 import orjson
 import redis
 
+from shared.audit import PendingEntry
+from shared.errors import StoreUnavailable
 from shared.store import Keys, as_bytes, held_lease, translate_redis_errors
 
 LOCK_TTL = 30.0  # renewed while the sync runs; lapses soon after its holder dies
@@ -36,21 +38,50 @@ class PatientLinks:
         self.connection_id = connection_id
         self._key = keys.patient_links(connection_id)
 
-    def get(self, patient_id: str) -> PatientLink | None:
+    def get(self, patient_id: str, mark_creating: bool = False) -> PatientLink | None:
+        """The patient's link. With `mark_creating`, a patient without one is marked
+        `creating` in the same round trip (and None is still returned)."""
         with translate_redis_errors():
-            raw = self._redis.hget(self._key, patient_id)
+            if mark_creating:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.hget(self._key, patient_id)
+                pipe.hsetnx(self._key, patient_id, _creating())
+                raw, _ = pipe.execute()
+            else:
+                raw = self._redis.hget(self._key, patient_id)
         if raw is None:
             return None
         return PatientLink(**orjson.loads(as_bytes(raw)))
 
-    def save(self, patient_id: str, platform_id: str, fingerprint: str) -> None:
-        self._put(patient_id, PatientLink(platform_id, fingerprint, _now()))
-        with translate_redis_errors():
-            self._redis.hset(
-                self._keys.patient_links_by_platform_id(self.connection_id),
-                platform_id,
-                patient_id,
-            )
+    def save(
+        self,
+        patient_id: str,
+        platform_id: str,
+        fingerprint: str,
+        audit: PendingEntry | None = None,
+    ) -> None:
+        """Record the link both ways, in one round trip with `audit`'s entry (sent first, and
+        a failure to record it is logged, never raised, as `AuditTrail.record` does)."""
+        link = PatientLink(platform_id, fingerprint, _now())
+        reverse = self._keys.patient_links_by_platform_id(self.connection_id)
+        pipe = self._redis.pipeline(transaction=False)
+        if audit is not None:
+            audit.add_to(pipe)
+        pipe.hset(self._key, patient_id, orjson.dumps(link.__dict__))
+        pipe.hset(reverse, platform_id, patient_id)
+        try:
+            with translate_redis_errors():
+                replies = pipe.execute(raise_on_error=False)
+        except StoreUnavailable as exc:
+            if audit is not None:
+                audit.settle(exc)
+            raise
+        if audit is not None:
+            audit.settle(replies.pop(0))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                with translate_redis_errors():
+                    raise reply
 
     def halaxy_id_for(self, patient_id: str) -> str:
         """The Halaxy id behind a platform's `patient_id`: the id itself when the platform
@@ -64,7 +95,8 @@ class PatientLinks:
         return as_bytes(mapped).decode() if mapped is not None else patient_id
 
     def mark_creating(self, patient_id: str) -> None:
-        self._put(patient_id, PatientLink(None, None, _now(), creating=True))
+        with translate_redis_errors():
+            self._redis.hset(self._key, patient_id, _creating())
 
     def count(self) -> int:
         with translate_redis_errors():
@@ -80,9 +112,9 @@ class PatientLinks:
             busy="another worker is syncing this patient",
         )
 
-    def _put(self, patient_id: str, link: PatientLink) -> None:
-        with translate_redis_errors():
-            self._redis.hset(self._key, patient_id, orjson.dumps(link.__dict__))
+
+def _creating() -> bytes:
+    return orjson.dumps(PatientLink(None, None, _now(), creating=True).__dict__)
 
 
 def _now() -> str:

@@ -37,7 +37,8 @@ def sync_patient(
 ) -> SyncOutcome:
     with links.locked(patient_id):
         details = map_patient(halaxy.read(f"Patient/{patient_id}"))
-        link = links.get(patient_id)
+        # Marked before the platform is asked to create an active patient it has no link for.
+        link = links.get(patient_id, mark_creating=not details.inactive)
         if details.inactive:
             if link is None or link.creating:
                 return SyncOutcome.SKIPPED_INACTIVE
@@ -49,8 +50,8 @@ def sync_patient(
         if link is not None and link.creating:
             # A worker died after asking for a create: the platform may have made the client.
             platform_id = platform.find_patient(patient_id)
-        if platform_id is None:
-            links.mark_creating(patient_id)
+            if platform_id is None:
+                links.mark_creating(patient_id)
         try:
             result = platform.upsert_patient(details, platform_id)
         except Permanent as exc:
@@ -62,12 +63,12 @@ def sync_patient(
             )
             raise
         outcome = SyncOutcome.CREATED if result.created else SyncOutcome.UPDATED
-        audit.record_write(
+        entry = audit.pending_write(
             f"platform.patient_{outcome.value}",
             links.connection_id,
             _ids(patient_id, result.platform_id),
         )
-        links.save(patient_id, result.platform_id, digest)
+        links.save(patient_id, result.platform_id, digest, audit=entry)
         return outcome
 
 

@@ -53,6 +53,7 @@ class WorkerRuntime:
         self.audit = audit_trail(self.redis, settings)
         self._http: dict[str, tuple[dict[tuple[str, int], str], httpx.Client]] = {}
         self._retired: list[httpx.Client] = []
+        self._services: dict[str, ConnectionServices] = {}
         self._lock = threading.Lock()
 
     def services(self, connection_id: str) -> ConnectionServices:
@@ -61,8 +62,12 @@ class WorkerRuntime:
         connection = self.connections.get(connection_id)
         if connection is None or not connection.enabled:
             raise ConnectionNotFound(f"connection {connection_id} is unknown or disabled")
+        # The store hands out the same object while the stored record is unchanged.
+        built = self._services.get(connection_id)
+        if built is not None and built.connection is connection:
+            return built
         http = self._http_for(connection)
-        return ConnectionServices(
+        built = self._services[connection_id] = ConnectionServices(
             connection=connection,
             halaxy=HalaxyClient(
                 connection, http, self.tokens, self.settings.user_agent, self.limiter
@@ -71,6 +76,7 @@ class WorkerRuntime:
             links=PatientLinks(self.redis, self.keys, connection_id),
             pdfs=PdfFetcher(http, self.resolver),
         )
+        return built
 
     def _http_for(self, connection: Connection) -> httpx.Client:
         targets = {
@@ -92,4 +98,5 @@ class WorkerRuntime:
                 http.close()
             self._http.clear()
             self._retired.clear()
+            self._services.clear()
         self.redis.close()
