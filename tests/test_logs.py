@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.config import load_settings
-from shared.logs import REDACTED, configure_logging, redact
+from shared.logs import PATTERNS, REDACTED, configure_logging, mask, redact
 
 
 def test_known_fields_are_dropped_and_shapes_are_masked() -> None:
@@ -52,5 +55,50 @@ def test_json_logs_from_structlog_and_stdlib_are_redacted(
     assert lines[0]["connection_id"] == "cn_1"
     assert "sk_live_123" not in lines[1]["event"]
     assert "jane@example.com" not in lines[1]["event"]
+    monkeypatch.setenv("LOG_FORMAT", "console")
+    configure_logging(load_settings())
+
+
+def mask_every_pattern(text: str) -> str:
+    """`mask` without its shortcut: every pattern applied to every text."""
+    for _, pattern in PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("0123456789+-@._ aAgGbBeErRwhsc_=/()Zé٣")) | st.characters(),
+        max_size=60,
+    )
+    | st.sampled_from(
+        [
+            "Bearer abc.def",
+            "BEARER x",
+            "gAAAAABlZ2V0aGVyLXRoaXMtaXMtYS1mZXJuZXQtdG9rZW4=",
+            "whsec_abc",
+            "jane@example.com",
+            "+61412345678",
+            "0412 345 678",
+            "born 1984-02-03",
+        ]
+    )
+)
+def test_masking_skips_only_patterns_that_cannot_match(text: str) -> None:
+    assert mask(text) == mask_every_pattern(text)
+    assert mask(f"x {text} y") == mask_every_pattern(f"x {text} y")
+
+
+def test_json_lines_keep_their_fields_whatever_the_values(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    configure_logging(load_settings())
+    log = structlog.get_logger("t")
+    log.info("counts", by_status={200: 3}, big=2**70, connection_id="cn_1")  # orjson refuses
+    log.info("when", at=datetime(2026, 1, 2, tzinfo=UTC), connection_id="cn_1")
+    first, second = (orjson.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert (first["by_status"], first["big"], first["connection_id"]) == ({"200": 3}, 2**70, "cn_1")
+    assert second["at"] == repr(datetime(2026, 1, 2, tzinfo=UTC))  # as the json module wrote it
     monkeypatch.setenv("LOG_FORMAT", "console")
     configure_logging(load_settings())
