@@ -152,6 +152,10 @@ def configure_logging(settings: Settings) -> None:
             ],
         )
     )
+    # The logging HOWTO's "Optimization": no line we write shows the caller's file and line,
+    # or the multiprocessing process name, so do not look them up for every record.
+    logging._srcfile = None
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.value)
