@@ -50,11 +50,11 @@ def main() -> None:
     from bench.sandbox import add_clinics, add_patients, running_sandbox, webhook
     from services.sandbox.samples import notification
     from services.webhook_receiver.known_connections import KnownConnections
+    from services.workers.messaging import DramatiqEventIntake
     from services.workers.runtime import WorkerRuntime
     from shared.connection_store import ConnectionStore
     from shared.halaxy.events import HALAXY_EVENTS
     from shared.halaxy.notifications import parse_notification
-    from shared.intake import RedisEventIntake
     from shared.logs import configure_logging
     from shared.patients import map_patient
     from shared.store import Keys, as_bytes, async_redis_client, redis_client
@@ -86,14 +86,14 @@ def main() -> None:
         async def async_steps() -> None:
             async_client = async_redis_client(settings)
             known = KnownConnections(async_client, store)
-            intake = RedisEventIntake(async_client, keys)
+            intake = DramatiqEventIntake(async_client, keys)
             await timed_async("async Redis PING (one round trip)", async_client.ping)
             await timed_async(
                 "KnownConnections.read (GET; decrypted once, then memoised)",
                 lambda: known.read(receiver_clinic.id),
             )
             await timed_async(
-                "RedisEventIntake.accept, one fresh event (one script call)",
+                "DramatiqEventIntake.accept, one fresh event (one script call)",
                 lambda: intake.accept(record, receiver_clinic.id, event, fresh_events()),
             )
             await async_client.aclose()

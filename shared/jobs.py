@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-import dramatiq
-
 from shared.halaxy.events import HalaxyEvent
 from shared.halaxy.notifications import ChangedResource
 
@@ -61,17 +59,6 @@ class JobQueue(Protocol):
     """Where jobs go; `enqueue` returns only once every job is durably queued."""
 
     def enqueue(self, jobs: Sequence[Job]) -> None: ...
-
-
-def dramatiq_message(job: Job, **options: Any) -> dramatiq.Message[Any]:
-    """The Dramatiq message that runs `job`."""
-    return dramatiq.Message(
-        queue_name=job.queue.value,
-        actor_name=job.actor_name,
-        args=(),
-        kwargs=job.kwargs,
-        options=options,
-    )
 
 
 def job_for_event(connection_id: str, event: HalaxyEvent, changed: ChangedResource) -> Job:

@@ -13,10 +13,13 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import structlog
 from redis.lock import Lock
 
 from shared.config import Settings
 from shared.errors import StoreUnavailable, Transient
+
+log = structlog.get_logger("halaxy_bridge.store")
 
 CLIENT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 1.0,
@@ -178,7 +181,7 @@ class _LeaseRenewer:
         due = time.monotonic() + float(lock.timeout or 0) / 3
         with self._changed:
             self._due[lock] = due
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
                 self._thread.start()
             if due < self._wakes_at:
@@ -210,8 +213,12 @@ class _LeaseRenewer:
                     self._changed.wait(wait)
                     continue
             for lock in due:
-                with suppress(redis.exceptions.RedisError):  # a blip: the next renewal may land
+                try:
                     lock.reacquire()
+                except redis.exceptions.RedisError:
+                    pass  # a blip, or the lease just ended: the next renewal may land
+                except Exception as exc:  # this one thread keeps every lease alive: never die
+                    log.error("lease.renewal_failed", error=type(exc).__name__)
 
 
 _renewer = _LeaseRenewer()

@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from services.workers.messaging import DramatiqJobQueue, build_broker
+from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue, build_broker
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.halaxy.notifications import ChangedResource
-from shared.intake import ConnectionChanged, IntakeResult, RedisEventIntake
+from shared.intake import ConnectionChanged, IntakeResult
 from shared.jobs import job_for_event
 from shared.store import Keys, as_bytes, async_redis_client
 from tests.helpers import queued_messages
@@ -33,7 +33,7 @@ def accept(
     async def run() -> IntakeResult:
         client = async_redis_client(settings)
         try:
-            intake = RedisEventIntake(client, Keys(settings.redis_namespace))
+            intake = DramatiqEventIntake(client, Keys(settings.redis_namespace))
             return await intake.accept(record, connection_id, EVENT, changed)
         finally:
             await client.aclose()

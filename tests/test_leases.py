@@ -143,3 +143,23 @@ def test_a_forked_child_renews_its_own_leases(
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_an_unexpected_error_in_one_renewal_does_not_stop_the_others(
+    redis_server_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"{keys.namespace}:lease-unlucky"
+    real = redis.lock.Lock.reacquire
+    failures = iter([RuntimeError("a bug in one renewal")])
+
+    def reacquire_once_broken(lock: redis.lock.Lock) -> bool:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(lock)
+
+    monkeypatch.setattr(redis.lock.Lock, "reacquire", reacquire_once_broken)
+    with held_lease(redis_server_client, name, ttl=0.3, wait=1, busy="busy"):
+        time.sleep(1.2)  # four ttls: only renewals after the failure keep it
+        assert redis_server_client.pttl(name) > 0
+    assert len(renewer_threads()) == 1

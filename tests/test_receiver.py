@@ -348,7 +348,15 @@ def test_changes_made_elsewhere_apply_to_the_very_next_webhook(
     rotated = onboarding.rotate(connection, request, utcnow())
     store.save(rotated)
     assert (post(rotated.webhook_secret), post(old)) == (202, 401)
+    bearer_old = {"Authorization": f"Bearer {old.get_secret_value()}"}
+    empty = notification(connection.halaxy_base_url, "Patient", [])  # status only: no events
+    for body in (empty, b"{not json", b"x" * (300 * 1024)):
+        refused = post_notification(client, connection, body=body, headers=bearer_old)
+        assert refused.status_code == 401  # never a 202, 400 or 413 on the revoked secret
+    assert post(rotated.webhook_secret) == 202  # the rotated record is now the one last read
     store.save(onboarding.disable(rotated, utcnow()))
+    headers = {"Authorization": f"Bearer {rotated.webhook_secret.get_secret_value()}"}
+    assert post_notification(client, connection, body=empty, headers=headers).status_code == 404
     assert post(rotated.webhook_secret) == 404
     store.save(rotated)
     assert post(rotated.webhook_secret) == 202

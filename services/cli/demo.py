@@ -66,7 +66,7 @@ def _run(serve: bool) -> None:
     from services.webhook_receiver.app import create_app, halaxy_key_verifier
     from services.workers import broker as worker_broker
     from services.workers.actors import use_runtime
-    from services.workers.messaging import DramatiqJobQueue
+    from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue
     from services.workers.runtime import WorkerRuntime
     from shared import onboarding
     from shared.audit import AuditTrail
@@ -75,7 +75,7 @@ def _run(serve: bool) -> None:
     from shared.connections import utcnow
     from shared.halaxy.events import HalaxyEvent
     from shared.halaxy.notifications import ChangedResource
-    from shared.intake import EventIntake, IntakeResult, RedisEventIntake
+    from shared.intake import EventIntake, IntakeResult
     from shared.jobs import Job, JobQueue, job_for_event
     from shared.store import Keys
 
@@ -131,7 +131,7 @@ def _run(serve: bool) -> None:
                 queue=RecordingQueue(DramatiqJobQueue(broker)),
                 client=client,
                 async_client=async_client,
-                intake=RecordingIntake(RedisEventIntake(async_client, Keys(DEMO_NAMESPACE))),
+                intake=RecordingIntake(DramatiqEventIntake(async_client, Keys(DEMO_NAMESPACE))),
                 verify_key=verify,
             )
             with ServerThread(app, port=receiver_port) as receiver:

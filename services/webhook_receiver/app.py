@@ -32,7 +32,7 @@ from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
 from shared.errors import ConfigError
 from shared.halaxy.auth import fetch_token
-from shared.intake import EventIntake, RedisEventIntake
+from shared.intake import EventIntake
 from shared.jobs import JobQueue
 from shared.logs import configure_logging
 from shared.notes_outbox import NoteOutbox
@@ -97,16 +97,17 @@ def create_app(
     keys = Keys(settings.redis_namespace)
     connections = ConnectionStore(client, keys, settings.fernet)
     http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
-    if queue is None:
-        from services.workers.messaging import DramatiqJobQueue, build_broker
+    # Imported here, not at the top: the workers package builds its broker when imported.
+    from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue, build_broker
 
+    if queue is None:
         queue = DramatiqJobQueue(build_broker(settings, client))
     deps = Deps(
         settings=settings,
         redis=client,
         connections=connections,
         known=KnownConnections(async_client, connections),
-        intake=intake or RedisEventIntake(async_client, keys),
+        intake=intake or DramatiqEventIntake(async_client, keys),
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
         queue=queue,
         verify_key=verify_key or halaxy_key_verifier(settings, http),
@@ -119,8 +120,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         deps.metrics.start()
         # What exists once the app is built lives as long as the process: keep it out of the
-        # collector's full passes, which otherwise pause every request in flight.
-        gc.freeze()
+        # collector's full passes, which otherwise pause every request in flight. Once per
+        # process, after a collection, so no garbage is frozen with it.
+        if not gc.get_freeze_count():
+            gc.collect()
+            gc.freeze()
         yield
         deps.metrics.stop()
         http.close()

@@ -2,9 +2,10 @@
 
 The hot path runs on the event loop with one Redis round trip: the caller is authenticated
 against the connection as last read (`KnownConnections`), and the intake script queues only if
-that is still the stored record. If it is not, or if the old record would refuse the caller
-(wrong secret, disabled, a focus off its Halaxy host), the connection is read again and the
-request taken anew.
+that is still the stored record. If it is not, or if the request would be refused after the old
+record's checks (wrong secret, disabled, any refusal of the body), the connection is read
+again and the request taken anew. So every answer rests on the stored record: a 202 on the
+intake script's check, a refusal on a fresh read.
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ async def halaxy_webhook(request: Request) -> Response:
             except ConnectionChanged:
                 pass
             except ApiError as exc:
-                metrics.rejected(connection_id, event.name, exc.code)
-                raise
+                if fresh:
+                    metrics.rejected(connection_id, event.name, exc.code)
+                    raise
+                # Refused after passing an old record's checks: confirm them first, or a
+                # revoked secret could learn from a 400 or 413 that it was once right.
         opened = None
     raise unavailable()
 
@@ -94,15 +98,14 @@ async def _take(
             raise ConnectionChanged(connection.id)
         bound.warning("webhook.unauthorized")
         raise ApiError(401, "unauthorized", "missing or wrong Authorization for this connection")
-    metrics.authenticated(connection.id)
     try:
         changed = parse_notification(
             await body.read(), event.resource_type, connection.halaxy_base_url
         )
     except NotificationError as exc:
-        status = 400 if exc.code == "malformed_json" else 422
-        if status == 422 and not fresh:  # judged against the connection's Halaxy base URL
+        if not fresh:  # confirm against a fresh read before refusing (see halaxy_webhook)
             raise ConnectionChanged(connection.id) from None
+        status = 400 if exc.code == "malformed_json" else 422
         bound.warning("webhook.rejected", reason=exc.code)
         raise ApiError(status, exc.code, exc.detail) from None
     try:
@@ -110,6 +113,7 @@ async def _take(
     except StoreUnavailable:
         bound.error("webhook.not_queued", reason="redis_unavailable")
         raise unavailable() from None
+    metrics.authenticated(connection.id)  # the intake confirmed the record it was checked on
     metrics.accepted(connection.id, event.name, len(result.accepted), len(result.duplicates))
     bound.info(
         "webhook.accepted",
@@ -122,16 +126,24 @@ async def _take(
 
 
 class _Body:
-    """The request body, checked and read once however many times the request is taken."""
+    """The request body, checked and read once however many times the request is taken: the
+    same bytes, or the same refusal, every time."""
 
     def __init__(self, request: Request) -> None:
         self._request = request
         self._body: bytes | None = None
+        self._refused: ApiError | None = None
 
     async def read(self) -> bytes:
+        if self._refused is not None:
+            raise self._refused
         if self._body is None:
-            require_json(self._request)
-            self._body = await read_capped_body(self._request, MAX_BODY)
+            try:
+                require_json(self._request)
+                self._body = await read_capped_body(self._request, MAX_BODY)
+            except ApiError as exc:
+                self._refused = exc
+                raise
         return self._body
 
 

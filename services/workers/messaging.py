@@ -1,17 +1,23 @@
-"""The Dramatiq Redis broker and the adapter the receiver enqueues through."""
+"""The Dramatiq Redis broker and the adapters the receiver queues work through."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+from uuid import uuid4
 
 import dramatiq
 import redis
+import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
 from shared.config import Settings
 from shared.dead_letters import DeadLetterStore
-from shared.jobs import Job, QueueName, dramatiq_message
+from shared.halaxy.events import HalaxyEvent
+from shared.halaxy.notifications import ChangedResource
+from shared.intake import SEEN_TTL, ConnectionChanged, IntakeResult, event_digest
+from shared.jobs import Job, QueueName, job_for_event
 from shared.store import Keys, redis_client, translate_redis_errors
 from shared.telemetry.push import MetricsPusher
 
@@ -53,6 +59,77 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     broker.add_middleware(PushMetrics(MetricsPusher(client, keys, settings.metrics_push_seconds)))
     for queue in QueueName:
         broker.declare_queue(queue.value)
+
+
+# KEYS: the connection record, the queue's id list, the queue's message hash, then one seen
+# key per event. ARGV: the record the caller authenticated against, the seen TTL in seconds,
+# then a (message id, encoded message) pair per event. The HSET and RPUSH are what Dramatiq's
+# own enqueue does (dramatiq/brokers/redis/dispatch.lua, "enqueue"); tests/test_intake.py
+# checks that against RedisBroker.enqueue. The first write is the SET, so a Redis
+# refusing writes (out of memory) fails the script before it has changed anything.
+INTAKE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+local accepted = {}
+for i = 4, #KEYS do
+  local arg = 3 + (i - 4) * 2
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[2]) then
+    redis.call('HSET', KEYS[3], ARGV[arg], ARGV[arg + 1])
+    redis.call('RPUSH', KEYS[2], ARGV[arg])
+    accepted[#accepted + 1] = i - 3
+  end
+end
+return accepted
+"""
+
+
+class DramatiqEventIntake:
+    """`EventIntake` on Redis, queueing straight onto Dramatiq's live queue."""
+
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
+        self._keys = keys
+        self._script = client.register_script(INTAKE_SCRIPT)
+
+    async def accept(
+        self,
+        record: bytes,
+        connection_id: str,
+        event: HalaxyEvent,
+        changed: Sequence[ChangedResource],
+    ) -> IntakeResult:
+        queue = QueueName.LIVE.value
+        keys = [
+            self._keys.connection(connection_id),
+            self._keys.dramatiq_queue(queue),
+            self._keys.dramatiq_messages(queue),
+        ]
+        args: list[bytes | str | int] = [record, int(SEEN_TTL.total_seconds())]
+        for item in changed:
+            keys.append(self._keys.seen_event(connection_id, event_digest(item.event_key)))
+            job = job_for_event(connection_id, event, item)
+            redis_id = str(uuid4())  # as RedisBroker.enqueue: unique per enqueue, not per job
+            args += [redis_id, dramatiq_message(job, redis_message_id=redis_id).encode()]
+        with translate_redis_errors():
+            reply = await self._script(keys=keys, args=args)
+        if reply == -1:
+            raise ConnectionChanged(f"connection {connection_id} changed")
+        fresh = {int(position) - 1 for position in reply}
+        return IntakeResult(
+            accepted=[item.event_key for n, item in enumerate(changed) if n in fresh],
+            duplicates=[item.event_key for n, item in enumerate(changed) if n not in fresh],
+        )
+
+
+def dramatiq_message(job: Job, **options: Any) -> dramatiq.Message[Any]:
+    """The Dramatiq message that runs `job`."""
+    return dramatiq.Message(
+        queue_name=job.queue.value,
+        actor_name=job.actor_name,
+        args=(),
+        kwargs=job.kwargs,
+        options=options,
+    )
 
 
 class DramatiqJobQueue:
