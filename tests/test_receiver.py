@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -300,20 +302,39 @@ def test_a_redelivered_event_is_queued_once_even_across_an_app_restart(
     assert redis_server_client.ttl(seen_key) >= 7 * 24 * 3600
 
 
-def test_an_event_redis_refused_to_queue_is_not_marked_seen(
+@dataclass(frozen=True)
+class PrivateClinic:
+    """A connection on a redis-server of the test's own, which the test may stop or starve."""
+
+    settings: Settings
+    redis: redis.Redis
+    keys: Keys
+    connection: Connection
+
+
+@pytest.fixture
+def private_clinic(
     settings: Settings,
     private_redis: RedisServer,
     fake_halaxy: FakeHalaxy,
     verify_key: KeyVerifier,
-) -> None:
+) -> Iterator[PrivateClinic]:
     private = settings.model_copy(update={"redis_url": private_redis.url})
-    server = redis.Redis.from_url(private_redis.url)
+    client = redis.Redis.from_url(private_redis.url)
     keys = Keys(private.redis_namespace)
     connection = make_connection(
-        ConnectionStore(server, keys, private.fernet), fake_halaxy, verify_key
+        ConnectionStore(client, keys, private.fernet), fake_halaxy, verify_key
     )
+    yield PrivateClinic(private, client, keys, connection)
+    client.close()
+
+
+def test_an_event_redis_refused_to_queue_is_not_marked_seen(
+    private_clinic: PrivateClinic, verify_key: KeyVerifier
+) -> None:
+    server, keys, connection = private_clinic.redis, private_clinic.keys, private_clinic.connection
     body = notification(connection.halaxy_base_url, "Patient", ["1001"])
-    with TestClient(create_app(private, verify_key=verify_key)) as client:
+    with TestClient(create_app(private_clinic.settings, verify_key=verify_key)) as client:
         server.config_set("maxmemory", 1)  # noeviction: every write is refused, reads work
         try:
             refused = post_notification(client, connection, body=body)
@@ -327,7 +348,6 @@ def test_an_event_redis_refused_to_queue_is_not_marked_seen(
     assert taken.status_code == 202
     assert taken.json()["duplicates"] == []
     assert len(queued_messages(server, keys)) == 1
-    server.close()
 
 
 def test_changes_made_elsewhere_apply_to_the_very_next_webhook(
@@ -366,17 +386,10 @@ def test_changes_made_elsewhere_apply_to_the_very_next_webhook(
 
 
 def test_503_while_redis_is_down_and_202_once_it_is_back(
-    settings: Settings,
-    private_redis: RedisServer,
-    fake_halaxy: FakeHalaxy,
-    verify_key: KeyVerifier,
+    private_clinic: PrivateClinic, private_redis: RedisServer, verify_key: KeyVerifier
 ) -> None:
-    private = settings.model_copy(update={"redis_url": private_redis.url})
-    server_client = redis.Redis.from_url(private_redis.url)
-    store = ConnectionStore(server_client, Keys(private.redis_namespace), private.fernet)
-    connection = make_connection(store, fake_halaxy, verify_key)
-    server_client.close()
-    with TestClient(create_app(private, verify_key=verify_key)) as client:
+    connection = private_clinic.connection
+    with TestClient(create_app(private_clinic.settings, verify_key=verify_key)) as client:
         assert post_notification(client, connection).status_code == 202
         private_redis.stop()
         down = [post_notification(client, connection) for _ in range(3)]
@@ -390,9 +403,7 @@ def test_503_while_redis_is_down_and_202_once_it_is_back(
         response = post_notification(client, connection, body=body)
         assert response.status_code == 202
         assert response.json()["accepted"]
-        queued = queued_messages(
-            redis.Redis.from_url(private_redis.url), Keys(private.redis_namespace)
-        )
+        queued = queued_messages(private_clinic.redis, private_clinic.keys)
         # The event accepted before the stop survived it (AOF), and the new one is there too.
         assert [m["kwargs"]["resource_id"] for m in queued] == ["1001", "2002"]
 

@@ -63,8 +63,8 @@ async def halaxy_webhook(request: Request) -> Response:
                 if fresh:
                     metrics.rejected(connection_id, event.name, exc.code)
                     raise
-                # Refused after passing an old record's checks: confirm them first, or a
-                # revoked secret could learn from a 400 or 413 that it was once right.
+                # Refused on the record last read: confirm on a fresh one, or a rotated
+                # secret could learn from a 400 or 413 that it was once right.
         opened = None
     raise unavailable()
 
@@ -88,25 +88,23 @@ async def _take(
     *,
     fresh: bool,
 ) -> Response:
-    """Raises `ConnectionChanged` when `opened` may be stale and must be read again: a refusal
-    that depends on the connection is only ever given against a fresh read."""
+    """Take the request on `opened`. A refusal on a record that is not `fresh` is not logged:
+    `halaxy_webhook` reads the connection again and takes the request anew."""
     connection = opened.connection
     bound = log.bind(connection_id=connection.id, halaxy_event=event.name)
     presented = presented_secret(request.headers.get("authorization"))
     if not secret_matches(presented, connection.webhook_secrets(utcnow())):
-        if not fresh:  # the secret may have been rotated since the last read
-            raise ConnectionChanged(connection.id)
-        bound.warning("webhook.unauthorized")
+        if fresh:
+            bound.warning("webhook.unauthorized")
         raise ApiError(401, "unauthorized", "missing or wrong Authorization for this connection")
     try:
         changed = parse_notification(
             await body.read(), event.resource_type, connection.halaxy_base_url
         )
     except NotificationError as exc:
-        if not fresh:  # confirm against a fresh read before refusing (see halaxy_webhook)
-            raise ConnectionChanged(connection.id) from None
         status = 400 if exc.code == "malformed_json" else 422
-        bound.warning("webhook.rejected", reason=exc.code)
+        if fresh:
+            bound.warning("webhook.rejected", reason=exc.code)
         raise ApiError(status, exc.code, exc.detail) from None
     try:
         result = await deps.intake.accept(opened.record, connection.id, event, changed)
