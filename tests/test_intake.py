@@ -118,3 +118,50 @@ def test_each_event_is_queued_exactly_once_whatever_the_deliveries(
     assert sorted(result.accepted + result.duplicates) == sorted(run + k for k in delivery)
     queued = queued_messages(redis_server_client, store.keys)[before:]
     assert [m["kwargs"]["event_id"] for m in queued] == expected_new
+
+
+@hypothesis_settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    deliveries=st.lists(
+        st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5), min_size=2, max_size=8
+    )
+)
+def test_deliveries_taken_at_the_same_time_queue_each_event_once(
+    settings: Settings,
+    store: ConnectionStore,
+    connection: Connection,
+    redis_server_client: redis.Redis,
+    deliveries: list[list[str]],
+) -> None:
+    """Concurrent deliveries share a pipeline (PipelinedScript); each is still its own atomic
+    script, so overlapping events are queued once, by whichever delivery Redis ran first."""
+    run = f"c{next(_numbers)}-"
+    record = stored_record(store, connection)
+    before = len(queued_messages(redis_server_client, store.keys))
+
+    async def take_all() -> list[IntakeResult]:
+        client = async_redis_client(settings)
+        try:
+            intake = DramatiqEventIntake(client, Keys(settings.redis_namespace))
+            return await asyncio.gather(
+                *(
+                    intake.accept(record, connection.id, EVENT, changed(*[run + k for k in d]))
+                    for d in deliveries
+                )
+            )
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(take_all())
+    seen: set[str] = set()
+    for delivery, result in zip(deliveries, results, strict=True):
+        ids = [run + k for k in delivery]
+        assert result.accepted == [i for i in dict.fromkeys(ids) if i not in seen]
+        assert sorted(result.accepted + result.duplicates) == sorted(ids)
+        seen.update(ids)
+    queued = queued_messages(redis_server_client, store.keys)[before:]
+    assert [m["kwargs"]["event_id"] for m in queued] == [
+        event for result in results for event in result.accepted
+    ]

@@ -18,6 +18,7 @@ from shared.halaxy.events import HalaxyEvent
 from shared.halaxy.notifications import ChangedResource
 from shared.intake import SEEN_TTL, ConnectionChanged, IntakeResult, event_digest
 from shared.jobs import Job, QueueName, job_for_event
+from shared.pipelined_script import PipelinedScript
 from shared.store import Keys, redis_client, translate_redis_errors
 from shared.telemetry.push import MetricsPusher
 
@@ -89,7 +90,7 @@ class DramatiqEventIntake:
 
     def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
         self._keys = keys
-        self._script = client.register_script(INTAKE_SCRIPT)
+        self._script = PipelinedScript(client, INTAKE_SCRIPT)
 
     async def accept(
         self,

@@ -1,0 +1,168 @@
+"""PipelinedScript: concurrent calls share round trips, and each still gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+import redis
+import redis.asyncio
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from shared.config import Settings
+from shared.pipelined_script import PipelinedScript
+from shared.store import CLIENT_OPTIONS
+from tests.redis_server import RedisServer
+
+T = TypeVar("T")
+
+# Appends ARGV[1] to the list KEYS[1] and answers the list's length; refuses 'bad' without
+# writing anything, the way a script's own error does.
+APPEND = """
+if ARGV[1] == 'bad' then
+  return redis.error_reply('refused ' .. KEYS[1])
+end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
+def run(settings_url: str, work: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
+    async def main() -> T:
+        client = redis.asyncio.Redis.from_url(settings_url, **CLIENT_OPTIONS)
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+class CountingPipelines:
+    """Counts the pipelines a client opens: the round trips PipelinedScript makes."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.opened = 0
+        original = client.pipeline
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            self.opened += 1
+            return original(*args, **kwargs)
+
+        client.pipeline = pipeline  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def prefix(settings: Settings) -> str:
+    return f"{settings.redis_namespace}:pipelined"
+
+
+def test_calls_made_together_share_one_round_trip_and_get_their_own_replies(
+    settings: Settings, redis_server_client: redis.Redis, prefix: str
+) -> None:
+    async def work(client: redis.asyncio.Redis) -> tuple[list[Any], int]:
+        await client.script_load(APPEND)  # else the first pipeline is refused with NOSCRIPT
+        pipelines = CountingPipelines(client)
+        script = PipelinedScript(client, APPEND)
+        replies = await asyncio.gather(
+            *(script(keys=[f"{prefix}:{n % 3}"], args=[f"v{n}"]) for n in range(30))
+        )
+        return replies, pipelines.opened
+
+    replies, opened = run(settings.redis_url, work)
+    assert opened == 1
+    # Sent in call order, so the list of key n % 3 had n // 3 + 1 items after call n.
+    assert replies == [n // 3 + 1 for n in range(30)]
+    assert redis_server_client.lrange(f"{prefix}:1", 0, -1) == [
+        f"v{n}".encode() for n in range(1, 30, 3)
+    ]
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    waves=st.lists(
+        st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["a", "b", "bad"])), max_size=12),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_each_call_gets_what_the_same_call_alone_would_get(
+    settings: Settings, redis_server_client: redis.Redis, prefix: str, waves: list[list[Any]]
+) -> None:
+    """Waves of concurrent calls, some refused by the script: each caller gets its own reply
+    or its own error, and Redis ends as if the calls had run one by one in order."""
+    keys = [f"{prefix}:{n}" for n in range(4)]
+    redis_server_client.delete(*keys)
+
+    async def work(client: redis.asyncio.Redis) -> list[list[Any]]:
+        script = PipelinedScript(client, APPEND)
+        answers = []
+        for wave in waves:
+            calls = (script(keys=[keys[k]], args=[value]) for k, value in wave)
+            answers.append(await asyncio.gather(*calls, return_exceptions=True))
+        return answers
+
+    answers = run(settings.redis_url, work)
+    lengths = dict.fromkeys(keys, 0)
+    for wave, wave_answers in zip(waves, answers, strict=True):
+        for (k, value), answer in zip(wave, wave_answers, strict=True):
+            if value == "bad":
+                assert isinstance(answer, redis.exceptions.ResponseError)
+                assert str(answer) == f"refused {keys[k]}"
+            else:
+                lengths[keys[k]] += 1
+                assert answer == lengths[keys[k]]
+    for key, length in lengths.items():
+        assert redis_server_client.llen(key) == length
+
+
+def test_a_cancelled_caller_leaves_the_others_their_replies(
+    settings: Settings, redis_server_client: redis.Redis, prefix: str
+) -> None:
+    async def work(client: redis.asyncio.Redis) -> list[Any]:
+        script = PipelinedScript(client, APPEND)
+        calls = [
+            asyncio.ensure_future(script(keys=[f"{prefix}:c"], args=[f"v{n}"])) for n in range(5)
+        ]
+        await asyncio.sleep(0)  # every call is waiting for the pipeline
+        calls[2].cancel()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = run(settings.redis_url, work)
+    assert isinstance(answers[2], asyncio.CancelledError)
+    # Cancelled before the pipeline was sent, so it did not run.
+    assert answers[:2] + answers[3:] == [1, 2, 3, 4]
+    assert redis_server_client.lrange(f"{prefix}:c", 0, -1) == [b"v0", b"v1", b"v3", b"v4"]
+
+
+def test_scripts_flushed_from_redis_are_loaded_again_and_each_call_runs_once(
+    private_redis: RedisServer,
+) -> None:
+    async def work(client: redis.asyncio.Redis) -> tuple[list[Any], list[Any]]:
+        script = PipelinedScript(client, APPEND)
+        first = await asyncio.gather(*(script(keys=["k"], args=[f"a{n}"]) for n in range(3)))
+        await client.script_flush()
+        second = await asyncio.gather(*(script(keys=["k"], args=[f"b{n}"]) for n in range(3)))
+        return first, second
+
+    first, second = run(private_redis.url, work)
+    assert (first, second) == ([1, 2, 3], [4, 5, 6])
+    stored = redis.Redis.from_url(private_redis.url).lrange("k", 0, -1)
+    assert stored == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2"]
+
+
+def test_every_waiting_caller_hears_that_redis_is_gone(private_redis: RedisServer) -> None:
+    async def work(client: redis.asyncio.Redis) -> list[Any]:
+        script = PipelinedScript(client, APPEND)
+        await script(keys=["k"], args=["before"])  # the pool holds an open connection
+        private_redis.stop()
+        calls = (script(keys=["k"], args=[f"v{n}"]) for n in range(4))
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = run(private_redis.url, work)
+    assert all(isinstance(a, redis.exceptions.ConnectionError) for a in answers), answers
