@@ -17,7 +17,7 @@ import redis
 
 from shared.audit import PendingEntry
 from shared.errors import StoreUnavailable
-from shared.store import Keys, as_bytes, held_lease, translate_redis_errors
+from shared.store import Keys, LeaseRenewer, as_bytes, held_lease, translate_redis_errors
 
 LOCK_TTL = 30.0  # renewed while the sync runs; lapses soon after its holder dies
 LOCK_WAIT = 5.0
@@ -32,9 +32,12 @@ class PatientLink:
 
 
 class PatientLinks:
-    def __init__(self, client: redis.Redis, keys: Keys, connection_id: str) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, connection_id: str, renewer: LeaseRenewer
+    ) -> None:
         self._redis = client
         self._keys = keys
+        self._renewer = renewer
         self.connection_id = connection_id
         self._key = keys.patient_links(connection_id)
 
@@ -110,6 +113,7 @@ class PatientLinks:
             ttl=LOCK_TTL,
             wait=LOCK_WAIT,
             busy="another worker is syncing this patient",
+            renewer=self._renewer,
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import uuid
@@ -166,20 +165,26 @@ def held_lock(
             lock.release()
 
 
-class _LeaseRenewer:
-    """One daemon thread per process renews every lease the process holds, each a third of
-    its ttl after it was taken or last renewed. The thread dies with its process, so a dead
-    holder's leases lapse after their ttl."""
+class LeaseRenewer:
+    """Renews the leases added to it on one daemon thread, each a third of its ttl after it
+    was taken or last renewed. The thread dies with its process, so a dead holder's leases
+    lapse after their ttl. A renewer does not survive a fork (its thread stays behind): build
+    one in the process that uses it, as the worker runtime does."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._due: dict[Lock, float] = {}  # lease -> when to renew it next (monotonic)
         self._wakes_at = math.inf
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def add(self, lock: Lock) -> None:
+        """Keep `lock` alive until it is discarded; raise `RuntimeError` once closed (a lease
+        nobody renews would lapse under its holder)."""
         due = time.monotonic() + float(lock.timeout or 0) / 3
         with self._changed:
+            if self._closed:
+                raise RuntimeError("the lease renewer is closed")
             self._due[lock] = due
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
@@ -193,16 +198,21 @@ class _LeaseRenewer:
         with self._changed:
             self._due.pop(lock, None)
 
-    def forget_all(self) -> None:
-        """In a forked child: the parent's leases are not ours, and its thread is not here."""
-        self._changed = threading.Condition()
-        self._due = {}
-        self._wakes_at = math.inf
-        self._thread = None
+    def close(self) -> None:
+        """Stop the thread (at shutdown). Leases still held are renewed no more and lapse
+        after their ttl."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
     def _run(self) -> None:
         while True:
             with self._changed:
+                if self._closed:
+                    return
                 now = time.monotonic()
                 due = [lock for lock, at in self._due.items() if at <= now]
                 for lock in due:
@@ -213,6 +223,8 @@ class _LeaseRenewer:
                     self._changed.wait(wait)
                     continue
             for lock in due:
+                if self._closed:
+                    return  # close() waits: skip renewals that could each take seconds
                 try:
                     lock.reacquire()
                 except redis.exceptions.RedisError:
@@ -221,15 +233,11 @@ class _LeaseRenewer:
                     log.error("lease.renewal_failed", error=type(exc).__name__)
 
 
-_renewer = _LeaseRenewer()
-os.register_at_fork(after_in_child=_renewer.forget_all)
-
-
 @contextmanager
 def held_lease(
-    client: redis.Redis, name: str, *, ttl: float, wait: float, busy: str
+    client: redis.Redis, name: str, *, ttl: float, wait: float, busy: str, renewer: LeaseRenewer
 ) -> Iterator[None]:
-    """`held_lock` kept alive by the process's renewal thread for as long as the block runs.
+    """`held_lock` kept alive by `renewer` for as long as the block runs.
 
     If the holder dies (SIGKILL, OOM), renewal stops and the lease expires after `ttl`, so
     another worker can take over without waiting for a long fixed timeout.
@@ -240,10 +248,10 @@ def held_lease(
         # uuid4, not redis-py's default uuid1: libuuid tries the uuidd socket on every call.
         if not lock.acquire(token=uuid.uuid4().hex):
             raise Transient(busy)
-    _renewer.add(lock)
     try:
+        renewer.add(lock)
         yield
     finally:
-        _renewer.discard(lock)
+        renewer.discard(lock)
         with translate_redis_errors(), suppress(redis.exceptions.LockError):
             lock.release()

@@ -32,7 +32,7 @@ from shared.config import Settings, load_settings  # noqa: E402
 from shared.connection_store import ConnectionStore  # noqa: E402
 from shared.connections import Connection, utcnow  # noqa: E402
 from shared.onboarding import KeyVerifier  # noqa: E402
-from shared.store import Keys  # noqa: E402
+from shared.store import Keys, LeaseRenewer  # noqa: E402
 from tests.helpers import audit_of  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
@@ -69,6 +69,13 @@ def settings(base_settings: Settings, redis_server_client: redis.Redis) -> Setti
 @pytest.fixture
 def keys(settings: Settings) -> Keys:
     return Keys(settings.redis_namespace)
+
+
+@pytest.fixture
+def renewer() -> Iterator[LeaseRenewer]:
+    built = LeaseRenewer()
+    yield built
+    built.close()
 
 
 @pytest.fixture

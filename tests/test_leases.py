@@ -1,9 +1,8 @@
-"""Leases (`held_lease`): kept alive by one renewal thread per process, for as long as their
+"""Leases (`held_lease`): kept alive by one renewal thread per renewer, for as long as their
 holder works and no longer, against real Redis and real processes."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,19 +11,21 @@ import time
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from shared.config import Settings
 from shared.errors import Transient
-from shared.store import Keys, held_lease
+from shared.store import Keys, LeaseRenewer, held_lease
 from tests.redis_server import RedisServer
 
 HOLDER = """
 import sys, time
 import redis
-from shared.store import held_lease
+from shared.store import LeaseRenewer, held_lease
 
 client = redis.Redis.from_url(sys.argv[1])
-with held_lease(client, sys.argv[2], ttl=float(sys.argv[3]), wait=1, busy="busy"):
+renewer = LeaseRenewer()
+with held_lease(client, sys.argv[2], ttl=float(sys.argv[3]), wait=1, busy="b", renewer=renewer):
     print("held", flush=True)
     time.sleep(60)
 """
@@ -35,14 +36,14 @@ def renewer_threads() -> list[threading.Thread]:
 
 
 def test_many_leases_at_once_are_kept_alive_by_one_thread(
-    redis_server_client: redis.Redis, keys: Keys
+    redis_server_client: redis.Redis, keys: Keys, renewer: LeaseRenewer
 ) -> None:
     names = [f"{keys.namespace}:lease-{n}" for n in range(8)]
     held = threading.Barrier(len(names) + 1)
     done = threading.Event()
 
     def hold(name: str, ttl: float) -> None:
-        with held_lease(redis_server_client, name, ttl=ttl, wait=1, busy="busy"):
+        with held_lease(redis_server_client, name, ttl=ttl, wait=1, busy="b", renewer=renewer):
             held.wait()
             done.wait()
 
@@ -50,13 +51,14 @@ def test_many_leases_at_once_are_kept_alive_by_one_thread(
         threading.Thread(target=hold, args=(name, 0.3 + 0.1 * (n % 3)))
         for n, name in enumerate(names)
     ]
+    before = renewer_threads()
     for thread in threads:
         thread.start()
     held.wait()
     time.sleep(1.5)  # several times every ttl
     try:
         assert all(redis_server_client.pttl(name) > 0 for name in names)
-        assert len(renewer_threads()) == 1
+        assert len(set(renewer_threads()) - set(before)) == 1
     finally:
         done.set()
         for thread in threads:
@@ -65,10 +67,10 @@ def test_many_leases_at_once_are_kept_alive_by_one_thread(
 
 
 def test_a_lease_whose_block_ended_is_renewed_no_more(
-    redis_server_client: redis.Redis, keys: Keys
+    redis_server_client: redis.Redis, keys: Keys, renewer: LeaseRenewer
 ) -> None:
     name = f"{keys.namespace}:lease-ended"
-    with held_lease(redis_server_client, name, ttl=0.3, wait=1, busy="busy"):
+    with held_lease(redis_server_client, name, ttl=0.3, wait=1, busy="busy", renewer=renewer):
         token = redis_server_client.get(name)
     assert redis_server_client.exists(name) == 0
     # Put back what the renewer would extend if it still held the lease: it must lapse.
@@ -78,7 +80,7 @@ def test_a_lease_whose_block_ended_is_renewed_no_more(
 
 
 def test_a_lease_lapses_about_its_ttl_after_its_holder_is_killed(
-    redis_server_client: redis.Redis, keys: Keys, settings: Settings
+    redis_server_client: redis.Redis, keys: Keys, settings: Settings, renewer: LeaseRenewer
 ) -> None:
     name = f"{keys.namespace}:lease-killed"
     holder = subprocess.Popen(
@@ -95,7 +97,7 @@ def test_a_lease_lapses_about_its_ttl_after_its_holder_is_killed(
         while redis_server_client.exists(name):
             assert time.monotonic() - killed < 0.6 + 0.5, "the lease outlived its dead holder"
             time.sleep(0.02)
-        with held_lease(redis_server_client, name, ttl=0.6, wait=0.1, busy="busy"):
+        with held_lease(redis_server_client, name, ttl=0.6, wait=0.1, busy="b", renewer=renewer):
             pass  # another worker takes over
     finally:
         if holder.poll() is None:
@@ -104,12 +106,12 @@ def test_a_lease_lapses_about_its_ttl_after_its_holder_is_killed(
 
 
 def test_renewal_outlasts_a_redis_outage_shorter_than_the_ttl(
-    private_redis: RedisServer, keys: Keys
+    private_redis: RedisServer, keys: Keys, renewer: LeaseRenewer
 ) -> None:
     client = redis.Redis.from_url(private_redis.url, socket_connect_timeout=0.2)
     name = f"{keys.namespace}:lease-outage"
     try:
-        with held_lease(client, name, ttl=3.0, wait=1, busy="busy"):
+        with held_lease(client, name, ttl=3.0, wait=1, busy="busy", renewer=renewer):
             private_redis.stop()  # renewals fail meanwhile
             time.sleep(1.2)
             private_redis.start()
@@ -117,7 +119,7 @@ def test_renewal_outlasts_a_redis_outage_shorter_than_the_ttl(
             assert client.pttl(name) > 0
             with (
                 pytest.raises(Transient),
-                held_lease(client, name, ttl=3.0, wait=0.1, busy="busy"),
+                held_lease(client, name, ttl=3.0, wait=0.1, busy="busy", renewer=renewer),
             ):
                 pass
         assert client.exists(name) == 0
@@ -125,28 +127,11 @@ def test_renewal_outlasts_a_redis_outage_shorter_than_the_ttl(
         client.close()
 
 
-def test_a_forked_child_renews_its_own_leases(
-    redis_server_client: redis.Redis, keys: Keys, settings: Settings
-) -> None:
-    """Dramatiq forks its worker processes: a child gets a renewal thread of its own."""
-    with held_lease(redis_server_client, f"{keys.namespace}:lease-parent", ttl=5, wait=1, busy="b"):
-        pid = os.fork()
-        if pid == 0:  # the child: exit 0 only if its lease outlived the ttl
-            code = 1
-            try:
-                client = redis.Redis.from_url(settings.redis_url)
-                name = f"{keys.namespace}:lease-child"
-                with held_lease(client, name, ttl=0.3, wait=1, busy="busy"):
-                    time.sleep(1.0)
-                    code = 0 if client.pttl(name) > 0 else 2
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-
-
 def test_an_unexpected_error_in_one_renewal_does_not_stop_the_others(
-    redis_server_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    renewer: LeaseRenewer,
 ) -> None:
     name = f"{keys.namespace}:lease-unlucky"
     real = redis.lock.Lock.reacquire
@@ -159,7 +144,35 @@ def test_an_unexpected_error_in_one_renewal_does_not_stop_the_others(
         return real(lock)
 
     monkeypatch.setattr(redis.lock.Lock, "reacquire", reacquire_once_broken)
-    with held_lease(redis_server_client, name, ttl=0.3, wait=1, busy="busy"):
+    before = renewer_threads()
+    with (
+        capture_logs() as logs,
+        held_lease(redis_server_client, name, ttl=0.3, wait=1, busy="busy", renewer=renewer),
+    ):
         time.sleep(1.2)  # four ttls: only renewals after the failure keep it
         assert redis_server_client.pttl(name) > 0
-    assert len(renewer_threads()) == 1
+    assert len(set(renewer_threads()) - set(before)) == 1
+    assert [e["event"] for e in logs] == ["lease.renewal_failed"]
+
+
+def test_a_closed_renewer_stops_its_thread_and_refuses_new_leases(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    renewer = LeaseRenewer()
+    held, taken_after = f"{keys.namespace}:lease-held", f"{keys.namespace}:lease-after"
+    before = renewer_threads()
+    with held_lease(redis_server_client, held, ttl=0.3, wait=1, busy="busy", renewer=renewer):
+        [thread] = set(renewer_threads()) - set(before)
+        time.sleep(0.6)
+        assert redis_server_client.pttl(held) > 0  # renewed until the close
+        renewer.close()
+        assert not thread.is_alive()
+        time.sleep(0.6)
+        assert redis_server_client.exists(held) == 0  # renewed no more: lapsed after its ttl
+    with (
+        pytest.raises(RuntimeError, match="closed"),
+        held_lease(redis_server_client, taken_after, ttl=5, wait=1, busy="b", renewer=renewer),
+    ):
+        pass
+    assert redis_server_client.exists(taken_after) == 0  # refused, and not left held
+    assert set(renewer_threads()) == set(before)

@@ -11,6 +11,7 @@ from services.sandbox.halaxy import appointment_resource, patient_resource
 from shared.dead_letters import DeadLetterStore
 from shared.onboarding import KeyVerifier
 from shared.patient_links import PatientLinks
+from shared.store import LeaseRenewer
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 
@@ -25,7 +26,7 @@ def conn(pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier) -> Any:
 
 
 def test_created_patient_appears_in_physitrack_with_the_right_fields(
-    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any, renewer: LeaseRenewer
 ) -> None:
     sandbox.halaxy.patients["1001"] = patient_resource("1001", given="Jane", preferred="Janie")
     pipeline.send(conn, "patient-created", "Patient", ["1001"])
@@ -41,7 +42,7 @@ def test_created_patient_appears_in_physitrack_with_the_right_fields(
         "email": "jane.citizen@example.com",
         "mobile_phone": "+61412345678",
     }
-    link = PatientLinks(pipeline.redis, pipeline.keys, conn.id).get("1001")
+    link = PatientLinks(pipeline.redis, pipeline.keys, conn.id, renewer).get("1001")
     assert link is not None
     assert link.platform_id == str(client["id"])
     assert {r.user_agent for r in sandbox.halaxy.requests} == {

@@ -26,6 +26,7 @@ from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
 from shared.patient_links import PatientLinks
 from shared.programs import note_id_for, parse_callback
+from shared.store import LeaseRenewer
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 PATIENT = "1001"
@@ -334,9 +335,9 @@ def test_a_pdf_host_failing_for_a_while_is_retried(
 
 
 def test_the_platforms_own_patient_id_is_mapped_back_to_halaxy(
-    pipeline: Pipeline, sandbox: Sandbox, conn: Connection
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection, renewer: LeaseRenewer
 ) -> None:
-    PatientLinks(pipeline.redis, pipeline.keys, conn.id).save(PATIENT, "p-77", "digest")
+    PatientLinks(pipeline.redis, pipeline.keys, conn.id, renewer).save(PATIENT, "p-77", "digest")
     pipeline.callback(conn, body(conn, publish(sandbox), patient_id="p-77"))
     pipeline.drain()
     [note] = sandbox.halaxy.notes

@@ -18,7 +18,7 @@ from shared.errors import RateLimited, StoreUnavailable, Transient
 from shared.halaxy.client import HalaxyClient
 from shared.halaxy.rate_limit import HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
-from shared.store import Keys, held_lease
+from shared.store import Keys, LeaseRenewer, held_lease
 
 BASE = "https://au-api.halaxy.com/main"
 
@@ -147,15 +147,15 @@ def test_a_written_note_is_reported_even_when_recording_the_pause_fails(
 
 
 def test_a_lease_outlives_its_ttl_while_its_holder_works(
-    redis_server_client: redis.Redis, keys: Keys
+    redis_server_client: redis.Redis, keys: Keys, renewer: LeaseRenewer
 ) -> None:
     name = f"{keys.namespace}:lease-test"
-    with held_lease(redis_server_client, name, ttl=0.6, wait=1, busy="busy"):
+    with held_lease(redis_server_client, name, ttl=0.6, wait=1, busy="busy", renewer=renewer):
         time.sleep(1.5)
         assert redis_server_client.pttl(name) > 0  # renewed by the renewal thread
         with (
             pytest.raises(Transient),
-            held_lease(redis_server_client, name, ttl=0.6, wait=0.1, busy="busy"),
+            held_lease(redis_server_client, name, ttl=0.6, wait=0.1, busy="busy", renewer=renewer),
         ):
             pass
     assert redis_server_client.exists(name) == 0

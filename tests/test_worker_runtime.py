@@ -8,12 +8,13 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from services.workers.runtime import WorkerRuntime
+from services.workers.runtime import RETIRED_CLIENT_GRACE_SECONDS, WorkerRuntime
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection, utcnow
 from shared.errors import ConnectionNotFound
-from shared.onboarding import disable
+from shared.onboarding import KeyVerifier, disable
+from tests.workers import Sandbox, sandbox_connection
 
 
 @pytest.fixture
@@ -39,3 +40,46 @@ def test_services_are_reused_until_the_stored_connection_changes(
     store.save(disable(rotated, utcnow()))
     with pytest.raises(ConnectionNotFound):
         runtime.services(connection.id)
+
+
+def test_patient_locks_use_the_runtimes_renewer_and_are_refused_once_it_closes(
+    runtime: WorkerRuntime, connection: Connection
+) -> None:
+    links = runtime.services(connection.id).links
+    with links.locked("1001"):
+        pass
+    runtime.close()
+    with pytest.raises(RuntimeError, match="renewer is closed"), links.locked("1001"):
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_retired_client_serves_its_jobs_until_none_can_still_be_running(
+    store: ConnectionStore, sandbox: Sandbox, verify_key: KeyVerifier, settings: Settings
+) -> None:
+    clock = Clock()
+    runtime = WorkerRuntime(settings, redis.Redis.from_url(settings.redis_url), clock=clock)
+    connection = sandbox_connection(store, sandbox, verify_key)
+    other = sandbox_connection(store, sandbox, verify_key)
+    try:
+        old = runtime.services(connection.id)  # a job takes the services, then the URL moves
+        moved = sandbox.physitrack_url.replace("127.0.0.1", "localhost")
+        store.save(connection.model_copy(update={"platform_base_url": moved}))
+        assert runtime.services(connection.id).platform is not old.platform
+        clock.now += RETIRED_CLIENT_GRACE_SECONDS
+        runtime.services(other.id)  # builds services: the old client is kept
+        assert old.platform.find_patient("1001") is None  # the job still works
+        clock.now += 1
+        store.save(other.model_copy(update={"name": "Renamed"}))
+        runtime.services(other.id)  # built again: past the grace, the old client is closed
+        with pytest.raises(RuntimeError, match="client has been closed"):
+            old.platform.find_patient("1001")
+    finally:
+        runtime.close()

@@ -10,6 +10,7 @@ import dramatiq
 
 from services.workers.policy import RETRY_OPTIONS, job_outcome
 from services.workers.runtime import WorkerRuntime
+from services.workers.time_limits import TIME_LIMITS_MS
 from shared.config import load_settings
 from shared.connections import utcnow
 from shared.jobs import BULK_PRIORITY, LIVE_PRIORITY, ActorName, QueueName, actor_for
@@ -108,6 +109,7 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
             ttl=NOTE_LEASE_SECONDS,
             wait=5.0,
             busy="another worker holds this note",
+            renewer=rt.renewer,
         ):
             result = write_note(
                 connection=services.connection,
@@ -134,12 +136,6 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
 
 # Each job runs as a live actor (webhooks: a clinic waits) and as a bulk twin on its own queue
 # at a lower priority (backfill, reconcile, replays), so bulk work never delays live work.
-TIME_LIMITS_MS = {
-    ActorName.SYNC_PATIENT: 120_000,
-    ActorName.SYNC_APPOINTMENT: 120_000,
-    ActorName.RECORD_INVOICE: 30_000,
-    ActorName.WRITE_PROGRAM_NOTE: 10 * 60_000,  # a 20 MB PDF down and ~27 MB of JSON up
-}
 FUNCTIONS: dict[ActorName, Callable[..., None]] = {
     ActorName.SYNC_PATIENT: sync_patient,
     ActorName.SYNC_APPOINTMENT: sync_appointment,

@@ -4,12 +4,16 @@ connection (pooled, reused by every job of that connection)."""
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import httpx
 import redis
 
+from services.workers.time_limits import LONGEST_JOB_SECONDS
 from shared.audit import audit_trail
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
@@ -22,8 +26,13 @@ from shared.notes_outbox import NoteOutbox
 from shared.patient_links import PatientLinks
 from shared.pdf_fetch import PdfFetcher, Resolver, system_resolver
 from shared.platforms import TherapyPlatform, platform_for
-from shared.store import Keys, redis_client
+from shared.store import Keys, LeaseRenewer, redis_client
 from shared.telemetry.http import MeteredClient, origin
+
+# A client retired when its connection's URLs changed may still serve a job that took it just
+# before; that job ends within its time limit, or within one request's timeout after it (the
+# limit interrupts a thread only when it is back from a blocking socket call).
+RETIRED_CLIENT_GRACE_SECONDS = LONGEST_JOB_SECONDS + 5 * 60
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class WorkerRuntime:
         settings: Settings,
         client: redis.Redis | None = None,
         resolver: Resolver = system_resolver,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.resolver = resolver
         self.settings = settings
@@ -51,8 +61,10 @@ class WorkerRuntime:
         self.outbox = NoteOutbox(self.redis, self.keys, settings.fernet)
         self.limiter = HalaxyRateLimiter(self.redis, self.keys)
         self.audit = audit_trail(self.redis, settings)
+        self.renewer = LeaseRenewer()
+        self._clock = clock
         self._http: dict[str, tuple[dict[tuple[str, int], str], httpx.Client]] = {}
-        self._retired: list[httpx.Client] = []
+        self._retired: deque[tuple[float, httpx.Client]] = deque()  # (when, client), in order
         self._services: dict[str, ConnectionServices] = {}
         self._lock = threading.Lock()
 
@@ -73,7 +85,7 @@ class WorkerRuntime:
                 connection, http, self.tokens, self.settings.user_agent, self.limiter
             ),
             platform=platform_for(connection, http, self.settings.user_agent),
-            links=PatientLinks(self.redis, self.keys, connection_id),
+            links=PatientLinks(self.redis, self.keys, connection_id, self.renewer),
             pdfs=PdfFetcher(http, self.resolver),
         )
         return built
@@ -84,17 +96,29 @@ class WorkerRuntime:
             origin(connection.platform_base_url): "platform",
         }
         with self._lock:
+            unused = self._unused_retired_clients()
             cached = self._http.get(connection.id)
             if cached is None or cached[0] != targets:  # new client when a base URL changed
                 if cached is not None:
-                    self._retired.append(cached[1])  # a job may still be using it
+                    self._retired.append((self._clock(), cached[1]))  # a job may be using it
                 http = new_http_client(partial(MeteredClient, connection.id, targets))
                 cached = self._http[connection.id] = (targets, http)
-            return cached[1]
+        for retired in unused:
+            retired.close()
+        return cached[1]
+
+    def _unused_retired_clients(self) -> list[httpx.Client]:
+        """Take the retired clients every job that could use them has outlived."""
+        retired_before = self._clock() - RETIRED_CLIENT_GRACE_SECONDS
+        unused = []
+        while self._retired and self._retired[0][0] < retired_before:
+            unused.append(self._retired.popleft()[1])
+        return unused
 
     def close(self) -> None:
+        self.renewer.close()
         with self._lock:
-            for http in [*self._retired, *(client for _, client in self._http.values())]:
+            for http in [*(c for _, c in self._retired), *(c for _, c in self._http.values())]:
                 http.close()
             self._http.clear()
             self._retired.clear()
