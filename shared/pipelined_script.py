@@ -5,19 +5,21 @@ loop next gets round to it: one write and one read for all of them instead of on
 one request for Redis to serve. Each call is still its own script, atomic on its own, and each
 caller gets its own reply or error. The pipeline is not a transaction: one call's failure
 leaves the others' effects as they are, exactly as separate calls would.
+
+Each call runs at most once only on a client that does not resend a pipeline whose reply was
+lost (`shared.store` builds its clients with no retries); on any other, use idempotent scripts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-# At most this many calls go in one pipeline; any more follow in the next.
+# At most this many calls go in one pipeline; any more go in further pipelines, sent alongside.
 MAX_PIPELINE = 256
 
 KeyT = str | bytes
@@ -30,22 +32,26 @@ class PipelinedScript:
         self._client = client
         self._script = client.register_script(source)
         self._waiting: list[_Call] = []
+        self._send_scheduled_on: asyncio.AbstractEventLoop | None = None
         self._sending: set[asyncio.Task[None]] = set()  # strong references until done
 
     async def __call__(self, keys: Sequence[KeyT] = (), args: Sequence[ArgT] = ()) -> Any:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((keys, args, reply))
-        if len(self._waiting) == 1:
+        if self._send_scheduled_on is not loop:
+            self._send_scheduled_on = loop
             loop.call_soon(self._send_waiting)
         return await reply
 
     def _send_waiting(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._waiting:
-            batch = self._waiting[:MAX_PIPELINE]
-            del self._waiting[:MAX_PIPELINE]
-            task = loop.create_task(self._send(batch))
+        self._send_scheduled_on = None
+        # A call left by a loop that stopped before sending it has no caller any more.
+        calls = [call for call in self._waiting if call[2].get_loop() is loop]
+        self._waiting.clear()
+        for start in range(0, len(calls), MAX_PIPELINE):
+            task = loop.create_task(self._send(calls[start : start + MAX_PIPELINE]))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
@@ -72,14 +78,22 @@ class PipelinedScript:
 
     async def _run_again_once_loaded(self, batch: list[_Call], replies: list[Any]) -> list[Any]:
         """Redis restarted or its scripts were flushed. A call refused with NOSCRIPT did not
-        run, so it runs again once the script is loaded; the others keep their replies."""
-        again = [call for call, reply in zip(batch, replies, strict=True) if _no_script(reply)]
+        run, so it runs again once the script is loaded (unless its caller has gone); the
+        others keep their replies."""
+        again = [
+            n
+            for n, ((*_, future), reply) in enumerate(zip(batch, replies, strict=True))
+            if _no_script(reply) and not future.done()
+        ]
         try:
             self._script.sha = await self._client.script_load(self._script.script)
-            rerun = iter(await self._run(again))
+            rerun = await self._run([batch[n] for n in again])
         except Exception as exc:
-            rerun = itertools.repeat(exc)
-        return [next(rerun) if _no_script(reply) else reply for reply in replies]
+            rerun = [exc] * len(again)
+        replies = list(replies)
+        for n, reply in zip(again, rerun, strict=True):
+            replies[n] = reply
+        return replies
 
     async def _run(self, batch: Sequence[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import uuid
@@ -12,7 +13,10 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
 import structlog
+from redis.backoff import NoBackoff
 from redis.lock import Lock
 
 from shared.config import Settings
@@ -29,13 +33,20 @@ CLIENT_OPTIONS: dict[str, Any] = {
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A pooled client with short timeouts, so a dead Redis is noticed in about a second."""
-    return redis.Redis.from_url(settings.redis_url, **CLIENT_OPTIONS)
+    """A pooled client with short timeouts, so a dead Redis is noticed in about a second.
+
+    It never resends a command whose reply was lost (a script that ran would run again): the
+    caller hears of the failure instead, as a 503 or a job retried."""
+    return redis.Redis.from_url(
+        settings.redis_url, retry=redis.retry.Retry(NoBackoff(), 0), **CLIENT_OPTIONS
+    )
 
 
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
     """`redis_client`'s twin for the event loop (the receiver's webhook intake)."""
-    return redis.asyncio.Redis.from_url(settings.redis_url, **CLIENT_OPTIONS)
+    return redis.asyncio.Redis.from_url(
+        settings.redis_url, retry=redis.asyncio.retry.Retry(NoBackoff(), 0), **CLIENT_OPTIONS
+    )
 
 
 class Keys:
@@ -133,6 +144,9 @@ def translate_redis_errors() -> Iterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise StoreUnavailable(f"Redis is unreachable: {type(exc).__name__}") from exc
+    except redis.exceptions.NoScriptError as exc:
+        # Redis lost its scripts again right after they were loaded: restarting, say.
+        raise StoreUnavailable("Redis lost its scripts") from exc
     except REFUSING as exc:
         # Out of memory (noeviction), loading, a read-only replica, a failover: writes are
         # refused for now, which is a 503 and a retry, not a bug.
@@ -165,13 +179,19 @@ def held_lock(
             lock.release()
 
 
+# How long closing a renewer waits for a renewal under way (the daemon thread ends anyway).
+CLOSE_WAIT_SECONDS = 10.0
+
+
 class LeaseRenewer:
     """Renews the leases added to it on one daemon thread, each a third of its ttl after it
     was taken or last renewed. The thread dies with its process, so a dead holder's leases
     lapse after their ttl. A renewer does not survive a fork (its thread stays behind): build
-    one in the process that uses it, as the worker runtime does."""
+    one in the process that uses it, as the worker runtime does; a forked child's `add` raises.
+    """
 
     def __init__(self) -> None:
+        self._pid = os.getpid()
         self._changed = threading.Condition()
         self._due: dict[Lock, float] = {}  # lease -> when to renew it next (monotonic)
         self._wakes_at = math.inf
@@ -181,6 +201,8 @@ class LeaseRenewer:
     def add(self, lock: Lock) -> None:
         """Keep `lock` alive until it is discarded; raise `RuntimeError` once closed (a lease
         nobody renews would lapse under its holder)."""
+        if os.getpid() != self._pid:  # checked first: the parent may have held the condition
+            raise RuntimeError("a lease renewer cannot be used in a forked child; build another")
         due = time.monotonic() + float(lock.timeout or 0) / 3
         with self._changed:
             if self._closed:
@@ -206,7 +228,9 @@ class LeaseRenewer:
             self._changed.notify()
             thread = self._thread
         if thread is not None:
-            thread.join()
+            thread.join(CLOSE_WAIT_SECONDS)  # one renewal under way: the client's timeouts bound it
+            if thread.is_alive():
+                log.warning("lease.renewer_still_running", waited_seconds=CLOSE_WAIT_SECONDS)
 
     def _run(self) -> None:
         while True:

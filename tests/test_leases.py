@@ -3,6 +3,7 @@ holder works and no longer, against real Redis and real processes."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -176,3 +177,28 @@ def test_a_closed_renewer_stops_its_thread_and_refuses_new_leases(
         pass
     assert redis_server_client.exists(taken_after) == 0  # refused, and not left held
     assert set(renewer_threads()) == set(before)
+
+
+def test_a_forked_child_cannot_use_its_parents_renewer(
+    redis_server_client: redis.Redis, keys: Keys, renewer: LeaseRenewer, settings: Settings
+) -> None:
+    """Dramatiq's workers build their runtime, and so their renewer, after the fork. If one
+    ever crossed a fork, the child must fail loudly rather than keep its parent's leases alive
+    or wait on a lock its parent held."""
+    name = f"{keys.namespace}:lease-parent"
+    with held_lease(redis_server_client, name, ttl=5, wait=1, busy="b", renewer=renewer):
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if the renewer refused, without touching Redis
+            code = 1
+            try:
+                client = redis.Redis.from_url(settings.redis_url)
+                child = f"{keys.namespace}:lease-child"
+                try:
+                    with held_lease(client, child, ttl=5, wait=1, busy="b", renewer=renewer):
+                        code = 2
+                except RuntimeError as exc:
+                    code = 0 if "forked child" in str(exc) and not client.exists(child) else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

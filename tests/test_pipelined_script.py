@@ -14,8 +14,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from shared.config import Settings
+from shared.errors import StoreUnavailable
 from shared.pipelined_script import PipelinedScript
-from shared.store import CLIENT_OPTIONS
+from shared.store import CLIENT_OPTIONS, async_redis_client, redis_client, translate_redis_errors
 from tests.redis_server import RedisServer
 
 T = TypeVar("T")
@@ -166,3 +167,54 @@ def test_every_waiting_caller_hears_that_redis_is_gone(private_redis: RedisServe
 
     answers = run(private_redis.url, work)
     assert all(isinstance(a, redis.exceptions.ConnectionError) for a in answers), answers
+
+
+def test_a_call_left_behind_by_a_stopped_loop_does_not_stall_the_next_loop(
+    settings: Settings, prefix: str
+) -> None:
+    """The app outlives an event loop in tests (one TestClient after another): a call whose
+    loop stopped before sending it must not stop later calls from being sent."""
+    client = redis.asyncio.Redis.from_url(settings.redis_url, **CLIENT_OPTIONS)
+    script = PipelinedScript(client, APPEND)
+    first = asyncio.new_event_loop()
+    left = first.create_task(script(keys=[f"{prefix}:l"], args=["left"]))
+    first.call_soon(first.stop)  # stops after the call is waiting, before it is sent
+    first.run_forever()
+    assert not left.done()
+    first.close()
+
+    async def later() -> Any:
+        try:
+            return await asyncio.wait_for(script(keys=[f"{prefix}:l"], args=["later"]), 5)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(later()) == 1  # only the later call ran
+
+
+def test_the_clients_never_resend_a_command_whose_reply_was_lost(settings: Settings) -> None:
+    """A resent pipeline would run every script in it twice (PipelinedScript's docstring)."""
+    assert redis_client(settings).get_retry().get_retries() == 0  # type: ignore[union-attr]
+    assert async_redis_client(settings).get_retry().get_retries() == 0  # type: ignore[union-attr]
+
+
+def test_scripts_lost_again_once_loaded_reach_the_caller_as_redis_unavailable(
+    private_redis: RedisServer,
+) -> None:
+    """Redis restarting twice in a row: the caller hears 'unavailable' (a 503), not a 500."""
+
+    async def work(client: redis.asyncio.Redis) -> None:
+        script = PipelinedScript(client, APPEND)
+        load = client.script_load
+
+        async def load_then_lose(source: str) -> Any:
+            sha = await load(source)
+            await client.script_flush()
+            return sha
+
+        client.script_load = load_then_lose  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable, match="lost its scripts"), translate_redis_errors():
+            await script(keys=["k"], args=["v"])
+
+    run(private_redis.url, work)
+    assert redis.Redis.from_url(private_redis.url).exists("k") == 0
