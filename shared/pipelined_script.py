@@ -28,6 +28,9 @@ _Call = tuple[Sequence[KeyT], Sequence[ArgT], "asyncio.Future[Any]"]
 
 
 class PipelinedScript:
+    """Call it as redis-py's `AsyncScript`: `await script(keys=..., args=...)`. Use it from
+    one event loop at a time, as its `redis.asyncio` client must be."""
+
     def __init__(self, client: redis.asyncio.Redis, source: str) -> None:
         self._client = client
         self._script = client.register_script(source)
