@@ -218,3 +218,144 @@ def test_scripts_lost_again_once_loaded_reach_the_caller_as_redis_unavailable(
 
     run(private_redis.url, work)
     assert redis.Redis.from_url(private_redis.url).exists("k") == 0
+
+
+def test_only_the_calls_refused_with_noscript_run_again(
+    settings: Settings, redis_server_client: redis.Redis, prefix: str
+) -> None:
+    """Redis loses its scripts part-way through a pipeline (a restart or a flush between two
+    of its commands): the calls before ran and keep their replies, the calls after were
+    refused with NOSCRIPT and run once the script is loaded again; none runs twice."""
+    key = f"{prefix}:mixed"
+    flush_before_call = 3
+
+    async def work(client: redis.asyncio.Redis) -> list[Any]:
+        await client.script_load(APPEND)
+        open_pipeline = client.pipeline
+        flushed = False
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = open_pipeline(*args, **kwargs)
+            if flushed:
+                return pipe
+            queue_evalsha, execute = pipe.evalsha, pipe.execute
+            queued = 0
+
+            def evalsha(*command: Any) -> Any:
+                nonlocal queued, flushed
+                if queued == flush_before_call:
+                    pipe.script_flush()
+                    flushed = True
+                queued += 1
+                return queue_evalsha(*command)
+
+            async def execute_without_the_flush(**options: Any) -> list[Any]:
+                replies: list[Any] = await execute(**options)
+                return replies[:flush_before_call] + replies[flush_before_call + 1 :]
+
+            pipe.evalsha = evalsha
+            pipe.execute = execute_without_the_flush
+            return pipe
+
+        client.pipeline = pipeline  # type: ignore[method-assign]
+        script = PipelinedScript(client, APPEND)
+        return await asyncio.gather(*(script(keys=[key], args=[f"v{n}"]) for n in range(6)))
+
+    replies = run(settings.redis_url, work)
+    assert replies[:flush_before_call] == [1, 2, 3]  # ran before the flush
+    assert replies[flush_before_call:] == [4, 5, 6]  # refused, then run once loaded
+    assert redis_server_client.lrange(key, 0, -1) == [f"v{n}".encode() for n in range(6)]
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy in front of Redis that, once armed, lets a pipeline through, waits for all
+    its replies and then closes the client's connection without passing them on: the scripts
+    ran, and the client cannot know."""
+
+    def __init__(self, redis_port: int, replies: int) -> None:
+        self.redis_port = redis_port
+        self.replies = replies  # each an integer reply, one line of RESP
+        self.armed = False
+        self.dropped = 0
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> ReplyDroppingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
+
+        async def requests() -> None:
+            while data := await client_r.read(65536):
+                redis_w.write(data)
+                await redis_w.drain()
+
+        forwarding = asyncio.ensure_future(requests())
+        try:
+            while data := await redis_r.read(65536):
+                if not self.armed:
+                    client_w.write(data)
+                    await client_w.drain()
+                    continue
+                while data.count(b"\r\n") < self.replies:
+                    more = await redis_r.read(65536)
+                    if not more:
+                        break
+                    data += more
+                self.armed = False
+                self.dropped += 1
+                break
+        finally:
+            forwarding.cancel()
+            client_w.close()
+            redis_w.close()
+
+
+def test_a_lost_reply_fails_every_caller_and_runs_each_script_once(
+    settings: Settings, redis_server_client: redis.Redis, prefix: str
+) -> None:
+    """The connection drops after Redis ran a pipeline's scripts but before their replies
+    arrive: every caller hears the store is unavailable (the receiver answers 503 and Halaxy
+    may deliver again, when the seen marks make it a duplicate), and no script runs twice,
+    because the product's client does not resend."""
+    key = f"{prefix}:lost"
+    calls = 5
+
+    async def main() -> list[Any]:
+        loader = redis.asyncio.Redis.from_url(settings.redis_url)
+        await loader.script_load(APPEND)
+        await loader.aclose()
+        port = redis_server_client.connection_pool.connection_kwargs["port"]
+        async with ReplyDroppingProxy(port, replies=calls) as proxy:
+            proxied = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{proxy.port}/0"})
+            client = async_redis_client(proxied)
+            script = PipelinedScript(client, APPEND)
+            try:
+                await script(keys=[f"{key}:warm"], args=["w"])  # the pool has a connection
+                proxy.armed = True
+
+                async def call(n: int) -> Any:
+                    with translate_redis_errors():
+                        return await script(keys=[key], args=[f"v{n}"])
+
+                answers = await asyncio.gather(
+                    *(call(n) for n in range(calls)), return_exceptions=True
+                )
+                assert proxy.dropped == 1
+                answers.append(await script(keys=[key], args=["after"]))  # a new connection
+                return answers
+            finally:
+                await client.aclose()
+
+    answers = asyncio.run(main())
+    assert all(isinstance(a, StoreUnavailable) for a in answers[:calls]), answers
+    assert answers[calls] == calls + 1
+    stored = redis_server_client.lrange(key, 0, -1)
+    assert stored == [f"v{n}".encode() for n in range(calls)] + [b"after"]
