@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import dramatiq
@@ -22,9 +23,8 @@ from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
 from services.webhook_receiver.app import create_app
 from services.workers import broker as global_broker
-from services.workers.actors import use_runtime
 from services.workers.messaging import build_broker, requeue_from_dead_workers
-from services.workers.runtime import WorkerRuntime
+from services.workers.runtime import WorkerRuntime, provide_runtime
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.jobs import QueueName
@@ -90,8 +90,7 @@ def test_redis_stopped_under_load_answers_503_never_202_and_loses_nothing(
     broker = build_broker(private)
     for name in global_broker.get_declared_actors():
         broker.declare_actor(global_broker.get_actor(name))
-    runtime = WorkerRuntime(private)
-    use_runtime(runtime)
+    provide_runtime(broker, partial(WorkerRuntime, private))
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
     worker.start()
     try:
@@ -99,8 +98,6 @@ def test_redis_stopped_under_load_answers_503_never_202_and_loses_nothing(
         worker.join()
     finally:
         worker.stop()
-        use_runtime(None)
-        runtime.close()
     lost = [pid for pid in accepted if not sandbox.physitrack.by_external_id(pid)]
     print(
         f"\nredis outage: {len(answers)} webhooks; 202: {len(accepted)}, 503: {len(refused)}, "

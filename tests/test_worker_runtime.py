@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
+import dramatiq
 import pytest
 import redis
+from dramatiq.brokers.stub import StubBroker
 from pydantic import SecretStr
 
-from services.workers.runtime import RETIRED_CLIENT_GRACE_SECONDS, WorkerRuntime
+from services.workers.runtime import (
+    RETIRED_CLIENT_GRACE_SECONDS,
+    WorkerRuntime,
+    current_runtime,
+    provide_runtime,
+)
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection, utcnow
@@ -83,3 +91,75 @@ def test_a_retired_client_serves_its_jobs_until_none_can_still_be_running(
             old.platform.find_patient("1001")
     finally:
         runtime.close()
+
+
+def test_each_worker_builds_its_runtime_hands_it_to_its_jobs_and_closes_it_when_stopped(
+    settings: Settings,
+) -> None:
+    """Two brokers' workers running at once in one process (as in the chaos test): each job
+    gets the runtime of the worker running it, and a stopped worker's runtime is closed."""
+    built: dict[str, WorkerRuntime] = {}
+    seen: dict[str, list[WorkerRuntime]] = {"a": [], "b": []}
+
+    def record(name: str) -> None:
+        seen[name].append(current_runtime())
+
+    running = []
+    for name in ("a", "b"):
+        broker = StubBroker()
+
+        def build(name: str = name) -> WorkerRuntime:
+            built[name] = WorkerRuntime(settings, redis.Redis.from_url(settings.redis_url))
+            return built[name]
+
+        provide_runtime(broker, build)
+        actor = dramatiq.actor(record, broker=broker, actor_name="record", max_retries=0)
+        worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=20)
+        worker.start()
+        running.append((broker, actor, worker))
+    for _round in range(6):
+        for name, (_, actor, _) in zip("ab", running, strict=True):
+            actor.send(name)
+    for broker, actor, worker in running:
+        broker.join(actor.queue_name)
+        worker.join()
+        worker.stop()
+
+    assert seen == {"a": [built["a"]] * 6, "b": [built["b"]] * 6}
+    with pytest.raises(RuntimeError, match="no worker runtime"):
+        current_runtime()  # outside any job
+    lease = redis.Redis.from_url(settings.redis_url).lock(f"{settings.redis_namespace}:k", 1.0)
+    for runtime in built.values():
+        with pytest.raises(RuntimeError, match="closed"):
+            runtime.renewer.add(lease)
+
+
+def test_a_job_that_outlives_the_shutdown_timeout_keeps_its_runtime(settings: Settings) -> None:
+    """Closing the runtime under a running job would stop renewing its leases, and another
+    worker could take its note while it still writes it: it is left for the process exit."""
+    started, release = threading.Event(), threading.Event()
+    runtimes: list[WorkerRuntime] = []
+
+    def build() -> WorkerRuntime:
+        runtimes.append(WorkerRuntime(settings, redis.Redis.from_url(settings.redis_url)))
+        return runtimes[0]
+
+    def slow() -> None:
+        started.set()
+        release.wait(10)
+
+    broker = StubBroker()
+    provide_runtime(broker, build)
+    actor = dramatiq.actor(slow, broker=broker, actor_name="slow", max_retries=0)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=20)
+    worker.start()
+    actor.send()
+    assert started.wait(10)
+    worker.stop(timeout=50)  # gives up waiting for the job
+    try:
+        lease = redis.Redis.from_url(settings.redis_url).lock(f"{settings.redis_namespace}:k", 1)
+        runtimes[0].renewer.add(lease)  # still renewing: not closed
+        runtimes[0].renewer.discard(lease)
+    finally:
+        release.set()
+        runtimes[0].close()

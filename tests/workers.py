@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,8 +21,7 @@ from services.sandbox.samples import notification
 from services.sandbox.serve import ServerThread
 from services.webhook_receiver.app import create_app
 from services.workers import broker as global_broker
-from services.workers.actors import use_runtime
-from services.workers.runtime import WorkerRuntime
+from services.workers.runtime import WorkerRuntime, provide_runtime
 from shared import onboarding
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
@@ -145,8 +145,7 @@ def pipeline(
     global_broker.flush_all()
     for key in redis_server_client.scan_iter(match=f"{keys.dramatiq_namespace()}:*XQ*"):
         redis_server_client.delete(key)
-    runtime = WorkerRuntime(settings)
-    use_runtime(runtime)
+    provide_runtime(global_broker, partial(WorkerRuntime, settings))
     worker = dramatiq.Worker(global_broker, worker_threads=4, worker_timeout=50)
     worker.start()
     try:
@@ -160,7 +159,5 @@ def pipeline(
                 keys=keys,
             )
     finally:
-        worker.stop()
-        use_runtime(None)
-        runtime.close()
+        worker.stop()  # and closes the runtime it built
         global_broker.flush_all()

@@ -65,9 +65,8 @@ def _run(serve: bool) -> None:
     from services.sandbox.serve import ServerThread, free_port
     from services.webhook_receiver.app import create_app, halaxy_key_verifier
     from services.workers import broker as worker_broker
-    from services.workers.actors import use_runtime
     from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue
-    from services.workers.runtime import WorkerRuntime
+    from services.workers.runtime import WorkerRuntime, provide_runtime
     from shared import onboarding
     from shared.audit import AuditTrail
     from shared.config import load_settings
@@ -115,8 +114,7 @@ def _run(serve: bool) -> None:
             return result
 
     halaxy, physitrack = FakeHalaxy(), FakePhysitrack()
-    runtime = WorkerRuntime(settings, client)
-    use_runtime(runtime)
+    provide_runtime(broker, lambda: WorkerRuntime(settings, client))
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=20)
     worker.start()
     try:
@@ -237,12 +235,11 @@ def _run(serve: bool) -> None:
                     click.echo(f"\nSandbox patients: {', '.join(halaxy.patients)}. Ctrl-C stops.")
                     _wait_forever()
     finally:
-        worker.stop()
-        use_runtime(None)
+        worker.stop()  # and closes the runtime it built
         if where.startswith("the Redis"):
             for key in client.scan_iter(match=f"{DEMO_NAMESPACE}*"):
                 client.delete(key)
-        runtime.close()
+        client.close()
     click.echo("demo: ok" if ok else "demo: FAILED")
     raise SystemExit(0 if ok else 1)
 

@@ -27,3 +27,4 @@ def scheduler() -> None:
         Scheduler(settings, runtime).run(stop)
     finally:
         pusher.stop()
+        runtime.close()

@@ -1,16 +1,18 @@
 """Dramatiq workers: `dramatiq services.workers` imports this package.
 
-Importing it builds the broker from the environment (REDIS_URL), makes it Dramatiq's global
-broker and declares the actors on it.
+Importing it builds the broker from the environment (REDIS_URL), gives it the middleware that
+builds each worker's runtime, makes it Dramatiq's global broker and declares the actors on it.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import dramatiq
 
 from services.workers.messaging import build_broker
+from services.workers.runtime import WorkerRuntime, provide_runtime
 from shared.config import load_settings
 from shared.errors import ConfigError
 from shared.logs import configure_logging
@@ -23,6 +25,7 @@ except ConfigError as exc:
     raise SystemExit(2) from None
 configure_logging(settings)
 broker = build_broker(settings)
+provide_runtime(broker, partial(WorkerRuntime, settings))
 dramatiq.set_broker(broker)
 
 from services.workers import actors  # noqa: E402  (actors bind to the broker set above)

@@ -3,15 +3,13 @@ let `policy.job_outcome` turn errors into retry, defer or dead-letter."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import dramatiq
 
 from services.workers.policy import RETRY_OPTIONS, job_outcome
-from services.workers.runtime import WorkerRuntime
+from services.workers.runtime import current_runtime
 from services.workers.time_limits import TIME_LIMITS_MS
-from shared.config import load_settings
 from shared.connections import utcnow
 from shared.jobs import BULK_PRIORITY, LIVE_PRIORITY, ActorName, QueueName, actor_for
 from shared.note_writer import write_note
@@ -23,25 +21,6 @@ from shared.telemetry.definitions import NOTES
 NOTE_OUTCOMES = frozenset({"posted", "parked", "failed"})
 NOTE_LEASE_SECONDS = 30.0  # renewed every 10 s; lapses within 30 s of a crash
 
-_runtime: WorkerRuntime | None = None
-_runtime_lock = threading.Lock()
-
-
-def runtime() -> WorkerRuntime:
-    """The process's runtime, built on first use from the environment."""
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None:
-            _runtime = WorkerRuntime(load_settings())
-        return _runtime
-
-
-def use_runtime(replacement: WorkerRuntime | None) -> None:
-    """Install a runtime (the demo and in-process tests build their own)."""
-    global _runtime
-    with _runtime_lock:
-        _runtime = replacement
-
 
 def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
     with job_outcome(
@@ -51,7 +30,7 @@ def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str
         halaxy_event=event,
         patient_id=resource_id,
     ) as log:
-        rt = runtime()
+        rt = current_runtime()
         services = rt.services(connection_id)
         outcome = sync_patient_of(
             services.halaxy, services.platform, services.links, rt.audit, resource_id
@@ -67,7 +46,7 @@ def sync_appointment(connection_id: str, resource_id: str, event: str, event_id:
         halaxy_event=event,
         appointment_id=resource_id,
     ) as log:
-        rt = runtime()
+        rt = current_runtime()
         services = rt.services(connection_id)
         outcome, patient_id = sync_appointment_of(
             services.halaxy,
@@ -100,7 +79,7 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
         event_id=event_id,
         note_id=note_id,
     ) as log:
-        rt = runtime()
+        rt = current_runtime()
         services = rt.services(connection_id)
         # One worker per note at a time; the lease lapses soon after its holder dies.
         with held_lease(

@@ -1,5 +1,9 @@
 """What actors share within one worker process: Redis, stores, and one HTTP client per
-connection (pooled, reused by every job of that connection)."""
+connection (pooled, reused by every job of that connection).
+
+The runtime belongs to the broker's `ProvideRuntime` middleware: built when the worker boots,
+handed to each job it runs (`current_runtime`), closed when the worker has stopped.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
+import dramatiq
 import httpx
 import redis
+import structlog
 
 from services.workers.time_limits import LONGEST_JOB_SECONDS
 from shared.audit import audit_trail
@@ -33,6 +41,8 @@ from shared.telemetry.http import MeteredClient, origin
 # before; that job ends within its time limit, or within one request's timeout after it (the
 # limit interrupts a thread only when it is back from a blocking socket call).
 RETIRED_CLIENT_GRACE_SECONDS = LONGEST_JOB_SECONDS + 5 * 60
+
+log = structlog.get_logger("halaxy_bridge.workers")
 
 
 @dataclass(frozen=True)
@@ -124,3 +134,52 @@ class WorkerRuntime:
             self._retired.clear()
             self._services.clear()
         self.redis.close()
+
+
+# The runtime of the worker running the current job; set per job, like Dramatiq's own
+# CurrentMessage, so jobs of a second broker in the same process (tests) use their own.
+_current: ContextVar[WorkerRuntime | None] = ContextVar("worker_runtime", default=None)
+
+
+def current_runtime() -> WorkerRuntime:
+    """The runtime of the worker running this job."""
+    runtime = _current.get()
+    if runtime is None:
+        raise RuntimeError("no worker runtime: the broker needs `provide_runtime` before boot")
+    return runtime
+
+
+class ProvideRuntime(dramatiq.Middleware):
+    """Owns the worker process's `WorkerRuntime`: built by `build` when a worker boots, set as
+    each job's `current_runtime()`, closed (renewer thread, HTTP pools, Redis) once the worker
+    has stopped and no job can use it."""
+
+    def __init__(self, build: Callable[[], WorkerRuntime]) -> None:
+        self.build = build
+        self.runtime: WorkerRuntime | None = None
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.runtime = self.build()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        runtime, self.runtime = self.runtime, None
+        if runtime is None:
+            return
+        if any(thread.is_alive() for thread in getattr(worker, "workers", ())):
+            # A job outlived the shutdown timeout. Its leases must be renewed until the process
+            # exits and the job with it, or another worker could take its note or patient.
+            log.warning("worker.runtime_left_open", reason="a job outlived the shutdown timeout")
+            return
+        runtime.close()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        _current.set(self.runtime)  # on the thread about to run the job
+
+
+def provide_runtime(broker: dramatiq.Broker, build: Callable[[], WorkerRuntime]) -> None:
+    """Have `broker`'s workers build their runtime with `build`, replacing any earlier way."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, ProvideRuntime):
+            middleware.build = build
+            return
+    broker.add_middleware(ProvideRuntime(build))
