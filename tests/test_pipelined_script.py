@@ -220,13 +220,12 @@ def test_scripts_lost_again_once_loaded_reach_the_caller_as_redis_unavailable(
     assert redis.Redis.from_url(private_redis.url).exists("k") == 0
 
 
-def test_only_the_calls_refused_with_noscript_run_again(
-    settings: Settings, redis_server_client: redis.Redis, prefix: str
-) -> None:
-    """Redis loses its scripts part-way through a pipeline (a restart or a flush between two
-    of its commands): the calls before ran and keep their replies, the calls after were
-    refused with NOSCRIPT and run once the script is loaded again; none runs twice."""
-    key = f"{prefix}:mixed"
+def test_only_the_calls_refused_with_noscript_run_again(private_redis: RedisServer) -> None:
+    """Redis loses its scripts part-way through a pipeline (a SCRIPT FLUSH between two of its
+    commands; on a server of this test's own, as it flushes every script): the calls before
+    ran and keep their replies, the calls after were refused with NOSCRIPT and run once the
+    script is loaded again; none runs twice."""
+    key = "mixed"
     flush_before_call = 3
 
     async def work(client: redis.asyncio.Redis) -> list[Any]:
@@ -261,10 +260,11 @@ def test_only_the_calls_refused_with_noscript_run_again(
         script = PipelinedScript(client, APPEND)
         return await asyncio.gather(*(script(keys=[key], args=[f"v{n}"]) for n in range(6)))
 
-    replies = run(settings.redis_url, work)
+    replies = run(private_redis.url, work)
     assert replies[:flush_before_call] == [1, 2, 3]  # ran before the flush
     assert replies[flush_before_call:] == [4, 5, 6]  # refused, then run once loaded
-    assert redis_server_client.lrange(key, 0, -1) == [f"v{n}".encode() for n in range(6)]
+    stored = redis.Redis.from_url(private_redis.url).lrange(key, 0, -1)
+    assert stored == [f"v{n}".encode() for n in range(6)]
 
 
 class ReplyDroppingProxy:
@@ -319,21 +319,20 @@ class ReplyDroppingProxy:
 
 
 def test_a_lost_reply_fails_every_caller_and_runs_each_script_once(
-    settings: Settings, redis_server_client: redis.Redis, prefix: str
+    settings: Settings, private_redis: RedisServer
 ) -> None:
     """The connection drops after Redis ran a pipeline's scripts but before their replies
     arrive: every caller hears the store is unavailable (the receiver answers 503 and Halaxy
     may deliver again, when the seen marks make it a duplicate), and no script runs twice,
     because the product's client does not resend."""
-    key = f"{prefix}:lost"
+    key = "lost"
     calls = 5
 
     async def main() -> list[Any]:
-        loader = redis.asyncio.Redis.from_url(settings.redis_url)
+        loader = redis.asyncio.Redis.from_url(private_redis.url)
         await loader.script_load(APPEND)
         await loader.aclose()
-        port = redis_server_client.connection_pool.connection_kwargs["port"]
-        async with ReplyDroppingProxy(port, replies=calls) as proxy:
+        async with ReplyDroppingProxy(private_redis.port, replies=calls) as proxy:
             proxied = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{proxy.port}/0"})
             client = async_redis_client(proxied)
             script = PipelinedScript(client, APPEND)
@@ -357,5 +356,5 @@ def test_a_lost_reply_fails_every_caller_and_runs_each_script_once(
     answers = asyncio.run(main())
     assert all(isinstance(a, StoreUnavailable) for a in answers[:calls]), answers
     assert answers[calls] == calls + 1
-    stored = redis_server_client.lrange(key, 0, -1)
+    stored = redis.Redis.from_url(private_redis.url).lrange(key, 0, -1)
     assert stored == [f"v{n}".encode() for n in range(calls)] + [b"after"]

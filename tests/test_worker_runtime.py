@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from services.workers.runtime import (
     RETIRED_CLIENT_GRACE_SECONDS,
+    WorkerBootError,
     WorkerRuntime,
     current_runtime,
     provide_runtime,
@@ -20,14 +21,18 @@ from services.workers.runtime import (
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection, utcnow
-from shared.errors import ConnectionNotFound
+from shared.errors import ConfigError, ConnectionNotFound
 from shared.onboarding import KeyVerifier, disable
 from tests.workers import Sandbox, sandbox_connection
 
 
+def new_runtime(settings: Settings) -> WorkerRuntime:
+    return WorkerRuntime(settings, redis.Redis.from_url(settings.redis_url))
+
+
 @pytest.fixture
 def runtime(settings: Settings) -> Iterator[WorkerRuntime]:
-    built = WorkerRuntime(settings, redis.Redis.from_url(settings.redis_url))
+    built = new_runtime(settings)
     yield built
     built.close()
 
@@ -109,7 +114,7 @@ def test_each_worker_builds_its_runtime_hands_it_to_its_jobs_and_closes_it_when_
         broker = StubBroker()
 
         def build(name: str = name) -> WorkerRuntime:
-            built[name] = WorkerRuntime(settings, redis.Redis.from_url(settings.redis_url))
+            built[name] = new_runtime(settings)
             return built[name]
 
         provide_runtime(broker, build)
@@ -141,7 +146,7 @@ def test_a_job_that_outlives_the_shutdown_timeout_keeps_its_runtime(settings: Se
     runtimes: list[WorkerRuntime] = []
 
     def build() -> WorkerRuntime:
-        runtimes.append(WorkerRuntime(settings, redis.Redis.from_url(settings.redis_url)))
+        runtimes.append(new_runtime(settings))
         return runtimes[0]
 
     def slow() -> None:
@@ -163,3 +168,29 @@ def test_a_job_that_outlives_the_shutdown_timeout_keeps_its_runtime(settings: Se
     finally:
         release.set()
         runtimes[0].close()
+
+
+def test_a_worker_whose_runtime_cannot_be_built_does_not_start(settings: Settings) -> None:
+    """Dramatiq only logs other errors in a boot hook; the worker would then run and fail
+    every job, looking healthy from outside."""
+
+    def build() -> WorkerRuntime:
+        raise ConfigError("REDIS_URL is not a Redis URL")
+
+    broker = StubBroker()
+    provide_runtime(broker, build)
+    with pytest.raises(WorkerBootError, match="ConfigError"):
+        dramatiq.Worker(broker, worker_threads=1).start()
+
+
+def test_a_second_worker_on_the_same_broker_does_not_start(settings: Settings) -> None:
+    """Stopping either would close the runtime the other's jobs use."""
+    broker = StubBroker()
+    provide_runtime(broker, lambda: new_runtime(settings))
+    first = dramatiq.Worker(broker, worker_threads=1, worker_timeout=20)
+    first.start()
+    try:
+        with pytest.raises(WorkerBootError, match="one worker per broker"):
+            dramatiq.Worker(broker, worker_threads=1, worker_timeout=20).start()
+    finally:
+        first.stop()

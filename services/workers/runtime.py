@@ -20,13 +20,14 @@ import dramatiq
 import httpx
 import redis
 import structlog
+from dramatiq.middleware import MiddlewareError
 
 from services.workers.time_limits import LONGEST_JOB_SECONDS
 from shared.audit import audit_trail
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
-from shared.errors import ConnectionNotFound
+from shared.errors import BridgeError, ConnectionNotFound
 from shared.halaxy.client import HalaxyClient, new_http_client
 from shared.halaxy.rate_limit import HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
@@ -145,30 +146,43 @@ def current_runtime() -> WorkerRuntime:
     """The runtime of the worker running this job."""
     runtime = _current.get()
     if runtime is None:
-        raise RuntimeError("no worker runtime: the broker needs `provide_runtime` before boot")
+        raise RuntimeError("no worker runtime: not in a job of a worker with ProvideRuntime")
     return runtime
 
 
+class WorkerBootError(BridgeError, MiddlewareError):
+    """The worker cannot start: Dramatiq lets a `MiddlewareError` stop its boot (any other
+    error in a hook it only logs), so the process exits instead of failing every job."""
+
+
 class ProvideRuntime(dramatiq.Middleware):
-    """Owns the worker process's `WorkerRuntime`: built by `build` when a worker boots, set as
-    each job's `current_runtime()`, closed (renewer thread, HTTP pools, Redis) once the worker
-    has stopped and no job can use it."""
+    """Owns the worker's `WorkerRuntime`: built by `build` when the worker boots, set as each
+    job's `current_runtime()`, closed (renewer thread, HTTP pools, Redis) once the worker has
+    stopped and no job can use it. One worker per broker, as the `dramatiq` command runs."""
 
     def __init__(self, build: Callable[[], WorkerRuntime]) -> None:
         self.build = build
         self.runtime: WorkerRuntime | None = None
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        self.runtime = self.build()
+        if self.runtime is not None:
+            # Stopping either worker would close the runtime the other's jobs still use.
+            raise WorkerBootError("a worker of this broker is running: one worker per broker")
+        try:
+            self.runtime = self.build()
+        except Exception as exc:
+            reason = type(exc).__name__
+            raise WorkerBootError(f"the worker runtime was not built: {reason}") from exc
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         runtime, self.runtime = self.runtime, None
         if runtime is None:
             return
         if any(thread.is_alive() for thread in getattr(worker, "workers", ())):
-            # A job outlived the shutdown timeout. Its leases must be renewed until the process
-            # exits and the job with it, or another worker could take its note or patient.
-            log.warning("worker.runtime_left_open", reason="a job outlived the shutdown timeout")
+            # Dramatiq stopped waiting for a worker thread (a job, or an ack retried while Redis
+            # is away). Closing would stop renewing that job's leases, and another worker could
+            # take its note or patient: the process exit, with the job, reclaims the runtime.
+            log.warning("worker.runtime_left_open", reason="worker threads still running")
             return
         runtime.close()
 
@@ -176,10 +190,12 @@ class ProvideRuntime(dramatiq.Middleware):
         _current.set(self.runtime)  # on the thread about to run the job
 
 
-def provide_runtime(broker: dramatiq.Broker, build: Callable[[], WorkerRuntime]) -> None:
-    """Have `broker`'s workers build their runtime with `build`, replacing any earlier way."""
+def provide_runtime(broker: dramatiq.Broker, build: Callable[[], WorkerRuntime]) -> ProvideRuntime:
+    """Have `broker`'s worker build its runtime with `build`, replacing any earlier way."""
     for middleware in broker.middleware:
         if isinstance(middleware, ProvideRuntime):
             middleware.build = build
-            return
-    broker.add_middleware(ProvideRuntime(build))
+            return middleware
+    provider = ProvideRuntime(build)
+    broker.add_middleware(provider)
+    return provider
