@@ -112,6 +112,9 @@ class Keys:
     def metric_minute(self, minute: int) -> str:
         return f"{self.namespace}:metrics:minute:{minute}"
 
+    def metric_push_receipt(self, pusher_id: str) -> str:
+        return f"{self.namespace}:metrics:pushed:{pusher_id}"
+
     def last_sweep(self) -> str:
         return f"{self.namespace}:reconcile:last-sweep"
 

@@ -35,9 +35,17 @@ from shared.status import queue_status
 from shared.store import Keys
 from shared.telemetry.activity import read_activity
 from shared.telemetry.collect import exposition, totals
-from shared.telemetry.definitions import JOB_DURATION, JOBS, LAST_EVENT, LAST_EVENT_NAME, REGISTRY
+from shared.telemetry.definitions import (
+    JOB_DURATION,
+    JOBS,
+    JOBS_NAME,
+    LAST_EVENT,
+    LAST_EVENT_NAME,
+    REGISTRY,
+)
 from shared.telemetry.http import MeteredClient
-from shared.telemetry.push import MetricsPusher
+from shared.telemetry.push import MetricsPusher, sample_field
+from tests.conftest import RUN_NAMESPACE
 from tests.redis_server import RedisServer
 from tests.test_processes import BIN, process_env
 
@@ -112,6 +120,61 @@ def test_counts_made_while_redis_is_down_go_with_the_next_push(
     pusher.push()
     samples = parsed(exposition(list(totals(client, keys))))
     assert sum(v for (n, ls), v in samples.items() if ("connection_id", cid) in ls) == 2
+
+
+class FailingScript:
+    """Stands between a pusher and its script: each call runs or fails as `plan` says. 'down'
+    fails before Redis runs it; 'lost' runs it, then loses the reply."""
+
+    def __init__(self, script: Any, plan: list[str]) -> None:
+        self._script = script
+        self.plan = plan
+
+    def __call__(self, **call: Any) -> Any:
+        outcome = self.plan.pop(0) if self.plan else "ok"
+        if outcome == "down":
+            raise redis.exceptions.ConnectionError("Redis is gone")
+        reply = self._script(**call)
+        if outcome == "lost":
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        return reply
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(1, 3), st.sampled_from(["ok", "down", "lost"])),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_each_count_lands_once_whatever_fails_and_whatever_is_lost(
+    redis_server_client: redis.Redis, steps: list[tuple[int, str]]
+) -> None:
+    """Counts, then a push that lands, fails, or lands with its reply lost: once a push goes
+    through at last, the totals and the per-minute counts are what was counted, no more."""
+    keys = Keys(f"{RUN_NAMESPACE}-push-{secrets.token_hex(4)}")
+    registry = CollectorRegistry()
+    jobs = Counter(JOBS_NAME, "d", ["connection_id"], registry=registry)  # kept per minute too
+    pusher = MetricsPusher(redis_server_client, keys, 60, registry)
+    script = FailingScript(pusher._script, [])
+    pusher._script = script  # type: ignore[assignment]
+    counted = 0
+    for count, outcome in steps:
+        jobs.labels("cn").inc(count)
+        counted += count
+        script.plan = [outcome]
+        if outcome == "ok":
+            pusher.push()
+        else:
+            with pytest.raises(StoreUnavailable):
+                pusher.push()
+    pusher.push()
+    field = sample_field(f"{JOBS_NAME}_total", {"connection_id": "cn"})
+    total = redis_server_client.hget(keys.metric_totals(), field)
+    assert float(total or 0) == counted
+    minutes = redis_server_client.scan_iter(match=keys.metric_minute(0)[:-1] + "*")
+    assert sum(float(redis_server_client.hget(m, field) or 0) for m in minutes) == counted
 
 
 def test_histograms_come_out_whole_and_in_order(
