@@ -21,7 +21,6 @@ from shared.connections import Connection
 from shared.errors import Ambiguous, Permanent, Transient
 from shared.halaxy.client import HalaxyClient, HalaxyNotFound
 from shared.notes_outbox import NoteOutbox, NoteState
-from shared.patient_links import PatientLinks
 from shared.pdf_fetch import FetchedPdf, PdfFetcher
 from shared.programs import (
     ProgramCallback,
@@ -57,7 +56,6 @@ def write_note(
     outbox: NoteOutbox,
     fetcher: PdfFetcher,
     halaxy: HalaxyClient,
-    links: PatientLinks,
     audit: AuditTrail,
     now: datetime,
 ) -> NoteResult:
@@ -92,7 +90,7 @@ def write_note(
     except Permanent as exc:
         return _fail(outbox, connection, note_id, str(exc))
     try:
-        return _post(connection, note_id, callback, pdf, outbox, halaxy, links, audit)
+        return _post(connection, note_id, callback, pdf, outbox, halaxy, audit)
     except Permanent as exc:
         # Refused before the POST (the patient read, a revoked key): nothing was written.
         return _fail(outbox, connection, note_id, str(exc))
@@ -107,10 +105,12 @@ def _post(
     pdf: FetchedPdf,
     outbox: NoteOutbox,
     halaxy: HalaxyClient,
-    links: PatientLinks,
     audit: AuditTrail,
 ) -> NoteResult:
-    patient_id = links.halaxy_id_for(callback.patient_id)
+    # The callback's patient_id is the external_id the bridge sent: the Halaxy id
+    # (therapy-platforms.md 2.1). Never read it as a platform id: both are plain numbers, and
+    # one patient's platform id can be another patient's Halaxy id.
+    patient_id = callback.patient_id
     try:
         halaxy.read(f"Patient/{patient_id}")
     except HalaxyNotFound:

@@ -63,15 +63,13 @@ class PatientLinks:
         fingerprint: str,
         audit: PendingEntry | None = None,
     ) -> None:
-        """Record the link both ways, in one round trip with `audit`'s entry (sent first, and
+        """Record the link, in one round trip with `audit`'s entry (sent first, and
         a failure to record it is logged, never raised, as `AuditTrail.record` does)."""
         link = PatientLink(platform_id, fingerprint, _now())
-        reverse = self._keys.patient_links_by_platform_id(self.connection_id)
         pipe = self._redis.pipeline(transaction=False)
         if audit is not None:
             audit.add_to(pipe)
         pipe.hset(self._key, patient_id, orjson.dumps(link.__dict__))
-        pipe.hset(reverse, platform_id, patient_id)
         try:
             with translate_redis_errors():
                 replies = pipe.execute(raise_on_error=False)
@@ -85,17 +83,6 @@ class PatientLinks:
             if isinstance(reply, Exception):
                 with translate_redis_errors():
                     raise reply
-
-    def halaxy_id_for(self, patient_id: str) -> str:
-        """The Halaxy id behind a platform's `patient_id`: the id itself when the platform
-        echoes the `external_id` we sent (Physitrack), else the platform's own id mapped back."""
-        if self.get(patient_id) is not None:
-            return patient_id
-        with translate_redis_errors():
-            mapped = self._redis.hget(
-                self._keys.patient_links_by_platform_id(self.connection_id), patient_id
-            )
-        return as_bytes(mapped).decode() if mapped is not None else patient_id
 
     def mark_creating(self, patient_id: str) -> None:
         with translate_redis_errors():

@@ -76,9 +76,6 @@ class Keys:
     def patient_links(self, connection_id: str) -> str:
         return f"{self.namespace}:patient-links:{connection_id}"
 
-    def patient_links_by_platform_id(self, connection_id: str) -> str:
-        return f"{self.namespace}:patient-links-rev:{connection_id}"
-
     def patient_lock(self, connection_id: str, patient_id: str) -> str:
         return f"{self.namespace}:lock:patient:{connection_id}:{patient_id}"
 

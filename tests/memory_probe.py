@@ -29,7 +29,6 @@ def main(connection_id: str, note_id: str) -> None:
         outbox=runtime.outbox,
         fetcher=services.pdfs,
         halaxy=services.halaxy,
-        links=services.links,
         audit=runtime.audit,
         now=utcnow(),
     )

@@ -334,11 +334,17 @@ def test_a_pdf_host_failing_for_a_while_is_retried(
     assert len(sandbox.halaxy.notes) == 1
 
 
-def test_the_platforms_own_patient_id_is_mapped_back_to_halaxy(
+def test_the_callbacks_patient_id_is_only_ever_read_as_the_halaxy_id(
     pipeline: Pipeline, sandbox: Sandbox, conn: Connection, renewer: LeaseRenewer
 ) -> None:
-    PatientLinks(pipeline.redis, pipeline.keys, conn.id, renewer).save(PATIENT, "p-77", "digest")
-    pipeline.callback(conn, body(conn, publish(sandbox), patient_id="p-77"))
+    """Halaxy ids and platform ids are both plain numbers: PATIENT's platform id may be the
+    Halaxy id of another patient. The callback's `patient_id` is the `external_id` the bridge
+    sent (therapy-platforms.md 2.1), so the note goes to that Halaxy patient, never to one
+    found by reading it as a platform id."""
+    other = "5001"
+    sandbox.halaxy.patients[other] = patient_resource(other)
+    PatientLinks(pipeline.redis, pipeline.keys, conn.id, renewer).save(PATIENT, other, "digest")
+    pipeline.callback(conn, body(conn, publish(sandbox), patient_id=other))
     pipeline.drain()
     [note] = sandbox.halaxy.notes
-    assert note["subject"]["reference"].endswith(f"/Patient/{PATIENT}")
+    assert note["subject"]["reference"].endswith(f"/Patient/{other}")

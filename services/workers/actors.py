@@ -96,7 +96,6 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
                 outbox=rt.outbox,
                 fetcher=services.pdfs,
                 halaxy=services.halaxy,
-                links=services.links,
                 audit=rt.audit,
                 now=utcnow(),
             )
