@@ -23,7 +23,7 @@ from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
 from services.webhook_receiver.app import create_app
 from services.workers import broker as global_broker
-from services.workers.messaging import build_broker, requeue_from_dead_workers
+from services.workers.messaging import WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime, provide_runtime
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
@@ -224,6 +224,7 @@ def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
 
 
 def _maintain(settings: Settings, stop: threading.Event) -> None:
+    maintenance = WorkerMaintenance(settings)
     while not stop.is_set():
-        requeue_from_dead_workers(settings)
+        maintenance.requeue_from_dead_workers()
         stop.wait(2.0)

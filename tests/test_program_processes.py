@@ -19,7 +19,7 @@ from services.sandbox.halaxy import patient_resource
 from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
 from services.webhook_receiver.app import create_app
-from services.workers.messaging import requeue_from_dead_workers
+from services.workers.messaging import WorkerMaintenance
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.notes_outbox import NoteOutbox, NoteState
@@ -94,8 +94,10 @@ def test_a_worker_killed_mid_post_leaves_the_note_parked_never_doubled(
 
     workers.append(start_worker(settings, tmp_path / "second.log"))
 
+    maintenance = WorkerMaintenance(settings)
+
     def parked() -> bool:
-        requeue_from_dead_workers(settings)  # what the scheduler does every few seconds
+        maintenance.requeue_from_dead_workers()  # what the scheduler does every few seconds
         found = outbox.get(conn.id, note_id)
         return found is not None and found.state is NoteState.PARKED
 

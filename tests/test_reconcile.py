@@ -116,6 +116,18 @@ def test_only_one_of_two_schedulers_works(
     assert first.is_leader() != second.is_leader()
 
 
+def test_ticking_leaves_no_broker_behind_to_be_cleaned_up(
+    settings: Settings, redis_server_client: redis.Redis
+) -> None:
+    """Every broker that calls Redis registers a heartbeat, and each one left behind is later
+    cleaned up by a KEYS scan of the whole keyspace: the scheduler keeps one for maintenance."""
+    scheduler = Scheduler(settings, WorkerRuntime(settings))
+    heartbeats = f"{Keys(settings.redis_namespace).dramatiq_namespace()}:__heartbeats__"
+    for _ in range(4):
+        scheduler.tick()
+    assert redis_server_client.zcard(heartbeats) == 1
+
+
 def test_a_backfill_reaches_the_platform_through_the_bulk_queue(
     pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier, base_settings: Settings
 ) -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 import redis
 import structlog
 
-from services.workers.messaging import DramatiqJobQueue, build_broker, requeue_from_dead_workers
+from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
 from shared.config import Settings
 from shared.connections import utcnow
@@ -31,6 +31,7 @@ class Scheduler:
         self.settings = settings
         self.runtime = runtime
         self.queue = queue or DramatiqJobQueue(build_broker(settings, runtime.redis))
+        self.maintenance = WorkerMaintenance(settings, runtime.redis)
         self.sweeps = SweepLog(runtime.redis, runtime.keys)
         self.id = uuid.uuid4().hex[:12]
         self._leader = runtime.redis.lock(
@@ -54,7 +55,7 @@ class Scheduler:
         if not self.is_leader():
             return
         try:
-            requeue_from_dead_workers(self.settings, self.runtime.redis)
+            self.maintenance.requeue_from_dead_workers()
         except BridgeError as exc:
             log.warning("scheduler.maintenance_failed", error=type(exc).__name__)
         self.requeue_unclaimed_notes()

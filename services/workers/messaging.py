@@ -145,10 +145,18 @@ class DramatiqJobQueue:
                 self._broker.enqueue(dramatiq_message(job))
 
 
-def requeue_from_dead_workers(settings: Settings, client: redis.Redis | None = None) -> None:
-    """Run Dramatiq's maintenance now: messages held by workers whose heartbeat stopped more
-    than HEARTBEAT_TIMEOUT_MS ago go back on their queues (the scheduler calls this)."""
-    broker = build_broker(settings, client, maintenance_chance=MAINTENANCE_ALWAYS)
-    for queue in QueueName:
-        with translate_redis_errors():
-            broker.do_qsize(queue.value)
+class WorkerMaintenance:
+    """Dramatiq's maintenance on demand: messages held by workers whose heartbeat stopped
+    more than HEARTBEAT_TIMEOUT_MS ago go back on their queues (the scheduler calls it).
+
+    Keep one for as long as it is called: its broker sends a heartbeat with every call, and a
+    broker left behind becomes a dead worker whose clean-up runs KEYS over the whole keyspace
+    (dramatiq/brokers/redis/dispatch.lua), which blocks Redis on a large one."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self._broker = build_broker(settings, client, maintenance_chance=MAINTENANCE_ALWAYS)
+
+    def requeue_from_dead_workers(self) -> None:
+        for queue in QueueName:
+            with translate_redis_errors():
+                self._broker.do_qsize(queue.value)
