@@ -28,7 +28,7 @@ from shared.store import Keys, as_bytes, translate_redis_errors
 
 DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memory for repeats
 
-# KEYS: record, parked index, unclaimed index. ARGV: allowed states (comma list), new state,
+# KEYS: record, parked index, unsettled index. ARGV: allowed states (comma list), new state,
 # index member, now (seconds), ttl for terminal states, then field/value pairs.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
@@ -48,18 +48,18 @@ end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
-if current == 'parked' and ARGV[2] == 'queued' then
-  -- a person asked for a retry: until a worker takes it up, the scheduler watches for its job
+if ARGV[2] == 'queued' or ARGV[2] == 'fetching' or ARGV[2] == 'posting' then
+  -- not settled: if nothing moves it for a while, the scheduler queues its job again
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 else
-  redis.call('ZREM', KEYS[3], ARGV[3])  -- a worker (or a person) has taken the note up
+  redis.call('ZREM', KEYS[3], ARGV[3])  -- settled, or a person's to settle (parked)
 end
 return {1, current}
 """
 
 
 # One command, so a note is never half-recorded; a record without a state counts as absent.
-# KEYS: record, unclaimed index. ARGV: the index's score and member, then field/value pairs.
+# KEYS: record, unsettled index. ARGV: the index's score and member, then field/value pairs.
 CREATE = """
 if redis.call('HEXISTS', KEYS[1], 'state') == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
@@ -133,7 +133,7 @@ class NoteOutbox:
             pairs += [name, value]
         with translate_redis_errors():
             created = self._create(
-                keys=[self._keys.note(connection_id, note_id), self._keys.unclaimed_notes()],
+                keys=[self._keys.note(connection_id, note_id), self._keys.unsettled_notes()],
                 args=[int(time.time()), f"{connection_id}/{note_id}", *pairs],
             )
         return bool(created)
@@ -171,7 +171,7 @@ class NoteOutbox:
                 keys=[
                     self._keys.note(connection_id, note_id),
                     self._keys.parked_notes(),
-                    self._keys.unclaimed_notes(),
+                    self._keys.unsettled_notes(),
                 ],
                 args=[
                     ",".join(sorted(s.value for s in allowed)),
@@ -189,18 +189,20 @@ class NoteOutbox:
         with translate_redis_errors():
             return int(self._redis.hincrby(self._keys.note(connection_id, note_id), "attempts"))
 
-    def unclaimed(self, older_than: timedelta, limit: int = 500) -> list[tuple[str, str]]:
-        """Notes recorded more than `older_than` ago that no worker has taken up since: their
-        job may have been lost (the enqueue after the record failed). Returned as
-        (connection id, note id), and touched, so each comes back once a period at most."""
+    def stalled(self, older_than: timedelta, limit: int = 500) -> list[tuple[str, str]]:
+        """Notes not settled (queued, fetching, posting) that nothing has moved for
+        `older_than`: their job may have been lost (the enqueue after the record failed; a
+        retry Dramatiq could not queue while Redis was away; a delayed message left with a
+        worker). Returned as (connection id, note id), and touched, so each comes back once a
+        period at most."""
         cutoff = time.time() - older_than.total_seconds()
         with translate_redis_errors():
             members: list[Any] = self._redis.zrangebyscore(
-                self._keys.unclaimed_notes(), "-inf", cutoff, 0, limit
+                self._keys.unsettled_notes(), "-inf", cutoff, 0, limit
             )
             if members:
                 touched = {member: time.time() for member in members}
-                self._redis.zadd(self._keys.unclaimed_notes(), touched, xx=True)
+                self._redis.zadd(self._keys.unsettled_notes(), touched, xx=True)
         pairs = [as_bytes(m).decode().partition("/") for m in members]
         return [(connection_id, note_id) for connection_id, _, note_id in pairs]
 

@@ -88,7 +88,9 @@ class Keys:
     def parked_notes(self) -> str:
         return f"{self.namespace}:notes:parked"
 
-    def unclaimed_notes(self) -> str:
+    def unsettled_notes(self) -> str:
+        # Named when it held only notes no worker had taken up; kept, so none already in it
+        # is dropped from the watch.
         return f"{self.namespace}:notes:unclaimed"
 
     def dead_letters(self) -> str:

@@ -94,8 +94,8 @@ def test_resolve_retry_queues_it_again(
     [message] = queued_messages(redis_server_client, Keys(settings.redis_namespace))
     assert message["actor_name"] == "write_program_note"
     assert message["kwargs"]["note_id"] == note_id
-    # Until a worker takes it up, the scheduler watches for a lost job (as for a new note).
-    assert ("cn_test", note_id) in outbox.unclaimed(older_than=timedelta(0))
+    # Until it is settled, the scheduler watches for a lost job (as for a new note).
+    assert ("cn_test", note_id) in outbox.stalled(older_than=timedelta(0))
 
 
 def test_resolve_drop(settings: Settings, outbox: NoteOutbox) -> None:

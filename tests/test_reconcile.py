@@ -142,29 +142,41 @@ def test_a_backfill_reaches_the_platform_through_the_bulk_queue(
     runtime.close()
 
 
-def test_the_scheduler_requeues_a_note_whose_job_was_lost(
+def test_the_scheduler_requeues_the_notes_whose_job_was_lost(
     settings: Settings,
     redis_server_client: redis.Redis,
     keys: Keys,
 ) -> None:
-    """A callback recorded, then its enqueue failed (503): the scheduler queues it again."""
+    """A note recorded whose enqueue failed (503), and one a worker took up whose retry was
+    then lost (Redis away when Dramatiq queued it): once nothing has moved them for a while,
+    the scheduler queues both again. Settled notes, and parked ones a person settles, never."""
     outbox = NoteOutbox(redis_server_client, keys, settings.fernet)
-    callback = parse_callback(
+    base = parse_callback(
         program_callback(api_key="k", file_url="https://f.example/p.pdf", patient_id="1")
     )
-    note_id = note_id_for("cn_x", callback, None)
-    assert outbox.create("cn_x", note_id, callback)
-    parked_id = note_id_for("cn_x", callback.model_copy(update={"name": "Other"}), None)
-    outbox.create("cn_x", parked_id, callback.model_copy(update={"name": "Other"}))
-    outbox.move("cn_x", parked_id, {NoteState.QUEUED}, NoteState.PARKED, reason="r")
-    # Any move takes a note off the unclaimed list: only the never-touched note remains.
-    assert redis_server_client.zscore(keys.unclaimed_notes(), f"cn_x/{parked_id}") is None
+    ids = {}
+    for name, state in [
+        ("queued", None),
+        ("fetching", NoteState.FETCHING),
+        ("parked", NoteState.PARKED),
+        ("posted", NoteState.POSTED),
+    ]:
+        callback = base.model_copy(update={"name": name})
+        ids[name] = note_id_for("cn_x", callback, None)
+        assert outbox.create("cn_x", ids[name], callback)
+        if state is not None:
+            outbox.move("cn_x", ids[name], {NoteState.QUEUED}, state, reason="r")
+    watched = {m.decode() for m in redis_server_client.zrange(keys.unsettled_notes(), 0, -1)}
+    assert watched == {f"cn_x/{ids['queued']}", f"cn_x/{ids['fetching']}"}
     scheduler = Scheduler(settings, WorkerRuntime(settings))
-    scheduler.requeue_unclaimed_notes()
-    assert queued_messages(redis_server_client, keys) == []  # not stale yet
-    redis_server_client.zadd(keys.unclaimed_notes(), {f"cn_x/{note_id}": 0})
-    scheduler.requeue_unclaimed_notes()
-    [message] = queued_messages(redis_server_client, keys)
-    assert (message["actor_name"], message["kwargs"]["note_id"]) == ("write_program_note", note_id)
-    scheduler.requeue_unclaimed_notes()  # touched: not again until it is stale again
-    assert len(queued_messages(redis_server_client, keys)) == 1
+    scheduler.requeue_stalled_notes()
+    assert queued_messages(redis_server_client, keys) == []  # not stalled yet
+    redis_server_client.zadd(keys.unsettled_notes(), dict.fromkeys(watched, 0))
+    scheduler.requeue_stalled_notes()
+    requeued = queued_messages(redis_server_client, keys)
+    assert {m["actor_name"] for m in requeued} == {"write_program_note"}
+    assert sorted(m["kwargs"]["note_id"] for m in requeued) == sorted(
+        [ids["queued"], ids["fetching"]]
+    )
+    scheduler.requeue_stalled_notes()  # touched: not again until it is stalled again
+    assert len(queued_messages(redis_server_client, keys)) == 2

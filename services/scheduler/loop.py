@@ -18,7 +18,7 @@ from shared.jobs import JobQueue, job_for_note
 from shared.reconcile import SweepLog, due, sweep
 
 TICK_SECONDS = 5.0
-UNCLAIMED_NOTE_AFTER = timedelta(minutes=10)
+STALLED_NOTE_AFTER = timedelta(minutes=10)
 LEADER_TTL_SECONDS = 30
 
 log = structlog.get_logger("halaxy_bridge.scheduler")
@@ -58,17 +58,17 @@ class Scheduler:
             self.maintenance.requeue_from_dead_workers()
         except BridgeError as exc:
             log.warning("scheduler.maintenance_failed", error=type(exc).__name__)
-        self.requeue_unclaimed_notes()
+        self.requeue_stalled_notes()
         for connection in self.runtime.connections.list():
             if connection.enabled:
                 self.sweep_if_due(connection.id)
 
-    def requeue_unclaimed_notes(self) -> None:
-        """Queue again the notes no worker has taken up for a while: the enqueue that
-        followed their record may have failed. A duplicate message is harmless: one worker
-        per note, and compare-and-set moves."""
+    def requeue_stalled_notes(self) -> None:
+        """Queue again the notes not settled that nothing has moved for a while: their job
+        may be lost (`NoteOutbox.stalled`). A duplicate message is harmless: one worker per
+        note, compare-and-set moves, and a note found in `posting` is parked."""
         try:
-            stale = self.runtime.outbox.unclaimed(UNCLAIMED_NOTE_AFTER)
+            stale = self.runtime.outbox.stalled(STALLED_NOTE_AFTER)
             if stale:
                 self.queue.enqueue([job_for_note(c, n) for c, n in stale])
                 log.info("notes.requeued", count=len(stale), scheduler_id=self.id)
