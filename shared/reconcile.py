@@ -4,6 +4,11 @@ Halaxy documents no webhook retries (halaxy-api.md section 1.6), so a sweep per 
 asks for the patients changed since the last sweep (`_lastUpdated=gt…`, with a little
 overlap, following `link[next]`). A connection never swept gets every patient: the backfill.
 Queued syncs are idempotent, so overlap and repeats cost a Halaxy read, never a write.
+
+A sweep is saved after each page and resumed where it stopped: a clinic's backfill runs into
+its own Halaxy rate limit (its syncs spend the same budget), and one started over from the
+first page at every tick would never finish. Each call also stops after PAGES_PER_CALL
+pages, so a scheduler tick stays short and its leadership does not lapse mid-sweep.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from shared.store import Keys, as_bytes, translate_redis_errors
 SWEEP_EVERY = timedelta(minutes=5)
 OVERLAP = timedelta(minutes=2)  # clocks and Halaxy's indexing are not exact
 PAGE_SIZE = "100"
-BATCH = 100
+PAGES_PER_CALL = 25  # 2,500 patients: well within a tick's leadership (30 s)
 
 
 class SweepKind(StrEnum):
@@ -39,12 +44,24 @@ class Sweep:
     patients_queued: int
 
 
+@dataclass(frozen=True)
+class SweepProgress:
+    """A sweep stopped part-way: where it resumes."""
+
+    kind: SweepKind
+    started_at: str
+    next_url: str
+    patients_queued: int
+
+
 class SweepLog:
-    """The last finished sweep of each connection (what `status` shows)."""
+    """The last finished sweep of each connection (what `status` shows), and the sweep under
+    way, if one stopped part-way."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._redis = client
         self._key = keys.last_sweep()
+        self._progress_key = keys.sweep_progress()
 
     def last(self, connection_id: str) -> Sweep | None:
         with translate_redis_errors():
@@ -52,8 +69,28 @@ class SweepLog:
         return None if raw is None else Sweep(**orjson.loads(as_bytes(raw)))
 
     def record(self, sweep: Sweep) -> None:
+        """Record a finished sweep; the progress of its walk is not needed any more."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._key, sweep.connection_id, orjson.dumps(sweep.__dict__))
+        pipe.hdel(self._progress_key, sweep.connection_id)
         with translate_redis_errors():
-            self._redis.hset(self._key, sweep.connection_id, orjson.dumps(sweep.__dict__))
+            pipe.execute()
+
+    def progress(self, connection_id: str) -> SweepProgress | None:
+        with translate_redis_errors():
+            raw = self._redis.hget(self._progress_key, connection_id)
+        if raw is None:
+            return None
+        fields = orjson.loads(as_bytes(raw))
+        return SweepProgress(**{**fields, "kind": SweepKind(fields["kind"])})
+
+    def save_progress(self, connection_id: str, progress: SweepProgress) -> None:
+        with translate_redis_errors():
+            self._redis.hset(self._progress_key, connection_id, orjson.dumps(progress.__dict__))
+
+    def forget_progress(self, connection_id: str) -> None:
+        with translate_redis_errors():
+            self._redis.hdel(self._progress_key, connection_id)
 
 
 def due(last: Sweep | None, now: datetime) -> bool:
@@ -66,37 +103,51 @@ def sweep(
     connection_id: str,
     last: Sweep | None,
     now: datetime,
-) -> Sweep:
-    """Queue a bulk sync for every patient changed since `last` (all of them without one)."""
-    kind = SweepKind.BACKFILL if last is None else SweepKind.RECONCILE
+    sweeps: SweepLog,
+) -> Sweep | None:
+    """Queue a bulk sync for every patient changed since `last` (all of them without one),
+    resuming the sweep `sweeps` holds as under way. Returns the finished sweep, or None when
+    it stopped after PAGES_PER_CALL pages (saved: the next call goes on). An error leaves
+    the progress of the pages done saved too."""
+    resumed = sweeps.progress(connection_id)
+    if resumed is not None:
+        kind, started, queued = resumed.kind, resumed.started_at, resumed.patients_queued
+    else:
+        kind = SweepKind.BACKFILL if last is None else SweepKind.RECONCILE
+        started, queued = now.isoformat(timespec="seconds"), 0
     params = {"_count": PAGE_SIZE}
-    if last is not None:
+    if last is not None and resumed is None:
         since = datetime.fromisoformat(last.started_at) - OVERLAP
         params["_lastUpdated"] = "gt" + since.isoformat(timespec="seconds").replace("+00:00", "Z")
-    started = now.isoformat(timespec="seconds")
-    batch: list[Job] = []
-    queued = 0
-    for patient in halaxy.search("Patient", params):
-        patient_id = str(patient.get("id") or "")
-        if not patient_id:
-            continue
-        batch.append(
-            Job(
-                actor=ActorName.SYNC_PATIENT,
-                queue=QueueName.BULK,
-                kwargs={
-                    "connection_id": connection_id,
-                    "resource_id": patient_id,
-                    "event": kind.value,
-                    "event_id": f"{kind.value}:{started}:{patient_id}",
-                },
-            )
-        )
-        if len(batch) >= BATCH:
-            queue.enqueue(batch)
-            queued, batch = queued + len(batch), []
-    if batch:
-        queue.enqueue(batch)
-        queued += len(batch)
+    start_url = resumed.next_url if resumed is not None else None
+    for number, (patients, next_url) in enumerate(
+        halaxy.pages("Patient", params, start_url), start=1
+    ):
+        jobs = [
+            _bulk_sync(connection_id, str(patient["id"]), kind, started)
+            for patient in patients
+            if patient.get("id")
+        ]
+        if jobs:
+            queue.enqueue(jobs)
+            queued += len(jobs)
+        if next_url is None:
+            break
+        sweeps.save_progress(connection_id, SweepProgress(kind, started, next_url, queued))
+        if number >= PAGES_PER_CALL:
+            return None
     finished = datetime.now(now.tzinfo).isoformat(timespec="seconds")
     return Sweep(connection_id, kind, started, finished, queued)
+
+
+def _bulk_sync(connection_id: str, patient_id: str, kind: SweepKind, started: str) -> Job:
+    return Job(
+        actor=ActorName.SYNC_PATIENT,
+        queue=QueueName.BULK,
+        kwargs={
+            "connection_id": connection_id,
+            "resource_id": patient_id,
+            "event": kind.value,
+            "event_id": f"{kind.value}:{started}:{patient_id}",
+        },
+    )

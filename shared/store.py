@@ -117,6 +117,9 @@ class Keys:
     def last_sweep(self) -> str:
         return f"{self.namespace}:reconcile:last-sweep"
 
+    def sweep_progress(self) -> str:
+        return f"{self.namespace}:reconcile:in-progress"
+
     def scheduler_leader(self) -> str:
         return f"{self.namespace}:scheduler:leader"
 

@@ -14,15 +14,17 @@ from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
 from services.workers.messaging import DramatiqJobQueue, build_broker
 from services.workers.runtime import WorkerRuntime
+from shared import reconcile
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
+from shared.errors import RateLimited
 from shared.halaxy.client import HalaxyClient
 from shared.halaxy.tokens import TokenCache
 from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
 from shared.programs import note_id_for, parse_callback
-from shared.reconcile import OVERLAP, Sweep, SweepKind, SweepLog, due, sweep
+from shared.reconcile import OVERLAP, Sweep, SweepKind, SweepLog, SweepProgress, due, sweep
 from shared.store import Keys
 from tests.helpers import queued_messages
 from tests.workers import Pipeline, Sandbox, sandbox_connection
@@ -43,6 +45,16 @@ def halaxy(
         yield HalaxyClient(connection, http, tokens, settings.user_agent)
 
 
+def add_patients(fake: FakeHalaxy, count: int, first: int = 5000) -> None:
+    for number in range(first, first + count):
+        fake.patients[str(number)] = patient_resource(str(number))
+
+
+def bulk_ids(client: redis.Redis, keys: Keys) -> list[str]:
+    """The patient ids of the bulk syncs queued."""
+    return [m["kwargs"]["resource_id"] for m in queued_messages(client, keys, queue="bulk")]
+
+
 def test_a_first_sweep_backfills_every_patient_as_bulk_work(
     halaxy: HalaxyClient,
     fake_halaxy: FakeHalaxy,
@@ -50,10 +62,10 @@ def test_a_first_sweep_backfills_every_patient_as_bulk_work(
     redis_server_client: redis.Redis,
     keys: Keys,
 ) -> None:
-    for number in range(250):
-        fake_halaxy.patients[str(5000 + number)] = patient_resource(str(5000 + number))
+    add_patients(fake_halaxy, 250)
     queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
-    done = sweep(halaxy, queue, "cn_x", None, T0)
+    done = sweep(halaxy, queue, "cn_x", None, T0, SweepLog(redis_server_client, keys))
+    assert done is not None
     assert (done.kind, done.patients_queued) == (SweepKind.BACKFILL, 250)
     messages = queued_messages(redis_server_client, keys, queue="bulk")
     assert {m["actor_name"] for m in messages} == {"sync_patient_bulk"}
@@ -76,7 +88,9 @@ def test_a_later_sweep_asks_only_for_patients_changed_since(
     fake_halaxy.patients["3"] = patient_resource("3", last_updated=stamp(T0 + timedelta(minutes=3)))
     last = Sweep("cn_x", SweepKind.BACKFILL, T0.isoformat(), T0.isoformat(), 1)
     queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
-    done = sweep(halaxy, queue, "cn_x", last, T0 + timedelta(minutes=5))
+    sweeps = SweepLog(redis_server_client, keys)
+    done = sweep(halaxy, queue, "cn_x", last, T0 + timedelta(minutes=5), sweeps)
+    assert done is not None
     assert done.kind is SweepKind.RECONCILE
     ids = sorted(
         m["kwargs"]["resource_id"] for m in queued_messages(redis_server_client, keys, "bulk")
@@ -84,6 +98,56 @@ def test_a_later_sweep_asks_only_for_patients_changed_since(
     assert ids == ["2", "3"]  # "2" changed just before the last sweep started: the overlap
     [search] = [r for r in fake_halaxy.requests if r.path == "/main/Patient"]
     assert "_lastUpdated=gt2026-11-21T08%3A58%3A00Z" in search.query
+
+
+def test_a_sweep_stopped_by_the_rate_limit_resumes_at_the_page_it_stopped_on(
+    halaxy: HalaxyClient,
+    fake_halaxy: FakeHalaxy,
+    settings: Settings,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    """A clinic's backfill meets its own Halaxy limit part-way: started over from the first
+    page at every tick, a large one would never finish."""
+    add_patients(fake_halaxy, 250)
+    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
+    sweeps = SweepLog(redis_server_client, keys)
+    fake_halaxy.rate_limit = 2  # the third page is refused with 429
+    with pytest.raises(RateLimited):
+        sweep(halaxy, queue, "cn_x", None, T0, sweeps)
+    fake_halaxy.rate_limit = 1000
+    done = sweep(halaxy, queue, "cn_x", None, T0 + timedelta(minutes=1), sweeps)
+    assert done is not None
+    assert (done.kind, done.started_at, done.patients_queued) == (
+        SweepKind.BACKFILL,
+        T0.isoformat(timespec="seconds"),
+        250,
+    )
+    assert sorted(bulk_ids(redis_server_client, keys)) == sorted(fake_halaxy.patients)  # once
+    searches = [r for r in fake_halaxy.requests if r.path == "/main/Patient"]
+    assert len(searches) == 4  # pages 1 and 2, page 3 refused, page 3
+    sweeps.record(done)
+    assert sweeps.progress("cn_x") is None  # the next sweep starts a walk of its own
+
+
+def test_a_long_sweep_goes_on_over_several_calls(
+    halaxy: HalaxyClient,
+    fake_halaxy: FakeHalaxy,
+    settings: Settings,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each call stops after PAGES_PER_CALL pages, so a scheduler tick stays short."""
+    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
+    add_patients(fake_halaxy, 250)
+    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
+    sweeps = SweepLog(redis_server_client, keys)
+    calls = [sweep(halaxy, queue, "cn_x", None, T0, sweeps) for _ in range(3)]
+    assert calls[:2] == [None, None]
+    assert calls[2] is not None
+    assert calls[2].patients_queued == 250
+    assert sorted(bulk_ids(redis_server_client, keys)) == sorted(fake_halaxy.patients)
 
 
 def test_due() -> None:
@@ -114,6 +178,55 @@ def test_only_one_of_two_schedulers_works(
     assert last is not None
     assert (last.kind, last.patients_queued) == (SweepKind.BACKFILL, 30)
     assert first.is_leader() != second.is_leader()
+
+
+@pytest.fixture
+def clinic_of_250(store: ConnectionStore, sandbox: Sandbox, verify_key: KeyVerifier) -> Connection:
+    """A connection whose Halaxy has 250 patients: three pages of 100."""
+    add_patients(sandbox.halaxy, 250, first=100)
+    return sandbox_connection(store, sandbox, verify_key)
+
+
+def test_the_scheduler_finishes_a_sweep_over_several_ticks(
+    settings: Settings,
+    clinic_of_250: Connection,
+    sandbox: Sandbox,
+    redis_server_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
+    conn = clinic_of_250
+    scheduler = Scheduler(settings, WorkerRuntime(settings))
+    sweeps = SweepLog(redis_server_client, Keys(settings.redis_namespace))
+    scheduler.tick()
+    assert sweeps.last(conn.id) is None  # under way, not finished
+    scheduler.tick()
+    scheduler.tick()
+    last = sweeps.last(conn.id)
+    assert last is not None
+    assert (last.kind, last.patients_queued) == (SweepKind.BACKFILL, 250)
+    searches = [r for r in sandbox.halaxy.requests if r.path == "/main/Patient"]
+    assert len(searches) == 3
+
+
+def test_a_sweep_under_way_is_resumed_before_the_next_one_is_due(
+    settings: Settings,
+    clinic_of_250: Connection,
+    sandbox: Sandbox,
+    redis_server_client: redis.Redis,
+) -> None:
+    conn = clinic_of_250
+    sweeps = SweepLog(redis_server_client, Keys(settings.redis_namespace))
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    sweeps.record(Sweep(conn.id, SweepKind.BACKFILL, now, now, 250))  # not due for 5 minutes
+    next_url = f"{conn.halaxy_base_url}/Patient?_count=100&page=2"
+    sweeps.save_progress(conn.id, SweepProgress(SweepKind.RECONCILE, now, next_url, 100))
+    Scheduler(settings, WorkerRuntime(settings)).tick()
+    [first, *_] = [r for r in sandbox.halaxy.requests if r.path == "/main/Patient"]
+    assert "page=2" in first.query
+    last = sweeps.last(conn.id)
+    assert last is not None
+    assert (last.kind, last.patients_queued) == (SweepKind.RECONCILE, 250)
 
 
 def test_ticking_leaves_no_broker_behind_to_be_cleaned_up(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from datetime import timedelta
@@ -13,7 +14,7 @@ from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, buil
 from services.workers.runtime import WorkerRuntime
 from shared.config import Settings
 from shared.connections import utcnow
-from shared.errors import BridgeError, RateLimited
+from shared.errors import BridgeError, Permanent, RateLimited
 from shared.jobs import JobQueue, job_for_note
 from shared.reconcile import SweepLog, due, sweep
 
@@ -80,14 +81,22 @@ class Scheduler:
         try:
             last = self.sweeps.last(connection_id)
             now = utcnow()
-            if not due(last, now):
+            if not due(last, now) and self.sweeps.progress(connection_id) is None:
                 return
             services = self.runtime.services(connection_id)
-            done = sweep(services.halaxy, self.queue, connection_id, last, now)
+            done = sweep(services.halaxy, self.queue, connection_id, last, now, self.sweeps)
+            if done is None:
+                return  # stopped after its pages for this tick; the next tick goes on
             self.sweeps.record(done)
             bound.info("reconcile.swept", kind=done.kind.value, queued=done.patients_queued)
         except RateLimited as exc:
             bound.info("reconcile.deferred", retry_after=exc.retry_after)  # next tick resumes
+        except Permanent as exc:
+            bound.error("reconcile.failed", error=type(exc).__name__, reason=str(exc))
+            # A refusal will not pass by waiting; a next-page link Halaxy no longer honours is
+            # one. Start the walk over next time rather than resume into it for good.
+            with contextlib.suppress(BridgeError):
+                self.sweeps.forget_progress(connection_id)
         except BridgeError as exc:
             bound.error("reconcile.failed", error=type(exc).__name__, reason=str(exc))
 

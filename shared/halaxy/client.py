@@ -125,16 +125,29 @@ class HalaxyClient:
 
     def search(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Every resource a search returns, following `link[relation=next]` page by page."""
-        url: str | None = self.resolve(resource_type)
-        query: dict[str, str] | None = params
+        for resources, _ in self.pages(resource_type, params):
+            yield from resources
+
+    def pages(
+        self, resource_type: str, params: dict[str, str], start_url: str | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """A search page by page: each page's resources and its `next` link as Halaxy gave it
+        (None after the last). `start_url`, such a link from an earlier walk, resumes there."""
+        url: str | None = start_url or resource_type
+        query: dict[str, str] | None = None if start_url else params
         for _ in range(MAX_PAGES):
             if url is None:
                 return
-            bundle = self._json(self._request("GET", url, params=query))
-            for entry in bundle.get("entry") or []:
-                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
-                    yield entry["resource"]
+            # Resolved only when fetched: a link off this connection's host is refused then,
+            # after the page that carried it has been handed on.
+            bundle = self._json(self._request("GET", self.resolve(url), params=query))
+            resources = [
+                entry["resource"]
+                for entry in bundle.get("entry") or []
+                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+            ]
             url, query = self._next_link(bundle), None
+            yield resources, url
         raise Transient(f"a {resource_type} search ran past {MAX_PAGES} pages")
 
     def resolve(self, reference: str) -> str:
@@ -150,7 +163,7 @@ class HalaxyClient:
     def _next_link(self, bundle: dict[str, Any]) -> str | None:
         for link in bundle.get("link") or []:
             if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
-                return self.resolve(str(link["url"]))
+                return str(link["url"])
         return None
 
     def _token(self) -> str:
