@@ -146,6 +146,20 @@ def rotate(connection: Connection, request: RotateRequest, now: datetime) -> Con
             "say what to rotate: webhook secret, program key, signing secret, Halaxy key "
             "or platform API key"
         )
+    if request.grace_hours > 0:
+        for wanted, retired, what in (
+            (request.webhook_secret, connection.retired_webhook_secret, "webhook secret"),
+            (request.program_api_key, connection.retired_program_api_key, "program key"),
+        ):
+            # One earlier value is kept. Rotating again would drop it at once, while some of
+            # Halaxy's webhooks (or the platform) may still send it: their deliveries are gone.
+            if wanted and retired is not None and retired.valid_until > now:
+                raise InvalidInput(
+                    f"the {what} was rotated recently and its earlier value is accepted until "
+                    f"{retired.valid_until.isoformat(timespec='minutes')}; rotating again now "
+                    "would stop accepting that value at once. Rotate again after then, or "
+                    "with a grace of 0 hours to accept only the new value from now on"
+                )
     grace_until = now + timedelta(hours=request.grace_hours)
     changes: dict[str, Any] = {"updated_at": now}
     if request.webhook_secret:

@@ -403,6 +403,29 @@ def test_rotate_webhook_secret_without_grace_refuses_the_old_one(
     assert post_webhook(client, created["id"], old).status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("field", "what"), [("webhook_secret", "webhook secret"), ("program_api_key", "program key")]
+)
+def test_a_second_rotation_within_the_grace_is_refused_unless_without_grace(
+    client: TestClient, created: dict[str, Any], field: str, what: str
+) -> None:
+    """It would drop the first value at once, while Halaxy (or the platform) may still send
+    it: those deliveries would be refused and gone."""
+    first = rotate(client, created["id"], {field: True})
+    assert first.status_code == 200
+
+    again = rotate(client, created["id"], {field: True})
+
+    assert again.status_code == 422
+    assert f"the {what} was rotated recently" in again.json()["detail"]
+    if field == "webhook_secret":
+        assert post_webhook(client, created["id"], created["halaxy_auth_header"]).status_code == 202
+    cut_off = rotate(client, created["id"], {field: True, "grace_hours": 0})  # a leak: cut it off
+    assert cut_off.status_code == 200
+    if field == "webhook_secret":
+        assert post_webhook(client, created["id"], created["halaxy_auth_header"]).status_code == 401
+
+
 def test_rotate_program_key_and_signing_secret(client: TestClient, created: dict[str, Any]) -> None:
     response = rotate(client, created["id"], {"program_api_key": True, "signing_secret": True})
 
