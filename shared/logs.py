@@ -44,6 +44,7 @@ SENSITIVE_KEYS = frozenset(
         "api_key",
         "token",
         "access_token",
+        "practitioner_token",
         "password",
         "webhook_secret",
         "signing_secret",

@@ -15,7 +15,7 @@ callback's `file_url` (a 24-hour capability to the PDF) is sealed with Fernet li
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -101,6 +101,13 @@ class NoteRecord:
     resolved_by: str = ""
     resolved_at: str = ""
     resolution: str = ""
+
+    def shown(self) -> dict[str, Any]:
+        """The record as ops tools show it: without the practitioner's token, which the
+        platform issues to identify (and may let sign in as) the practitioner."""
+        shown = asdict(self)
+        del shown["practitioner_token"]
+        return shown
 
 
 class NoteOutbox:

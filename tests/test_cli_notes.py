@@ -61,6 +61,7 @@ def test_parked_lists_ids_title_times_and_reason(settings: Settings, outbox: Not
     assert row["reason"] == "Halaxy answered 502"
     assert "callback" not in row
     assert "files.example.com" not in str(row)  # the PDF link never leaves the outbox
+    assert "practitioner_token" not in row  # it may sign in as the practitioner
     text = invoke(settings, "parked")
     assert note_id in text.stdout
     assert "Halaxy answered 502" in text.stdout
@@ -75,6 +76,7 @@ def test_resolve_as_posted_records_who_and_when(
     settled: dict[str, Any] = orjson.loads(result.stdout)
     assert (settled["state"], settled["docref_id"]) == ("posted", "DR-4411")
     assert (settled["resolved_by"], settled["resolution"]) == ("alice", "posted")
+    assert "practitioner_token" not in settled
     assert settled["resolved_at"].startswith(str(datetime.now(UTC).year))
     assert invoke(settings, "parked", "--json").stdout.count(note_id) == 0
     [entry] = AuditTrail(redis_server_client, Keys(settings.redis_namespace)).entries()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import click
 
 from services.cli.context import cli_context
@@ -27,7 +25,7 @@ def parked(as_json: bool) -> None:
     """List parked notes: their POST to Halaxy ended without a clear answer."""
     with cli_context(as_json) as ctx:
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
-        rows = [asdict(r) for r in outbox.parked()]
+        rows = [r.shown() for r in outbox.parked()]
         emit(as_json, {"notes": rows}, lambda: table(rows, COLUMNS))
 
 
@@ -66,6 +64,6 @@ def resolve(
         )
         emit(
             as_json,
-            asdict(settled),
+            settled.shown(),
             f"Note {note_id} is now {settled.state} (by {settled.resolved_by}).",
         )
