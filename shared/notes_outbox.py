@@ -27,9 +27,16 @@ from shared.programs import ProgramCallback, note_title
 from shared.store import Keys, as_bytes, translate_redis_errors
 
 DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memory for repeats
+# A note not settled is queued again by the scheduler if nothing moves it for this long: its
+# job may be lost. A note no worker has taken up yet waits the shorter time; one a worker took
+# up may be waiting out a retry, so it waits longer than Dramatiq's longest retry wait
+# (services/workers/policy.py: 6 hours), or each requeue would start a second retry chain.
+WATCH_NEW = timedelta(minutes=10)
+WATCH_TAKEN_UP = timedelta(hours=6, minutes=10)
 
 # KEYS: record, parked index, unsettled index. ARGV: allowed states (comma list), new state,
-# index member, now (seconds), ttl for terminal states, then field/value pairs.
+# index member, now (seconds), ttl for terminal states, the watch's due time for a note a
+# person sent back and for one a worker took up, then field/value pairs.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
@@ -38,7 +45,7 @@ for state in string.gmatch(ARGV[1], '[^,]+') do
   if state == current then allowed = true end
 end
 if not allowed then return {0, current} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 8))
 if ARGV[2] == 'parked' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
   redis.call('PERSIST', KEYS[1])
@@ -49,8 +56,10 @@ if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
 if ARGV[2] == 'queued' or ARGV[2] == 'fetching' or ARGV[2] == 'posting' then
-  -- not settled: if nothing moves it for a while, the scheduler queues its job again
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+  -- not settled: if nothing moves it by the due time, the scheduler queues its job again
+  local due = ARGV[7]
+  if current == 'parked' then due = ARGV[6] end
+  redis.call('ZADD', KEYS[3], due, ARGV[3])
 else
   redis.call('ZREM', KEYS[3], ARGV[3])  -- settled, or a person's to settle (parked)
 end
@@ -59,7 +68,7 @@ return {1, current}
 
 
 # One command, so a note is never half-recorded; a record without a state counts as absent.
-# KEYS: record, unsettled index. ARGV: the index's score and member, then field/value pairs.
+# KEYS: record, unsettled index. ARGV: the watch's due time and member, then field/value pairs.
 CREATE = """
 if redis.call('HEXISTS', KEYS[1], 'state') == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
@@ -141,7 +150,7 @@ class NoteOutbox:
         with translate_redis_errors():
             created = self._create(
                 keys=[self._keys.note(connection_id, note_id), self._keys.unsettled_notes()],
-                args=[int(time.time()), f"{connection_id}/{note_id}", *pairs],
+                args=[_due(WATCH_NEW), f"{connection_id}/{note_id}", *pairs],
             )
         return bool(created)
 
@@ -186,6 +195,8 @@ class NoteOutbox:
                     f"{connection_id}/{note_id}",
                     int(datetime.now(UTC).timestamp()),
                     int(DONE_TTL.total_seconds()),
+                    _due(WATCH_NEW),
+                    _due(WATCH_TAKEN_UP),
                     *pairs,
                 ],
             )
@@ -196,20 +207,19 @@ class NoteOutbox:
         with translate_redis_errors():
             return int(self._redis.hincrby(self._keys.note(connection_id, note_id), "attempts"))
 
-    def stalled(self, older_than: timedelta, limit: int = 500) -> list[tuple[str, str]]:
-        """Notes not settled (queued, fetching, posting) that nothing has moved for
-        `older_than`: their job may have been lost (the enqueue after the record failed; a
-        retry Dramatiq could not queue while Redis was away; a delayed message left with a
-        worker). Returned as (connection id, note id), and touched, so each comes back once a
-        period at most."""
-        cutoff = time.time() - older_than.total_seconds()
+    def stalled(self, limit: int = 500) -> list[tuple[str, str]]:
+        """Notes not settled (queued, fetching, posting) that nothing has moved by their due
+        time (WATCH_NEW, WATCH_TAKEN_UP): their job may have been lost (the enqueue after the
+        record failed; a retry Dramatiq could not queue while Redis was away; a delayed
+        message left with a worker). Returned as (connection id, note id), and due again
+        WATCH_NEW later, so each comes back once a period at most."""
         with translate_redis_errors():
             members: list[Any] = self._redis.zrangebyscore(
-                self._keys.unsettled_notes(), "-inf", cutoff, 0, limit
+                self._keys.unsettled_notes(), "-inf", time.time(), 0, limit
             )
             if members:
-                touched = {member: time.time() for member in members}
-                self._redis.zadd(self._keys.unsettled_notes(), touched, xx=True)
+                again = dict.fromkeys(members, _due(WATCH_NEW))
+                self._redis.zadd(self._keys.unsettled_notes(), again, xx=True)
         pairs = [as_bytes(m).decode().partition("/") for m in members]
         return [(connection_id, note_id) for connection_id, _, note_id in pairs]
 
@@ -236,3 +246,7 @@ def _record(raw: dict[str, str]) -> NoteRecord:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _due(after: timedelta) -> int:
+    return int(time.time() + after.total_seconds())

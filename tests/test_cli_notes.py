@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from services.cli.main import cli
 from services.sandbox.physitrack import program_callback
 from shared.audit import AuditTrail
 from shared.config import Settings
-from shared.notes_outbox import NoteOutbox, NoteState
+from shared.notes_outbox import WATCH_NEW, NoteOutbox, NoteState
 from shared.programs import note_id_for, parse_callback
 from shared.store import Keys
 from tests.helpers import queued_messages
@@ -96,8 +97,12 @@ def test_resolve_retry_queues_it_again(
     [message] = queued_messages(redis_server_client, Keys(settings.redis_namespace))
     assert message["actor_name"] == "write_program_note"
     assert message["kwargs"]["note_id"] == note_id
-    # Until it is settled, the scheduler watches for a lost job (as for a new note).
-    assert ("cn_test", note_id) in outbox.stalled(older_than=timedelta(0))
+    # Until it is settled, the scheduler watches for a lost job, as for a new note.
+    due = redis_server_client.zscore(
+        Keys(settings.redis_namespace).unsettled_notes(), f"cn_test/{note_id}"
+    )
+    assert due is not None
+    assert due <= time.time() + WATCH_NEW.total_seconds()
 
 
 def test_resolve_drop(settings: Settings, outbox: NoteOutbox) -> None:

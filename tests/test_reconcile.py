@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ from services.sandbox.halaxy import FakeHalaxy, patient_resource
 from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
 from services.workers.messaging import DramatiqJobQueue, build_broker
+from services.workers.policy import MAX_BACKOFF_MS
 from services.workers.runtime import WorkerRuntime
 from shared import reconcile
 from shared.config import Settings
@@ -261,8 +263,9 @@ def test_the_scheduler_requeues_the_notes_whose_job_was_lost(
     keys: Keys,
 ) -> None:
     """A note recorded whose enqueue failed (503), and one a worker took up whose retry was
-    then lost (Redis away when Dramatiq queued it): once nothing has moved them for a while,
-    the scheduler queues both again. Settled notes, and parked ones a person settles, never."""
+    then lost (Redis away when Dramatiq queued it): once nothing has moved them by their due
+    time, the scheduler queues both again. Settled notes, and parked ones a person settles,
+    never."""
     outbox = NoteOutbox(redis_server_client, keys, settings.fernet)
     base = parse_callback(
         program_callback(api_key="k", file_url="https://f.example/p.pdf", patient_id="1")
@@ -281,15 +284,20 @@ def test_the_scheduler_requeues_the_notes_whose_job_was_lost(
             outbox.move("cn_x", ids[name], {NoteState.QUEUED}, state, reason="r")
     watched = {m.decode() for m in redis_server_client.zrange(keys.unsettled_notes(), 0, -1)}
     assert watched == {f"cn_x/{ids['queued']}", f"cn_x/{ids['fetching']}"}
+    # One a worker took up may be waiting out a retry: not due before Dramatiq's longest wait,
+    # or each requeue would start a second retry chain.
+    taken_up = redis_server_client.zscore(keys.unsettled_notes(), f"cn_x/{ids['fetching']}")
+    assert taken_up is not None
+    assert taken_up > time.time() + MAX_BACKOFF_MS / 1000
     scheduler = Scheduler(settings, WorkerRuntime(settings))
     scheduler.requeue_stalled_notes()
     assert queued_messages(redis_server_client, keys) == []  # not stalled yet
-    redis_server_client.zadd(keys.unsettled_notes(), dict.fromkeys(watched, 0))
+    redis_server_client.zadd(keys.unsettled_notes(), dict.fromkeys(watched, 0))  # both due
     scheduler.requeue_stalled_notes()
     requeued = queued_messages(redis_server_client, keys)
     assert {m["actor_name"] for m in requeued} == {"write_program_note"}
     assert sorted(m["kwargs"]["note_id"] for m in requeued) == sorted(
         [ids["queued"], ids["fetching"]]
     )
-    scheduler.requeue_stalled_notes()  # touched: not again until it is stalled again
+    scheduler.requeue_stalled_notes()  # due again only WATCH_NEW later
     assert len(queued_messages(redis_server_client, keys)) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from datetime import timedelta
 
 import redis
 import structlog
@@ -19,7 +18,6 @@ from shared.jobs import JobQueue, job_for_note
 from shared.reconcile import SweepLog, due, sweep
 
 TICK_SECONDS = 5.0
-STALLED_NOTE_AFTER = timedelta(minutes=10)
 LEADER_TTL_SECONDS = 30
 
 log = structlog.get_logger("halaxy_bridge.scheduler")
@@ -69,7 +67,7 @@ class Scheduler:
         may be lost (`NoteOutbox.stalled`). A duplicate message is harmless: one worker per
         note, compare-and-set moves, and a note found in `posting` is parked."""
         try:
-            stale = self.runtime.outbox.stalled(STALLED_NOTE_AFTER)
+            stale = self.runtime.outbox.stalled()
             if stale:
                 self.queue.enqueue([job_for_note(c, n) for c, n in stale])
                 log.info("notes.requeued", count=len(stale), scheduler_id=self.id)
