@@ -8,7 +8,8 @@ Queued syncs are idempotent, so overlap and repeats cost a Halaxy read, never a 
 A sweep is saved after each page and resumed where it stopped: a clinic's backfill runs into
 its own Halaxy rate limit (its syncs spend the same budget), and one started over from the
 first page at every tick would never finish. Each call also stops after PAGES_PER_CALL
-pages, so a scheduler tick stays short and its leadership does not lapse mid-sweep.
+pages, so one connection's turn in a scheduler tick stays short (the scheduler renews its
+leadership before each turn), and a walk that never ends is given up after MAX_SWEEP_PAGES.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ from enum import StrEnum
 
 import orjson
 import redis
+import structlog
 
+from shared.errors import Permanent
 from shared.halaxy.client import HalaxyClient
 from shared.jobs import ActorName, Job, JobQueue, QueueName
 from shared.store import Keys, as_bytes, translate_redis_errors
 
+log = structlog.get_logger("halaxy_bridge.reconcile")
+
 SWEEP_EVERY = timedelta(minutes=5)
 OVERLAP = timedelta(minutes=2)  # clocks and Halaxy's indexing are not exact
 PAGE_SIZE = "100"
-PAGES_PER_CALL = 25  # 2,500 patients: well within a tick's leadership (30 s)
+PAGES_PER_CALL = 10  # 1,000 patients: seconds, against the scheduler's 30 s leadership
+MAX_SWEEP_PAGES = 10_000  # a million patients; past this Halaxy's next links do not end
 
 
 class SweepKind(StrEnum):
@@ -52,6 +58,7 @@ class SweepProgress:
     started_at: str
     next_url: str
     patients_queued: int
+    pages: int = 0
 
 
 class SweepLog:
@@ -77,12 +84,18 @@ class SweepLog:
             pipe.execute()
 
     def progress(self, connection_id: str) -> SweepProgress | None:
+        """The sweep under way; None when there is none, or when its record cannot be read
+        (written by another version during a deploy): a new walk then replaces it."""
         with translate_redis_errors():
             raw = self._redis.hget(self._progress_key, connection_id)
         if raw is None:
             return None
-        fields = orjson.loads(as_bytes(raw))
-        return SweepProgress(**{**fields, "kind": SweepKind(fields["kind"])})
+        try:
+            fields = orjson.loads(as_bytes(raw))
+            return SweepProgress(**{**fields, "kind": SweepKind(fields["kind"])})
+        except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
+            log.warning("reconcile.progress_unreadable", connection_id=connection_id)
+            return None
 
     def save_progress(self, connection_id: str, progress: SweepProgress) -> None:
         with translate_redis_errors():
@@ -112,9 +125,10 @@ def sweep(
     resumed = sweeps.progress(connection_id)
     if resumed is not None:
         kind, started, queued = resumed.kind, resumed.started_at, resumed.patients_queued
+        walked = resumed.pages
     else:
         kind = SweepKind.BACKFILL if last is None else SweepKind.RECONCILE
-        started, queued = now.isoformat(timespec="seconds"), 0
+        started, queued, walked = now.isoformat(timespec="seconds"), 0, 0
     params = {"_count": PAGE_SIZE}
     if last is not None and resumed is None:
         since = datetime.fromisoformat(last.started_at) - OVERLAP
@@ -133,7 +147,10 @@ def sweep(
             queued += len(jobs)
         if next_url is None:
             break
-        sweeps.save_progress(connection_id, SweepProgress(kind, started, next_url, queued))
+        walked += 1
+        if walked >= MAX_SWEEP_PAGES:
+            raise Permanent(f"the patient search ran past {MAX_SWEEP_PAGES} pages without an end")
+        sweeps.save_progress(connection_id, SweepProgress(kind, started, next_url, queued, walked))
         if number >= PAGES_PER_CALL:
             return None
     finished = datetime.now(now.tzinfo).isoformat(timespec="seconds")

@@ -20,6 +20,7 @@ from services.workers.runtime import WorkerRuntime
 from shared.config import Settings
 from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
+from shared.reconcile import SweepLog
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.chaos
@@ -118,7 +119,12 @@ def test_one_clinics_backfill_does_not_delay_another_clinics_live_events(
         sandbox.halaxy.patients[f"A{number}"] = patient_resource(f"A{number}")
     sandbox.halaxy.faults.latency = 0.02  # every Halaxy call takes 20 ms
     runtime = WorkerRuntime(base_settings)
-    Scheduler(base_settings, runtime).sweep_if_due(clinic_a.id)  # queues the 2,000 as bulk
+    scheduler, sweeps = Scheduler(base_settings, runtime), SweepLog(runtime.redis, runtime.keys)
+    for _ in range(100):  # turn by turn, as ticks would, the 2,000 are queued as bulk
+        scheduler.sweep_if_due(clinic_a.id)
+        if sweeps.last(clinic_a.id) is not None:
+            break
+    assert sweeps.last(clinic_a.id) is not None
     latencies: list[float] = []
     for number in range(15):
         patient_id = f"B{number}"

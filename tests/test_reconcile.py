@@ -152,6 +152,33 @@ def test_a_long_sweep_goes_on_over_several_calls(
     assert sorted(bulk_ids(redis_server_client, keys)) == sorted(fake_halaxy.patients)
 
 
+def test_a_walk_that_does_not_end_is_given_up_and_started_over(
+    settings: Settings,
+    clinic_of_250: Connection,
+    redis_server_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Across calls, as within one: a next link that never runs out must not spend the
+    clinic's Halaxy budget for good."""
+    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
+    monkeypatch.setattr(reconcile, "MAX_SWEEP_PAGES", 2)
+    scheduler = Scheduler(settings, WorkerRuntime(settings))
+    sweeps = SweepLog(redis_server_client, Keys(settings.redis_namespace))
+    scheduler.sweep_if_due(clinic_of_250.id)
+    assert sweeps.progress(clinic_of_250.id) is not None
+    scheduler.sweep_if_due(clinic_of_250.id)  # the second page would make it 2: given up
+    assert sweeps.progress(clinic_of_250.id) is None
+    assert sweeps.last(clinic_of_250.id) is None
+
+
+def test_an_unreadable_walk_is_replaced_not_a_crash(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    """Written by another version during a deploy, say: the scheduler must keep ticking."""
+    redis_server_client.hset(keys.sweep_progress(), "cn_x", b'{"kind": "sideways"}')
+    assert SweepLog(redis_server_client, keys).progress("cn_x") is None
+
+
 def test_due() -> None:
     assert due(None, T0)
     last = Sweep("c", SweepKind.RECONCILE, T0.isoformat(), T0.isoformat(), 0)

@@ -59,7 +59,9 @@ class Scheduler:
             log.warning("scheduler.maintenance_failed", error=type(exc).__name__)
         self.requeue_stalled_notes()
         for connection in self.runtime.connections.list():
-            if connection.enabled:
+            # Each connection's turn is short (reconcile.PAGES_PER_CALL); leadership is
+            # renewed before each, so a tick over many clinics never outlasts it.
+            if connection.enabled and self.is_leader():
                 self.sweep_if_due(connection.id)
 
     def requeue_stalled_notes(self) -> None:
