@@ -117,12 +117,12 @@ def sweep(
     last: Sweep | None,
     now: datetime,
     sweeps: SweepLog,
+    resumed: SweepProgress | None,
 ) -> Sweep | None:
     """Queue a bulk sync for every patient changed since `last` (all of them without one),
-    resuming the sweep `sweeps` holds as under way. Returns the finished sweep, or None when
-    it stopped after PAGES_PER_CALL pages (saved: the next call goes on). An error leaves
-    the progress of the pages done saved too."""
-    resumed = sweeps.progress(connection_id)
+    or go on with `resumed`, the sweep `sweeps` holds as under way. Returns the finished
+    sweep, or None when it stopped after PAGES_PER_CALL pages (saved in `sweeps`: the next
+    call goes on). An error leaves the progress of the pages done saved too."""
     if resumed is not None:
         kind, started, queued = resumed.kind, resumed.started_at, resumed.patients_queued
         walked = resumed.pages

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -47,6 +47,27 @@ def halaxy(
         yield HalaxyClient(connection, http, tokens, settings.user_agent)
 
 
+Walk = Callable[[Sweep | None, datetime], Sweep | None]
+
+
+@pytest.fixture
+def sweeps(redis_server_client: redis.Redis, keys: Keys) -> SweepLog:
+    return SweepLog(redis_server_client, keys)
+
+
+@pytest.fixture
+def walk(
+    halaxy: HalaxyClient, settings: Settings, redis_server_client: redis.Redis, sweeps: SweepLog
+) -> Walk:
+    """One turn of connection cn_x's sweep, as the scheduler takes it: `walk(last, now)`."""
+    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
+
+    def turn(last: Sweep | None, now: datetime) -> Sweep | None:
+        return sweep(halaxy, queue, "cn_x", last, now, sweeps, sweeps.progress("cn_x"))
+
+    return turn
+
+
 def add_patients(fake: FakeHalaxy, count: int, first: int = 5000) -> None:
     for number in range(first, first + count):
         fake.patients[str(number)] = patient_resource(str(number))
@@ -58,15 +79,10 @@ def bulk_ids(client: redis.Redis, keys: Keys) -> list[str]:
 
 
 def test_a_first_sweep_backfills_every_patient_as_bulk_work(
-    halaxy: HalaxyClient,
-    fake_halaxy: FakeHalaxy,
-    settings: Settings,
-    redis_server_client: redis.Redis,
-    keys: Keys,
+    walk: Walk, fake_halaxy: FakeHalaxy, redis_server_client: redis.Redis, keys: Keys
 ) -> None:
     add_patients(fake_halaxy, 250)
-    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
-    done = sweep(halaxy, queue, "cn_x", None, T0, SweepLog(redis_server_client, keys))
+    done = walk(None, T0)
     assert done is not None
     assert (done.kind, done.patients_queued) == (SweepKind.BACKFILL, 250)
     messages = queued_messages(redis_server_client, keys, queue="bulk")
@@ -78,20 +94,14 @@ def test_a_first_sweep_backfills_every_patient_as_bulk_work(
 
 
 def test_a_later_sweep_asks_only_for_patients_changed_since(
-    halaxy: HalaxyClient,
-    fake_halaxy: FakeHalaxy,
-    settings: Settings,
-    redis_server_client: redis.Redis,
-    keys: Keys,
+    walk: Walk, fake_halaxy: FakeHalaxy, redis_server_client: redis.Redis, keys: Keys
 ) -> None:
     stamp = lambda moment: moment.isoformat().replace("+00:00", "Z")  # noqa: E731
     fake_halaxy.patients["1"] = patient_resource("1", last_updated=stamp(T0 - timedelta(hours=1)))
     fake_halaxy.patients["2"] = patient_resource("2", last_updated=stamp(T0 - OVERLAP / 2))
     fake_halaxy.patients["3"] = patient_resource("3", last_updated=stamp(T0 + timedelta(minutes=3)))
     last = Sweep("cn_x", SweepKind.BACKFILL, T0.isoformat(), T0.isoformat(), 1)
-    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
-    sweeps = SweepLog(redis_server_client, keys)
-    done = sweep(halaxy, queue, "cn_x", last, T0 + timedelta(minutes=5), sweeps)
+    done = walk(last, T0 + timedelta(minutes=5))
     assert done is not None
     assert done.kind is SweepKind.RECONCILE
     ids = sorted(
@@ -103,22 +113,20 @@ def test_a_later_sweep_asks_only_for_patients_changed_since(
 
 
 def test_a_sweep_stopped_by_the_rate_limit_resumes_at_the_page_it_stopped_on(
-    halaxy: HalaxyClient,
+    walk: Walk,
+    sweeps: SweepLog,
     fake_halaxy: FakeHalaxy,
-    settings: Settings,
     redis_server_client: redis.Redis,
     keys: Keys,
 ) -> None:
     """A clinic's backfill meets its own Halaxy limit part-way: started over from the first
     page at every tick, a large one would never finish."""
     add_patients(fake_halaxy, 250)
-    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
-    sweeps = SweepLog(redis_server_client, keys)
     fake_halaxy.rate_limit = 2  # the third page is refused with 429
     with pytest.raises(RateLimited):
-        sweep(halaxy, queue, "cn_x", None, T0, sweeps)
+        walk(None, T0)
     fake_halaxy.rate_limit = 1000
-    done = sweep(halaxy, queue, "cn_x", None, T0 + timedelta(minutes=1), sweeps)
+    done = walk(None, T0 + timedelta(minutes=1))
     assert done is not None
     assert (done.kind, done.started_at, done.patients_queued) == (
         SweepKind.BACKFILL,
@@ -133,9 +141,8 @@ def test_a_sweep_stopped_by_the_rate_limit_resumes_at_the_page_it_stopped_on(
 
 
 def test_a_long_sweep_goes_on_over_several_calls(
-    halaxy: HalaxyClient,
+    walk: Walk,
     fake_halaxy: FakeHalaxy,
-    settings: Settings,
     redis_server_client: redis.Redis,
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
@@ -143,9 +150,7 @@ def test_a_long_sweep_goes_on_over_several_calls(
     """Each call stops after PAGES_PER_CALL pages, so a scheduler tick stays short."""
     monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
     add_patients(fake_halaxy, 250)
-    queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
-    sweeps = SweepLog(redis_server_client, keys)
-    calls = [sweep(halaxy, queue, "cn_x", None, T0, sweeps) for _ in range(3)]
+    calls = [walk(None, T0) for _ in range(3)]
     assert calls[:2] == [None, None]
     assert calls[2] is not None
     assert calls[2].patients_queued == 250

@@ -79,12 +79,14 @@ class Scheduler:
     def sweep_if_due(self, connection_id: str) -> None:
         bound = log.bind(connection_id=connection_id, scheduler_id=self.id)
         try:
-            last = self.sweeps.last(connection_id)
+            last, resumed = self.sweeps.last(connection_id), self.sweeps.progress(connection_id)
             now = utcnow()
-            if not due(last, now) and self.sweeps.progress(connection_id) is None:
+            if resumed is None and not due(last, now):
                 return
             services = self.runtime.services(connection_id)
-            done = sweep(services.halaxy, self.queue, connection_id, last, now, self.sweeps)
+            done = sweep(
+                services.halaxy, self.queue, connection_id, last, now, self.sweeps, resumed
+            )
             if done is None:
                 return  # stopped after its pages for this tick; the next tick goes on
             self.sweeps.record(done)
