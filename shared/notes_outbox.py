@@ -7,14 +7,17 @@ posted at most once. Every note moves through
                    \\          \\-> parked  (the POST ended ambiguously: a person decides)
                     \\-> failed            (provably not written; the reason says why)
 
-and a person can settle a parked note as posted, retry it, or drop it. Each move is a
-compare-and-set in Redis, so two workers can never both take a note into `posting`. The
-callback's `file_url` (a 24-hour capability to the PDF) is sealed with Fernet like a secret.
+and a person settles a parked or failed note: it was posted after all, retry it, or drop it.
+Each move is a compare-and-set in Redis, so two workers can never both take a note into
+`posting`. The callback's `file_url` (a 24-hour capability to the PDF) is sealed with Fernet
+like a secret, and erased once the note is posted or dropped; a failed note keeps it, so that
+it can be retried while the link lasts.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -34,9 +37,9 @@ DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memor
 WATCH_NEW = timedelta(minutes=10)
 WATCH_TAKEN_UP = timedelta(hours=6, minutes=10)
 
-# KEYS: record, parked index, unsettled index. ARGV: allowed states (comma list), new state,
-# index member, now (seconds), ttl for terminal states, the watch's due time for a note a
-# person sent back and for one a worker took up, then field/value pairs.
+# KEYS: record, parked index, unsettled index, failed index. ARGV: allowed states (comma
+# list), new state, index member, now (seconds), ttl for terminal states, the watch's due time
+# for a note a person sent back and for one a worker took up, then field/value pairs.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
@@ -46,22 +49,26 @@ for state in string.gmatch(ARGV[1], '[^,]+') do
 end
 if not allowed then return {0, current} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 8))
-if ARGV[2] == 'parked' then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-  redis.call('PERSIST', KEYS[1])
-elseif current == 'parked' then
-  redis.call('ZREM', KEYS[2], ARGV[3])
+-- the notes waiting for a person, each state in an index of its own
+for _, waiting in ipairs({{'parked', KEYS[2]}, {'failed', KEYS[4]}}) do
+  if ARGV[2] == waiting[1] then
+    redis.call('ZADD', waiting[2], ARGV[4], ARGV[3])
+  elseif current == waiting[1] then
+    redis.call('ZREM', waiting[2], ARGV[3])
+  end
 end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
+else
+  redis.call('PERSIST', KEYS[1])  -- a failed note a person sent back is live again
 end
 if ARGV[2] == 'queued' or ARGV[2] == 'fetching' or ARGV[2] == 'posting' then
   -- not settled: if nothing moves it by the due time, the scheduler queues its job again
   local due = ARGV[7]
-  if current == 'parked' then due = ARGV[6] end
+  if current == 'parked' or current == 'failed' then due = ARGV[6] end
   redis.call('ZADD', KEYS[3], due, ARGV[3])
 else
-  redis.call('ZREM', KEYS[3], ARGV[3])  -- settled, or a person's to settle (parked)
+  redis.call('ZREM', KEYS[3], ARGV[3])  -- settled, or a person's to settle (parked, failed)
 end
 return {1, current}
 """
@@ -88,6 +95,8 @@ class NoteState(StrEnum):
 
 
 FINAL_STATES = frozenset({NoteState.POSTED, NoteState.FAILED, NoteState.DROPPED})
+# The states a person settles (shared/note_resolution.py).
+WAITING_STATES = frozenset({NoteState.PARKED, NoteState.FAILED})
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,7 @@ class NoteOutbox:
         pairs: list[str] = []
         for name, value in {**values, "updated_at": _now()}.items():
             pairs += [name, value]
-        if to in FINAL_STATES:
+        if to in FINAL_STATES - WAITING_STATES:
             pairs += ["callback", ""]  # the PDF link is not needed any more: drop it
         with translate_redis_errors():
             moved, found = self._transition(
@@ -188,6 +197,7 @@ class NoteOutbox:
                     self._keys.note(connection_id, note_id),
                     self._keys.parked_notes(),
                     self._keys.unsettled_notes(),
+                    self._keys.failed_notes(),
                 ],
                 args=[
                     ",".join(sorted(s.value for s in allowed)),
@@ -224,13 +234,35 @@ class NoteOutbox:
         return [(connection_id, note_id) for connection_id, _, note_id in pairs]
 
     def parked(self) -> list[NoteRecord]:
+        return self._waiting(self._keys.parked_notes(), NoteState.PARKED)
+
+    def failed(self) -> list[NoteRecord]:
+        """The failed notes whose records are kept (DONE_TTL), oldest first."""
+        self._forget_expired_failures()
+        return self._waiting(self._keys.failed_notes(), NoteState.FAILED)
+
+    def failed_per_connection(self) -> Counter[str]:
+        """How many failed notes each connection has, from the index alone (no record read)."""
+        self._forget_expired_failures()
         with translate_redis_errors():
-            members: list[Any] = self._redis.zrange(self._keys.parked_notes(), 0, -1)
+            members: list[Any] = self._redis.zrange(self._keys.failed_notes(), 0, -1)
+        return Counter(as_bytes(m).decode().partition("/")[0] for m in members)
+
+    def _forget_expired_failures(self) -> None:
+        # A failed record expires DONE_TTL after it failed; its index entry goes with it here.
+        with translate_redis_errors():
+            self._redis.zremrangebyscore(
+                self._keys.failed_notes(), "-inf", time.time() - DONE_TTL.total_seconds()
+            )
+
+    def _waiting(self, index: str, state: NoteState) -> list[NoteRecord]:
+        with translate_redis_errors():
+            members: list[Any] = self._redis.zrange(index, 0, -1)
         found = []
         for member in members:
             connection_id, _, note_id = as_bytes(member).decode().partition("/")
             record = self.get(connection_id, note_id)
-            if record is not None and record.state is NoteState.PARKED:
+            if record is not None and record.state is state:
                 found.append(record)
         return found
 

@@ -1,6 +1,6 @@
 """What ops see at a glance: queues, and per connection its last event, last success, recent
-failures, last sweep and what waits for a person (dead letters, parked notes). Read-only; ids,
-times and counts, never patient details."""
+failures, last sweep and what waits for a person (dead letters, parked and failed notes).
+Read-only; ids, times and counts, never patient details."""
 
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ def status(
     sweeps = SweepLog(client, keys)
     letters = DeadLetterStore(client, keys).list()
     parked = outbox.parked()
+    failed = outbox.failed_per_connection()
     rows = []
     for connection in connections.list():
         last = sweeps.last(connection.id)
@@ -93,6 +94,7 @@ def status(
                 "last_sweep_kind": None if last is None else last.kind.value,
                 "dead_letters": sum(1 for x in letters if x.connection_id == connection.id),
                 "parked_notes": sum(1 for n in parked if n.connection_id == connection.id),
+                "failed_notes": failed[connection.id],
             }
         )
     return {
@@ -101,5 +103,6 @@ def status(
         "connections": rows,
         "dead_letters": len(letters),
         "parked_notes": len(parked),
+        "failed_notes": sum(failed.values()),
         "redis_warnings": check_redis(client),
     }

@@ -88,6 +88,9 @@ class Keys:
     def parked_notes(self) -> str:
         return f"{self.namespace}:notes:parked"
 
+    def failed_notes(self) -> str:
+        return f"{self.namespace}:notes:failed"
+
     def unsettled_notes(self) -> str:
         # Named when it held only notes no worker had taken up; kept, so none already in it
         # is dropped from the watch.

@@ -1,22 +1,30 @@
-"""`halaxy-bridge notes parked|resolve`, in-process, on real Redis."""
+"""`halaxy-bridge notes parked|failed|resolve` and `/ops/notes`, in-process, on real Redis."""
 
 from __future__ import annotations
 
+import os
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 import redis
 from click.testing import CliRunner, Result
+from starlette.testclient import TestClient
 
 from services.cli.main import cli
 from services.sandbox.physitrack import program_callback
+from services.webhook_receiver.ops_page import render
 from shared.audit import AuditTrail
 from shared.config import Settings
-from shared.notes_outbox import WATCH_NEW, NoteOutbox, NoteState
+from shared.connection_store import ConnectionStore
+from shared.jobs import Job
+from shared.note_resolution import NoteMovedMeanwhile, Resolution, find_waiting, resolve_note
+from shared.notes_outbox import DONE_TTL, WATCH_NEW, NoteOutbox, NoteState
 from shared.programs import note_id_for, parse_callback
+from shared.status import status
 from shared.store import Keys
 from tests.helpers import queued_messages
 
@@ -32,18 +40,27 @@ def outbox(settings: Settings, redis_server_client: redis.Redis) -> NoteOutbox:
     return NoteOutbox(redis_server_client, Keys(settings.redis_namespace), settings.fernet)
 
 
-def parked_note(outbox: NoteOutbox, name: str = "Knee Rehab") -> str:
+def an_hour_ago() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+def recorded_note(outbox: NoteOutbox, name: str, when: datetime) -> str:
     callback = parse_callback(
         program_callback(
             api_key="k",
             file_url="https://files.example.com/p.pdf",
             patient_id="1001",
             name=name,
-            when=datetime(2026, 11, 21, 9, 0, tzinfo=UTC),
+            when=when,
         )
     )
     note_id = note_id_for("cn_test", callback, None)
     outbox.create("cn_test", note_id, callback)
+    return note_id
+
+
+def parked_note(outbox: NoteOutbox, name: str = "Knee Rehab", when: datetime | None = None) -> str:
+    note_id = recorded_note(outbox, name, when or an_hour_ago())
     outbox.move("cn_test", note_id, {NoteState.QUEUED}, NoteState.POSTING)
     outbox.move(
         "cn_test", note_id, {NoteState.POSTING}, NoteState.PARKED, reason="Halaxy answered 502"
@@ -51,8 +68,25 @@ def parked_note(outbox: NoteOutbox, name: str = "Knee Rehab") -> str:
     return note_id
 
 
+def failed_note(outbox: NoteOutbox, name: str = "Knee Rehab", when: datetime | None = None) -> str:
+    """As `shared.note_writer` fails a note: Halaxy refused it, so nothing was written."""
+    note_id = recorded_note(outbox, name, when or an_hour_ago())
+    outbox.move("cn_test", note_id, {NoteState.QUEUED}, NoteState.FETCHING)
+    outbox.move(
+        "cn_test",
+        note_id,
+        {NoteState.FETCHING},
+        NoteState.FAILED,
+        reason="Halaxy refused the note: Author not found",
+    )
+    return note_id
+
+
+WAITING = {"parked": parked_note, "failed": failed_note}
+
+
 def test_parked_lists_ids_title_times_and_reason(settings: Settings, outbox: NoteOutbox) -> None:
-    note_id = parked_note(outbox)
+    note_id = parked_note(outbox, when=datetime(2026, 11, 21, 9, 0, tzinfo=UTC))
     result = invoke(settings, "parked", "--json")
     assert result.exit_code == 0, result.output
     [row] = orjson.loads(result.stdout)["notes"]
@@ -105,15 +139,6 @@ def test_resolve_retry_queues_it_again(
     assert due <= time.time() + WATCH_NEW.total_seconds()
 
 
-def test_resolve_drop(settings: Settings, outbox: NoteOutbox) -> None:
-    note_id = parked_note(outbox)
-    assert invoke(settings, "resolve", note_id, "--drop").exit_code == 0
-    record = outbox.get("cn_test", note_id)
-    assert record is not None
-    assert record.state is NoteState.DROPPED
-    assert record.resolved_by
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -133,7 +158,197 @@ def test_resolve_refuses_unclear_requests(
     assert record.state is NoteState.PARKED
 
 
-def test_resolve_of_a_note_that_is_not_parked(settings: Settings) -> None:
+def test_resolve_of_a_note_that_is_not_waiting(settings: Settings, outbox: NoteOutbox) -> None:
     result = invoke(settings, "resolve", "nt_nope", "--drop")
     assert result.exit_code == 2
-    assert "no parked note nt_nope" in result.stderr
+    assert "no parked or failed note nt_nope" in result.stderr
+    queued = recorded_note(outbox, "Knee Rehab", an_hour_ago())  # a worker's, not a person's
+    assert invoke(settings, "resolve", queued, "--drop").exit_code == 2
+    record = outbox.get("cn_test", queued)
+    assert record is not None
+    assert record.state is NoteState.QUEUED
+
+
+def test_failed_lists_failed_notes_and_keeps_their_link_sealed(
+    settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis
+) -> None:
+    failed = failed_note(outbox)
+    parked = parked_note(outbox, name="Shoulder")
+    result = invoke(settings, "failed", "--json")
+    assert result.exit_code == 0, result.output
+    [row] = orjson.loads(result.stdout)["notes"]
+    assert (row["note_id"], row["state"]) == (failed, "failed")
+    assert row["reason"] == "Halaxy refused the note: Author not found"
+    assert "files.example.com" not in result.stdout
+    assert "practitioner_token" not in row
+    assert [
+        r["note_id"] for r in orjson.loads(invoke(settings, "parked", "--json").stdout)["notes"]
+    ] == [parked]
+    # The link is kept, sealed, so that the note can be retried while it lasts.
+    sealed = redis_server_client.hget(
+        Keys(settings.redis_namespace).note("cn_test", failed), "callback"
+    )
+    assert sealed
+    assert b"files.example.com" not in sealed
+    callback = outbox.callback("cn_test", failed)
+    assert callback is not None
+    assert callback.file_url == "https://files.example.com/p.pdf"
+
+
+def test_a_failed_note_retried_is_live_again(
+    settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis
+) -> None:
+    keys = Keys(settings.redis_namespace)
+    note_id = failed_note(outbox)
+    assert redis_server_client.ttl(keys.note("cn_test", note_id)) > 0  # a failed record expires
+    result = invoke(settings, "resolve", note_id, "--retry", "--by", "erin", "--json")
+    assert result.exit_code == 0, result.output
+    settled = orjson.loads(result.stdout)
+    assert (settled["state"], settled["resolved_by"], settled["resolution"]) == (
+        "queued",
+        "erin",
+        "retry",
+    )
+    [message] = queued_messages(redis_server_client, keys)
+    assert message["actor_name"] == "write_program_note"
+    assert message["kwargs"]["note_id"] == note_id
+    assert redis_server_client.ttl(keys.note("cn_test", note_id)) == -1  # live: kept
+    assert outbox.failed() == []
+    due = redis_server_client.zscore(keys.unsettled_notes(), f"cn_test/{note_id}")
+    assert due is not None
+    assert due <= time.time() + WATCH_NEW.total_seconds()
+    assert outbox.callback("cn_test", note_id) is not None
+    [entry] = AuditTrail(redis_server_client, keys).entries()
+    assert (entry.actor, entry.action, entry.outcome) == ("erin", "note.resolved", "retry")
+
+
+@pytest.mark.parametrize("waiting", sorted(WAITING))
+def test_a_dropped_note_loses_its_link(
+    settings: Settings, outbox: NoteOutbox, waiting: str
+) -> None:
+    note_id = WAITING[waiting](outbox, "Knee Rehab", an_hour_ago())
+    assert outbox.callback("cn_test", note_id) is not None
+    assert invoke(settings, "resolve", note_id, "--drop").exit_code == 0
+    record = outbox.get("cn_test", note_id)
+    assert record is not None
+    assert record.state is NoteState.DROPPED
+    assert record.resolved_by
+    assert outbox.callback("cn_test", note_id) is None
+    assert outbox.parked() == outbox.failed() == []
+
+
+@pytest.mark.parametrize("waiting", sorted(WAITING))
+def test_a_retry_that_could_only_fail_is_refused(
+    settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, waiting: str
+) -> None:
+    expired = WAITING[waiting](outbox, "Knee Rehab", datetime.now(UTC) - timedelta(hours=25))
+    result = invoke(settings, "resolve", expired, "--retry")
+    assert result.exit_code == 2
+    assert "expired" in result.stderr
+    # A note that failed before failed notes kept their link.
+    linkless = WAITING[waiting](outbox, "Shoulder", an_hour_ago())
+    keys = Keys(settings.redis_namespace)
+    redis_server_client.hset(keys.note("cn_test", linkless), "callback", "")
+    result = invoke(settings, "resolve", linkless, "--retry")
+    assert result.exit_code == 2
+    assert "no longer has its PDF link" in result.stderr
+    for note_id in (expired, linkless):
+        record = outbox.get("cn_test", note_id)
+        assert record is not None
+        assert record.state == waiting
+    assert queued_messages(redis_server_client, keys) == []
+    assert invoke(settings, "resolve", linkless, "--drop").exit_code == 0
+
+
+def test_failed_notes_leave_the_list_when_their_records_expire(
+    settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis
+) -> None:
+    keys = Keys(settings.redis_namespace)
+    old, recent = failed_note(outbox, name="Old"), failed_note(outbox, name="Recent")
+    redis_server_client.zadd(
+        keys.failed_notes(), {f"cn_test/{old}": time.time() - DONE_TTL.total_seconds() - 60}
+    )
+    redis_server_client.delete(keys.note("cn_test", old))  # what the record's TTL did
+    recorded_note(outbox, "Queued", an_hour_ago())  # not failed: not listed
+    assert outbox.failed_per_connection() == {"cn_test": 1}
+    assert [r.note_id for r in outbox.failed()] == [recent]
+    assert redis_server_client.zscore(keys.failed_notes(), f"cn_test/{old}") is None
+
+
+def test_a_note_moved_after_it_was_looked_up_is_not_resolved(
+    settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    note_id = failed_note(outbox)
+    record = find_waiting(outbox, note_id)
+    outbox.move("cn_test", note_id, {NoteState.FAILED}, NoteState.DROPPED)  # someone else
+    audit = AuditTrail(redis_server_client, keys)
+    with pytest.raises(NoteMovedMeanwhile, match="is dropped"):
+        resolve_note(outbox, RecordingQueue(), record, Resolution.POSTED, "frank", audit, "DR-1")
+    record = outbox.get("cn_test", note_id)
+    assert record is not None
+    assert (record.state, record.docref_id) == (NoteState.DROPPED, "")
+    assert audit.entries() == []
+
+
+class RecordingQueue:
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        self.jobs += jobs
+
+
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {os.environ['BRIDGE_ADMIN_TOKEN']}"}
+
+
+def test_the_ops_api_lists_and_settles_notes_as_the_cli_does(
+    client: TestClient, outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    parked, failed = parked_note(outbox), failed_note(outbox, name="Shoulder")
+    for path in ("/ops/notes/parked", "/ops/notes/failed", f"/ops/notes/{parked}/resolve"):
+        method = client.post if path.endswith("/resolve") else client.get
+        assert method(path).status_code == 401
+    listed = {
+        state: client.get(f"/ops/notes/{state}", headers=admin()).json()["notes"]
+        for state in ("parked", "failed")
+    }
+    assert [r["note_id"] for r in listed["parked"]] == [parked]
+    assert [r["note_id"] for r in listed["failed"]] == [failed]
+    assert "files.example.com" not in str(listed)
+    assert "practitioner_token" not in str(listed)
+
+    def resolve(note_id: str, body: Any) -> Any:
+        return client.post(f"/ops/notes/{note_id}/resolve", json=body, headers=admin())
+
+    unknown = resolve("nt_nope", {"resolution": "drop"})
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_note")
+    for bad in ({"resolution": "maybe"}, {"resolution": "posted"}, {"resolution": "drop", "x": 1}):
+        answer = resolve(parked, bad)
+        assert answer.status_code == 422, bad
+    assert resolve(parked, ["drop"]).status_code == 422
+    posted = resolve(parked, {"resolution": "posted", "docref_id": "DR-7", "by": "gina"})
+    assert posted.status_code == 200
+    assert (posted.json()["state"], posted.json()["docref_id"]) == ("posted", "DR-7")
+    retried = resolve(failed, {"resolution": "retry"})
+    assert retried.status_code == 200
+    assert retried.json()["state"] == "queued"
+    [message] = queued_messages(redis_server_client, keys)
+    assert message["kwargs"]["note_id"] == failed
+    again = resolve(failed, {"resolution": "drop"})
+    assert (again.status_code, again.json()["error"]) == (404, "unknown_note")
+    assert [(e.actor, e.outcome) for e in AuditTrail(redis_server_client, keys).entries()] == [
+        ("gina", "posted"),
+        ("admin-api", "retry"),
+    ]
+
+
+def test_status_and_the_ops_page_count_the_notes_waiting_for_a_person(
+    outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys, store: ConnectionStore
+) -> None:
+    parked_note(outbox)
+    failed_note(outbox, name="Shoulder")
+    failed_note(outbox, name="Hip")
+    found = status(redis_server_client, keys, store, outbox)
+    assert (found["parked_notes"], found["failed_notes"]) == (1, 2)
+    assert "Failed notes: 2</p>" in render(found)

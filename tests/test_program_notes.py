@@ -22,11 +22,13 @@ from services.sandbox.physitrack import program_callback
 from services.workers.messaging import DramatiqJobQueue
 from shared.connections import Connection
 from shared.jobs import job_for_note
+from shared.note_resolution import Resolution, find_waiting, resolve_note
 from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
 from shared.patient_links import PatientLinks
 from shared.programs import note_id_for, parse_callback
 from shared.store import LeaseRenewer
+from tests.helpers import audit_of
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 PATIENT = "1001"
@@ -322,6 +324,38 @@ def test_notes_that_cannot_be_written_fail_with_the_reason_and_no_note(
     assert record.state is NoteState.FAILED, record
     assert reason in record.reason
     assert sandbox.halaxy.notes == []
+
+
+def test_a_failed_note_retried_once_its_cause_is_fixed_is_posted_once(
+    pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier, outbox: NoteOutbox
+) -> None:
+    """The ops path for `failed`: the clinic's author role was wrong, ops fix the connection
+    and retry the note; the PDF link the callback brought is used again."""
+    sandbox.halaxy.patients[PATIENT] = patient_resource(PATIENT)
+    conn = sandbox_connection(pipeline.store, sandbox, verify_key, author="PR-1001")
+    pipeline.store.save(conn.model_copy(update={"default_author": "EP-77"}))
+    [note_id] = pipeline.callback(conn, body(conn, publish(sandbox))).json()["accepted"]
+    pipeline.drain()
+    record = find_waiting(outbox, note_id)
+    assert record.state is NoteState.FAILED
+    assert sandbox.halaxy.notes == []
+    pipeline.store.save(conn)  # the author put right
+    resolve_note(
+        outbox,
+        DramatiqJobQueue(pipeline.broker),
+        record,
+        Resolution.RETRY,
+        "ops",
+        audit_of(pipeline.store),
+    )
+    pipeline.drain()
+    settled = outbox.get(conn.id, note_id)
+    assert settled is not None
+    assert settled.state is NoteState.POSTED
+    assert settled.attempts == 2
+    [note] = sandbox.halaxy.notes
+    assert note["author"][0]["reference"].endswith("/PractitionerRole/PR-1001")
+    assert len(sandbox.physitrack.file_requests) == 2
 
 
 def test_a_pdf_host_failing_for_a_while_is_retried(

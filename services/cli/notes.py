@@ -1,14 +1,16 @@
-"""`halaxy-bridge notes parked|resolve`: the clinical notes waiting for a person."""
+"""`halaxy-bridge notes parked|failed|resolve`: the clinical notes waiting for a person."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import click
 
 from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
 from shared.errors import InvalidInput
-from shared.note_resolution import Resolution, find_parked, resolve_note
-from shared.notes_outbox import NoteOutbox
+from shared.note_resolution import Resolution, find_waiting, resolve_note
+from shared.notes_outbox import NoteOutbox, NoteRecord
 from shared.store import Keys
 
 COLUMNS = ["note_id", "connection_id", "patient_id", "title", "updated_at", "reason"]
@@ -23,9 +25,20 @@ def notes() -> None:
 @json_option
 def parked(as_json: bool) -> None:
     """List parked notes: their POST to Halaxy ended without a clear answer."""
+    _list(as_json, NoteOutbox.parked)
+
+
+@notes.command("failed")
+@json_option
+def failed(as_json: bool) -> None:
+    """List failed notes: refused for good, nothing written (kept 180 days)."""
+    _list(as_json, NoteOutbox.failed)
+
+
+def _list(as_json: bool, listing: Callable[[NoteOutbox], list[NoteRecord]]) -> None:
     with cli_context(as_json) as ctx:
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
-        rows = [r.shown() for r in outbox.parked()]
+        rows = [r.shown() for r in listing(outbox)]
         emit(as_json, {"notes": rows}, lambda: table(rows, COLUMNS))
 
 
@@ -44,7 +57,7 @@ def parked(as_json: bool) -> None:
 def resolve(
     note_id: str, docref_id: str | None, retry: bool, drop: bool, by: str | None, as_json: bool
 ) -> None:
-    """Settle one parked note, recording who and when."""
+    """Settle one parked or failed note, recording who and when."""
     chosen = [
         r
         for r, on in (
@@ -58,7 +71,7 @@ def resolve(
         if len(chosen) != 1:
             raise InvalidInput("give exactly one of --posted DOCREF_ID, --retry, --drop")
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
-        record = find_parked(outbox, note_id)
+        record = find_waiting(outbox, note_id)
         settled = resolve_note(
             outbox, ctx.queue(), record, chosen[0], by or ctx.user, ctx.audit, docref_id
         )

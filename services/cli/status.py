@@ -32,6 +32,7 @@ CONNECTION_COLUMNS = [
     "failures_last_hour",
     "dead_letters",
     "parked_notes",
+    "failed_notes",
     "last_sweep",
 ]
 
@@ -44,7 +45,8 @@ def _text(data: dict[str, Any]) -> str:
         "",
         table(data["connections"], CONNECTION_COLUMNS),
         "",
-        f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}",
+        f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
+        f"   failed notes: {data['failed_notes']}",
     ]
     parts += [f"WARNING: {warning}" for warning in data["redis_warnings"]]
     return "\n".join(parts)

@@ -154,6 +154,9 @@ def create_app(
         Route("/ops/dead-letters", ops.list_dead_letters, methods=["GET"]),
         Route("/ops/dead-letters/replay", ops.replay_dead_letters, methods=["POST"]),
         Route("/ops/dead-letters/purge", ops.purge_dead_letters, methods=["POST"]),
+        Route("/ops/notes/parked", ops.notes_listing(NoteOutbox.parked), methods=["GET"]),
+        Route("/ops/notes/failed", ops.notes_listing(NoteOutbox.failed), methods=["GET"]),
+        Route("/ops/notes/{note_id}/resolve", ops.resolve_waiting_note, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.webhook_receiver.ops import DeadLetterAction
+from services.webhook_receiver.ops import DeadLetterAction, NoteResolutionRequest
 from services.webhook_receiver.responses import JSONResponse
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.onboarding import ConnectionRequest, RotateRequest
@@ -82,7 +82,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "malformed request (not JSON, bad Content-Length)",
         401: "missing or wrong credentials",
-        404: "unknown connection, event or route",
+        404: "unknown connection, event, note or route",
+        409: "the note left the state a person settles meanwhile",
         413: "body too large",
         415: "body is not JSON",
         422: "well-formed but not acceptable",
@@ -126,6 +127,7 @@ def build_spec() -> dict[str, Any]:
         RotateRequest,
         ProgramCallback,
         DeadLetterAction,
+        NoteResolutionRequest,
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
@@ -325,6 +327,41 @@ def build_spec() -> dict[str, Any]:
                     }
                 }
                 for verb in ("replay", "purge")
+            },
+            **{
+                f"/ops/notes/{state}": {
+                    "get": {
+                        "summary": f"{state} notes: ids, title, times, reason; no patient details",
+                        "security": ADMIN_SECURITY,
+                        "responses": {
+                            "200": _json(ANY_OBJECT, f"{state} notes"),
+                            **_errors(401, 503),
+                        },
+                    }
+                }
+                for state in ("parked", "failed")
+            },
+            "/ops/notes/{note_id}/resolve": {
+                "post": {
+                    "summary": "settle a parked or failed note: posted, retry or drop (audited)",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [
+                        {
+                            "name": "note_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NoteResolutionRequest")}},
+                    },
+                    "responses": {
+                        "200": _json(ANY_OBJECT, "the settled note"),
+                        **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+                    },
+                }
             },
             "/admin/connections/{connection_id}/rotate": {
                 "post": {

@@ -1,20 +1,29 @@
-"""`/ops/*`: status and dead letters for the ops team, behind BRIDGE_ADMIN_TOKEN."""
+"""`/ops/*`: status, dead letters and the notes waiting for a person, for the ops team, behind
+BRIDGE_ADMIN_TOKEN."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.webhook_receiver.admin import authorize, call, json_object
+from services.webhook_receiver.admin import ADMIN_API, authorize, call, json_object
 from services.webhook_receiver.deps import Deps
-from services.webhook_receiver.responses import JSONResponse
+from services.webhook_receiver.responses import ApiError, JSONResponse
 from shared import dead_letter_ops as ops
 from shared.connections import utcnow
 from shared.dead_letters import DeadLetter, DeadLetterStore
-from shared.notes_outbox import NoteOutbox
+from shared.note_resolution import (
+    NoteMovedMeanwhile,
+    NoteNotWaiting,
+    Resolution,
+    find_waiting,
+    resolve_note,
+)
+from shared.notes_outbox import NoteOutbox, NoteRecord
 from shared.status import status as gather
 from shared.store import Keys
 from shared.validation import validated
@@ -30,7 +39,21 @@ class DeadLetterAction(BaseModel):
     connection: str | None = None
     since: str | None = Field(default=None, description="ISO 8601 time, or 30m, 24h, 7d")
     reason: str | None = None
-    by: str = Field(default="admin-api", min_length=1, max_length=100)
+    by: str = Field(default=ADMIN_API, min_length=1, max_length=100)
+
+
+class NoteResolutionRequest(BaseModel):
+    """How a person settles a parked or failed note (`notes resolve` on the command line)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resolution: Resolution = Field(
+        description="posted: it is in Halaxy after all; retry: post it again; drop: give up"
+    )
+    docref_id: str | None = Field(
+        default=None, description="with posted: the DocumentReference id Halaxy shows"
+    )
+    by: str = Field(default=ADMIN_API, min_length=1, max_length=100)
 
 
 def _keys(deps: Deps) -> Keys:
@@ -48,11 +71,15 @@ def _select(deps: Deps, action: DeadLetterAction) -> list[DeadLetter]:
     )
 
 
+def _outbox(deps: Deps) -> NoteOutbox:
+    return NoteOutbox(deps.redis, _keys(deps), deps.settings.fernet)
+
+
 async def current_status(deps: Deps) -> dict[str, Any]:
     """`shared.status.status` in the threadpool: what `/ops/status` and the `/ops` page show."""
-    keys = _keys(deps)
-    outbox = NoteOutbox(deps.redis, keys, deps.settings.fernet)
-    found: dict[str, Any] = await call(gather, deps.redis, keys, deps.connections, outbox)
+    found: dict[str, Any] = await call(
+        gather, deps.redis, _keys(deps), deps.connections, _outbox(deps)
+    )
     return found
 
 
@@ -111,3 +138,41 @@ async def _action(request: Request) -> DeadLetterAction:
         validated, DeadLetterAction, data, "the dead-letter request is invalid"
     )
     return action
+
+
+def notes_listing(
+    listing: Callable[[NoteOutbox], list[NoteRecord]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /ops/notes/parked` and `/ops/notes/failed`, as `notes parked|failed --json`."""
+
+    async def list_notes(request: Request) -> Response:
+        deps = authorize(request)
+        records: list[NoteRecord] = await call(listing, _outbox(deps))
+        return JSONResponse({"notes": [record.shown() for record in records]})
+
+    return list_notes
+
+
+async def resolve_waiting_note(request: Request) -> Response:
+    """`POST /ops/notes/{note_id}/resolve`, as `notes resolve`."""
+    deps = authorize(request)
+    note_id = request.path_params["note_id"]
+    data: dict[str, Any] = await json_object(request)
+    asked: NoteResolutionRequest = await call(
+        validated, NoteResolutionRequest, data, "the note resolution is invalid"
+    )
+
+    def resolve() -> dict[str, Any]:
+        outbox = _outbox(deps)
+        try:
+            record = find_waiting(outbox, note_id)
+            settled = resolve_note(
+                outbox, deps.queue, record, asked.resolution, asked.by, deps.audit, asked.docref_id
+            )
+        except NoteNotWaiting as exc:
+            raise ApiError(404, "unknown_note", str(exc)) from None
+        except NoteMovedMeanwhile as exc:
+            raise ApiError(409, "note_moved", str(exc)) from None
+        return settled.shown()
+
+    return JSONResponse(await call(resolve))

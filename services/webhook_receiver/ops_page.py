@@ -45,6 +45,7 @@ CONNECTION_COLUMNS = [
     ("failures_last_hour", "failures (1 h)"),
     ("dead_letters", "dead letters"),
     ("parked_notes", "parked notes"),
+    ("failed_notes", "failed notes"),
     ("last_sweep", "last sweep"),
     ("last_sweep_kind", "sweep kind"),
 ]
@@ -108,7 +109,7 @@ def render(data: dict[str, Any]) -> str:
         for q in _rows(data, "queues")
     )
     connections = (
-        (_number(c.get("dead_letters")) > 0 or _number(c.get("parked_notes")) > 0, c)
+        (any(_number(c.get(k)) > 0 for k in ("dead_letters", "parked_notes", "failed_notes")), c)
         for c in _rows(data, "connections")
     )
     warnings = data.get("redis_warnings")
@@ -129,7 +130,8 @@ def render(data: dict[str, Any]) -> str:
 refreshes every {REFRESH_SECONDS} s.</p>
 <h2>Totals</h2>
 <p id="totals">Dead letters: {escape(_text(data.get("dead_letters")))} ·
-Parked notes: {escape(_text(data.get("parked_notes")))}</p>
+Parked notes: {escape(_text(data.get("parked_notes")))} ·
+Failed notes: {escape(_text(data.get("failed_notes")))}</p>
 <h2>Redis warnings</h2>
 <ul id="redis-warnings">{warning_items or "<li>none</li>"}</ul>
 <h2>Queues</h2>
