@@ -1,7 +1,9 @@
 """Connections in Redis, with every secret sealed by Fernet under BRIDGE_SECRET_KEY.
 
 A connection is one JSON document under its own key; each secret field holds a Fernet token
-instead of the secret, so a dump of Redis carries no secret in clear.
+instead of the secret, so a dump of Redis carries no secret in clear. The practitioner map is
+sealed whole: its keys are the platform's practitioner tokens, and a token can sign in as its
+practitioner (therapy-platforms.md 1.7: the PTSSO API's `data[token]`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class ConnectionStore:
             retired = getattr(connection, name)
             if retired is not None:
                 data[name]["value"] = self._encrypt(retired.value)
+        if connection.practitioners:
+            sealed = self._fernet.encrypt(orjson.dumps(connection.practitioners))
+            data["practitioners"] = sealed.decode()
         return orjson.dumps(data)
 
     def _decrypt_record(self, record: bytes) -> Connection:
@@ -88,6 +93,8 @@ class ConnectionStore:
         for name in SEALED_RETIRED_FIELDS:
             if data.get(name) is not None:
                 data[name]["value"] = self._decrypt(data[name]["value"])
+        if isinstance(data.get("practitioners"), str):  # a record saved before is a plain map
+            data["practitioners"] = orjson.loads(self._decrypt(data["practitioners"]))
         return Connection.model_validate(data)
 
     def _encrypt(self, secret: SecretStr) -> str:

@@ -206,6 +206,12 @@ def practitioner_map(pairs: list[str]) -> dict[str, str]:
     return mapping
 
 
+def token_hint(token: str) -> str:
+    """What ops may see of a practitioner token, to tell the mappings apart: its last four
+    characters, and nothing of a token too short to spare them."""
+    return token[-4:] if len(token) >= 12 else ""
+
+
 def pdf_host_list(value: str) -> tuple[str, ...]:
     """`HOST[:PORT],...` as given to --pdf-hosts, lower-cased and checked."""
     hosts: list[str] = []

@@ -107,7 +107,6 @@ class NoteRecord:
     connection_id: str
     state: NoteState
     patient_id: str
-    practitioner_token: str
     title: str
     program_date_iso: str
     updated: bool
@@ -121,11 +120,9 @@ class NoteRecord:
     resolution: str = ""
 
     def shown(self) -> dict[str, Any]:
-        """The record as ops tools show it: without the practitioner's token, which the
-        platform issues to identify (and may let sign in as) the practitioner."""
-        shown = asdict(self)
-        del shown["practitioner_token"]
-        return shown
+        """The record as ops tools show it. The practitioner's token, which can sign in as the
+        practitioner, is not in it: only the sealed callback holds it."""
+        return asdict(self)
 
 
 class NoteOutbox:
@@ -144,7 +141,6 @@ class NoteOutbox:
             "connection_id": connection_id,
             "state": NoteState.QUEUED.value,
             "patient_id": callback.patient_id,
-            "practitioner_token": callback.token,
             "title": note_title(callback),
             "program_date_iso": callback.date_iso.isoformat(),
             "updated": "1" if callback.updated else "0",

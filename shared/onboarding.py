@@ -200,7 +200,10 @@ def summary(connection: Connection) -> dict[str, Any]:
         "platform": connection.platform.value,
         "platform_base_url": connection.platform_base_url,
         "default_author": connection.default_author,
-        "practitioners": dict(connection.practitioners),
+        "practitioners": [
+            {"token_ends_with": c.token_hint(token), "role": role}
+            for token, role in sorted(connection.practitioners.items(), key=lambda kv: kv[1])
+        ],
         "pdf_hosts": list(connection.allowed_pdf_hosts),
         "doc_status": connection.doc_status.value,
         "signing": connection.signing_secret is not None,

@@ -402,21 +402,24 @@ def added(invoke: Invoke, fake_halaxy: FakeHalaxy, halaxy_base: str) -> dict[str
     """A connection added through the CLI (signing on), with every secret it holds."""
     key = fake_halaxy.add_key()
     platform_key = "pt-key-" + secrets.token_hex(12)
-    details = ok_json(
-        invoke(
-            *add_args(
-                key,
-                "--halaxy-base-url",
-                halaxy_base,
-                "--signing",
-                "--practitioner",
-                "tok-1=PR-2002",
-                "--json",
-                platform_api_key=platform_key,
-            )
+    practitioner_token = "pt-tok-" + secrets.token_hex(8)
+    result = invoke(
+        *add_args(
+            key,
+            "--halaxy-base-url",
+            halaxy_base,
+            "--signing",
+            "--practitioner",
+            f"{practitioner_token}=PR-2002",
+            "--json",
+            platform_api_key=platform_key,
         )
     )
+    # The person typed it; the setup values need not show it again.
+    assert practitioner_token not in result.output
+    details = ok_json(result)
     details["secrets"] = {
+        "practitioner token": practitioner_token,
         "webhook secret": auth_secret(details),
         "program api key": details["program_api_key"],
         "signing secret": details["signing_secret"],
@@ -442,7 +445,8 @@ def test_list_and_show_print_no_secret(invoke: Invoke, added: dict[str, Any]) ->
     assert summary["id"] == added["id"]
     assert summary["name"] == "Clinic One"
     assert summary["signing"] is True
-    assert summary["practitioners"] == {"tok-1": "PR-2002"}
+    token = added["secrets"]["practitioner token"]
+    assert summary["practitioners"] == [{"token_ends_with": token[-4:], "role": "PR-2002"}]
     assert not set(summary) & {"halaxy_auth_header", "program_api_key", "signing_secret"}
     for result in (listed, shown, listed_text, shown_text):
         assert result.exit_code == 0, result.output

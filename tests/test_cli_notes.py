@@ -193,6 +193,9 @@ def test_failed_lists_failed_notes_and_keeps_their_link_sealed(
     callback = outbox.callback("cn_test", failed)
     assert callback is not None
     assert callback.file_url == "https://files.example.com/p.pdf"
+    # The practitioner's token, which can sign in as them, is only in the sealed callback.
+    stored = redis_server_client.hgetall(Keys(settings.redis_namespace).note("cn_test", failed))
+    assert not [v for v in stored.values() if callback.token.encode() in v]
 
 
 def test_a_failed_note_retried_is_live_again(

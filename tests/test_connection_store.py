@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 import redis
 from cryptography.fernet import Fernet, MultiFernet
@@ -96,3 +97,26 @@ def test_creating_the_same_id_twice_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="exists already"):
         store.create(connection)
+
+
+def test_the_practitioner_map_is_sealed_and_a_plain_one_saved_before_still_opens(
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    verify_key: KeyVerifier,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    settings: Settings,
+) -> None:
+    token = "pt-tok-9c1d77e2a4"  # the platform's practitioner token: it can sign in as them
+    connection = make_connection(store, fake_halaxy, verify_key, practitioners={token: "PR-2"})
+    assert token.encode() not in every_value(redis_server_client, settings.redis_namespace)
+    # A record saved before the map was sealed holds it in clear: it opens as it did.
+    record = orjson.loads(redis_server_client.get(keys.connection(connection.id)) or b"")
+    record["practitioners"] = {token: "PR-2"}
+    redis_server_client.set(keys.connection(connection.id), orjson.dumps(record))
+    reopened = store.get(connection.id)
+    assert reopened is not None
+    assert reopened == connection
+    assert reopened.practitioners == {token: "PR-2"}
+    store.save(reopened)  # any save (a rotation, a disable) seals it
+    assert token.encode() not in every_value(redis_server_client, settings.redis_namespace)
