@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
 from shared.config import Settings
 from shared.connections import Connection
-from shared.errors import Permanent, RateLimited, Transient
+from shared.errors import Ambiguous, Permanent, RateLimited, Transient
 from shared.halaxy.auth import Token
 from shared.halaxy.client import HalaxyAuthRefused, HalaxyClient, HalaxyNotFound
 from shared.halaxy.tokens import TokenCache
@@ -281,3 +281,40 @@ def test_a_token_is_decrypted_once_and_a_refresh_elsewhere_is_seen_at_once(
     theirs.invalidate(base, "key-a", "t2")
     assert mine.get(base, "key-a", lambda: Token("t3", 900)) == "t3"
     other_client.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "raised", "posts"),
+    [
+        # A 5xx proves nothing, whatever its body says: one POST, and the caller parks it.
+        (500, Ambiguous, 1),
+        (502, Ambiguous, 1),
+        # A 4xx `expired` refused the token before the write: once more with a fresh one.
+        (400, HalaxyAuthRefused, 2),
+    ],
+)
+def test_a_write_answered_expired_is_sent_again_only_when_the_answer_proves_it_was_refused(
+    connection: Connection,
+    redis_server_client: redis.Redis,
+    settings: Settings,
+    status: int,
+    raised: type[Exception],
+    posts: int,
+) -> None:
+    posted: list[httpx.Request] = []
+    expired = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "expired", "diagnostics": "token expired"}],
+    }
+
+    def halaxy(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 900})
+        posted.append(request)
+        return httpx.Response(status, json=expired)
+
+    with httpx.Client(transport=httpx.MockTransport(halaxy)) as http:
+        client = halaxy_client(connection, http, redis_server_client, settings)
+        with pytest.raises(raised):
+            client.create("DocumentReference", lambda: [b"{}"], 2)
+    assert len(posted) == posts

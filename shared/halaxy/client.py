@@ -84,8 +84,12 @@ class HalaxyClient:
         408 or a 5xx) raises `Ambiguous`, and the caller must not post again.
         """
         url = self.resolve(resource_type)
-        # A 401 means the write was refused before it was processed: nothing was written.
-        response = self._with_token(lambda token: self._post(url, token, body(), length))
+        # A 401 (or a 4xx `expired` outcome) means the write was refused before it was
+        # processed, so it is sent again with a fresh token. A 5xx proves nothing, whatever its
+        # body says: it is never taken for a refused token, and never followed by a second POST.
+        response = self._with_token(
+            lambda token: self._post(url, token, body(), length), _write_token_rejected
+        )
         status = response.status_code
         if status in (200, 201):
             return self._json_or_empty(response)
@@ -241,13 +245,19 @@ class HalaxyClient:
         _raise_for_status(response)
         return response
 
-    def _with_token(self, exchange: Callable[[str], httpx.Response]) -> httpx.Response:
-        """Run `exchange` with the cached token; on 401 or an `expired` OperationOutcome,
-        once more with a fresh one (halaxy-api.md sections 2 and 7)."""
+    def _with_token(
+        self,
+        exchange: Callable[[str], httpx.Response],
+        rejected: Callable[[httpx.Response], bool] | None = None,
+    ) -> httpx.Response:
+        """Run `exchange` with the cached token; if the answer says the token was refused
+        (`rejected`: a 401 or an `expired` OperationOutcome), once more with a fresh one
+        (halaxy-api.md sections 2 and 7)."""
+        refused = rejected or _token_rejected
         for attempt in (1, 2):
             token = self._token_and_spend()
             response = exchange(token)
-            if not _token_rejected(response):
+            if not refused(response):
                 return response
             self._tokens.invalidate(
                 self._connection.halaxy_base_url, self._connection.halaxy_client_id, token
@@ -308,6 +318,10 @@ def _token_rejected(response: httpx.Response) -> bool:
     if response.status_code == 401:
         return True
     return response.status_code >= 400 and _outcome(response)[0] == "expired"
+
+
+def _write_token_rejected(response: httpx.Response) -> bool:
+    return response.status_code < 500 and _token_rejected(response)
 
 
 def _raise_for_status(response: httpx.Response) -> None:
