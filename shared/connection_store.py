@@ -23,6 +23,7 @@ from shared.store import Keys, as_bytes, translate_redis_errors
 SEALED_FIELDS = (
     "halaxy_client_secret",
     "platform_api_key",
+    "platform_pms_key",
     "webhook_secret",
     "program_api_key",
     "signing_secret",

@@ -28,6 +28,8 @@ HALAXY_REGIONS = {
 PHYSITRACK_FILE_HOSTS = ("physitrackuploads.s3.amazonaws.com",)
 
 PRACTITIONER_ROLE_ID = re.compile(r"^PR-[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+# "PMS name, lowercase, underscores, e.g. `cliniko`" (therapy-platforms.md 1.3).
+PMS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = rf"(?=[^:]{{1,253}}(:|$)){_LABEL}(\.{_LABEL})*"
 HOST_NAME = re.compile(rf"^{_HOST}$")
@@ -69,6 +71,10 @@ class Connection(BaseModel):
     platform: PlatformKind
     platform_base_url: str
     platform_api_key: SecretStr
+    # Physitrack's second auth mode (therapy-platforms.md 1.3): a practitioner without PT
+    # Direct sends X-Api-PMS-Name and X-Api-PMS-Key besides X-Api-Key.
+    platform_pms_name: str | None = None
+    platform_pms_key: SecretStr | None = None
     default_author: str | None = None
     practitioners: dict[str, str] = Field(default_factory=dict)
     pdf_hosts: tuple[str, ...] | None = None
@@ -204,6 +210,15 @@ def practitioner_map(pairs: list[str]) -> dict[str, str]:
             raise InvalidInput(f"practitioner mapping {pair!r} must look like TOKEN=PR-123456")
         mapping[token.strip()] = practitioner_role(role, "practitioner role")
     return mapping
+
+
+def pms_name(value: str) -> str:
+    if not PMS_NAME.fullmatch(value):
+        raise InvalidInput(
+            "the platform PMS name must be the name Physitrack knows the PMS by: lowercase "
+            "letters, digits and underscores, like cliniko"
+        )
+    return value
 
 
 def token_hint(token: str) -> str:

@@ -35,6 +35,17 @@ class ConnectionRequest(BaseModel):
     platform: PlatformKind
     platform_base_url: str
     platform_api_key: SecretStr = Field(min_length=1)
+    platform_pms_name: str | None = Field(
+        default=None,
+        description=(
+            "Physitrack, for a practitioner without PT Direct: the PMS name Physitrack knows "
+            "the bridge by (sent as X-Api-PMS-Name); needs platform_pms_key"
+        ),
+    )
+    platform_pms_key: SecretStr | None = Field(
+        default=None,
+        description="the PMS key the practitioner entered in Physitrack (X-Api-PMS-Key)",
+    )
     author: str | None = Field(default=None, description="default note author, PR-...")
     practitioners: dict[str, str] = Field(
         default_factory=dict, description="platform practitioner token -> PR-..."
@@ -56,6 +67,11 @@ class ConnectionRequest(BaseModel):
     def _platform_key(cls, value: SecretStr) -> SecretStr:
         return _stripped_secret(value)
 
+    @field_validator("platform_pms_key")
+    @classmethod
+    def _pms_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _stripped_secret(value)
+
 
 def build_connection(request: ConnectionRequest, now: datetime) -> Connection:
     """The new connection with fresh secrets; raises `InvalidInput` on any bad field."""
@@ -63,6 +79,10 @@ def build_connection(request: ConnectionRequest, now: datetime) -> Connection:
     pdf_hosts = None
     if request.pdf_hosts is not None:
         pdf_hosts = c.pdf_host_list(",".join(request.pdf_hosts))
+    if (request.platform_pms_name is None) != (request.platform_pms_key is None):
+        raise InvalidInput("give both the platform PMS name and the PMS key, or neither")
+    if request.platform_pms_name is not None and request.platform is not PlatformKind.PHYSITRACK:
+        raise InvalidInput("a platform PMS name and key are for Physitrack only")
     return Connection(
         id=c.new_connection_id(),
         name=request.name,
@@ -74,6 +94,10 @@ def build_connection(request: ConnectionRequest, now: datetime) -> Connection:
         platform=request.platform,
         platform_base_url=c.service_url(request.platform_base_url, "platform base URL"),
         platform_api_key=SecretStr(request.platform_api_key.get_secret_value().strip()),
+        platform_pms_name=(
+            None if request.platform_pms_name is None else c.pms_name(request.platform_pms_name)
+        ),
+        platform_pms_key=request.platform_pms_key,
         default_author=c.practitioner_role(request.author) if request.author else None,
         practitioners={
             token: c.practitioner_role(role, "practitioner role")
@@ -103,6 +127,7 @@ SECRET_FIELDS = (
     "signing_secret",
     "halaxy_key",
     "platform_api_key",
+    "platform_pms_key",
 )
 
 
@@ -116,10 +141,11 @@ class RotateRequest(BaseModel):
     signing_secret: bool = False
     halaxy_key: SecretStr | None = None
     platform_api_key: SecretStr | None = None
+    platform_pms_key: SecretStr | None = None
     grace_hours: float = Field(default=24.0, ge=0, le=24 * 14)
     verify: bool = True
 
-    @field_validator("halaxy_key", "platform_api_key")
+    @field_validator("halaxy_key", "platform_api_key", "platform_pms_key")
     @classmethod
     def _given_secret(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _stripped_secret(value)
@@ -143,8 +169,12 @@ def rotate(connection: Connection, request: RotateRequest, now: datetime) -> Con
     """The connection with the requested secrets replaced."""
     if request.is_empty():
         raise InvalidInput(
-            "say what to rotate: webhook secret, program key, signing secret, Halaxy key "
-            "or platform API key"
+            "say what to rotate: webhook secret, program key, signing secret, Halaxy key, "
+            "platform API key or platform PMS key"
+        )
+    if request.platform_pms_key is not None and connection.platform_pms_name is None:
+        raise InvalidInput(
+            "this connection sends no PMS key to Physitrack (it was added without a PMS name)"
         )
     if request.grace_hours > 0:
         for wanted, retired, what in (
@@ -180,6 +210,8 @@ def rotate(connection: Connection, request: RotateRequest, now: datetime) -> Con
         changes["halaxy_client_secret"] = SecretStr(client_secret)
     if request.platform_api_key is not None:
         changes["platform_api_key"] = SecretStr(request.platform_api_key.get_secret_value())
+    if request.platform_pms_key is not None:
+        changes["platform_pms_key"] = request.platform_pms_key
     return connection.model_copy(update=changes)
 
 
@@ -199,6 +231,7 @@ def summary(connection: Connection) -> dict[str, Any]:
         "halaxy_client_id": connection.halaxy_client_id,
         "platform": connection.platform.value,
         "platform_base_url": connection.platform_base_url,
+        "platform_pms_name": connection.platform_pms_name,
         "default_author": connection.default_author,
         "practitioners": [
             {"token_ends_with": c.token_hint(token), "role": role}

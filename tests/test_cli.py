@@ -298,6 +298,20 @@ BAD_INPUTS = {
     "pdf-host-garbage": (["--pdf-hosts", "files.example.test,bad host!"], "host:port"),
     "pdf-host-port-range": (["--pdf-hosts", "files.example.test:70000"], "host:port"),
     "pdf-hosts-empty": (["--pdf-hosts", " , "], "at least one host"),
+    "pms-name-without-key": (["--platform-pms-name", "halaxy_bridge"], "PMS name and the PMS key"),
+    "pms-key-without-name": (["--platform-pms-key", "pms-key-1"], "PMS name and the PMS key"),
+    "pms-name-not-physitracks-form": (
+        ["--platform-pms-name", "Halaxy Bridge", "--platform-pms-key", "pms-key-1"],
+        "lowercase letters, digits and underscores",
+    ),
+    "pms-key-blank": (
+        ["--platform-pms-name", "halaxy_bridge", "--platform-pms-key", "   "],
+        "platform_pms_key",
+    ),
+    "pms-for-another-platform": (
+        ["--platform", "rest", "--platform-pms-name", "x", "--platform-pms-key", "pms-key-1"],
+        "Physitrack only",
+    ),
     "blank-name": (["--name", "   "], "name"),
 }
 
@@ -607,15 +621,63 @@ def test_rotate_halaxy_key_accepted_is_stored(
     ]
 
 
-def test_rotate_refuses_a_blank_platform_api_key(
-    invoke: Invoke, added: dict[str, Any], store: ConnectionStore
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--platform-api-key=   ", "platform_api_key"),
+        # This connection was added without a PMS name: it sends no PMS key.
+        ("--platform-pms-key=pms-key-1", "without a PMS name"),
+    ],
+)
+def test_rotate_refuses_a_platform_key_it_cannot_use(
+    invoke: Invoke, added: dict[str, Any], store: ConnectionStore, option: str, message: str
 ) -> None:
     before = store.get(added["id"])
 
-    result = invoke("rotate", added["id"], "--platform-api-key=   ")
+    result = invoke("rotate", added["id"], option)
 
     assert_clean_failure(result, exit_code=2)
+    assert message in result.stderr
     assert store.get(added["id"]) == before
+
+
+def test_a_practitioner_without_pt_direct_gets_the_pms_headers_and_the_key_is_a_secret(
+    invoke: Invoke,
+    fake_halaxy: FakeHalaxy,
+    store: ConnectionStore,
+    redis_server_client: redis.Redis,
+    settings: Settings,
+) -> None:
+    pms_key = "pms-" + secrets.token_hex(12)
+    result = invoke(
+        *add_args(
+            fake_halaxy.add_key(),
+            "--platform-pms-name",
+            "halaxy_bridge",
+            "--platform-pms-key",
+            pms_key,
+            "--no-verify",
+            "--json",
+        )
+    )
+    details = ok_json(result)
+    assert details["platform_pms_name"] == "halaxy_bridge"
+    assert pms_key not in result.output
+    stored = store.get(details["id"])
+    assert stored is not None
+    assert stored.platform_pms_key is not None
+    assert stored.platform_pms_key.get_secret_value() == pms_key
+    assert pms_key.encode() not in b"\n".join(
+        stored_values(redis_server_client, settings.redis_namespace)
+    )
+    new_key = "pms-" + secrets.token_hex(12)
+    rotated = invoke("rotate", details["id"], f"--platform-pms-key={new_key}", "--json")
+    assert new_key not in rotated.output
+    assert ok_json(rotated)["platform_pms_name"] == "halaxy_bridge"
+    stored = store.get(details["id"])
+    assert stored is not None
+    assert stored.platform_pms_key is not None
+    assert stored.platform_pms_key.get_secret_value() == new_key
 
 
 # --- secrets at rest ------------------------------------------------------------------------

@@ -110,6 +110,41 @@ def test_physitrack_validation_messages_and_bad_key(
     assert physitrack.clients == {}
 
 
+@pytest.mark.parametrize(
+    ("sent", "accepted"),
+    [
+        (("halaxy_bridge", "pms-key-Case-Sensitive"), True),
+        (("halaxy_bridge", "pms-key-case-sensitive"), False),
+        (("cliniko", "pms-key-Case-Sensitive"), False),
+        (None, False),
+    ],
+)
+def test_physitrack_practitioner_without_pt_direct_needs_the_pms_headers(
+    physitrack: FakePhysitrack,
+    connection: Connection,
+    sent: tuple[str, str] | None,
+    accepted: bool,
+) -> None:
+    """therapy-platforms.md 1.3, mode 2: X-Api-Key, X-Api-PMS-Name and X-Api-PMS-Key."""
+    key = physitrack.add_key(pms=("halaxy_bridge", "pms-key-Case-Sensitive"))
+    conn = connection.model_copy(
+        update={
+            "platform_base_url": "https://au.physitrack.com/api/v2",
+            "platform_api_key": SecretStr(key),
+            "platform_pms_name": sent and sent[0],
+            "platform_pms_key": sent and SecretStr(sent[1]),
+        }
+    )
+    with TestClient(physitrack.app()) as http:
+        adapter = Physitrack(conn, http, "ua (test@example.com)")
+        if accepted:
+            assert adapter.upsert_patient(details(), None).created
+        else:
+            with pytest.raises(Permanent, match="check the connection's API key"):
+                adapter.upsert_patient(details(), None)
+    assert len(physitrack.clients) == (1 if accepted else 0)
+
+
 def rest_connection(connection: Connection, key: str) -> Connection:
     return connection.model_copy(
         update={

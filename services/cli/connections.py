@@ -26,6 +26,14 @@ def connections() -> None:
 @click.option("--platform", type=click.Choice(["physitrack", "rest"]), required=True)
 @click.option("--platform-base-url", required=True, help="The therapy platform's API base URL.")
 @click.option("--platform-api-key", required=True, help="The therapy platform's API key.")
+@click.option(
+    "--platform-pms-name",
+    help="Physitrack without PT Direct: the PMS name Physitrack knows the bridge by.",
+)
+@click.option(
+    "--platform-pms-key",
+    help="Physitrack without PT Direct: the PMS key the practitioner entered in Physitrack.",
+)
 @click.option("--author", help="Default author of notes: a Halaxy practice role, PR-xxx.")
 @click.option(
     "--practitioner",
@@ -46,6 +54,8 @@ def add(
     platform: str,
     platform_base_url: str,
     platform_api_key: str,
+    platform_pms_name: str | None,
+    platform_pms_key: str | None,
     author: str | None,
     practitioners: tuple[str, ...],
     pdf_hosts: str | None,
@@ -64,6 +74,8 @@ def add(
                 "platform": platform,
                 "platform_base_url": platform_base_url,
                 "platform_api_key": platform_api_key,
+                "platform_pms_name": platform_pms_name,
+                "platform_pms_key": platform_pms_key,
                 "author": author,
                 "practitioners": practitioner_map(list(practitioners)),
                 "pdf_hosts": pdf_hosts.split(",") if pdf_hosts is not None else None,
@@ -127,6 +139,7 @@ def disable(connection_id: str, as_json: bool) -> None:
 @click.option("--signing-secret", is_flag=True, help="New Standard Webhooks signing secret.")
 @click.option("--halaxy-key", help="Replace the Halaxy key: CLIENT_ID:CLIENT_SECRET.")
 @click.option("--platform-api-key", help="Replace the therapy platform's API key.")
+@click.option("--platform-pms-key", help="Replace the PMS key sent to Physitrack.")
 @click.option(
     "--grace-hours",
     type=click.FloatRange(0, 24 * 14),
@@ -143,6 +156,7 @@ def rotate(
     signing_secret: bool,
     halaxy_key: str | None,
     platform_api_key: str | None,
+    platform_pms_key: str | None,
     grace_hours: float,
     no_verify: bool,
     as_json: bool,
@@ -156,6 +170,7 @@ def rotate(
                 "signing_secret": signing_secret,
                 "halaxy_key": halaxy_key,
                 "platform_api_key": platform_api_key,
+                "platform_pms_key": platform_pms_key,
                 "grace_hours": grace_hours,
                 "verify": not no_verify,
             }

@@ -3,7 +3,10 @@
 Also the PDF side (section 2.1): program PDFs served at `/files/{name}` (what `file_url`
 points at), and `assign_program()` posting the PMS "PDF download" callback to the bridge.
 
-`X-Api-Key` auth (401 `{"errors":["Practitioner was not found"]}`), `POST /api/v2/clients`
+`X-Api-Key` auth (401 `{"errors":["Practitioner was not found"]}`); a key made for a
+practitioner without PT Direct (`add_key(pms=...)`) also needs `X-Api-PMS-Name` and
+`X-Api-PMS-Key`, compared case-sensitively (section 1.3; what Physitrack answers when they are
+wrong is not documented: the sandbox gives the same 401). `POST /api/v2/clients`
 (201), `PUT /api/v2/clients/{id}` with the full object (200; an empty body gets the same
 "is missing" list as create), `GET /api/v2/clients/{id}` (404 `Client with given id does not
 exist`), `GET /api/v2/clients?page=N` (200 a page). Validation as recorded in 2018: required
@@ -52,6 +55,7 @@ def _errors(status: int, *messages: str) -> Response:
 @dataclass
 class FakePhysitrack:
     api_keys: set[str] = field(default_factory=set)
+    pms_credentials: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> name, key
     clients: dict[int, dict[str, Any]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
@@ -61,10 +65,24 @@ class FakePhysitrack:
     reject_with: list[str] | None = None  # answer every create/update 422 with these errors
     _next_id: int = 7961
 
-    def add_key(self) -> str:
+    def add_key(self, pms: tuple[str, str] | None = None) -> str:
+        """A practitioner's API key; with `pms` (PMS name, PMS key), one of a practitioner
+        without PT Direct, whose calls must carry both PMS headers too."""
         key = "pt-" + secrets.token_urlsafe(20)
         self.api_keys.add(key)
+        if pms is not None:
+            self.pms_credentials[key] = pms
         return key
+
+    def _authenticated(self, request: Request) -> bool:
+        key = request.headers.get("x-api-key")
+        if key not in self.api_keys:
+            return False
+        pms = self.pms_credentials.get(key)
+        return pms is None or pms == (
+            request.headers.get("x-api-pms-name"),
+            request.headers.get("x-api-pms-key"),
+        )
 
     def writes(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] in {"POST", "PUT"} and r["status"] < 300]
@@ -125,7 +143,7 @@ class FakePhysitrack:
         return response
 
     async def _respond(self, request: Request, body: bytes, action: Any) -> Response:
-        if request.headers.get("x-api-key") not in self.api_keys:
+        if not self._authenticated(request):
             return _errors(401, "Practitioner was not found")
         fault = await self.faults.apply(b'{"errors":["Service unavailable"]}', "application/json")
         if fault is not None:

@@ -1,6 +1,7 @@
 """Physitrack API v2 (therapy-platforms.md section 1.4).
 
-`X-Api-Key` auth; `POST {base}/clients` creates with `external_id` = the Halaxy patient id;
+`X-Api-Key` auth, with `X-Api-PMS-Name` and `X-Api-PMS-Key` for a practitioner without PT
+Direct (section 1.3); `POST {base}/clients` creates with `external_id` = the Halaxy patient id;
 `PUT {base}/clients/{id}` replaces the whole object (an empty PUT gets the create errors, so
 every field is sent each time). There is no documented search by `external_id`, so the bridge
 keeps its own mapping and only pages through `GET {base}/clients` to recover from a crash
@@ -38,6 +39,10 @@ class Physitrack:
             "X-Api-Key": connection.platform_api_key.get_secret_value(),
             "User-Agent": user_agent,
         }
+        if connection.platform_pms_name and connection.platform_pms_key:
+            # A practitioner without PT Direct (therapy-platforms.md 1.3, mode 2).
+            self._headers["X-Api-PMS-Name"] = connection.platform_pms_name
+            self._headers["X-Api-PMS-Key"] = connection.platform_pms_key.get_secret_value()
 
     def payload(self, details: PatientDetails) -> dict[str, Any]:
         body: dict[str, Any] = {
