@@ -1,6 +1,11 @@
 """A person settles a note the bridge could not: one parked (its POST ended ambiguously) or
 one failed (Halaxy or the PDF refused it, so nothing was written). It was posted after all,
-or retry it, or drop it."""
+or retry it, or drop it.
+
+The person names the state they looked at, and the note moves only from that state: a note
+that failed, was retried by someone else and then parked may be in Halaxy, and a retry meant
+for the failed note must not post it again.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from shared.audit import AuditTrail
 from shared.connections import utcnow
 from shared.errors import InvalidInput
 from shared.jobs import JobQueue, job_for_note
-from shared.notes_outbox import WAITING_STATES, NoteOutbox, NoteRecord, NoteState
+from shared.notes_outbox import NoteOutbox, NoteRecord, NoteState
 from shared.programs import is_link_expired
 
 DOCREF_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -24,23 +29,37 @@ class Resolution(StrEnum):
     DROP = "drop"  # give up on this note
 
 
+class Waiting(StrEnum):
+    """The states a person settles."""
+
+    PARKED = NoteState.PARKED.value
+    FAILED = NoteState.FAILED.value
+
+
 class NoteNotWaiting(InvalidInput):
     """No parked or failed note has that id: never seen, settled, or expired."""
 
 
-class NoteMovedMeanwhile(InvalidInput):
-    """The note was in a state a person settles when looked up, and left it before the move."""
+class NoteStateConflict(InvalidInput):
+    """The note is not in the state the person named: it moved since they looked."""
 
 
 class NoteCannotBeRetried(InvalidInput):
     """A retry that could only fail: the PDF link is gone or has expired."""
 
 
-def find_waiting(outbox: NoteOutbox, note_id: str) -> NoteRecord:
-    """The parked or failed note with this id."""
-    for record in [*outbox.parked(), *outbox.failed()]:
-        if record.note_id == note_id:
-            return record
+def find_waiting(outbox: NoteOutbox, note_id: str, state: Waiting) -> NoteRecord:
+    """The note with this id, which the person saw `state`."""
+    listed = {Waiting.PARKED: outbox.parked, Waiting.FAILED: outbox.failed}
+    for waiting, listing in listed.items():
+        for record in listing():
+            if record.note_id == note_id:
+                if waiting is not state:
+                    raise NoteStateConflict(
+                        f"note {note_id} is {waiting}, not {state}: look at it again "
+                        f"(notes {waiting}) before settling it"
+                    )
+                return record
     raise NoteNotWaiting(f"no parked or failed note {note_id}")
 
 
@@ -54,8 +73,10 @@ def resolve_note(
     docref_id: str | None = None,
     now: datetime | None = None,
 ) -> NoteRecord:
-    """Apply `resolution` to a parked or failed note, recording who and when; the settled
-    record."""
+    """Apply `resolution` to a parked or failed note, moving it only from the state it has
+    in `record`, recording who and when; the settled record."""
+    if resolution is not Resolution.POSTED and docref_id is not None:
+        raise InvalidInput("a DocumentReference id goes only with posted")
     resolved = {
         "resolved_by": by,
         "resolution": resolution.value,
@@ -63,7 +84,7 @@ def resolve_note(
     }
     if resolution is Resolution.POSTED:
         if not docref_id or not DOCREF_ID.fullmatch(docref_id):
-            raise InvalidInput("--posted needs the DocumentReference id Halaxy shows")
+            raise InvalidInput("posted needs the DocumentReference id Halaxy shows, like DR-123")
         target, extra = NoteState.POSTED, {"docref_id": docref_id}
     elif resolution is Resolution.RETRY:
         _check_retryable(outbox, record, now or utcnow())
@@ -71,12 +92,14 @@ def resolve_note(
     else:
         target, extra = NoteState.DROPPED, {}
     moved, found = outbox.move(
-        record.connection_id, record.note_id, set(WAITING_STATES), target, **resolved, **extra
+        record.connection_id, record.note_id, {record.state}, target, **resolved, **extra
     )
     if not moved:
-        raise NoteMovedMeanwhile(f"note {record.note_id} is {found}, not parked or failed")
-    if resolution is Resolution.RETRY:
-        queue.enqueue([job_for_note(record.connection_id, record.note_id)])
+        if found is None:
+            raise NoteNotWaiting(f"no parked or failed note {record.note_id}")
+        raise NoteStateConflict(f"note {record.note_id} is {found}, not {record.state}")
+    # Recorded before the enqueue: if that fails the note is still watched (and queued again
+    # within WATCH_NEW), and the trail says who sent it back.
     audit.record(
         actor=by,
         action="note.resolved",
@@ -86,6 +109,8 @@ def resolve_note(
         ),
         outcome=resolution.value,
     )
+    if resolution is Resolution.RETRY:
+        queue.enqueue([job_for_note(record.connection_id, record.note_id)])
     settled = outbox.get(record.connection_id, record.note_id)
     assert settled is not None
     return settled
@@ -94,7 +119,6 @@ def resolve_note(
 def _check_retryable(outbox: NoteOutbox, record: NoteRecord, now: datetime) -> None:
     callback = outbox.callback(record.connection_id, record.note_id)
     if callback is None:
-        # Notes that failed before failed notes kept their callback.
         raise NoteCannotBeRetried(
             f"note {record.note_id} no longer has its PDF link; ask the clinician to send "
             "the program again, then drop this note"

@@ -10,8 +10,8 @@ posted at most once. Every note moves through
 and a person settles a parked or failed note: it was posted after all, retry it, or drop it.
 Each move is a compare-and-set in Redis, so two workers can never both take a note into
 `posting`. The callback's `file_url` (a 24-hour capability to the PDF) is sealed with Fernet
-like a secret, and erased once the note is posted or dropped; a failed note keeps it, so that
-it can be retried while the link lasts.
+like a secret, and erased once the note is posted or dropped; a failed note keeps it while the
+link lasts, so that a person can retry it (`forget_expired_links` erases it after).
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from enum import StrEnum
 from typing import Any
 
 import redis
-from cryptography.fernet import MultiFernet
+import structlog
+from cryptography.fernet import InvalidToken, MultiFernet
 
 from shared.programs import ProgramCallback, note_title
 from shared.store import Keys, as_bytes, translate_redis_errors
+
+log = structlog.get_logger("halaxy_bridge.notes")
 
 DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memory for repeats
 # A note not settled is queued again by the scheduler if nothing moves it for this long: its
@@ -37,9 +40,10 @@ DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memor
 WATCH_NEW = timedelta(minutes=10)
 WATCH_TAKEN_UP = timedelta(hours=6, minutes=10)
 
-# KEYS: record, parked index, unsettled index, failed index. ARGV: allowed states (comma
-# list), new state, index member, now (seconds), ttl for terminal states, the watch's due time
-# for a note a person sent back and for one a worker took up, then field/value pairs.
+# KEYS: record, parked index, unsettled index, failed index, failed notes' link expiries.
+# ARGV: allowed states (comma list), new state, index member, now (seconds), ttl for terminal
+# states, the watch's due time for a note a person sent back and for one a worker took up,
+# then field/value pairs.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
@@ -57,6 +61,14 @@ for _, waiting in ipairs({{'parked', KEYS[2]}, {'failed', KEYS[4]}}) do
     redis.call('ZREM', waiting[2], ARGV[3])
   end
 end
+-- a failed note keeps its PDF link until the link expires (a record without the field,
+-- made before it was kept, is erased at the next pass)
+if ARGV[2] == 'failed' then
+  local expires = redis.call('HGET', KEYS[1], 'link_expires_at') or ARGV[4]
+  redis.call('ZADD', KEYS[5], expires, ARGV[3])
+elseif current == 'failed' then
+  redis.call('ZREM', KEYS[5], ARGV[3])
+end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 else
@@ -71,6 +83,20 @@ else
   redis.call('ZREM', KEYS[3], ARGV[3])  -- settled, or a person's to settle (parked, failed)
 end
 return {1, current}
+"""
+
+
+# KEYS: failed notes' link expiries. ARGV: now, how many at most, the record keys' prefix.
+FORGET_LINKS = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  local record = ARGV[3] .. string.gsub(member, '/', ':', 1)
+  if redis.call('HGET', record, 'state') == 'failed' then
+    redis.call('HSET', record, 'callback', '')
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
 """
 
 
@@ -132,6 +158,7 @@ class NoteOutbox:
         self._fernet = fernet
         self._transition = client.register_script(TRANSITION)
         self._create = client.register_script(CREATE)
+        self._forget_links = client.register_script(FORGET_LINKS)
 
     def create(self, connection_id: str, note_id: str, callback: ProgramCallback) -> bool:
         """Record a new note as `queued`; False if the note exists already."""
@@ -143,6 +170,7 @@ class NoteOutbox:
             "patient_id": callback.patient_id,
             "title": note_title(callback),
             "program_date_iso": callback.date_iso.isoformat(),
+            "link_expires_at": str(int(callback.link_expires_at().timestamp())),
             "updated": "1" if callback.updated else "0",
             "created_at": now,
             "updated_at": now,
@@ -169,9 +197,24 @@ class NoteOutbox:
         """The callback as received (its file_url unsealed), while the note still needs it."""
         with translate_redis_errors():
             sealed = self._redis.hget(self._keys.note(connection_id, note_id), "callback")
-        if not sealed:  # never stored, or dropped once the note was settled
+        if not sealed:  # never stored, or erased once the note was settled or its link died
             return None
-        return ProgramCallback.model_validate_json(self._fernet.decrypt(as_bytes(sealed)))
+        try:
+            return ProgramCallback.model_validate_json(self._fernet.decrypt(as_bytes(sealed)))
+        except InvalidToken:
+            # Sealed under a BRIDGE_SECRET_KEY no longer given: as good as gone.
+            log.warning("note.callback_unreadable", connection_id=connection_id, note_id=note_id)
+            return None
+
+    def forget_expired_links(self, limit: int = 500) -> int:
+        """Erase the PDF links of failed notes once they have expired: a retry could only
+        fail then. How many notes were looked at (a batch of `limit` at most)."""
+        with translate_redis_errors():
+            done = self._forget_links(
+                keys=[self._keys.failed_note_links()],
+                args=[int(time.time()), limit, self._keys.note_prefix()],
+            )
+        return int(done)
 
     def move(
         self,
@@ -194,6 +237,7 @@ class NoteOutbox:
                     self._keys.parked_notes(),
                     self._keys.unsettled_notes(),
                     self._keys.failed_notes(),
+                    self._keys.failed_note_links(),
                 ],
                 args=[
                     ",".join(sorted(s.value for s in allowed)),

@@ -80,7 +80,7 @@ class Keys:
         return f"{self.namespace}:lock:patient:{connection_id}:{patient_id}"
 
     def note(self, connection_id: str, note_id: str) -> str:
-        return f"{self.namespace}:note:{connection_id}:{note_id}"
+        return f"{self.note_prefix()}{connection_id}:{note_id}"
 
     def note_lock(self, connection_id: str, note_id: str) -> str:
         return f"{self.namespace}:lock:note:{connection_id}:{note_id}"
@@ -90,6 +90,13 @@ class Keys:
 
     def failed_notes(self) -> str:
         return f"{self.namespace}:notes:failed"
+
+    def failed_note_links(self) -> str:
+        return f"{self.namespace}:notes:failed-links"
+
+    def note_prefix(self) -> str:
+        """`note(c, n)` is this prefix, then `c:n`."""
+        return f"{self.namespace}:note:"
 
     def unsettled_notes(self) -> str:
         # Named when it held only notes no worker had taken up; kept, so none already in it

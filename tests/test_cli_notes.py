@@ -12,16 +12,25 @@ import orjson
 import pytest
 import redis
 from click.testing import CliRunner, Result
+from cryptography.fernet import Fernet, MultiFernet
 from starlette.testclient import TestClient
 
 from services.cli.main import cli
 from services.sandbox.physitrack import program_callback
+from services.scheduler.loop import Scheduler
 from services.webhook_receiver.ops_page import render
+from services.workers.runtime import WorkerRuntime
 from shared.audit import AuditTrail
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.jobs import Job
-from shared.note_resolution import NoteMovedMeanwhile, Resolution, find_waiting, resolve_note
+from shared.note_resolution import (
+    NoteStateConflict,
+    Resolution,
+    Waiting,
+    find_waiting,
+    resolve_note,
+)
 from shared.notes_outbox import DONE_TTL, WATCH_NEW, NoteOutbox, NoteState
 from shared.programs import note_id_for, parse_callback
 from shared.status import status
@@ -204,7 +213,9 @@ def test_a_failed_note_retried_is_live_again(
     keys = Keys(settings.redis_namespace)
     note_id = failed_note(outbox)
     assert redis_server_client.ttl(keys.note("cn_test", note_id)) > 0  # a failed record expires
-    result = invoke(settings, "resolve", note_id, "--retry", "--by", "erin", "--json")
+    result = invoke(
+        settings, "resolve", note_id, "--retry", "--state", "failed", "--by", "erin", "--json"
+    )
     assert result.exit_code == 0, result.output
     settled = orjson.loads(result.stdout)
     assert (settled["state"], settled["resolved_by"], settled["resolution"]) == (
@@ -231,7 +242,7 @@ def test_a_dropped_note_loses_its_link(
 ) -> None:
     note_id = WAITING[waiting](outbox, "Knee Rehab", an_hour_ago())
     assert outbox.callback("cn_test", note_id) is not None
-    assert invoke(settings, "resolve", note_id, "--drop").exit_code == 0
+    assert invoke(settings, "resolve", note_id, "--drop", "--state", waiting).exit_code == 0
     record = outbox.get("cn_test", note_id)
     assert record is not None
     assert record.state is NoteState.DROPPED
@@ -245,14 +256,14 @@ def test_a_retry_that_could_only_fail_is_refused(
     settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, waiting: str
 ) -> None:
     expired = WAITING[waiting](outbox, "Knee Rehab", datetime.now(UTC) - timedelta(hours=25))
-    result = invoke(settings, "resolve", expired, "--retry")
+    result = invoke(settings, "resolve", expired, "--retry", "--state", waiting)
     assert result.exit_code == 2
     assert "expired" in result.stderr
     # A note that failed before failed notes kept their link.
     linkless = WAITING[waiting](outbox, "Shoulder", an_hour_ago())
     keys = Keys(settings.redis_namespace)
     redis_server_client.hset(keys.note("cn_test", linkless), "callback", "")
-    result = invoke(settings, "resolve", linkless, "--retry")
+    result = invoke(settings, "resolve", linkless, "--retry", "--state", waiting)
     assert result.exit_code == 2
     assert "no longer has its PDF link" in result.stderr
     for note_id in (expired, linkless):
@@ -260,7 +271,7 @@ def test_a_retry_that_could_only_fail_is_refused(
         assert record is not None
         assert record.state == waiting
     assert queued_messages(redis_server_client, keys) == []
-    assert invoke(settings, "resolve", linkless, "--drop").exit_code == 0
+    assert invoke(settings, "resolve", linkless, "--drop", "--state", waiting).exit_code == 0
 
 
 def test_failed_notes_leave_the_list_when_their_records_expire(
@@ -278,18 +289,35 @@ def test_failed_notes_leave_the_list_when_their_records_expire(
     assert redis_server_client.zscore(keys.failed_notes(), f"cn_test/{old}") is None
 
 
-def test_a_note_moved_after_it_was_looked_up_is_not_resolved(
+def test_a_retry_meant_for_a_failed_note_never_reaches_it_once_it_is_parked(
     settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys
 ) -> None:
+    """A saw the note failed. Meanwhile B retried it and its POST ended ambiguously: it is
+    parked and may be in Halaxy. A's retry must not post it again."""
     note_id = failed_note(outbox)
-    record = find_waiting(outbox, note_id)
-    outbox.move("cn_test", note_id, {NoteState.FAILED}, NoteState.DROPPED)  # someone else
+    seen_by_a = find_waiting(outbox, note_id, Waiting.FAILED)
+    for allowed, to in (
+        (NoteState.FAILED, NoteState.QUEUED),  # B's retry
+        (NoteState.QUEUED, NoteState.FETCHING),
+        (NoteState.FETCHING, NoteState.POSTING),
+        (NoteState.POSTING, NoteState.PARKED),  # the POST timed out
+    ):
+        assert outbox.move("cn_test", note_id, {allowed}, to)[0]
     audit = AuditTrail(redis_server_client, keys)
-    with pytest.raises(NoteMovedMeanwhile, match="is dropped"):
-        resolve_note(outbox, RecordingQueue(), record, Resolution.POSTED, "frank", audit, "DR-1")
+    queue = RecordingQueue()
+    with pytest.raises(NoteStateConflict, match="is parked, not failed"):
+        resolve_note(outbox, queue, seen_by_a, Resolution.RETRY, "a", audit)
+    result = invoke(settings, "resolve", note_id, "--retry", "--state", "failed")
+    assert result.exit_code == 2
+    assert "is parked, not failed" in result.stderr
+    result = invoke(settings, "resolve", failed_note(outbox, name="Hip"), "--retry")
+    assert result.exit_code == 2
+    assert "is failed, not parked" in result.stderr  # the default is parked
     record = outbox.get("cn_test", note_id)
     assert record is not None
-    assert (record.state, record.docref_id) == (NoteState.DROPPED, "")
+    assert record.state is NoteState.PARKED
+    assert queue.jobs == []
+    assert queued_messages(redis_server_client, keys) == []
     assert audit.entries() == []
 
 
@@ -333,12 +361,20 @@ def test_the_ops_api_lists_and_settles_notes_as_the_cli_does(
     posted = resolve(parked, {"resolution": "posted", "docref_id": "DR-7", "by": "gina"})
     assert posted.status_code == 200
     assert (posted.json()["state"], posted.json()["docref_id"]) == ("posted", "DR-7")
-    retried = resolve(failed, {"resolution": "retry"})
+    moved = resolve(failed, {"resolution": "retry"})  # the state defaults to parked
+    assert (moved.status_code, moved.json()["error"]) == (409, "note_state_changed")
+    assert "is failed, not parked" in moved.json()["detail"]
+    docref_with_retry = {"resolution": "retry", "state": "failed", "docref_id": "DR-1"}
+    assert resolve(failed, docref_with_retry).status_code == 422
+    assert (
+        resolve(failed, {"resolution": "drop", "state": "failed", "by": "a\nb"}).status_code == 422
+    )
+    retried = resolve(failed, {"resolution": "retry", "state": "failed"})
     assert retried.status_code == 200
     assert retried.json()["state"] == "queued"
     [message] = queued_messages(redis_server_client, keys)
     assert message["kwargs"]["note_id"] == failed
-    again = resolve(failed, {"resolution": "drop"})
+    again = resolve(failed, {"resolution": "drop", "state": "failed"})
     assert (again.status_code, again.json()["error"]) == (404, "unknown_note")
     assert [(e.actor, e.outcome) for e in AuditTrail(redis_server_client, keys).entries()] == [
         ("gina", "posted"),
@@ -355,3 +391,32 @@ def test_status_and_the_ops_page_count_the_notes_waiting_for_a_person(
     found = status(redis_server_client, keys, store, outbox)
     assert (found["parked_notes"], found["failed_notes"]) == (1, 2)
     assert "Failed notes: 2</p>" in render(found)
+
+
+def test_a_failed_notes_link_is_erased_once_it_expires(
+    settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    live = failed_note(outbox, name="Live")  # assigned an hour ago: 23 hours left
+    dead = failed_note(outbox, name="Dead", when=datetime.now(UTC) - timedelta(hours=25))
+    # Made before the link's expiry was recorded: erased at the first pass.
+    legacy = recorded_note(outbox, "Legacy", an_hour_ago())
+    redis_server_client.hdel(keys.note("cn_test", legacy), "link_expires_at")
+    outbox.move("cn_test", legacy, {NoteState.QUEUED}, NoteState.FAILED, reason="r")
+    Scheduler(settings, WorkerRuntime(settings)).tick()  # the scheduler's pass, every tick
+    assert outbox.callback("cn_test", dead) is None
+    assert outbox.callback("cn_test", legacy) is None
+    assert outbox.callback("cn_test", live) is not None
+    assert outbox.forget_expired_links() == 0  # each is looked at once
+    assert {r.note_id for r in outbox.failed()} == {live, dead, legacy}  # still listed
+    # Sent back by a person, a note is no longer failed: its link stays until it settles.
+    invoke(settings, "resolve", live, "--retry", "--state", "failed")
+    assert redis_server_client.zcard(keys.failed_note_links()) == 0
+
+
+def test_a_link_sealed_under_a_key_no_longer_given_reads_as_gone(
+    outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    note_id = failed_note(outbox)
+    other_key = NoteOutbox(redis_server_client, keys, MultiFernet([Fernet(Fernet.generate_key())]))
+    assert other_key.callback("cn_test", note_id) is None
+    assert outbox.callback("cn_test", note_id) is not None

@@ -22,7 +22,7 @@ from services.sandbox.physitrack import program_callback
 from services.workers.messaging import DramatiqJobQueue
 from shared.connections import Connection
 from shared.jobs import job_for_note
-from shared.note_resolution import Resolution, find_waiting, resolve_note
+from shared.note_resolution import Resolution, Waiting, find_waiting, resolve_note
 from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
 from shared.patient_links import PatientLinks
@@ -336,7 +336,7 @@ def test_a_failed_note_retried_once_its_cause_is_fixed_is_posted_once(
     pipeline.store.save(conn.model_copy(update={"default_author": "EP-77"}))
     [note_id] = pipeline.callback(conn, body(conn, publish(sandbox))).json()["accepted"]
     pipeline.drain()
-    record = find_waiting(outbox, note_id)
+    record = find_waiting(outbox, note_id, Waiting.FAILED)
     assert record.state is NoteState.FAILED
     assert sandbox.halaxy.notes == []
     pipeline.store.save(conn)  # the author put right

@@ -9,7 +9,7 @@ import click
 from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
 from shared.errors import InvalidInput
-from shared.note_resolution import Resolution, find_waiting, resolve_note
+from shared.note_resolution import Resolution, Waiting, find_waiting, resolve_note
 from shared.notes_outbox import NoteOutbox, NoteRecord
 from shared.store import Keys
 
@@ -52,10 +52,23 @@ def _list(as_json: bool, listing: Callable[[NoteOutbox], list[NoteRecord]]) -> N
 )
 @click.option("--retry", is_flag=True, help="The note is not in Halaxy: post it again.")
 @click.option("--drop", is_flag=True, help="Give up on this note.")
+@click.option(
+    "--state",
+    type=click.Choice([w.value for w in Waiting]),
+    default=Waiting.PARKED.value,
+    show_default=True,
+    help="The state you saw the note in; it is settled only if it is still in it.",
+)
 @click.option("--by", default=None, help="Who resolves it (default: your user name).")
 @json_option
 def resolve(
-    note_id: str, docref_id: str | None, retry: bool, drop: bool, by: str | None, as_json: bool
+    note_id: str,
+    docref_id: str | None,
+    retry: bool,
+    drop: bool,
+    state: str,
+    by: str | None,
+    as_json: bool,
 ) -> None:
     """Settle one parked or failed note, recording who and when."""
     chosen = [
@@ -71,7 +84,7 @@ def resolve(
         if len(chosen) != 1:
             raise InvalidInput("give exactly one of --posted DOCREF_ID, --retry, --drop")
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
-        record = find_waiting(outbox, note_id)
+        record = find_waiting(outbox, note_id, Waiting(state))
         settled = resolve_note(
             outbox, ctx.queue(), record, chosen[0], by or ctx.user, ctx.audit, docref_id
         )

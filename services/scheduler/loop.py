@@ -58,6 +58,10 @@ class Scheduler:
         except BridgeError as exc:
             log.warning("scheduler.maintenance_failed", error=type(exc).__name__)
         self.requeue_stalled_notes()
+        try:
+            self.runtime.outbox.forget_expired_links()
+        except BridgeError as exc:
+            log.warning("notes.forget_links_failed", error=type(exc).__name__)
         for connection in self.runtime.connections.list():
             # Each connection's turn is short (reconcile.PAGES_PER_CALL); leadership is
             # renewed before each, so a tick over many clinics never outlasts it.

@@ -4,7 +4,7 @@ BRIDGE_ADMIN_TOKEN."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -17,9 +17,10 @@ from shared import dead_letter_ops as ops
 from shared.connections import utcnow
 from shared.dead_letters import DeadLetter, DeadLetterStore
 from shared.note_resolution import (
-    NoteMovedMeanwhile,
     NoteNotWaiting,
+    NoteStateConflict,
     Resolution,
+    Waiting,
     find_waiting,
     resolve_note,
 )
@@ -27,6 +28,9 @@ from shared.notes_outbox import NoteOutbox, NoteRecord
 from shared.status import status as gather
 from shared.store import Keys
 from shared.validation import validated
+
+# Who acts, for the audit trail: any name a person gives, on one line.
+Actor = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class DeadLetterAction(BaseModel):
@@ -39,7 +43,7 @@ class DeadLetterAction(BaseModel):
     connection: str | None = None
     since: str | None = Field(default=None, description="ISO 8601 time, or 30m, 24h, 7d")
     reason: str | None = None
-    by: str = Field(default=ADMIN_API, min_length=1, max_length=100)
+    by: Actor = ADMIN_API
 
 
 class NoteResolutionRequest(BaseModel):
@@ -53,7 +57,11 @@ class NoteResolutionRequest(BaseModel):
     docref_id: str | None = Field(
         default=None, description="with posted: the DocumentReference id Halaxy shows"
     )
-    by: str = Field(default=ADMIN_API, min_length=1, max_length=100)
+    state: Waiting = Field(
+        default=Waiting.PARKED,
+        description="the state the person saw the note in; it is settled only if still in it",
+    )
+    by: Actor = ADMIN_API
 
 
 def _keys(deps: Deps) -> Keys:
@@ -165,14 +173,14 @@ async def resolve_waiting_note(request: Request) -> Response:
     def resolve() -> dict[str, Any]:
         outbox = _outbox(deps)
         try:
-            record = find_waiting(outbox, note_id)
+            record = find_waiting(outbox, note_id, asked.state)
             settled = resolve_note(
                 outbox, deps.queue, record, asked.resolution, asked.by, deps.audit, asked.docref_id
             )
         except NoteNotWaiting as exc:
             raise ApiError(404, "unknown_note", str(exc)) from None
-        except NoteMovedMeanwhile as exc:
-            raise ApiError(409, "note_moved", str(exc)) from None
+        except NoteStateConflict as exc:
+            raise ApiError(409, "note_state_changed", str(exc)) from None
         return settled.shown()
 
     return JSONResponse(await call(resolve))
