@@ -82,8 +82,11 @@ class ConnectionStore:
             if retired is not None:
                 data[name]["value"] = self._encrypt(retired.value)
         if connection.practitioners:
+            # Beside an empty plain map, not in its place: a process of the version before
+            # (a rolling deploy, a rollback) still opens the record, with the default author.
             sealed = self._fernet.encrypt(orjson.dumps(connection.practitioners))
-            data["practitioners"] = sealed.decode()
+            data["practitioners"] = {}
+            data["practitioners_sealed"] = sealed.decode()
         return orjson.dumps(data)
 
     def _decrypt_record(self, record: bytes) -> Connection:
@@ -94,8 +97,9 @@ class ConnectionStore:
         for name in SEALED_RETIRED_FIELDS:
             if data.get(name) is not None:
                 data[name]["value"] = self._decrypt(data[name]["value"])
-        if isinstance(data.get("practitioners"), str):  # a record saved before is a plain map
-            data["practitioners"] = orjson.loads(self._decrypt(data["practitioners"]))
+        sealed = data.pop("practitioners_sealed", None)
+        if sealed is not None:  # else a plain map, as a record saved before holds it
+            data["practitioners"] = orjson.loads(self._decrypt(sealed))
         return Connection.model_validate(data)
 
     def _encrypt(self, secret: SecretStr) -> str:

@@ -49,6 +49,11 @@ SENSITIVE_KEYS = frozenset(
         "webhook_secret",
         "signing_secret",
         "halaxy_key",
+        "platform_api_key",
+        "platform_pms_key",
+        "program_api_key",
+        "practitioners",
+        "file_url",
         "body",
     }
 )

@@ -10,8 +10,8 @@ posted at most once. Every note moves through
 and a person settles a parked or failed note: it was posted after all, retry it, or drop it.
 Each move is a compare-and-set in Redis, so two workers can never both take a note into
 `posting`. The callback's `file_url` (a 24-hour capability to the PDF) is sealed with Fernet
-like a secret, and erased once the note is posted or dropped; a failed note keeps it while the
-link lasts, so that a person can retry it (`forget_expired_links` erases it after).
+like a secret, and erased once the note is posted or dropped; a parked or failed note keeps it
+while the link lasts, so that a person can retry it (`forget_expired_links` erases it after).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import redis
 import structlog
 from cryptography.fernet import InvalidToken, MultiFernet
 
-from shared.programs import ProgramCallback, note_title
+from shared.programs import FILE_URL_LIFETIME, ProgramCallback, note_title
 from shared.store import Keys, as_bytes, translate_redis_errors
 
 log = structlog.get_logger("halaxy_bridge.notes")
@@ -40,10 +40,11 @@ DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memor
 WATCH_NEW = timedelta(minutes=10)
 WATCH_TAKEN_UP = timedelta(hours=6, minutes=10)
 
-# KEYS: record, parked index, unsettled index, failed index, failed notes' link expiries.
+# KEYS: record, parked index, unsettled index, failed index, waiting notes' link expiries.
 # ARGV: allowed states (comma list), new state, index member, now (seconds), ttl for terminal
-# states, the watch's due time for a note a person sent back and for one a worker took up,
-# then field/value pairs.
+# states, the watch's due time for a note a person sent back and for one a worker took up, the
+# link's expiry for a record that does not say (one made before it was recorded: at the
+# latest a day from now), then field/value pairs.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
@@ -52,7 +53,8 @@ for state in string.gmatch(ARGV[1], '[^,]+') do
   if state == current then allowed = true end
 end
 if not allowed then return {0, current} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 9))
+redis.call('HDEL', KEYS[1], 'practitioner_token')  -- kept in clear by an earlier version
 -- the notes waiting for a person, each state in an index of its own
 for _, waiting in ipairs({{'parked', KEYS[2]}, {'failed', KEYS[4]}}) do
   if ARGV[2] == waiting[1] then
@@ -61,12 +63,12 @@ for _, waiting in ipairs({{'parked', KEYS[2]}, {'failed', KEYS[4]}}) do
     redis.call('ZREM', waiting[2], ARGV[3])
   end
 end
--- a failed note keeps its PDF link until the link expires (a record without the field,
--- made before it was kept, is erased at the next pass)
-if ARGV[2] == 'failed' then
-  local expires = redis.call('HGET', KEYS[1], 'link_expires_at') or ARGV[4]
+-- a note waiting for a person keeps its PDF link until the link expires
+local waiting = {parked = true, failed = true}
+if waiting[ARGV[2]] then
+  local expires = redis.call('HGET', KEYS[1], 'link_expires_at') or ARGV[8]
   redis.call('ZADD', KEYS[5], expires, ARGV[3])
-elseif current == 'failed' then
+elseif waiting[current] then
   redis.call('ZREM', KEYS[5], ARGV[3])
 end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
@@ -86,12 +88,13 @@ return {1, current}
 """
 
 
-# KEYS: failed notes' link expiries. ARGV: now, how many at most, the record keys' prefix.
+# KEYS: waiting notes' link expiries. ARGV: now, how many at most, the record keys' prefix.
 FORGET_LINKS = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
   local record = ARGV[3] .. string.gsub(member, '/', ':', 1)
-  if redis.call('HGET', record, 'state') == 'failed' then
+  local state = redis.call('HGET', record, 'state')
+  if state == 'parked' or state == 'failed' then
     redis.call('HSET', record, 'callback', '')
   end
   redis.call('ZREM', KEYS[1], member)
@@ -207,11 +210,11 @@ class NoteOutbox:
             return None
 
     def forget_expired_links(self, limit: int = 500) -> int:
-        """Erase the PDF links of failed notes once they have expired: a retry could only
-        fail then. How many notes were looked at (a batch of `limit` at most)."""
+        """Erase the PDF links of parked and failed notes once they have expired: a retry
+        could only fail then. How many notes were looked at (a batch of `limit` at most)."""
         with translate_redis_errors():
             done = self._forget_links(
-                keys=[self._keys.failed_note_links()],
+                keys=[self._keys.waiting_note_links()],
                 args=[int(time.time()), limit, self._keys.note_prefix()],
             )
         return int(done)
@@ -237,7 +240,7 @@ class NoteOutbox:
                     self._keys.parked_notes(),
                     self._keys.unsettled_notes(),
                     self._keys.failed_notes(),
-                    self._keys.failed_note_links(),
+                    self._keys.waiting_note_links(),
                 ],
                 args=[
                     ",".join(sorted(s.value for s in allowed)),
@@ -247,6 +250,7 @@ class NoteOutbox:
                     int(DONE_TTL.total_seconds()),
                     _due(WATCH_NEW),
                     _due(WATCH_TAKEN_UP),
+                    _due(FILE_URL_LIFETIME),
                     *pairs,
                 ],
             )

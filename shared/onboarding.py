@@ -97,7 +97,11 @@ def build_connection(request: ConnectionRequest, now: datetime) -> Connection:
         platform_pms_name=(
             None if request.platform_pms_name is None else c.pms_name(request.platform_pms_name)
         ),
-        platform_pms_key=request.platform_pms_key,
+        platform_pms_key=(
+            None
+            if request.platform_pms_key is None
+            else SecretStr(c.pms_key(request.platform_pms_key.get_secret_value()))
+        ),
         default_author=c.practitioner_role(request.author) if request.author else None,
         practitioners={
             token: c.practitioner_role(role, "practitioner role")
@@ -211,7 +215,9 @@ def rotate(connection: Connection, request: RotateRequest, now: datetime) -> Con
     if request.platform_api_key is not None:
         changes["platform_api_key"] = SecretStr(request.platform_api_key.get_secret_value())
     if request.platform_pms_key is not None:
-        changes["platform_pms_key"] = request.platform_pms_key
+        changes["platform_pms_key"] = SecretStr(
+            c.pms_key(request.platform_pms_key.get_secret_value())
+        )
     return connection.model_copy(update=changes)
 
 

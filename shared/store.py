@@ -91,8 +91,8 @@ class Keys:
     def failed_notes(self) -> str:
         return f"{self.namespace}:notes:failed"
 
-    def failed_note_links(self) -> str:
-        return f"{self.namespace}:notes:failed-links"
+    def waiting_note_links(self) -> str:
+        return f"{self.namespace}:notes:waiting-links"
 
     def note_prefix(self) -> str:
         """`note(c, n)` is this prefix, then `c:n`."""

@@ -308,6 +308,10 @@ BAD_INPUTS = {
         ["--platform-pms-name", "halaxy_bridge", "--platform-pms-key", "   "],
         "platform_pms_key",
     ),
+    "pms-key-weak": (
+        ["--platform-pms-name", "halaxy_bridge", "--platform-pms-key", "pms-key-" + "7" * 30],
+        "mixing upper case, lower case and digits",
+    ),
     "pms-for-another-platform": (
         ["--platform", "rest", "--platform-pms-name", "x", "--platform-pms-key", "pms-key-1"],
         "Physitrack only",
@@ -641,6 +645,11 @@ def test_rotate_refuses_a_platform_key_it_cannot_use(
     assert store.get(added["id"]) == before
 
 
+def strong_pms_key() -> str:
+    """As Physitrack takes one: 30+ characters, upper and lower case and digits."""
+    return "Pms" + secrets.token_hex(16) + "X9"
+
+
 def test_a_practitioner_without_pt_direct_gets_the_pms_headers_and_the_key_is_a_secret(
     invoke: Invoke,
     fake_halaxy: FakeHalaxy,
@@ -648,7 +657,7 @@ def test_a_practitioner_without_pt_direct_gets_the_pms_headers_and_the_key_is_a_
     redis_server_client: redis.Redis,
     settings: Settings,
 ) -> None:
-    pms_key = "pms-" + secrets.token_hex(12)
+    pms_key = strong_pms_key()
     result = invoke(
         *add_args(
             fake_halaxy.add_key(),
@@ -670,7 +679,7 @@ def test_a_practitioner_without_pt_direct_gets_the_pms_headers_and_the_key_is_a_
     assert pms_key.encode() not in b"\n".join(
         stored_values(redis_server_client, settings.redis_namespace)
     )
-    new_key = "pms-" + secrets.token_hex(12)
+    new_key = strong_pms_key()
     rotated = invoke("rotate", details["id"], f"--platform-pms-key={new_key}", "--json")
     assert new_key not in rotated.output
     assert ok_json(rotated)["platform_pms_name"] == "halaxy_bridge"

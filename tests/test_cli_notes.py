@@ -393,24 +393,35 @@ def test_status_and_the_ops_page_count_the_notes_waiting_for_a_person(
     assert "Failed notes: 2</p>" in render(found)
 
 
-def test_a_failed_notes_link_is_erased_once_it_expires(
+def test_a_waiting_notes_link_is_erased_once_it_expires(
     settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys
 ) -> None:
     live = failed_note(outbox, name="Live")  # assigned an hour ago: 23 hours left
-    dead = failed_note(outbox, name="Dead", when=datetime.now(UTC) - timedelta(hours=25))
-    # Made before the link's expiry was recorded: erased at the first pass.
+    expired = datetime.now(UTC) - timedelta(hours=25)
+    dead = failed_note(outbox, name="Dead", when=expired)
+    dead_parked = parked_note(outbox, name="Dead parked", when=expired)
+    # Made before the link's expiry was recorded, and by a version that kept the practitioner's
+    # token in clear: the link is kept a day at most, the token goes at the first move.
     legacy = recorded_note(outbox, "Legacy", an_hour_ago())
     redis_server_client.hdel(keys.note("cn_test", legacy), "link_expires_at")
+    redis_server_client.hset(keys.note("cn_test", legacy), "practitioner_token", "tok-9")
     outbox.move("cn_test", legacy, {NoteState.QUEUED}, NoteState.FAILED, reason="r")
+    assert not redis_server_client.hexists(keys.note("cn_test", legacy), "practitioner_token")
     Scheduler(settings, WorkerRuntime(settings)).tick()  # the scheduler's pass, every tick
-    assert outbox.callback("cn_test", dead) is None
-    assert outbox.callback("cn_test", legacy) is None
-    assert outbox.callback("cn_test", live) is not None
+    for gone in (dead, dead_parked):
+        assert outbox.callback("cn_test", gone) is None
+    for kept in (live, legacy):
+        assert outbox.callback("cn_test", kept) is not None
+    legacy_expiry = redis_server_client.zscore(keys.waiting_note_links(), f"cn_test/{legacy}")
+    assert legacy_expiry is not None
+    assert time.time() + 23.9 * 3600 < legacy_expiry <= time.time() + 24 * 3600
     assert outbox.forget_expired_links() == 0  # each is looked at once
     assert {r.note_id for r in outbox.failed()} == {live, dead, legacy}  # still listed
-    # Sent back by a person, a note is no longer failed: its link stays until it settles.
+    assert [r.note_id for r in outbox.parked()] == [dead_parked]
+    # Sent back by a person, a note is no longer waiting: its link stays until it settles.
     invoke(settings, "resolve", live, "--retry", "--state", "failed")
-    assert redis_server_client.zcard(keys.failed_note_links()) == 0
+    assert redis_server_client.zscore(keys.waiting_note_links(), f"cn_test/{live}") is None
+    assert outbox.callback("cn_test", live) is not None
 
 
 def test_a_link_sealed_under_a_key_no_longer_given_reads_as_gone(

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared import connections as c
+from shared import onboarding
 from shared.errors import InvalidInput
 from shared.redis_health import durability_warnings
 
@@ -107,3 +108,38 @@ def test_durability_warnings() -> None:
     assert any("cannot be read" in w for w in unknown)
     snapshots_only = durability_warnings({"aof_enabled": 0}, {}, "3600 1")
     assert any("append-only file is off" in w for w in snapshots_only)
+
+
+SECRET_TOKENS = st.text(
+    alphabet="abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789-_.", min_size=12, max_size=40
+).map(lambda text: "tok" + text)
+
+
+@given(
+    token=SECRET_TOKENS,
+    role=st.one_of(st.integers(), st.none(), st.lists(st.text(max_size=3), max_size=2)),
+)
+def test_refusing_a_practitioner_mapping_never_shows_its_token(token: str, role: object) -> None:
+    """The token can sign in as the practitioner (therapy-platforms.md 1.7): an error about
+    its mapping, from the CLI's TOKEN=PR-… pairs or the admin API's body, names no token."""
+    request = {
+        "name": "Clinic",
+        "halaxy_key": "id:secret",
+        "platform": "physitrack",
+        "platform_base_url": "https://au.physitrack.com/api/v2",
+        "platform_api_key": "key",
+        "practitioners": {token: role},
+    }
+    attempts = [
+        lambda: c.practitioner_map([token]),
+        lambda: c.practitioner_map([f"{token}=EP-1001"]),
+        lambda: onboarding.parse_request(request),
+        lambda: onboarding.build_connection(
+            onboarding.parse_request({**request, "practitioners": {token: "EP-1"}}), c.utcnow()
+        ),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidInput) as refused:
+            attempt()
+        shown = " ".join([str(refused.value), *refused.value.problems])
+        assert token not in shown

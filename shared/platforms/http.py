@@ -65,8 +65,9 @@ def raise_for_status(platform: str, response: httpx.Response) -> None:
     if status in (408, 425) or status >= 500:
         raise Transient(f"{platform} answered {status}{said}")
     if status in (401, 403):
+        keys = "API key" + (" (and PMS name and key, if set)" if platform == "Physitrack" else "")
         raise Permanent(
-            f"{platform} refused the API key ({status}){said}: check the connection's API key"
+            f"{platform} refused the API key ({status}){said}: check the connection's {keys}"
         )
     if status == 404:
         raise PlatformNotFound(f"{platform} answered 404{said}")
