@@ -59,6 +59,24 @@ class ConnectionStore:
         with translate_redis_errors():
             self.redis.set(self.keys.connection(connection.id), self._seal(connection), xx=True)
 
+    def seal_plain_practitioners(self, connection_id: str) -> bool:
+        """Seal a practitioner map an earlier version stored in clear. False if there was
+        none, or if the record changed meanwhile (whoever saved it sealed it)."""
+        key = self.keys.connection(connection_id)
+        with translate_redis_errors(), self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                record = pipe.get(key)
+                if record is None or not orjson.loads(record).get("practitioners"):
+                    return False
+                connection = self.open_record(as_bytes(record))
+                pipe.multi()
+                pipe.set(key, self._seal(connection), xx=True)
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
+
     def get(self, connection_id: str) -> Connection | None:
         with translate_redis_errors():
             record = self.redis.get(self.keys.connection(connection_id))

@@ -130,6 +130,9 @@ class Keys:
     def sweep_progress(self) -> str:
         return f"{self.namespace}:reconcile:in-progress"
 
+    def stored_data_version(self) -> str:
+        return f"{self.namespace}:stored-data-version"
+
     def scheduler_leader(self) -> str:
         return f"{self.namespace}:scheduler:leader"
 

@@ -16,6 +16,7 @@ from shared.connections import utcnow
 from shared.errors import BridgeError, Permanent, RateLimited
 from shared.jobs import JobQueue, job_for_note
 from shared.reconcile import SweepLog, due, sweep
+from shared.stored_upgrade import upgrade_stored_data
 
 TICK_SECONDS = 5.0
 LEADER_TTL_SECONDS = 30
@@ -33,6 +34,7 @@ class Scheduler:
         self.maintenance = WorkerMaintenance(settings, runtime.redis)
         self.sweeps = SweepLog(runtime.redis, runtime.keys)
         self.id = uuid.uuid4().hex[:12]
+        self._upgraded = False
         self._leader = runtime.redis.lock(
             runtime.keys.scheduler_leader(), timeout=LEADER_TTL_SECONDS, thread_local=False
         )
@@ -53,6 +55,8 @@ class Scheduler:
     def tick(self) -> None:
         if not self.is_leader():
             return
+        if not self._upgraded:
+            self.upgrade_stored_data()
         try:
             self.maintenance.requeue_from_dead_workers()
         except BridgeError as exc:
@@ -67,6 +71,26 @@ class Scheduler:
             # renewed before each, so a tick over many clinics never outlasts it.
             if connection.enabled and self.is_leader():
                 self.sweep_if_due(connection.id)
+
+    def upgrade_stored_data(self) -> None:
+        """What an earlier version stored, brought up to date once (`shared.stored_upgrade`);
+        tried again next tick if Redis failed it."""
+        try:
+            upgraded = upgrade_stored_data(
+                self.runtime.redis, self.runtime.keys, self.runtime.connections
+            )
+        except BridgeError as exc:
+            log.warning("stored_data.upgrade_failed", error=type(exc).__name__)
+            return
+        self._upgraded = True
+        if upgraded is not None:
+            log.info(
+                "stored_data.upgraded",
+                notes=upgraded.notes,
+                connections_sealed=upgraded.connections_sealed,
+                keys_deleted=upgraded.keys_deleted,
+                scheduler_id=self.id,
+            )
 
     def requeue_stalled_notes(self) -> None:
         """Queue again the notes not settled that nothing has moved for a while: their job
