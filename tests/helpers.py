@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
 import redis
 
+from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
 from shared.audit import AuditTrail
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
+from shared.notes_outbox import NoteOutbox
+from shared.programs import note_id_for, parse_callback
 from shared.store import Keys
 
 HALAXY_BASE = "https://au-api.halaxy.com/main"
@@ -72,3 +76,26 @@ def queued_messages(client: redis.Redis, keys: Keys, queue: str = "live") -> lis
 def audit_of(store: ConnectionStore) -> AuditTrail:
     """The audit trail next to a connection store (same Redis, same namespace)."""
     return AuditTrail(store.redis, store.keys)
+
+
+def recorded_note(
+    outbox: NoteOutbox,
+    connection_id: str,
+    name: str,
+    when: datetime,
+    token: str = "practitioner-token-1",  # noqa: S107  (a sandbox practitioner token)
+) -> str:
+    """A program note recorded in the outbox as `queued`, as the receiver records one."""
+    callback = parse_callback(
+        program_callback(
+            api_key="k",
+            file_url="https://files.example.com/p.pdf",
+            patient_id="1001",
+            name=name,
+            token=token,
+            when=when,
+        )
+    )
+    note_id = note_id_for(connection_id, callback, None)
+    assert outbox.create(connection_id, note_id, callback)
+    return note_id

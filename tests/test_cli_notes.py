@@ -16,7 +16,6 @@ from cryptography.fernet import Fernet, MultiFernet
 from starlette.testclient import TestClient
 
 from services.cli.main import cli
-from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
 from services.webhook_receiver.ops_page import render
 from services.workers.runtime import WorkerRuntime
@@ -32,9 +31,9 @@ from shared.note_resolution import (
     resolve_note,
 )
 from shared.notes_outbox import DONE_TTL, WATCH_NEW, NoteOutbox, NoteState
-from shared.programs import note_id_for, parse_callback
 from shared.status import status
 from shared.store import Keys
+from tests import helpers
 from tests.helpers import queued_messages
 
 
@@ -54,18 +53,7 @@ def an_hour_ago() -> datetime:
 
 
 def recorded_note(outbox: NoteOutbox, name: str, when: datetime) -> str:
-    callback = parse_callback(
-        program_callback(
-            api_key="k",
-            file_url="https://files.example.com/p.pdf",
-            patient_id="1001",
-            name=name,
-            when=when,
-        )
-    )
-    note_id = note_id_for("cn_test", callback, None)
-    outbox.create("cn_test", note_id, callback)
-    return note_id
+    return helpers.recorded_note(outbox, "cn_test", name, when)
 
 
 def parked_note(outbox: NoteOutbox, name: str = "Knee Rehab", when: datetime | None = None) -> str:

@@ -9,18 +9,16 @@ import orjson
 import redis
 
 from services.sandbox.halaxy import FakeHalaxy
-from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
 from services.workers.runtime import WorkerRuntime
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.notes_outbox import DONE_TTL, NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
-from shared.programs import note_id_for, parse_callback
 from shared.store import Keys
 from shared.stored_upgrade import upgrade_stored_data
 from tests.conftest import make_connection
-from tests.helpers import queued_messages
+from tests.helpers import queued_messages, recorded_note
 
 TOKEN = "pt-tok-41c9e0d7b2"  # a practitioner token: it can sign in as the practitioner
 
@@ -28,18 +26,7 @@ TOKEN = "pt-tok-41c9e0d7b2"  # a practitioner token: it can sign in as the pract
 def legacy_note(client: redis.Redis, keys: Keys, outbox: NoteOutbox, name: str, state: str) -> str:
     """A note as the version before left it: off the watch and the failed index, the token
     in clear, a failed note's link erased."""
-    callback = parse_callback(
-        program_callback(
-            api_key="k",
-            file_url="https://files.example.com/p.pdf",
-            patient_id="1001",
-            name=name,
-            token=TOKEN,
-            when=datetime.now(UTC) - timedelta(hours=1),
-        )
-    )
-    note_id = note_id_for("cn_old", callback, None)
-    assert outbox.create("cn_old", note_id, callback)
+    note_id = recorded_note(outbox, "cn_old", name, datetime.now(UTC) - timedelta(hours=1), TOKEN)
     record = keys.note("cn_old", note_id)
     client.hset(record, mapping={"state": state, "practitioner_token": TOKEN})
     client.hdel(record, "link_expires_at")
