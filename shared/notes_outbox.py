@@ -64,11 +64,11 @@ for _, waiting in ipairs({{'parked', KEYS[2]}, {'failed', KEYS[4]}}) do
   end
 end
 -- a note waiting for a person keeps its PDF link until the link expires
-local waiting = {parked = true, failed = true}
-if waiting[ARGV[2]] then
+local for_a_person = {parked = true, failed = true}
+if for_a_person[ARGV[2]] then
   local expires = redis.call('HGET', KEYS[1], 'link_expires_at') or ARGV[8]
   redis.call('ZADD', KEYS[5], expires, ARGV[3])
-elseif waiting[current] then
+elseif for_a_person[current] then
   redis.call('ZREM', KEYS[5], ARGV[3])
 end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then

@@ -6,6 +6,8 @@ Every step can run twice, or be cut short and run again, without harm:
   the unsettled-notes watch, due at once: if their job was lost, the watch queues it again;
 - failed notes an earlier version did not index are indexed, so `notes failed` lists them
   (their PDF link was erased when they failed: they can be dropped, not retried);
+- parked notes' PDF links are set to be erased when they expire (a day from now at the
+  latest, for a record that does not say when);
 - the practitioner token an earlier version kept in clear in each note record is removed;
 - practitioner maps an earlier version kept in clear in connection records are sealed;
 - the reverse patient-link hashes an earlier version kept (platform id to Halaxy id) and no
@@ -21,16 +23,22 @@ import redis
 
 from shared.connection_store import ConnectionStore
 from shared.notes_outbox import DONE_TTL
+from shared.programs import FILE_URL_LIFETIME
 from shared.store import Keys, as_bytes, translate_redis_errors
 
 # Raise it when a step is added: stores that went through an earlier list go through again.
 VERSION = 1
 SCAN_COUNT = 1000
 
-# KEYS: note record, unsettled index, failed index. ARGV: index member, now, DONE_TTL (s).
+# KEYS: note record, unsettled index, failed index, waiting notes' link expiries. ARGV: index
+# member, now, DONE_TTL (s), the latest a link can expire.
 MEND_NOTE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 redis.call('HDEL', KEYS[1], 'practitioner_token')
+if state == 'parked' or state == 'failed' then
+  local expires = redis.call('HGET', KEYS[1], 'link_expires_at') or ARGV[4]
+  redis.call('ZADD', KEYS[4], 'NX', expires, ARGV[1])
+end
 if state == 'queued' or state == 'fetching' or state == 'posting' then
   redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
 elseif state == 'failed' then
@@ -62,7 +70,9 @@ def upgrade_stored_data(
     mend = client.register_script(MEND_NOTE)
     prefix = keys.note_prefix()
     notes, cursor = 0, None
+    now = int(time.time())
     kept = int(DONE_TTL.total_seconds())
+    latest_link_expiry = now + int(FILE_URL_LIFETIME.total_seconds())
     with translate_redis_errors():
         while cursor != 0:
             # One pipeline per page of the scan: a store of many notes goes through quickly.
@@ -71,8 +81,13 @@ def upgrade_stored_data(
             for key in found:
                 connection_id, _, note_id = as_bytes(key).decode()[len(prefix) :].partition(":")
                 mend(
-                    keys=[key, keys.unsettled_notes(), keys.failed_notes()],
-                    args=[f"{connection_id}/{note_id}", int(time.time()), kept],
+                    keys=[
+                        key,
+                        keys.unsettled_notes(),
+                        keys.failed_notes(),
+                        keys.waiting_note_links(),
+                    ],
+                    args=[f"{connection_id}/{note_id}", now, kept, latest_link_expiry],
                     client=pipe,
                 )
             pipe.execute()

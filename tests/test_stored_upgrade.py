@@ -48,7 +48,7 @@ def test_the_scheduler_brings_an_earlier_versions_data_up_to_date_once(
     outbox = NoteOutbox(redis_server_client, keys, settings.fernet)
     notes = {
         state: legacy_note(redis_server_client, keys, outbox, state.title(), state)
-        for state in ("queued", "fetching", "posting", "failed", "posted")
+        for state in ("queued", "fetching", "posting", "failed", "parked", "posted")
     }
     connection = make_connection(store, fake_halaxy, verify_key, practitioners={TOKEN: "PR-2"})
     record = orjson.loads(redis_server_client.get(keys.connection(connection.id)) or b"")
@@ -75,6 +75,10 @@ def test_the_scheduler_brings_an_earlier_versions_data_up_to_date_once(
     failed_at = redis_server_client.zscore(keys.failed_notes(), f"cn_old/{notes['failed']}")
     assert failed_at is not None
     assert abs(failed_at - (time.time() - 3600)) < 60
+    # The parked note's link goes when it expires, a day from now at the latest.
+    link_expiry = redis_server_client.zscore(keys.waiting_note_links(), f"cn_old/{notes['parked']}")
+    assert link_expiry is not None
+    assert time.time() < link_expiry <= time.time() + 24 * 3600
     # No token left in clear, in notes or in the connection.
     for note_id in notes.values():
         assert not redis_server_client.hexists(keys.note("cn_old", note_id), "practitioner_token")
