@@ -17,7 +17,7 @@ from cryptography.fernet import InvalidToken, MultiFernet
 from pydantic import SecretStr
 
 from shared.connections import Connection
-from shared.errors import ConfigError
+from shared.errors import ConfigError, InvalidInput
 from shared.store import Keys, as_bytes, translate_redis_errors
 
 SEALED_FIELDS = (
@@ -32,6 +32,10 @@ SEALED_RETIRED_FIELDS = ("retired_webhook_secret", "retired_program_api_key")
 
 
 OPENED_KEPT = 512  # decrypted connections kept per process
+
+
+class ConnectionChangedMeanwhile(InvalidInput):
+    """The stored connection is not the one a change was made to."""
 
 
 class ConnectionStore:
@@ -59,22 +63,37 @@ class ConnectionStore:
         with translate_redis_errors():
             self.redis.set(self.keys.connection(connection.id), self._seal(connection), xx=True)
 
-    def seal_plain_practitioners(self, connection_id: str) -> bool:
-        """Seal a practitioner map an earlier version stored in clear. False if there was
-        none, or if the record changed meanwhile (whoever saved it sealed it)."""
-        key = self.keys.connection(connection_id)
+    def replace(self, current: Connection, new: Connection) -> None:
+        """Store `new` in place of `current`, only if the stored record still is `current`:
+        of two people rotating at once, each must not be shown a secret only one stored."""
+        key = self.keys.connection(current.id)
+        changed = ConnectionChangedMeanwhile(
+            f"connection {current.id} changed since it was read; look at it again and retry"
+        )
         with translate_redis_errors(), self.redis.pipeline() as pipe:
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]
                 record = pipe.get(key)
-                if record is None or not orjson.loads(record).get("practitioners"):
-                    return False
-                connection = self.open_record(as_bytes(record))
+                if record is None or self.open_record(as_bytes(record)) != current:
+                    raise changed
                 pipe.multi()
-                pipe.set(key, self._seal(connection), xx=True)
+                pipe.set(key, self._seal(new), xx=True)
                 pipe.execute()
             except redis.WatchError:
-                return False
+                raise changed from None
+
+    def seal_plain_practitioners(self, connection_id: str) -> bool:
+        """Seal a practitioner map an earlier version stored in clear. False if there was
+        none, or if the record changed meanwhile (whoever saved it sealed it)."""
+        with translate_redis_errors():
+            record = self.redis.get(self.keys.connection(connection_id))
+        if record is None or not orjson.loads(record).get("practitioners"):
+            return False
+        connection = self.open_record(as_bytes(record))
+        try:
+            self.replace(connection, connection)
+        except ConnectionChangedMeanwhile:
+            return False
         return True
 
     def get(self, connection_id: str) -> Connection | None:

@@ -321,7 +321,7 @@ def disable_connection(
     store: ConnectionStore, connection: Connection, now: datetime, audit: AuditTrail, by: str
 ) -> Connection:
     disabled = disable(connection, now)
-    store.save(disabled)
+    store.replace(connection, disabled)
     audit.record(actor=by, action="connection.disabled", connection_id=connection.id)
     return disabled
 
@@ -339,7 +339,7 @@ def apply_rotation(
     rotated = rotate(connection, request, now)
     if request.halaxy_key is not None and request.verify:
         _verify(verify_key, rotated, "the new Halaxy key could not be verified")
-    store.save(rotated)
+    store.replace(connection, rotated)
     audit.record(
         actor=by,
         action="connection.rotated",

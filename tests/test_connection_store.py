@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 import redis
 from cryptography.fernet import Fernet, MultiFernet
 
 from services.sandbox.halaxy import FakeHalaxy
+from services.webhook_receiver.admin import call
+from services.webhook_receiver.responses import ApiError
 from shared import onboarding
 from shared.config import Settings
-from shared.connection_store import ConnectionStore
+from shared.connection_store import ConnectionChangedMeanwhile, ConnectionStore
 from shared.connections import Connection, utcnow
 from shared.errors import ConfigError
 from shared.onboarding import KeyVerifier
 from shared.store import Keys
 from tests.conftest import make_connection
+from tests.helpers import audit_of
 
 
 def every_value(client: redis.Redis, namespace: str) -> bytes:
@@ -124,3 +129,35 @@ def test_the_practitioner_map_is_sealed_and_a_plain_one_saved_before_still_opens
     assert reopened.practitioners == {token: "PR-2"}
     store.save(reopened)  # any save (a rotation, a disable) seals it
     assert token.encode() not in every_value(redis_server_client, settings.redis_namespace)
+
+
+def test_of_two_changes_made_to_one_reading_only_the_first_is_stored(
+    store: ConnectionStore, fake_halaxy: FakeHalaxy, verify_key: KeyVerifier
+) -> None:
+    """Two people rotate at once: each is shown the secrets their rotation made, so the
+    second must not overwrite the first (which would leave the first person's printed
+    secret unstored) nor be stored on top of it. The second is told to look again."""
+    connection = make_connection(store, fake_halaxy, verify_key)
+    audit = audit_of(store)
+    rotation = onboarding.RotateRequest(program_api_key=True)
+    first = onboarding.apply_rotation(store, verify_key, connection, rotation, utcnow(), audit, "a")
+    for late in (
+        lambda: onboarding.apply_rotation(
+            store,
+            verify_key,
+            connection,
+            onboarding.RotateRequest(webhook_secret=True),
+            utcnow(),
+            audit,
+            "b",
+        ),
+        lambda: onboarding.disable_connection(store, connection, utcnow(), audit, "b"),
+    ):
+        with pytest.raises(ConnectionChangedMeanwhile, match="look at it again"):
+            late()
+        # The admin API answers it with 409.
+    with pytest.raises(ApiError) as answered:
+        asyncio.run(call(onboarding.disable_connection, store, connection, utcnow(), audit, "b"))
+    assert (answered.value.status, answered.value.code) == (409, "connection_changed")
+    assert store.get(connection.id) == first
+    assert [e.actor for e in audit.entries() if e.action != "connection.added"] == ["a"]

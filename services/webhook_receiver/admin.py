@@ -20,6 +20,7 @@ from services.webhook_receiver.requests import (
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
 from shared import onboarding
+from shared.connection_store import ConnectionChangedMeanwhile
 from shared.connections import Connection, utcnow
 from shared.errors import InvalidInput, StoreUnavailable, Transient
 
@@ -74,6 +75,8 @@ async def call(function: Any, *args: Any) -> Any:
         raise unavailable() from None
     except Transient as exc:
         raise unavailable(str(exc)) from None
+    except ConnectionChangedMeanwhile as exc:
+        raise ApiError(409, "connection_changed", str(exc)) from None
     except InvalidInput as exc:
         raise ApiError(422, "invalid", "; ".join([str(exc), *exc.problems])) from None
 

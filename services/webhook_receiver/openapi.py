@@ -83,7 +83,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "malformed request (not JSON, bad Content-Length)",
         401: "missing or wrong credentials",
         404: "unknown connection, event, note or route",
-        409: "the note left the state a person settles meanwhile",
+        409: "what it would change changed meanwhile: look at it again and retry",
         413: "body too large",
         415: "body is not JSON",
         422: "well-formed but not acceptable",
@@ -269,7 +269,10 @@ def build_spec() -> dict[str, Any]:
                     "summary": "disable a connection: its webhooks get 404",
                     "security": ADMIN_SECURITY,
                     "parameters": [CONNECTION_ID],
-                    "responses": {"200": _json(ANY_OBJECT, "disabled"), **_errors(401, 404, 503)},
+                    "responses": {
+                        "200": _json(ANY_OBJECT, "disabled"),
+                        **_errors(401, 404, 409, 503),
+                    },
                 }
             },
             "/ops": {
@@ -374,7 +377,7 @@ def build_spec() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(ANY_OBJECT, "rotated, with setup values"),
-                        **_errors(400, 401, 404, 413, 415, 422, 503),
+                        **_errors(400, 401, 404, 409, 413, 415, 422, 503),
                     },
                 }
             },
