@@ -50,16 +50,15 @@ class NoteCannotBeRetried(InvalidInput):
 
 def find_waiting(outbox: NoteOutbox, note_id: str, state: Waiting) -> NoteRecord:
     """The note with this id, which the person saw `state`."""
-    listed = {Waiting.PARKED: outbox.parked, Waiting.FAILED: outbox.failed}
-    for waiting, listing in listed.items():
-        for record in listing():
-            if record.note_id == note_id:
-                if waiting is not state:
-                    raise NoteStateConflict(
-                        f"note {note_id} is {waiting}, not {state}: look at it again "
-                        f"(notes {waiting}) before settling it"
-                    )
-                return record
+    record = outbox.waiting(NoteState(state.value), note_id)
+    if record is not None:
+        return record
+    for other in Waiting:
+        if other is not state and outbox.waiting(NoteState(other.value), note_id) is not None:
+            raise NoteStateConflict(
+                f"note {note_id} is {other}, not {state}: look at it again "
+                f"(notes {other}) before settling it"
+            )
     raise NoteNotWaiting(f"no parked or failed note {note_id}")
 
 

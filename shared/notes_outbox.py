@@ -11,7 +11,7 @@ and a person settles a parked or failed note: it was posted after all, retry it,
 Each move is a compare-and-set in Redis, so two workers can never both take a note into
 `posting`. The callback's `file_url` (a 24-hour capability to the PDF) is sealed with Fernet
 like a secret, and erased once the note is posted or dropped; a parked or failed note keeps it
-while the link lasts, so that a person can retry it (`forget_expired_links` erases it after).
+while the link lasts, so that a person can retry it (`forget_expired` erases it after).
 """
 
 from __future__ import annotations
@@ -55,21 +55,17 @@ end
 if not allowed then return {0, current} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 9))
 redis.call('HDEL', KEYS[1], 'practitioner_token')  -- kept in clear by an earlier version
--- the notes waiting for a person, each state in an index of its own
-for _, waiting in ipairs({{'parked', KEYS[2]}, {'failed', KEYS[4]}}) do
-  if ARGV[2] == waiting[1] then
-    redis.call('ZADD', waiting[2], ARGV[4], ARGV[3])
-  elseif current == waiting[1] then
-    redis.call('ZREM', waiting[2], ARGV[3])
-  end
+-- the notes waiting for a person: each state in an index of its own, and every such note
+-- keeps its PDF link until the link expires
+local waiting = {parked = KEYS[2], failed = KEYS[4]}
+if waiting[current] and current ~= ARGV[2] then
+  redis.call('ZREM', waiting[current], ARGV[3])
+  redis.call('ZREM', KEYS[5], ARGV[3])
 end
--- a note waiting for a person keeps its PDF link until the link expires
-local for_a_person = {parked = true, failed = true}
-if for_a_person[ARGV[2]] then
+if waiting[ARGV[2]] then
+  redis.call('ZADD', waiting[ARGV[2]], ARGV[4], ARGV[3])
   local expires = redis.call('HGET', KEYS[1], 'link_expires_at') or ARGV[8]
   redis.call('ZADD', KEYS[5], expires, ARGV[3])
-elseif for_a_person[current] then
-  redis.call('ZREM', KEYS[5], ARGV[3])
 end
 if ARGV[2] == 'posted' or ARGV[2] == 'failed' or ARGV[2] == 'dropped' then
   redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -124,8 +120,6 @@ class NoteState(StrEnum):
 
 
 FINAL_STATES = frozenset({NoteState.POSTED, NoteState.FAILED, NoteState.DROPPED})
-# The states a person settles (shared/note_resolution.py).
-WAITING_STATES = frozenset({NoteState.PARKED, NoteState.FAILED})
 
 
 @dataclass(frozen=True)
@@ -209,13 +203,17 @@ class NoteOutbox:
             log.warning("note.callback_unreadable", connection_id=connection_id, note_id=note_id)
             return None
 
-    def forget_expired_links(self, limit: int = 500) -> int:
-        """Erase the PDF links of parked and failed notes once they have expired: a retry
-        could only fail then. How many notes were looked at (a batch of `limit` at most)."""
+    def forget_expired(self, limit: int = 500) -> int:
+        """Erase the PDF links of parked and failed notes once they have expired (a retry
+        could only fail then), and the failed index's entries of records gone with DONE_TTL.
+        How many links were looked at (a batch of `limit` at most)."""
         with translate_redis_errors():
             done = self._forget_links(
                 keys=[self._keys.waiting_note_links()],
                 args=[int(time.time()), limit, self._keys.note_prefix()],
+            )
+            self._redis.zremrangebyscore(
+                self._keys.failed_notes(), "-inf", time.time() - DONE_TTL.total_seconds()
             )
         return int(done)
 
@@ -231,7 +229,7 @@ class NoteOutbox:
         pairs: list[str] = []
         for name, value in {**values, "updated_at": _now()}.items():
             pairs += [name, value]
-        if to in FINAL_STATES - WAITING_STATES:
+        if to in (NoteState.POSTED, NoteState.DROPPED):
             pairs += ["callback", ""]  # the PDF link is not needed any more: drop it
         with translate_redis_errors():
             moved, found = self._transition(
@@ -278,37 +276,44 @@ class NoteOutbox:
         return [(connection_id, note_id) for connection_id, _, note_id in pairs]
 
     def parked(self) -> list[NoteRecord]:
-        return self._waiting(self._keys.parked_notes(), NoteState.PARKED)
+        return [r for _, r in self._waiting(NoteState.PARKED)]
 
     def failed(self) -> list[NoteRecord]:
         """The failed notes whose records are kept (DONE_TTL), oldest first."""
-        self._forget_expired_failures()
-        return self._waiting(self._keys.failed_notes(), NoteState.FAILED)
+        return [r for _, r in self._waiting(NoteState.FAILED)]
+
+    def waiting(self, state: NoteState, note_id: str) -> NoteRecord | None:
+        """The parked or failed (`state`) note with this id, its record read alone."""
+        for member in self._waiting_members(state):
+            connection_id, _, found_id = member.partition("/")
+            if found_id == note_id:
+                record = self.get(connection_id, note_id)
+                return record if record is not None and record.state is state else None
+        return None
 
     def failed_per_connection(self) -> Counter[str]:
         """How many failed notes each connection has, from the index alone (no record read)."""
-        self._forget_expired_failures()
-        with translate_redis_errors():
-            members: list[Any] = self._redis.zrange(self._keys.failed_notes(), 0, -1)
-        return Counter(as_bytes(m).decode().partition("/")[0] for m in members)
+        return Counter(m.partition("/")[0] for m in self._waiting_members(NoteState.FAILED))
 
-    def _forget_expired_failures(self) -> None:
-        # A failed record expires DONE_TTL after it failed; its index entry goes with it here.
-        with translate_redis_errors():
-            self._redis.zremrangebyscore(
-                self._keys.failed_notes(), "-inf", time.time() - DONE_TTL.total_seconds()
-            )
-
-    def _waiting(self, index: str, state: NoteState) -> list[NoteRecord]:
-        with translate_redis_errors():
-            members: list[Any] = self._redis.zrange(index, 0, -1)
+    def _waiting(self, state: NoteState) -> list[tuple[str, NoteRecord]]:
         found = []
-        for member in members:
-            connection_id, _, note_id = as_bytes(member).decode().partition("/")
+        for member in self._waiting_members(state):
+            connection_id, _, note_id = member.partition("/")
             record = self.get(connection_id, note_id)
             if record is not None and record.state is state:
-                found.append(record)
+                found.append((member, record))
         return found
+
+    def _waiting_members(self, state: NoteState) -> list[str]:
+        # A failed record expires DONE_TTL after it failed: its index entry is left out from
+        # then on, and removed by `forget_expired`.
+        index = (
+            self._keys.parked_notes() if state is NoteState.PARKED else self._keys.failed_notes()
+        )
+        since = "-inf" if state is NoteState.PARKED else time.time() - DONE_TTL.total_seconds()
+        with translate_redis_errors():
+            members: list[Any] = self._redis.zrangebyscore(index, since, "+inf")
+        return [as_bytes(m).decode() for m in members]
 
 
 def _record(raw: dict[str, str]) -> NoteRecord:

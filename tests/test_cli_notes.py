@@ -274,7 +274,9 @@ def test_failed_notes_leave_the_list_when_their_records_expire(
     recorded_note(outbox, "Queued", an_hour_ago())  # not failed: not listed
     assert outbox.failed_per_connection() == {"cn_test": 1}
     assert [r.note_id for r in outbox.failed()] == [recent]
+    outbox.forget_expired()  # the scheduler's pass removes the old entry
     assert redis_server_client.zscore(keys.failed_notes(), f"cn_test/{old}") is None
+    assert redis_server_client.zscore(keys.failed_notes(), f"cn_test/{recent}") is not None
 
 
 def test_a_retry_meant_for_a_failed_note_never_reaches_it_once_it_is_parked(
@@ -403,7 +405,7 @@ def test_a_waiting_notes_link_is_erased_once_it_expires(
     legacy_expiry = redis_server_client.zscore(keys.waiting_note_links(), f"cn_test/{legacy}")
     assert legacy_expiry is not None
     assert time.time() + 23.9 * 3600 < legacy_expiry <= time.time() + 24 * 3600
-    assert outbox.forget_expired_links() == 0  # each is looked at once
+    assert outbox.forget_expired() == 0  # each is looked at once
     assert {r.note_id for r in outbox.failed()} == {live, dead, legacy}  # still listed
     assert [r.note_id for r in outbox.parked()] == [dead_parked]
     # Sent back by a person, a note is no longer waiting: its link stays until it settles.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
+from collections.abc import Callable
 
 import redis
 import structlog
@@ -57,20 +58,22 @@ class Scheduler:
             return
         if not self._upgraded:
             self.upgrade_stored_data()
-        try:
-            self.maintenance.requeue_from_dead_workers()
-        except BridgeError as exc:
-            log.warning("scheduler.maintenance_failed", error=type(exc).__name__)
+        self._attempt("scheduler.maintenance_failed", self.maintenance.requeue_from_dead_workers)
         self.requeue_stalled_notes()
-        try:
-            self.runtime.outbox.forget_expired_links()
-        except BridgeError as exc:
-            log.warning("notes.forget_links_failed", error=type(exc).__name__)
+        self._attempt("notes.forget_expired_failed", self.runtime.outbox.forget_expired)
         for connection in self.runtime.connections.list():
             # Each connection's turn is short (reconcile.PAGES_PER_CALL); leadership is
             # renewed before each, so a tick over many clinics never outlasts it.
             if connection.enabled and self.is_leader():
                 self.sweep_if_due(connection.id)
+
+    @staticmethod
+    def _attempt(failed: str, step: Callable[[], object]) -> None:
+        """A step of the tick; if Redis fails it, the next tick tries again."""
+        try:
+            step()
+        except BridgeError as exc:
+            log.warning(failed, error=type(exc).__name__)
 
     def upgrade_stored_data(self) -> None:
         """What an earlier version stored, brought up to date once (`shared.stored_upgrade`);
