@@ -20,11 +20,11 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from bench.common import BenchError, Context, namespace, wait_for
+from bench.floor_actor import ACTOR_NAME, UPSTREAM_URL
 from bench.loadgen import post_all
-from bench.noop_worker import ACTOR_NAME
 from bench.procs import CpuMeter, Workers, receiver, workers
 from bench.profiling import profiled
-from bench.sandbox import add_clinics, add_patients, spread, timed
+from bench.sandbox import add_clinics, add_patients, bare_upstream, spread, timed
 from services.workers.messaging import build_broker
 from shared.config import Settings
 from shared.jobs import QueueName
@@ -110,6 +110,7 @@ def drain(
     *,
     module: str | None = None,
     threads: int | None = None,
+    env: dict[str, str] | None = None,
     profile_as: str = "",
     timeout: float = 600.0,
 ) -> Drain:
@@ -118,7 +119,7 @@ def drain(
         raise BenchError(f"expected {messages} queued messages, found {queued(broker)}")
     with (
         DrainWatcher(broker, messages) as watcher,
-        workers(settings, log, processes, module=module, threads=threads) as running,
+        workers(settings, log, processes, module=module, threads=threads, env=env) as running,
     ):
         meter = CpuMeter(running.proc.tree())
         with profiled(ctx, running.proc.pid, profile_as) if profile_as else _nothing():
@@ -132,12 +133,17 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def noop_drain(
-    ctx: Context, messages: int, processes: int, log: Path, threads: int | None = None
+def _floor_drain(
+    ctx: Context,
+    module: str,
+    messages: int,
+    processes: int,
+    log: Path,
+    env: dict[str, str] | None = None,
 ) -> Drain:
-    """The floor: `messages` no-op messages (shaped like sync jobs) drained by the same
-    worker settings, through the product's broker and middleware."""
-    with namespace("noop") as settings, broker_for(settings) as broker:
+    """`messages` messages for the floor's actor, shaped like sync jobs, drained by the same
+    worker settings with `module` (declaring that actor) in place of the workers package."""
+    with namespace(module.rpartition(".")[2]) as settings, broker_for(settings) as broker:
         for number in range(messages):
             broker.enqueue(
                 dramatiq.Message(
@@ -148,21 +154,31 @@ def noop_drain(
                         "connection_id": "cn_bench",
                         "resource_id": str(number),
                         "event": "patient-created",
-                        "event_id": f"noop-{number}",
+                        "event_id": f"floor-{number}",
                     },
                     options={},
                 )
             )
-        return drain(
-            ctx,
-            settings,
-            broker,
-            messages,
-            processes,
-            log,
-            module="bench.noop_worker",
-            threads=threads,
+        return drain(ctx, settings, broker, messages, processes, log, module=module, env=env)
+
+
+def noop_drain(ctx: Context, messages: int, processes: int, log: Path) -> Drain:
+    """The floor: no-op messages through the product's broker and middleware."""
+    return _floor_drain(ctx, "bench.noop_worker", messages, processes, log)
+
+
+def http_only_drain(ctx: Context, messages: int, processes: int, log: Path) -> Drain:
+    """The ceiling: the same messages, each making a sync's two HTTP requests and nothing else
+    (`bench.http_only_worker`)."""
+    with bare_upstream() as upstream:
+        env = {UPSTREAM_URL: upstream.url}
+        result = _floor_drain(ctx, "bench.http_only_worker", messages, processes, log, env)
+    if (upstream.reads, upstream.creates) != (messages, messages):
+        raise BenchError(
+            f"the ceiling's {messages} messages made {upstream.reads} reads and "
+            f"{upstream.creates} creates, not one of each"
         )
+    return result
 
 
 def sync_drain(

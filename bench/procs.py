@@ -237,10 +237,12 @@ def workers(
     module: str | None = None,
     threads: int | None = None,
     name: str = "worker",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Workers]:
-    """The Procfile's `worker` line with `processes` processes, ready when the block starts."""
-    env, argv = worker_command(processes, module, threads)
-    proc = spawn(name, argv, child_env(settings, env), log)
+    """The Procfile's `worker` line with `processes` processes (and `env` added to the
+    environment), ready when the block starts."""
+    procfile_env, argv = worker_command(processes, module, threads)
+    proc = spawn(name, argv, child_env(settings, {**procfile_env, **(env or {})}), log)
     try:
 
         def ready() -> bool:
@@ -249,7 +251,7 @@ def workers(
             return proc.log_text().count(READY) >= processes
 
         wait_for(ready, 60, f"{processes} {name} process(es) to boot", poll=0.05)
-        yield Workers(proc, processes, worker_threads(argv), describe(argv, env))
+        yield Workers(proc, processes, worker_threads(argv), describe(argv, procfile_env))
     finally:
         proc.stop()
 

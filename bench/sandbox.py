@@ -16,9 +16,10 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
-from services.sandbox.physitrack import FakePhysitrack
+from services.sandbox.physitrack import CLIENT_FIELDS, FakePhysitrack
 from services.sandbox.rest_platform import FakeRestPlatform
 from services.sandbox.samples import notification
 from services.sandbox.serve import ServerThread
@@ -61,6 +62,41 @@ def running_sandbox(
             physitrack_url=f"{server.url}/api/v2",
             rest_url=server.url,
         )
+
+
+@dataclass
+class BareUpstream:
+    url: str
+    reads: int = 0
+    creates: int = 0
+
+
+@contextmanager
+def bare_upstream() -> Iterator[BareUpstream]:
+    """P2's ceiling's upstream: a Halaxy-shaped Patient read and a Physitrack-shaped client
+    create that answer as the sandbox answers a sync, with no checks and nothing kept but a
+    count of each. Served in this process, like the sandbox."""
+
+    async def read(request: Request) -> Response:
+        upstream.reads += 1
+        resource = patient_resource(request.path_params["id"])
+        return Response(orjson.dumps(resource), media_type="application/fhir+json")
+
+    async def create(request: Request) -> Response:
+        upstream.creates += 1
+        data = orjson.loads(await request.body())
+        client = {"id": upstream.creates, **{name: data.get(name) for name in CLIENT_FIELDS}}
+        return Response(orjson.dumps(client), status_code=201, media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/Patient/{id}", read, methods=["GET"]),
+            Route("/clients", create, methods=["POST"]),
+        ]
+    )
+    with ServerThread(app) as server:
+        upstream = BareUpstream(server.url)
+        yield upstream
 
 
 def timed(sandbox: Sandbox) -> TimedPhysitrack:
