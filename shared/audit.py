@@ -9,17 +9,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Annotated, cast
 
 import redis
 import structlog
+from pydantic import Field, TypeAdapter, ValidationError
 
 from shared.config import Settings
-from shared.errors import BridgeError
+from shared.errors import BridgeError, InvalidInput
 from shared.store import Keys, as_bytes, translate_redis_errors
 
 DEFAULT_RETENTION = timedelta(days=365)
 WORKER = "worker"
+
+# Who acts, as a person names themselves (`--by`, `"by"`): any name, on one line.
+Actor = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+_ACTOR = TypeAdapter(Actor)
+
+
+def checked_actor(name: str, given_as: str) -> str:
+    """`name` if it can stand as who acts in the trail; else `InvalidInput` naming `given_as`
+    (the option or field it came from), without echoing it."""
+    try:
+        return _ACTOR.validate_python(name)
+    except ValidationError:
+        raise InvalidInput(f"{given_as}: a name of 1 to 100 characters on one line") from None
+
 
 log = structlog.get_logger("halaxy_bridge.audit")
 

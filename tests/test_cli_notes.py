@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,9 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from cryptography.fernet import Fernet, MultiFernet
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from services.cli.main import cli
@@ -114,6 +118,58 @@ def test_resolve_as_posted_records_who_and_when(
     [entry] = AuditTrail(redis_server_client, Keys(settings.redis_namespace)).entries()
     assert (entry.actor, entry.action, entry.outcome) == ("alice", "note.resolved", "posted")
     assert entry.resource_ids == f"note:{note_id} DocumentReference/DR-4411"
+
+
+# Names the audit trail cannot take as who acts: empty, longer than 100 characters, or not on
+# one line (a control character, such as a newline that would forge a second log line).
+NOT_A_NAME = st.one_of(
+    st.just(""),
+    st.text(st.characters(exclude_categories=["Cs"]), min_size=101, max_size=300),
+    st.builds(
+        lambda before, control, after: before + control + after,
+        st.text(max_size=20),
+        st.sampled_from([chr(c) for c in [*range(0x20), 0x7F]]),
+        st.text(max_size=20),
+    ),
+)
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(by=NOT_A_NAME)
+def test_resolve_refuses_a_by_that_is_not_a_name_on_one_line_and_changes_nothing(
+    settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, by: str
+) -> None:
+    note_id = parked_note(outbox, f"Knee Rehab {uuid.uuid4()}")
+    result = invoke(settings, "resolve", note_id, "--drop", "--by", by, "--json")
+    assert result.exit_code == 2, result.output
+    error = orjson.loads(result.stderr)
+    assert error["error"] == "invalid"
+    assert "--by" in error["detail"]
+    assert len(by) < 3 or by not in error["detail"]  # the value is not echoed
+    record = outbox.get("cn_test", note_id)
+    assert record is not None
+    assert record.state is NoteState.PARKED
+    assert AuditTrail(redis_server_client, Keys(settings.redis_namespace)).entries() == []
+
+
+def test_without_by_the_user_is_the_login_name_or_else_the_uid(
+    settings: Settings, outbox: NoteOutbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = parked_note(outbox), parked_note(outbox, "Ankle")
+    monkeypatch.setattr("getpass.getuser", lambda: "dana")
+    result = invoke(settings, "resolve", first, "--drop", "--json")
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout)["resolved_by"] == "dana"
+
+    def no_account() -> str:
+        raise OSError("No username set in the environment")
+
+    monkeypatch.setattr("getpass.getuser", no_account)
+    result = invoke(settings, "resolve", second, "--drop", "--json")
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout)["resolved_by"] == f"uid {os.getuid()}"
 
 
 def test_resolve_retry_queues_it_again(

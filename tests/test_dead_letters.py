@@ -134,6 +134,23 @@ def test_cli_replay_queues_bulk_work_and_audits_it(
     assert entry["connection_id"] == "cn_a"
 
 
+@pytest.mark.parametrize("by", ["", "carol\nactor=admin", "x" * 101])
+def test_cli_replay_and_purge_refuse_a_by_that_is_not_a_name_on_one_line(
+    letters: DeadLetterStore,
+    settings: Settings,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    by: str,
+) -> None:
+    for verb in ("replay", "purge"):
+        result = cli_run(settings, verb, "m-1", "--by", by)
+        assert result.exit_code == 2, result.output
+        assert "--by" in result.stderr
+    assert [x.id for x in letters.list()] == ["m-1", "m-2"]
+    assert queued_messages(redis_server_client, keys, queue="bulk") == []
+    assert audit(redis_server_client, keys) == []
+
+
 def test_cli_purge_all_matching_and_refusals(
     letters: DeadLetterStore, settings: Settings, redis_server_client: redis.Redis, keys: Keys
 ) -> None:

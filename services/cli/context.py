@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import httpx
 import redis
 
 from services.cli.output import fail
-from shared.audit import AuditTrail, audit_trail
+from shared.audit import AuditTrail, audit_trail, checked_actor
 from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
 from shared.errors import (
@@ -40,8 +41,16 @@ class CliContext:
 
     @property
     def user(self) -> str:
-        """Who runs the command, for the audit trail."""
-        return getpass.getuser()
+        """Who runs the command, for the audit trail: the login name, or the uid where the
+        account has none (a container run under an arbitrary uid)."""
+        try:
+            return checked_actor(getpass.getuser(), "user name")
+        except (OSError, KeyError, InvalidInput):
+            return f"uid {os.getuid()}"
+
+    def actor(self, by: str | None) -> str:
+        """Who acts, for the audit trail: `--by` when given, else the user running the command."""
+        return self.user if by is None else checked_actor(by, "--by")
 
     def queue(self) -> JobQueue:
         """The Dramatiq queue, for commands that enqueue (imported only when needed)."""

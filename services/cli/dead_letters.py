@@ -86,8 +86,8 @@ def _act(
     as_json: bool,
 ) -> None:
     with cli_context(as_json) as ctx:
+        who = ctx.actor(by)
         letters = _selected(ctx, ids, connection_id, since, reason, all_matching)
-        who = by or ctx.user
         if verb == "replayed":
             done = ops.replay(_store(ctx), ctx.queue(), ctx.audit, letters, who)
         else:

@@ -86,7 +86,7 @@ def resolve(
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
         record = find_waiting(outbox, note_id, Waiting(state))
         settled = resolve_note(
-            outbox, ctx.queue(), record, chosen[0], by or ctx.user, ctx.audit, docref_id
+            outbox, ctx.queue(), record, chosen[0], ctx.actor(by), ctx.audit, docref_id
         )
         emit(
             as_json,

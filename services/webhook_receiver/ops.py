@@ -4,7 +4,7 @@ BRIDGE_ADMIN_TOKEN."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -14,6 +14,7 @@ from services.webhook_receiver.admin import ADMIN_API, authorize, call, json_obj
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.responses import ApiError, JSONResponse
 from shared import dead_letter_ops as ops
+from shared.audit import Actor
 from shared.connections import utcnow
 from shared.dead_letters import DeadLetter, DeadLetterStore
 from shared.note_resolution import (
@@ -28,9 +29,6 @@ from shared.notes_outbox import NoteOutbox, NoteRecord
 from shared.status import status as gather
 from shared.store import Keys
 from shared.validation import validated
-
-# Who acts, for the audit trail: any name a person gives, on one line.
-Actor = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class DeadLetterAction(BaseModel):
