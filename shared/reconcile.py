@@ -10,10 +10,20 @@ its own Halaxy rate limit (its syncs spend the same budget), and one started ove
 first page at every tick would never finish. Each call also stops after PAGES_PER_CALL
 pages, so one connection's turn in a scheduler tick stays short (the scheduler renews its
 leadership before each turn), and a walk that never ends is given up after MAX_SWEEP_PAGES.
+
+Halaxy pages a search by offset (`page=N` in its links: halaxy-api.md, "Pagination"), and in
+an order it does not document. A patient that leaves the results before the saved page
+between two calls (deleted, or moved to the end by an update if the order is by time) moves
+every later one a place up: the first patient of the saved page lands on the page already
+walked. So a resumed walk first reads the page before its saved link again and queues from it
+the patients that page did not hold the first time; that read is not one of the call's
+PAGES_PER_CALL. If nothing but that read got through (the rate limit), the next call goes on
+from the saved link without it, so a walk moves on even one request per call.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -59,6 +69,8 @@ class SweepProgress:
     next_url: str
     patients_queued: int
     pages: int = 0
+    last_page_ids: tuple[str, ...] = ()  # the patients of the page before `next_url`
+    read_again: bool = False  # the last call read only that page again
 
 
 class SweepLog:
@@ -92,7 +104,13 @@ class SweepLog:
             return None
         try:
             fields = orjson.loads(as_bytes(raw))
-            return SweepProgress(**{**fields, "kind": SweepKind(fields["kind"])})
+            return SweepProgress(
+                **{
+                    **fields,
+                    "kind": SweepKind(fields["kind"]),
+                    "last_page_ids": tuple(str(i) for i in fields.get("last_page_ids", ())),
+                }
+            )
         except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
             log.warning("reconcile.progress_unreadable", connection_id=connection_id)
             return None
@@ -123,9 +141,15 @@ def sweep(
     or go on with `resumed`, the sweep `sweeps` holds as under way. Returns the finished
     sweep, or None when it stopped after PAGES_PER_CALL pages (saved in `sweeps`: the next
     call goes on). An error leaves the progress of the pages done saved too."""
+    start_url: str | None = None
+    seen_before: frozenset[str] | None = None  # set when the first page is one read again
     if resumed is not None:
         kind, started, queued = resumed.kind, resumed.started_at, resumed.patients_queued
-        walked = resumed.pages
+        walked, start_url = resumed.pages, resumed.next_url
+        before = page_before(resumed.next_url)
+        # A walk saved by a version that kept no ids goes on from its link, as it did.
+        if before is not None and resumed.last_page_ids and not resumed.read_again:
+            start_url, seen_before = before, frozenset(resumed.last_page_ids)
     else:
         kind = SweepKind.BACKFILL if last is None else SweepKind.RECONCILE
         started, queued, walked = now.isoformat(timespec="seconds"), 0, 0
@@ -133,28 +157,46 @@ def sweep(
     if last is not None and resumed is None:
         since = datetime.fromisoformat(last.started_at) - OVERLAP
         params["_lastUpdated"] = "gt" + since.isoformat(timespec="seconds").replace("+00:00", "Z")
-    start_url = resumed.next_url if resumed is not None else None
+    new_pages = 0
     for number, (patients, next_url) in enumerate(
         halaxy.pages("Patient", params, start_url), start=1
     ):
+        queued_before = seen_before if number == 1 and seen_before is not None else frozenset()
+        ids = [str(patient["id"]) for patient in patients if patient.get("id")]
         jobs = [
-            _bulk_sync(connection_id, str(patient["id"]), kind, started)
-            for patient in patients
-            if patient.get("id")
+            _bulk_sync(connection_id, patient_id, kind, started)
+            for patient_id in ids
+            if patient_id not in queued_before
         ]
         if jobs:
             queue.enqueue(jobs)
             queued += len(jobs)
         if next_url is None:
             break
-        walked += 1
+        read_again = number == 1 and seen_before is not None
+        if not read_again:
+            walked, new_pages = walked + 1, new_pages + 1
         if walked >= MAX_SWEEP_PAGES:
             raise Permanent(f"the patient search ran past {MAX_SWEEP_PAGES} pages without an end")
-        sweeps.save_progress(connection_id, SweepProgress(kind, started, next_url, queued, walked))
-        if number >= PAGES_PER_CALL:
+        sweeps.save_progress(
+            connection_id,
+            SweepProgress(kind, started, next_url, queued, walked, tuple(ids), read_again),
+        )
+        if new_pages >= PAGES_PER_CALL:
             return None
     finished = datetime.now(now.tzinfo).isoformat(timespec="seconds")
     return Sweep(connection_id, kind, started, finished, queued)
+
+
+_PAGE_NUMBER = re.compile(r"(?<=[?&])page=(\d+)(?=&|$)")
+
+
+def page_before(url: str) -> str | None:
+    """`url` with its `page=N` made `page=N-1`; None when it has no page number past 1."""
+    found = _PAGE_NUMBER.search(url)
+    if found is None or int(found.group(1)) < 2:
+        return None
+    return url[: found.start(1)] + str(int(found.group(1)) - 1) + url[found.end(1) :]
 
 
 def _bulk_sync(connection_id: str, patient_id: str, kind: SweepKind, started: str) -> Job:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
@@ -73,6 +76,12 @@ def add_patients(fake: FakeHalaxy, count: int, first: int = 5000) -> None:
         fake.patients[str(number)] = patient_resource(str(number))
 
 
+def pages_read(fake: FakeHalaxy) -> list[str]:
+    """The page number of each patient search the fake Halaxy answered or refused, in order."""
+    searches = [r for r in fake.requests if r.path == "/main/Patient"]
+    return [parse_qs(r.query).get("page", ["1"])[0] for r in searches]
+
+
 def bulk_ids(client: redis.Redis, keys: Keys) -> list[str]:
     """The patient ids of the bulk syncs queued."""
     return [m["kwargs"]["resource_id"] for m in queued_messages(client, keys, queue="bulk")]
@@ -134,8 +143,13 @@ def test_a_sweep_stopped_by_the_rate_limit_resumes_at_the_page_it_stopped_on(
         250,
     )
     assert sorted(bulk_ids(redis_server_client, keys)) == sorted(fake_halaxy.patients)  # once
-    searches = [r for r in fake_halaxy.requests if r.path == "/main/Patient"]
-    assert len(searches) == 4  # pages 1 and 2, page 3 refused, page 3
+    assert pages_read(fake_halaxy) == [
+        "1",
+        "2",
+        "3",
+        "2",
+        "3",
+    ]  # page 3 refused; then page 2 again, page 3
     sweeps.record(done)
     assert sweeps.progress("cn_x") is None  # the next sweep starts a walk of its own
 
@@ -155,6 +169,81 @@ def test_a_long_sweep_goes_on_over_several_calls(
     assert calls[2] is not None
     assert calls[2].patients_queued == 250
     assert sorted(bulk_ids(redis_server_client, keys)) == sorted(fake_halaxy.patients)
+
+
+@pytest.mark.parametrize("gone", ["5000", "5099"])
+def test_a_patient_gone_between_two_calls_does_not_make_the_walk_skip_the_next(
+    walk: Walk,
+    fake_halaxy: FakeHalaxy,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    gone: str,
+) -> None:
+    """Halaxy pages by offset: with a patient of page 1 gone, the first patient of page 2
+    moves up to page 1, which the walk has read already."""
+    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
+    add_patients(fake_halaxy, 250)
+    assert walk(None, T0) is None  # page 1 walked
+    del fake_halaxy.patients[gone]
+    while walk(None, T0) is None:
+        pass
+    queued = bulk_ids(redis_server_client, keys)
+    assert set(fake_halaxy.patients) <= set(queued)  # "5100" included
+    assert len(queued) == len(set(queued))  # the page read again queued only what was new
+
+
+def test_a_call_that_could_only_read_the_page_before_again_is_followed_by_one_that_goes_on(
+    walk: Walk,
+    sweeps: SweepLog,
+    fake_halaxy: FakeHalaxy,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the budget for one request a call, a walk that always began with the page
+    before would never get past it."""
+    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
+    add_patients(fake_halaxy, 250)
+    assert walk(None, T0) is None
+    # One request more in this minute (the fake counts reads, not token requests).
+    fake_halaxy.rate_limit = len([r for r in fake_halaxy.requests if "oauth" not in r.path]) + 1
+    with pytest.raises(RateLimited):
+        walk(None, T0)  # page 1 again, then page 2 refused
+    progress = sweeps.progress("cn_x")
+    assert progress is not None
+    assert (progress.read_again, progress.pages) == (True, 1)
+    fake_halaxy.rate_limit = 1000
+    searched = len(pages_read(fake_halaxy))
+    assert walk(None, T0) is None
+    assert pages_read(fake_halaxy)[searched] == "2"  # on from the saved link, not page 1 again
+    assert walk(None, T0) is not None
+    assert sorted(set(bulk_ids(redis_server_client, keys))) == sorted(fake_halaxy.patients)
+
+
+@given(
+    before=st.lists(st.sampled_from(["_count=100", "_lastUpdated=gt2026-11-21T09%3A00%3A00Z"])),
+    number=st.integers(min_value=0, max_value=10**6),
+    after=st.lists(st.sampled_from(["_count=50", "pages=3", "subpage=9"])),
+)
+def test_page_before_changes_the_page_number_alone(
+    before: list[str], number: int, after: list[str]
+) -> None:
+    url = "https://au-api.halaxy.com/main/Patient?" + "&".join([*before, f"page={number}", *after])
+    found = reconcile.page_before(url)
+    if number < 2:
+        assert found is None
+    else:
+        assert found == url.replace(f"page={number}", f"page={number - 1}", 1)
+
+
+def test_page_before() -> None:
+    base = "https://au-api.halaxy.com/main/Patient"
+    assert reconcile.page_before(f"{base}?_count=100&page=12") == f"{base}?_count=100&page=11"
+    assert reconcile.page_before(f"{base}?page=2&_count=100") == f"{base}?page=1&_count=100"
+    assert reconcile.page_before(f"{base}?_count=100&page=1") is None
+    assert reconcile.page_before(f"{base}?_count=100&subpage=3") is None
+    assert reconcile.page_before(f"{base}?_count=100") is None
 
 
 def test_a_walk_that_does_not_end_is_given_up_and_started_over(
@@ -239,8 +328,13 @@ def test_the_scheduler_finishes_a_sweep_over_several_ticks(
     last = sweeps.last(conn.id)
     assert last is not None
     assert (last.kind, last.patients_queued) == (SweepKind.BACKFILL, 250)
-    searches = [r for r in sandbox.halaxy.requests if r.path == "/main/Patient"]
-    assert len(searches) == 3
+    assert pages_read(sandbox.halaxy) == [
+        "1",
+        "1",
+        "2",
+        "2",
+        "3",
+    ]  # a tick's walk starts with the page before
 
 
 def test_a_sweep_under_way_is_resumed_before_the_next_one_is_due(
