@@ -291,9 +291,10 @@ class NoteOutbox:
                 return record if record is not None and record.state is state else None
         return None
 
-    def failed_per_connection(self) -> Counter[str]:
-        """How many failed notes each connection has, from the index alone (no record read)."""
-        return Counter(m.partition("/")[0] for m in self._waiting_members(NoteState.FAILED))
+    def per_connection(self, state: NoteState) -> Counter[str]:
+        """How many parked or failed (`state`) notes each connection has, from the index alone
+        (no record read)."""
+        return Counter(m.partition("/")[0] for m in self._waiting_members(state))
 
     def _waiting(self, state: NoteState) -> list[tuple[str, NoteRecord]]:
         found = []

@@ -14,7 +14,7 @@ import redis
 from shared.connection_store import ConnectionStore
 from shared.dead_letters import DeadLetterStore
 from shared.jobs import QueueName
-from shared.notes_outbox import NoteOutbox
+from shared.notes_outbox import NoteOutbox, NoteState
 from shared.reconcile import SweepLog
 from shared.redis_health import check_redis
 from shared.store import Keys, as_bytes, translate_redis_errors
@@ -75,8 +75,8 @@ def status(
     activity = read_activity(client, keys, now, recent)
     sweeps = SweepLog(client, keys)
     letters = DeadLetterStore(client, keys).list()
-    parked = outbox.parked()
-    failed = outbox.failed_per_connection()
+    parked = outbox.per_connection(NoteState.PARKED)
+    failed = outbox.per_connection(NoteState.FAILED)
     rows = []
     for connection in connections.list():
         last = sweeps.last(connection.id)
@@ -93,7 +93,7 @@ def status(
                 "last_sweep": None if last is None else last.started_at,
                 "last_sweep_kind": None if last is None else last.kind.value,
                 "dead_letters": sum(1 for x in letters if x.connection_id == connection.id),
-                "parked_notes": sum(1 for n in parked if n.connection_id == connection.id),
+                "parked_notes": parked[connection.id],
                 "failed_notes": failed[connection.id],
             }
         )
@@ -102,7 +102,7 @@ def status(
         "queues": queue_status(client, keys, activity, now),
         "connections": rows,
         "dead_letters": len(letters),
-        "parked_notes": len(parked),
+        "parked_notes": sum(parked.values()),
         "failed_notes": sum(failed.values()),
         "redis_warnings": check_redis(client),
     }

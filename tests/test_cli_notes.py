@@ -26,6 +26,7 @@ from services.workers.runtime import WorkerRuntime
 from shared.audit import AuditTrail
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
+from shared.connections import Connection
 from shared.jobs import Job
 from shared.note_resolution import (
     NoteStateConflict,
@@ -328,7 +329,7 @@ def test_failed_notes_leave_the_list_when_their_records_expire(
     )
     redis_server_client.delete(keys.note("cn_test", old))  # what the record's TTL did
     recorded_note(outbox, "Queued", an_hour_ago())  # not failed: not listed
-    assert outbox.failed_per_connection() == {"cn_test": 1}
+    assert outbox.per_connection(NoteState.FAILED) == {"cn_test": 1}
     assert [r.note_id for r in outbox.failed()] == [recent]
     outbox.forget_expired()  # the scheduler's pass removes the old entry
     assert redis_server_client.zscore(keys.failed_notes(), f"cn_test/{old}") is None
@@ -429,14 +430,26 @@ def test_the_ops_api_lists_and_settles_notes_as_the_cli_does(
 
 
 def test_status_and_the_ops_page_count_the_notes_waiting_for_a_person(
-    outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys, store: ConnectionStore
+    outbox: NoteOutbox,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    store: ConnectionStore,
+    connection: Connection,
 ) -> None:
     parked_note(outbox)
     failed_note(outbox, name="Shoulder")
     failed_note(outbox, name="Hip")
+    # And the connection's own: two parked, one failed.
+    for name in ("Knee", "Ankle", "Wrist"):
+        note_id = helpers.recorded_note(outbox, connection.id, name, an_hour_ago())
+        outbox.move(connection.id, note_id, {NoteState.QUEUED}, NoteState.POSTING)
+        outcome = NoteState.FAILED if name == "Wrist" else NoteState.PARKED
+        outbox.move(connection.id, note_id, {NoteState.POSTING}, outcome, reason="test")
     found = status(redis_server_client, keys, store, outbox)
-    assert (found["parked_notes"], found["failed_notes"]) == (1, 2)
-    assert "Failed notes: 2</p>" in render(found)
+    assert (found["parked_notes"], found["failed_notes"]) == (3, 3)
+    [row] = [r for r in found["connections"] if r["id"] == connection.id]
+    assert (row["parked_notes"], row["failed_notes"]) == (2, 1)
+    assert "Failed notes: 3</p>" in render(found)
 
 
 def test_a_waiting_notes_link_is_erased_once_it_expires(
