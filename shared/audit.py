@@ -22,8 +22,13 @@ from shared.store import Keys, as_bytes, translate_redis_errors
 DEFAULT_RETENTION = timedelta(days=365)
 WORKER = "worker"
 
-# Who acts, as a person names themselves (`--by`, `"by"`): any name, on one line.
-Actor = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# Who acts, as a person names themselves (`--by`, `"by"`): any name, on one line. Control
+# characters (C0, DEL, C1) and the Unicode line and paragraph separators are refused: each
+# can start a new line in a log viewer or an export.
+Actor = Annotated[
+    str,
+    Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"),
+]
 _ACTOR = TypeAdapter(Actor)
 
 

@@ -18,21 +18,26 @@ every later one a place up: the first patient of the saved page lands on the pag
 walked. So a resumed walk first reads the page before its saved link again and queues from it
 the patients that page did not hold the first time; that read is not one of the call's
 PAGES_PER_CALL. If nothing but that read got through (the rate limit), the next call goes on
-from the saved link without it, so a walk moves on even one request per call.
+from the saved link without it, so a walk moves on even one request per call; if Halaxy
+refuses that read (a page number it did not give out itself), the call goes on from the
+saved link at once. A patient that leaves the results between two reads of the same call can
+still make the walk skip one: those are a request apart, the calls minutes apart.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import orjson
 import redis
 import structlog
 
-from shared.errors import Permanent
+from shared.errors import BridgeError, Permanent, RateLimited
 from shared.halaxy.client import HalaxyClient
 from shared.jobs import ActorName, Job, JobQueue, QueueName
 from shared.store import Keys, as_bytes, translate_redis_errors
@@ -42,7 +47,9 @@ log = structlog.get_logger("halaxy_bridge.reconcile")
 SWEEP_EVERY = timedelta(minutes=5)
 OVERLAP = timedelta(minutes=2)  # clocks and Halaxy's indexing are not exact
 PAGE_SIZE = "100"
-PAGES_PER_CALL = 10  # 1,000 patients: seconds, against the scheduler's 30 s leadership
+# New pages a call walks (1,000 patients; 11 requests with the page read again): seconds,
+# against the scheduler's 30 s leadership.
+PAGES_PER_CALL = 10
 MAX_SWEEP_PAGES = 10_000  # a million patients; past this Halaxy's next links do not end
 
 
@@ -69,8 +76,9 @@ class SweepProgress:
     next_url: str
     patients_queued: int
     pages: int = 0
-    last_page_ids: tuple[str, ...] = ()  # the patients of the page before `next_url`
-    read_again: bool = False  # the last call read only that page again
+    # The patients of the page before `next_url`; None in a walk saved by the version before.
+    last_page_ids: tuple[str, ...] | None = None
+    read_again: bool = False  # the last call got no further than reading that page again
 
 
 class SweepLog:
@@ -108,7 +116,9 @@ class SweepLog:
                 **{
                     **fields,
                     "kind": SweepKind(fields["kind"]),
-                    "last_page_ids": tuple(str(i) for i in fields.get("last_page_ids", ())),
+                    "last_page_ids": None
+                    if fields.get("last_page_ids") is None
+                    else tuple(str(i) for i in fields["last_page_ids"]),
                 }
             )
         except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
@@ -139,53 +149,109 @@ def sweep(
 ) -> Sweep | None:
     """Queue a bulk sync for every patient changed since `last` (all of them without one),
     or go on with `resumed`, the sweep `sweeps` holds as under way. Returns the finished
-    sweep, or None when it stopped after PAGES_PER_CALL pages (saved in `sweeps`: the next
-    call goes on). An error leaves the progress of the pages done saved too."""
-    start_url: str | None = None
-    seen_before: frozenset[str] | None = None  # set when the first page is one read again
-    if resumed is not None:
-        kind, started, queued = resumed.kind, resumed.started_at, resumed.patients_queued
-        walked, start_url = resumed.pages, resumed.next_url
-        before = page_before(resumed.next_url)
-        # A walk saved by a version that kept no ids goes on from its link, as it did.
-        if before is not None and resumed.last_page_ids and not resumed.read_again:
-            start_url, seen_before = before, frozenset(resumed.last_page_ids)
-    else:
+    sweep, or None when it stopped after PAGES_PER_CALL new pages (saved in `sweeps`: the
+    next call goes on). An error leaves the progress of the pages done saved too."""
+    if resumed is None:
         kind = SweepKind.BACKFILL if last is None else SweepKind.RECONCILE
-        started, queued, walked = now.isoformat(timespec="seconds"), 0, 0
-    params = {"_count": PAGE_SIZE}
-    if last is not None and resumed is None:
-        since = datetime.fromisoformat(last.started_at) - OVERLAP
-        params["_lastUpdated"] = "gt" + since.isoformat(timespec="seconds").replace("+00:00", "Z")
-    new_pages = 0
-    for number, (patients, next_url) in enumerate(
-        halaxy.pages("Patient", params, start_url), start=1
-    ):
-        queued_before = seen_before if number == 1 and seen_before is not None else frozenset()
-        ids = [str(patient["id"]) for patient in patients if patient.get("id")]
+        walk = _Walk(halaxy, queue, sweeps, connection_id, kind, now.isoformat(timespec="seconds"))
+        params = {"_count": PAGE_SIZE}
+        if last is not None:
+            since = datetime.fromisoformat(last.started_at) - OVERLAP
+            stamp = since.isoformat(timespec="seconds").replace("+00:00", "Z")
+            params["_lastUpdated"] = "gt" + stamp
+        done = walk.pages(halaxy.pages("Patient", params))
+    else:
+        walk = _Walk(halaxy, queue, sweeps, connection_id, resumed.kind, resumed.started_at)
+        walk.queued, walk.walked = resumed.patients_queued, resumed.pages
+        done = walk.resume(resumed)
+    if not done:
+        return None
+    finished = datetime.now(now.tzinfo).isoformat(timespec="seconds")
+    return Sweep(connection_id, walk.kind, walk.started, finished, walk.queued)
+
+
+class _Walk:
+    """One call's part of a sweep: queues each page's patients and saves where it is."""
+
+    def __init__(
+        self,
+        halaxy: HalaxyClient,
+        queue: JobQueue,
+        sweeps: SweepLog,
+        connection_id: str,
+        kind: SweepKind,
+        started: str,
+    ) -> None:
+        self.halaxy, self.queue, self.sweeps = halaxy, queue, sweeps
+        self.connection_id, self.kind, self.started = connection_id, kind, started
+        self.queued = self.walked = 0
+
+    def resume(self, resumed: SweepProgress) -> bool:
+        """Go on from the saved link, reading the page before it again first when it can."""
+        before = page_before(resumed.next_url)
+        if before is None or resumed.last_page_ids is None:
+            log.info("reconcile.resumed_without_reading_again", connection_id=self.connection_id)
+        elif not resumed.read_again:
+            again = self.halaxy.pages("Patient", {}, before)
+            try:
+                patients, next_url = next(again)
+            except RateLimited:
+                raise
+            except BridgeError as exc:
+                log.warning(
+                    "reconcile.read_again_refused",
+                    connection_id=self.connection_id,
+                    error=type(exc).__name__,
+                )
+            else:
+                self._queue(patients, skip=frozenset(resumed.last_page_ids))
+                if next_url is None:  # the patients before it left: the page was the last
+                    return True
+                self._save(next_url, patients, read_again=True)
+                return self.pages(again)
+        return self.pages(self.halaxy.pages("Patient", {}, resumed.next_url))
+
+    def pages(self, pages: Iterator[tuple[list[dict[str, Any]], str | None]]) -> bool:
+        """Walk `pages` up to PAGES_PER_CALL of them; True when the search has no more."""
+        for number, (patients, next_url) in enumerate(pages, start=1):
+            self._queue(patients)
+            if next_url is None:
+                return True
+            self.walked += 1
+            if self.walked >= MAX_SWEEP_PAGES:
+                raise Permanent(
+                    f"the patient search ran past {MAX_SWEEP_PAGES} pages without an end"
+                )
+            self._save(next_url, patients, read_again=False)
+            if number >= PAGES_PER_CALL:
+                return False
+        return True
+
+    def _queue(self, patients: list[dict[str, Any]], skip: frozenset[str] = frozenset()) -> None:
         jobs = [
-            _bulk_sync(connection_id, patient_id, kind, started)
-            for patient_id in ids
-            if patient_id not in queued_before
+            _bulk_sync(self.connection_id, patient_id, self.kind, self.started)
+            for patient_id in _ids(patients)
+            if patient_id not in skip
         ]
         if jobs:
-            queue.enqueue(jobs)
-            queued += len(jobs)
-        if next_url is None:
-            break
-        read_again = number == 1 and seen_before is not None
-        if not read_again:
-            walked, new_pages = walked + 1, new_pages + 1
-        if walked >= MAX_SWEEP_PAGES:
-            raise Permanent(f"the patient search ran past {MAX_SWEEP_PAGES} pages without an end")
-        sweeps.save_progress(
-            connection_id,
-            SweepProgress(kind, started, next_url, queued, walked, tuple(ids), read_again),
+            self.queue.enqueue(jobs)
+            self.queued += len(jobs)
+
+    def _save(self, next_url: str, patients: list[dict[str, Any]], read_again: bool) -> None:
+        progress = SweepProgress(
+            kind=self.kind,
+            started_at=self.started,
+            next_url=next_url,
+            patients_queued=self.queued,
+            pages=self.walked,
+            last_page_ids=tuple(_ids(patients)),
+            read_again=read_again,
         )
-        if new_pages >= PAGES_PER_CALL:
-            return None
-    finished = datetime.now(now.tzinfo).isoformat(timespec="seconds")
-    return Sweep(connection_id, kind, started, finished, queued)
+        self.sweeps.save_progress(self.connection_id, progress)
+
+
+def _ids(patients: list[dict[str, Any]]) -> list[str]:
+    return [str(patient["id"]) for patient in patients if patient.get("id")]
 
 
 _PAGE_NUMBER = re.compile(r"(?<=[?&])page=(\d+)(?=&|$)")

@@ -122,14 +122,15 @@ def test_resolve_as_posted_records_who_and_when(
 
 
 # Names the audit trail cannot take as who acts: empty, longer than 100 characters, or not on
-# one line (a control character, such as a newline that would forge a second log line).
+# one line (a control character, such as a newline that would forge a second log line, or a
+# Unicode line separator).
 NOT_A_NAME = st.one_of(
     st.just(""),
     st.text(st.characters(exclude_categories=["Cs"]), min_size=101, max_size=300),
     st.builds(
         lambda before, control, after: before + control + after,
         st.text(max_size=20),
-        st.sampled_from([chr(c) for c in [*range(0x20), 0x7F]]),
+        st.sampled_from([chr(c) for c in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]]),
         st.text(max_size=20),
     ),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from services.sandbox.halaxy import FakeHalaxy, patient_resource
+from services.sandbox.halaxy import FakeHalaxy, operation_outcome, patient_resource
 from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
 from services.workers.messaging import DramatiqJobQueue, build_broker
@@ -191,6 +192,68 @@ def test_a_patient_gone_between_two_calls_does_not_make_the_walk_skip_the_next(
     queued = bulk_ids(redis_server_client, keys)
     assert set(fake_halaxy.patients) <= set(queued)  # "5100" included
     assert len(queued) == len(set(queued))  # the page read again queued only what was new
+
+
+def test_when_those_leaving_empty_the_saved_page_the_page_read_again_ends_the_walk(
+    walk: Walk,
+    fake_halaxy: FakeHalaxy,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
+    add_patients(fake_halaxy, 250)
+    assert walk(None, T0) is None
+    for number in range(5000, 5160):
+        del fake_halaxy.patients[str(number)]  # 90 left: one page
+    done = walk(None, T0)
+    assert done is not None
+    assert pages_read(fake_halaxy) == ["1", "1"]
+    assert set(fake_halaxy.patients) <= set(bulk_ids(redis_server_client, keys))
+    assert done.patients_queued == 100 + 90  # page 1, then the 90 that moved up onto it
+
+
+def test_a_page_read_again_that_halaxy_refuses_is_skipped_not_the_walk_given_up(
+    walk: Walk,
+    sweeps: SweepLog,
+    fake_halaxy: FakeHalaxy,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The page number is ours, not a link Halaxy gave: if Halaxy will not serve it, the
+    walk goes on from its saved link, as it did before it read pages again."""
+    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
+    add_patients(fake_halaxy, 250)
+    assert walk(None, T0) is None
+    serve = fake_halaxy._patient_page
+
+    def refuse_page_one_again(request: Any, base: str) -> Any:
+        if request.query_params.get("page") == "1":
+            return operation_outcome(400, "invalid", "page is not valid")
+        return serve(request, base)
+
+    monkeypatch.setattr(fake_halaxy, "_patient_page", refuse_page_one_again)
+    assert walk(None, T0) is None
+    assert pages_read(fake_halaxy) == ["1", "1", "2"]
+    progress = sweeps.progress("cn_x")
+    assert progress is not None
+    assert progress.pages == 2
+    assert walk(None, T0) is not None
+    assert sorted(set(bulk_ids(redis_server_client, keys))) == sorted(fake_halaxy.patients)
+
+
+def test_a_walk_saved_after_a_page_without_patients_still_reads_it_again(
+    walk: Walk, sweeps: SweepLog, fake_halaxy: FakeHalaxy, connection: Connection
+) -> None:
+    """An empty list of ids is a page that held none, not a walk of the version before."""
+    add_patients(fake_halaxy, 250)
+    next_url = f"{connection.halaxy_base_url}/Patient?_count=100&page=3"
+    sweeps.save_progress(
+        "cn_x", SweepProgress(SweepKind.BACKFILL, T0.isoformat(), next_url, 0, 2, ())
+    )
+    assert walk(None, T0) is not None
+    assert pages_read(fake_halaxy) == ["2", "3"]
 
 
 def test_a_call_that_could_only_read_the_page_before_again_is_followed_by_one_that_goes_on(
