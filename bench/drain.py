@@ -140,9 +140,11 @@ def _floor_drain(
     processes: int,
     log: Path,
     env: dict[str, str] | None = None,
+    threads: int | None = None,
 ) -> Drain:
     """`messages` messages for the floor's actor, shaped like sync jobs, drained by the same
-    worker settings with `module` (declaring that actor) in place of the workers package."""
+    worker settings (or `threads`) with `module`, declaring that actor, in place of the
+    workers package."""
     with namespace(module.rpartition(".")[2]) as settings, broker_for(settings) as broker:
         for number in range(messages):
             broker.enqueue(
@@ -159,12 +161,16 @@ def _floor_drain(
                     options={},
                 )
             )
-        return drain(ctx, settings, broker, messages, processes, log, module=module, env=env)
+        return drain(
+            ctx, settings, broker, messages, processes, log, module=module, env=env, threads=threads
+        )
 
 
-def noop_drain(ctx: Context, messages: int, processes: int, log: Path) -> Drain:
+def noop_drain(
+    ctx: Context, messages: int, processes: int, log: Path, threads: int | None = None
+) -> Drain:
     """The floor: no-op messages through the product's broker and middleware."""
-    return _floor_drain(ctx, "bench.noop_worker", messages, processes, log)
+    return _floor_drain(ctx, "bench.noop_worker", messages, processes, log, threads=threads)
 
 
 def http_only_drain(ctx: Context, messages: int, processes: int, log: Path) -> Drain:

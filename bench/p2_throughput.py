@@ -9,10 +9,10 @@ by this process). Every patient is checked to be in the platform. Floor: the sam
 processes and threads draining no-op messages of the same shape through the product's broker
 and middleware (`dramatiq bench.noop_worker`), timed the same way.
 
-Two more drains explain the figure, in the rows' notes: the ceiling, the same messages each
-making a sync's two HTTP requests and nothing else (`dramatiq bench.http_only_worker`), which
-no patient sync on this worker can beat; and, with one process, the syncs again on one thread,
-where no other thread contends for the interpreter, for a sync's own CPU.
+More drains explain the figure, in the rows' notes: the ceiling, the same messages each making
+a sync's two HTTP requests and nothing else (`dramatiq bench.http_only_worker`), which no
+patient sync on this worker can beat; and, with one process, syncs and no-ops again on one
+thread, where no other thread contends for the interpreter, for their own CPU.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _notes(kind: str, drain: Drain) -> str:
     return (
         f"{kind}: {drain.messages:,} in {drain.seconds:.2f} s, worker processes used "
         f"{drain.worker_cores:.2f} cores ({_cpu_ms(drain):.2f} ms of CPU each), the bench "
-        f"process (serving the upstream) {drain.own_cores:.2f}"
+        f"process {drain.own_cores:.2f}"
     )
 
 
@@ -56,6 +56,25 @@ def _syncs(
             threads=threads,
             profile_as=profile_as,
         )
+
+
+def _one_thread(ctx: Context) -> str:
+    """A sync's CPU against a no-op's, both on one thread of one process: what is left of
+    each when no other thread contends for the interpreter."""
+    size = ctx.size
+    noop = noop_drain(ctx, size.p2_noop // 4, 1, ctx.path("p2-noop-1-thread.log"), threads=1)
+    sync = _syncs(ctx, size.p2_syncs // 2, 1, "p2-worker-1-thread.log", threads=1)
+    ctx.say(f"  one thread: {_cpu_ms(sync):.2f} ms of CPU a sync, {_cpu_ms(noop):.2f} a no-op")
+    note = (
+        f"one thread, nothing to contend with: a sync used {_cpu_ms(sync):.2f} ms of CPU, "
+        f"a no-op message {_cpu_ms(noop):.2f} ms"
+    )
+    if _cpu_ms(noop) > 0:  # CPU is counted in clock ticks: a tiny drain may show none
+        note += (
+            f", {_cpu_ms(sync) / _cpu_ms(noop):.1f} times as much (the ratio target allows "
+            f"{1 / RATIO_TARGET:.0f} times)"
+        )
+    return note
 
 
 def run(ctx: Context) -> list[Row]:
@@ -85,17 +104,7 @@ def run(ctx: Context) -> list[Row]:
             f"{ceiling.rate / floor.rate:.2f} of the floor; " + _notes("requests", ceiling),
         ]
         if processes == 1:
-            alone = _syncs(ctx, size.p2_syncs // 2, 1, "p2-worker-1-thread.log", threads=1)
-            ctx.say(f"  figure, 1 process of 1 thread: {_cpu_ms(alone):.2f} ms of CPU a sync")
-            note = (
-                f"one thread, nothing to contend with: a sync used {_cpu_ms(alone):.2f} ms of CPU"
-            )
-            if _cpu_ms(floor) > 0:  # CPU is counted in clock ticks: a tiny floor may show none
-                note += (
-                    f", {_cpu_ms(alone) / _cpu_ms(floor):.1f} times a no-op message's in the "
-                    f"floor's drain (the ratio target allows {1 / RATIO_TARGET:.0f} times)"
-                )
-            notes.append(note)
+            notes.append(_one_thread(ctx))
         rows.append(
             Row(
                 id=ID,
