@@ -276,11 +276,31 @@ class NoteOutbox:
         return [(connection_id, note_id) for connection_id, _, note_id in pairs]
 
     def parked(self) -> list[NoteRecord]:
-        return [r for _, r in self._waiting(NoteState.PARKED)]
+        return self.page(NoteState.PARKED).notes
 
     def failed(self) -> list[NoteRecord]:
         """The failed notes whose records are kept (DONE_TTL), oldest first."""
-        return [r for _, r in self._waiting(NoteState.FAILED)]
+        return self.page(NoteState.FAILED).notes
+
+    def page(self, state: NoteState, offset: int = 0, limit: int | None = None) -> NotesPage:
+        """The parked or failed (`state`) notes, oldest first: `limit` of them (all without
+        one) from the `offset`-th on, and how many there are in all. Only those are read."""
+        index, since = self._index(state)
+        with translate_redis_errors():
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zcount(index, since, "+inf")
+            if limit is None:
+                pipe.zrangebyscore(index, since, "+inf", start=offset, num=-1)
+            else:
+                pipe.zrangebyscore(index, since, "+inf", start=offset, num=limit)
+            total, members = pipe.execute()
+        found = []
+        for member in members:
+            connection_id, _, note_id = as_bytes(member).decode().partition("/")
+            record = self.get(connection_id, note_id)
+            if record is not None and record.state is state:
+                found.append(record)
+        return NotesPage(notes=found, total=int(total), offset=offset, limit=limit)
 
     def waiting(self, state: NoteState, note_id: str) -> NoteRecord | None:
         """The parked or failed (`state`) note with this id, its record read alone."""
@@ -296,25 +316,43 @@ class NoteOutbox:
         (no record read)."""
         return Counter(m.partition("/")[0] for m in self._waiting_members(state))
 
-    def _waiting(self, state: NoteState) -> list[tuple[str, NoteRecord]]:
-        found = []
-        for member in self._waiting_members(state):
-            connection_id, _, note_id = member.partition("/")
-            record = self.get(connection_id, note_id)
-            if record is not None and record.state is state:
-                found.append((member, record))
-        return found
-
     def _waiting_members(self, state: NoteState) -> list[str]:
-        # A failed record expires DONE_TTL after it failed: its index entry is left out from
-        # then on, and removed by `forget_expired`.
-        index = (
-            self._keys.parked_notes() if state is NoteState.PARKED else self._keys.failed_notes()
-        )
-        since = "-inf" if state is NoteState.PARKED else time.time() - DONE_TTL.total_seconds()
+        index, since = self._index(state)
         with translate_redis_errors():
             members: list[Any] = self._redis.zrangebyscore(index, since, "+inf")
         return [as_bytes(m).decode() for m in members]
+
+    def _index(self, state: NoteState) -> tuple[str, float | str]:
+        """The index of parked or failed notes, and the lowest score still listed: a failed
+        record expires DONE_TTL after it failed, its index entry is left out from then on and
+        removed by `forget_expired`."""
+        if state is NoteState.PARKED:
+            return self._keys.parked_notes(), "-inf"
+        return self._keys.failed_notes(), time.time() - DONE_TTL.total_seconds()
+
+
+# How many notes a listing (`notes parked|failed`, `/ops/notes/*`) shows unless asked, and
+# at most.
+PAGE_DEFAULT = 100
+PAGE_MAX = 1000
+OFFSET_MAX = 1_000_000_000  # Redis takes offsets up to 2**63: refuse the absurd ones first
+
+
+@dataclass(frozen=True)
+class NotesPage:
+    notes: list[NoteRecord]
+    total: int  # in the index, all pages
+    offset: int
+    limit: int | None
+
+    def shown(self) -> dict[str, Any]:
+        """What a listing answers: the notes as `NoteRecord.shown`, and where they stand."""
+        return {
+            "notes": [record.shown() for record in self.notes],
+            "total": self.total,
+            "offset": self.offset,
+            "limit": self.limit,
+        }
 
 
 def _record(raw: dict[str, str]) -> NoteRecord:

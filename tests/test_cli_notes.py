@@ -430,6 +430,91 @@ def test_the_ops_api_lists_and_settles_notes_as_the_cli_does(
     ]
 
 
+def five_parked(settings: Settings, outbox: NoteOutbox) -> list[str]:
+    """Five parked notes, in the order a full listing gives them (oldest first, to the
+    second, then by id)."""
+    ids = {parked_note(outbox, f"Program {number}") for number in range(5)}
+    listed = [
+        n["note_id"] for n in orjson.loads(invoke(settings, "parked", "--json").stdout)["notes"]
+    ]
+    assert set(listed) == ids
+    return listed
+
+
+def test_notes_are_listed_a_page_at_a_time(settings: Settings, outbox: NoteOutbox) -> None:
+    ids = five_parked(settings, outbox)
+    result = invoke(settings, "parked", "--limit", "2", "--offset", "2", "--json")
+    assert result.exit_code == 0, result.output
+    page = orjson.loads(result.stdout)
+    assert [n["note_id"] for n in page["notes"]] == ids[2:4]
+    assert (page["total"], page["offset"], page["limit"]) == (5, 2, 2)
+    text = invoke(settings, "parked", "--limit", "2", "--offset", "2").stdout
+    assert "3 to 4 of 5; the next ones: --offset 4" in text
+    assert ids[2] in text
+    assert ids[1] not in text
+    assert "1 to 5 of 5" in invoke(settings, "parked").stdout
+    assert "(none here: 5 in all" in invoke(settings, "parked", "--offset", "5").stdout
+
+
+@pytest.mark.parametrize(
+    "option", [("--limit", "0"), ("--limit", "1001"), ("--offset", "-1"), ("--limit", "ten")]
+)
+def test_a_page_out_of_range_is_refused(
+    settings: Settings, outbox: NoteOutbox, option: tuple[str, str]
+) -> None:
+    parked_note(outbox)
+    result = invoke(settings, "parked", *option)
+    assert result.exit_code == 2
+    assert option[0] in result.output
+    assert "Knee Rehab" not in result.output
+
+
+def test_the_ops_api_lists_notes_a_page_at_a_time(
+    client: TestClient, settings: Settings, outbox: NoteOutbox
+) -> None:
+    ids = five_parked(settings, outbox)
+    page = client.get("/ops/notes/parked?limit=2&offset=1", headers=admin()).json()
+    assert [n["note_id"] for n in page["notes"]] == ids[1:3]
+    assert (page["total"], page["offset"], page["limit"]) == (5, 1, 2)
+    default = client.get("/ops/notes/parked", headers=admin()).json()
+    assert ([n["note_id"] for n in default["notes"]], default["limit"]) == (ids, 100)
+
+
+QUERY_VALUE = st.one_of(
+    st.integers(min_value=-5, max_value=2 * 10**9).map(str),
+    st.text(max_size=12),
+    st.sampled_from(["1e3", "0x10", " 7", "1.0", "-0", "99999999999999999999999"]),
+)
+
+
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    query=st.dictionaries(
+        st.sampled_from(["limit", "offset", "page", "order"]), QUERY_VALUE, max_size=3
+    )
+)
+def test_any_notes_query_is_a_page_or_a_clear_422(
+    client: TestClient, outbox: NoteOutbox, query: dict[str, str]
+) -> None:
+    response = client.get("/ops/notes/failed", params=query, headers=admin())
+    limit, offset = query.get("limit", "100"), query.get("offset", "0")
+
+    def within(value: str, low: int, high: int) -> bool:
+        try:
+            return low <= int(value) <= high
+        except ValueError:
+            return False
+
+    if set(query) <= {"limit", "offset"} and within(limit, 1, 1000) and within(offset, 0, 10**9):
+        assert response.status_code == 200, response.text
+        assert response.json()["offset"] == int(offset)
+    else:
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "invalid"
+
+
 def test_status_and_the_ops_page_count_the_notes_waiting_for_a_person(
     outbox: NoteOutbox,
     redis_server_client: redis.Redis,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -10,7 +11,7 @@ from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
 from shared.errors import InvalidInput
 from shared.note_resolution import Resolution, Waiting, find_waiting, resolve_note
-from shared.notes_outbox import NoteOutbox, NoteRecord
+from shared.notes_outbox import OFFSET_MAX, PAGE_DEFAULT, PAGE_MAX, NoteOutbox, NotesPage, NoteState
 from shared.store import Keys
 
 COLUMNS = ["note_id", "connection_id", "patient_id", "title", "updated_at", "reason"]
@@ -21,25 +22,53 @@ def notes() -> None:
     """Clinical notes the bridge could not settle on its own."""
 
 
+def page_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--offset",
+        type=click.IntRange(0, OFFSET_MAX),
+        default=0,
+        show_default=True,
+        help="Skip this many of the oldest.",
+    )(command)
+    return click.option(
+        "--limit",
+        type=click.IntRange(1, PAGE_MAX),
+        default=PAGE_DEFAULT,
+        show_default=True,
+        help="Show at most this many.",
+    )(command)
+
+
 @notes.command("parked")
+@page_options
 @json_option
-def parked(as_json: bool) -> None:
-    """List parked notes: their POST to Halaxy ended without a clear answer."""
-    _list(as_json, NoteOutbox.parked)
+def parked(limit: int, offset: int, as_json: bool) -> None:
+    """List parked notes, oldest first: their POST to Halaxy ended without a clear answer."""
+    _list(as_json, NoteState.PARKED, offset, limit)
 
 
 @notes.command("failed")
+@page_options
 @json_option
-def failed(as_json: bool) -> None:
-    """List failed notes: refused for good, nothing written (kept 180 days)."""
-    _list(as_json, NoteOutbox.failed)
+def failed(limit: int, offset: int, as_json: bool) -> None:
+    """List failed notes, oldest first: refused for good, nothing written (kept 180 days)."""
+    _list(as_json, NoteState.FAILED, offset, limit)
 
 
-def _list(as_json: bool, listing: Callable[[NoteOutbox], list[NoteRecord]]) -> None:
+def _list(as_json: bool, state: NoteState, offset: int, limit: int) -> None:
     with cli_context(as_json) as ctx:
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
-        rows = [r.shown() for r in listing(outbox)]
-        emit(as_json, {"notes": rows}, lambda: table(rows, COLUMNS))
+        page = outbox.page(state, offset, limit)
+        emit(as_json, page.shown(), lambda: _table(page))
+
+
+def _table(page: NotesPage) -> str:
+    rows: list[dict[str, Any]] = page.shown()["notes"]
+    end = min(page.offset + (page.limit or page.total), page.total)
+    if page.offset >= page.total:
+        return "(none)" if page.total == 0 else f"(none here: {page.total} in all, from --offset 0)"
+    more = f"; the next ones: --offset {end}" if end < page.total else ""
+    return f"{table(rows, COLUMNS)}\n{page.offset + 1} to {end} of {page.total}{more}"
 
 
 @notes.command("resolve")

@@ -35,7 +35,7 @@ from shared.halaxy.auth import fetch_token
 from shared.intake import EventIntake
 from shared.jobs import JobQueue
 from shared.logs import configure_logging
-from shared.notes_outbox import NoteOutbox
+from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
 from shared.program_intake import ProgramIntake
 from shared.store import Keys, async_redis_client, redis_client
@@ -154,8 +154,8 @@ def create_app(
         Route("/ops/dead-letters", ops.list_dead_letters, methods=["GET"]),
         Route("/ops/dead-letters/replay", ops.replay_dead_letters, methods=["POST"]),
         Route("/ops/dead-letters/purge", ops.purge_dead_letters, methods=["POST"]),
-        Route("/ops/notes/parked", ops.notes_listing(NoteOutbox.parked), methods=["GET"]),
-        Route("/ops/notes/failed", ops.notes_listing(NoteOutbox.failed), methods=["GET"]),
+        Route("/ops/notes/parked", ops.notes_listing(NoteState.PARKED), methods=["GET"]),
+        Route("/ops/notes/failed", ops.notes_listing(NoteState.FAILED), methods=["GET"]),
         Route("/ops/notes/{note_id}/resolve", ops.resolve_waiting_note, methods=["POST"]),
     ]
     app = Starlette(

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.webhook_receiver.ops import DeadLetterAction, NoteResolutionRequest
+from services.webhook_receiver.ops import DeadLetterAction, NoteResolutionRequest, NotesQuery
 from services.webhook_receiver.responses import JSONResponse
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.onboarding import ConnectionRequest, RotateRequest
@@ -96,6 +96,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
         }
         for status in statuses
     }
+
+
+def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A flat model's fields as optional query parameters, with their schemas."""
+    return [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in model.model_json_schema()["properties"].items()
+    ]
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -334,11 +342,13 @@ def build_spec() -> dict[str, Any]:
             **{
                 f"/ops/notes/{state}": {
                     "get": {
-                        "summary": f"{state} notes: ids, title, times, reason; no patient details",
+                        "summary": f"{state} notes, oldest first: ids, title, times, reason; "
+                        "no patient details; `total` counts them all",
                         "security": ADMIN_SECURITY,
+                        "parameters": _query(NotesQuery),
                         "responses": {
                             "200": _json(ANY_OBJECT, f"{state} notes"),
-                            **_errors(401, 503),
+                            **_errors(401, 422, 503),
                         },
                     }
                 }

@@ -25,7 +25,14 @@ from shared.note_resolution import (
     find_waiting,
     resolve_note,
 )
-from shared.notes_outbox import NoteOutbox, NoteRecord
+from shared.notes_outbox import (
+    OFFSET_MAX,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    NoteOutbox,
+    NotesPage,
+    NoteState,
+)
 from shared.status import status as gather
 from shared.store import Keys
 from shared.validation import validated
@@ -146,15 +153,25 @@ async def _action(request: Request) -> DeadLetterAction:
     return action
 
 
-def notes_listing(
-    listing: Callable[[NoteOutbox], list[NoteRecord]],
-) -> Callable[[Request], Awaitable[Response]]:
+class NotesQuery(BaseModel):
+    """Which page of a notes listing (`notes parked|failed --limit --offset`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int = Field(default=PAGE_DEFAULT, ge=1, le=PAGE_MAX)
+    offset: int = Field(default=0, ge=0, le=OFFSET_MAX)
+
+
+def notes_listing(state: NoteState) -> Callable[[Request], Awaitable[Response]]:
     """`GET /ops/notes/parked` and `/ops/notes/failed`, as `notes parked|failed --json`."""
 
     async def list_notes(request: Request) -> Response:
         deps = authorize(request)
-        records: list[NoteRecord] = await call(listing, _outbox(deps))
-        return JSONResponse({"notes": [record.shown() for record in records]})
+        asked: NotesQuery = await call(
+            validated, NotesQuery, dict(request.query_params), "the notes query is invalid"
+        )
+        page: NotesPage = await call(_outbox(deps).page, state, asked.offset, asked.limit)
+        return JSONResponse(page.shown())
 
     return list_notes
 
