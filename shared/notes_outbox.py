@@ -37,6 +37,11 @@ DONE_TTL = timedelta(days=180)  # posted/failed/dropped records: the dedup memor
 # job may be lost. A note no worker has taken up yet waits the shorter time; one a worker took
 # up may be waiting out a retry, so it waits longer than Dramatiq's longest retry wait
 # (services/workers/policy.py: 6 hours), or each requeue would start a second retry chain.
+# How many notes a listing (`notes parked|failed`, `/ops/notes/*`) shows unless asked, and
+# at most; offsets past OFFSET_MAX are refused before Redis (which takes up to 2**63 - 1).
+PAGE_DEFAULT = 100
+PAGE_MAX = 1000
+OFFSET_MAX = 1_000_000_000
 WATCH_NEW = timedelta(minutes=10)
 WATCH_TAKEN_UP = timedelta(hours=6, minutes=10)
 
@@ -282,17 +287,16 @@ class NoteOutbox:
         """The failed notes whose records are kept (DONE_TTL), oldest first."""
         return self.page(NoteState.FAILED).notes
 
-    def page(self, state: NoteState, offset: int = 0, limit: int | None = None) -> NotesPage:
+    def page(self, state: NoteState, *, offset: int = 0, limit: int | None = None) -> NotesPage:
         """The parked or failed (`state`) notes, oldest first: `limit` of them (all without
         one) from the `offset`-th on, and how many there are in all. Only those are read."""
         index, since = self._index(state)
         with translate_redis_errors():
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=True)  # the count and the page agree
             pipe.zcount(index, since, "+inf")
-            if limit is None:
-                pipe.zrangebyscore(index, since, "+inf", start=offset, num=-1)
-            else:
-                pipe.zrangebyscore(index, since, "+inf", start=offset, num=limit)
+            pipe.zrangebyscore(
+                index, since, "+inf", start=offset, num=-1 if limit is None else limit
+            )
             total, members = pipe.execute()
         found = []
         for member in members:
@@ -329,13 +333,6 @@ class NoteOutbox:
         if state is NoteState.PARKED:
             return self._keys.parked_notes(), "-inf"
         return self._keys.failed_notes(), time.time() - DONE_TTL.total_seconds()
-
-
-# How many notes a listing (`notes parked|failed`, `/ops/notes/*`) shows unless asked, and
-# at most.
-PAGE_DEFAULT = 100
-PAGE_MAX = 1000
-OFFSET_MAX = 1_000_000_000  # Redis takes offsets up to 2**63: refuse the absurd ones first
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def failed(limit: int, offset: int, as_json: bool) -> None:
 def _list(as_json: bool, state: NoteState, offset: int, limit: int) -> None:
     with cli_context(as_json) as ctx:
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
-        page = outbox.page(state, offset, limit)
+        page = outbox.page(state, offset=offset, limit=limit)
         emit(as_json, page.shown(), lambda: _table(page))
 
 
@@ -66,7 +66,11 @@ def _table(page: NotesPage) -> str:
     rows: list[dict[str, Any]] = page.shown()["notes"]
     end = min(page.offset + (page.limit or page.total), page.total)
     if page.offset >= page.total:
-        return "(none)" if page.total == 0 else f"(none here: {page.total} in all, from --offset 0)"
+        return (
+            "(none)"
+            if page.total == 0
+            else f"(nothing from --offset {page.offset}: {page.total} in all)"
+        )
     more = f"; the next ones: --offset {end}" if end < page.total else ""
     return f"{table(rows, COLUMNS)}\n{page.offset + 1} to {end} of {page.total}{more}"
 

@@ -114,6 +114,17 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+NOTES_PAGE = {
+    "type": "object",
+    "required": ["notes", "total", "offset", "limit"],
+    "properties": {
+        "notes": {"type": "array", "items": {"type": "object"}},
+        "total": {"type": "integer", "minimum": 0, "description": "in the list, all pages"},
+        "offset": {"type": "integer", "minimum": 0},
+        "limit": {"type": "integer", "minimum": 1},
+    },
+}
+
 CONNECTION_ID = {
     "name": "connection_id",
     "in": "path",
@@ -347,7 +358,7 @@ def build_spec() -> dict[str, Any]:
                         "security": ADMIN_SECURITY,
                         "parameters": _query(NotesQuery),
                         "responses": {
-                            "200": _json(ANY_OBJECT, f"{state} notes"),
+                            "200": _json(NOTES_PAGE, f"{state} notes"),
                             **_errors(401, 422, 503),
                         },
                     }

@@ -3,10 +3,12 @@ BRIDGE_ADMIN_TOKEN."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -36,6 +38,8 @@ from shared.notes_outbox import (
 from shared.status import status as gather
 from shared.store import Keys
 from shared.validation import validated
+
+DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 class DeadLetterAction(BaseModel):
@@ -154,12 +158,20 @@ async def _action(request: Request) -> DeadLetterAction:
 
 
 class NotesQuery(BaseModel):
-    """Which page of a notes listing (`notes parked|failed --limit --offset`)."""
+    """Which page of a notes listing (`notes parked|failed --limit --offset`): decimal digits
+    only, as a query string gives them (pydantic alone would take "1.0" and refuse "٣")."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     limit: int = Field(default=PAGE_DEFAULT, ge=1, le=PAGE_MAX)
     offset: int = Field(default=0, ge=0, le=OFFSET_MAX)
+
+    @field_validator("limit", "offset", mode="before")
+    @classmethod
+    def _digits(cls, value: object) -> object:
+        if isinstance(value, str) and not DIGITS.fullmatch(value):
+            raise ValueError("a whole number in decimal digits")
+        return value
 
 
 def notes_listing(state: NoteState) -> Callable[[Request], Awaitable[Response]]:
@@ -170,7 +182,9 @@ def notes_listing(state: NoteState) -> Callable[[Request], Awaitable[Response]]:
         asked: NotesQuery = await call(
             validated, NotesQuery, dict(request.query_params), "the notes query is invalid"
         )
-        page: NotesPage = await call(_outbox(deps).page, state, asked.offset, asked.limit)
+        page: NotesPage = await call(
+            partial(_outbox(deps).page, state, offset=asked.offset, limit=asked.limit)
+        )
         return JSONResponse(page.shown())
 
     return list_notes
