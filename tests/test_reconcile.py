@@ -83,6 +83,13 @@ def pages_read(fake: FakeHalaxy) -> list[str]:
     return [parse_qs(r.query).get("page", ["1"])[0] for r in searches]
 
 
+@pytest.fixture
+def a_page_a_call(monkeypatch: pytest.MonkeyPatch, fake_halaxy: FakeHalaxy) -> None:
+    """250 patients in the fake Halaxy, three pages, and one page walked a call."""
+    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
+    add_patients(fake_halaxy, 250)
+
+
 def bulk_ids(client: redis.Redis, keys: Keys) -> list[str]:
     """The patient ids of the bulk syncs queued."""
     return [m["kwargs"]["resource_id"] for m in queued_messages(client, keys, queue="bulk")]
@@ -150,16 +157,14 @@ def test_a_sweep_stopped_by_the_rate_limit_resumes_at_the_page_it_stopped_on(
     assert sweeps.progress("cn_x") is None  # the next sweep starts a walk of its own
 
 
+@pytest.mark.usefixtures("a_page_a_call")
 def test_a_long_sweep_goes_on_over_several_calls(
     walk: Walk,
     fake_halaxy: FakeHalaxy,
     redis_server_client: redis.Redis,
     keys: Keys,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each call stops after PAGES_PER_CALL pages, so a scheduler tick stays short."""
-    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
-    add_patients(fake_halaxy, 250)
     calls = [walk(None, T0) for _ in range(3)]
     assert calls[:2] == [None, None]
     assert calls[2] is not None
@@ -167,19 +172,17 @@ def test_a_long_sweep_goes_on_over_several_calls(
     assert sorted(bulk_ids(redis_server_client, keys)) == sorted(fake_halaxy.patients)
 
 
+@pytest.mark.usefixtures("a_page_a_call")
 @pytest.mark.parametrize("gone", ["5000", "5099"])
 def test_a_patient_gone_between_two_calls_does_not_make_the_walk_skip_the_next(
     walk: Walk,
     fake_halaxy: FakeHalaxy,
     redis_server_client: redis.Redis,
     keys: Keys,
-    monkeypatch: pytest.MonkeyPatch,
     gone: str,
 ) -> None:
     """Halaxy pages by offset: with a patient of page 1 gone, the first patient of page 2
     moves up to page 1, which the walk has read already."""
-    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
-    add_patients(fake_halaxy, 250)
     assert walk(None, T0) is None  # page 1 walked
     del fake_halaxy.patients[gone]
     calls = 1 + next(n for n in range(1, 10) if walk(None, T0) is not None)
@@ -189,15 +192,13 @@ def test_a_patient_gone_between_two_calls_does_not_make_the_walk_skip_the_next(
     assert len(queued) == len(set(queued))  # the page read again queued only what was new
 
 
+@pytest.mark.usefixtures("a_page_a_call")
 def test_when_those_leaving_empty_the_saved_page_the_page_read_again_ends_the_walk(
     walk: Walk,
     fake_halaxy: FakeHalaxy,
     redis_server_client: redis.Redis,
     keys: Keys,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
-    add_patients(fake_halaxy, 250)
     assert walk(None, T0) is None
     for number in range(5000, 5160):
         del fake_halaxy.patients[str(number)]  # 90 left: one page
@@ -208,6 +209,7 @@ def test_when_those_leaving_empty_the_saved_page_the_page_read_again_ends_the_wa
     assert done.patients_queued == 100 + 90  # page 1, then the 90 that moved up onto it
 
 
+@pytest.mark.usefixtures("a_page_a_call")
 def test_a_page_read_again_that_halaxy_refuses_is_skipped_not_the_walk_given_up(
     walk: Walk,
     sweeps: SweepLog,
@@ -218,8 +220,6 @@ def test_a_page_read_again_that_halaxy_refuses_is_skipped_not_the_walk_given_up(
 ) -> None:
     """The page number is ours, not a link Halaxy gave: if Halaxy will not serve it, the
     walk goes on from its saved link, as it did before it read pages again."""
-    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
-    add_patients(fake_halaxy, 250)
     assert walk(None, T0) is None
     serve = fake_halaxy._patient_page
 
@@ -251,18 +251,16 @@ def test_a_walk_saved_after_a_page_without_patients_still_reads_it_again(
     assert pages_read(fake_halaxy) == ["2", "3"]
 
 
+@pytest.mark.usefixtures("a_page_a_call")
 def test_a_call_that_could_only_read_the_page_before_again_is_followed_by_one_that_goes_on(
     walk: Walk,
     sweeps: SweepLog,
     fake_halaxy: FakeHalaxy,
     redis_server_client: redis.Redis,
     keys: Keys,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the budget for one request a call, a walk that always began with the page
     before would never get past it."""
-    monkeypatch.setattr(reconcile, "PAGES_PER_CALL", 1)
-    add_patients(fake_halaxy, 250)
     assert walk(None, T0) is None
     # One request more in this minute (the fake counts reads, not token requests).
     fake_halaxy.rate_limit = len([r for r in fake_halaxy.requests if "oauth" not in r.path]) + 1
