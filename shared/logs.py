@@ -122,6 +122,23 @@ def _orjson_text(event_dict: Any, default: Any = None) -> str:
         return json.dumps(event_dict, default=default)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to `sys.stderr` as it is when a line is written, not as it was when logging was
+    configured: a stream swapped since (a test's captured output, a daemon's redirect) may be
+    closed by then, and every line would fail with "I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure_logging(settings: Settings) -> None:
     """Route structlog and the standard library's logging through the same redacted output."""
     shared_processors: list[Any] = [
@@ -146,7 +163,7 @@ def configure_logging(settings: Settings) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared_processors[:-2],
