@@ -15,6 +15,7 @@ import redis
 import structlog
 from pydantic import Field, TypeAdapter, ValidationError
 
+from shared.clock import utcnow
 from shared.config import Settings
 from shared.errors import BridgeError, InvalidInput
 from shared.store import Keys, as_bytes, translate_redis_errors
@@ -147,7 +148,7 @@ class PendingEntry:
 
     def add_to(self, client: redis.Redis) -> None:
         """Send the entry through `client`, or queue it there when it is a pipeline."""
-        oldest_ms = int((datetime.now(UTC) - self.trail.retention).timestamp() * 1000)
+        oldest_ms = int((utcnow() - self.trail.retention).timestamp() * 1000)
         client.xadd(
             self.trail.key,
             {

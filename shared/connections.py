@@ -9,7 +9,7 @@ import base64
 import re
 import secrets
 import string
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
@@ -115,10 +115,6 @@ def _live_secrets(current: SecretStr, retired: RetiredSecret | None, now: dateti
     if retired is not None and retired.valid_until > now:
         values.append(retired.value.get_secret_value())
     return values
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_connection_id() -> str:

@@ -6,7 +6,6 @@ same way logs are), the attempts, and when it first ran and finally failed.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import orjson
 import redis
 
+from shared.clock import epoch_seconds
 from shared.store import Keys, as_bytes, translate_redis_errors
 
 RETENTION = timedelta(days=30)
@@ -41,7 +41,7 @@ class DeadLetterStore:
         self._keys = keys
 
     def add(self, letter: DeadLetter) -> None:
-        now = time.time()
+        now = epoch_seconds()
         with translate_redis_errors():
             pipe = self._redis.pipeline(transaction=True)
             pipe.hset(self._keys.dead_letters(), letter.id, orjson.dumps(asdict(letter)))

@@ -51,3 +51,8 @@ class InvalidInput(Permanent):
 class Ambiguous(BridgeError):
     """A write may or may not have happened (a timeout after sending, a 5xx). Never repeat it
     blindly: Halaxy cannot delete or search notes, so a repeat could duplicate a clinical note."""
+
+
+class UnreadableRecord(Permanent):
+    """A record kept in Redis does not fit its type (another version wrote it, or it is
+    damaged); the message names the type and fields, never the value."""

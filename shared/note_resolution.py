@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from shared.audit import AuditTrail
-from shared.connections import utcnow
+from shared.clock import utcnow
 from shared.errors import InvalidInput
 from shared.jobs import JobQueue, job_for_note
 from shared.notes_outbox import NoteOutbox, NoteRecord, NoteState

@@ -16,10 +16,9 @@ while the link lasts, so that a person can retry it (`forget_expired` erases it 
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -27,6 +26,7 @@ import redis
 import structlog
 from cryptography.fernet import InvalidToken, MultiFernet
 
+from shared.clock import epoch_seconds, iso_now, utcnow
 from shared.programs import FILE_URL_LIFETIME, ProgramCallback, note_title
 from shared.store import Keys, as_bytes, translate_redis_errors
 
@@ -164,7 +164,7 @@ class NoteOutbox:
 
     def create(self, connection_id: str, note_id: str, callback: ProgramCallback) -> bool:
         """Record a new note as `queued`; False if the note exists already."""
-        now = _now()
+        now = iso_now()
         record: dict[Any, Any] = {
             "note_id": note_id,
             "connection_id": connection_id,
@@ -215,10 +215,10 @@ class NoteOutbox:
         with translate_redis_errors():
             done = self._forget_links(
                 keys=[self._keys.waiting_note_links()],
-                args=[int(time.time()), limit, self._keys.note_prefix()],
+                args=[int(epoch_seconds()), limit, self._keys.note_prefix()],
             )
             self._redis.zremrangebyscore(
-                self._keys.failed_notes(), "-inf", time.time() - DONE_TTL.total_seconds()
+                self._keys.failed_notes(), "-inf", epoch_seconds() - DONE_TTL.total_seconds()
             )
         return int(done)
 
@@ -232,7 +232,7 @@ class NoteOutbox:
     ) -> tuple[bool, NoteState | None]:
         """Compare-and-set the state; returns (moved, the state found)."""
         pairs: list[str] = []
-        for name, value in {**values, "updated_at": _now()}.items():
+        for name, value in {**values, "updated_at": iso_now()}.items():
             pairs += [name, value]
         if to in (NoteState.POSTED, NoteState.DROPPED):
             pairs += ["callback", ""]  # the PDF link is not needed any more: drop it
@@ -249,7 +249,7 @@ class NoteOutbox:
                     ",".join(sorted(s.value for s in allowed)),
                     to.value,
                     f"{connection_id}/{note_id}",
-                    int(datetime.now(UTC).timestamp()),
+                    int(utcnow().timestamp()),
                     int(DONE_TTL.total_seconds()),
                     _due(WATCH_NEW),
                     _due(WATCH_TAKEN_UP),
@@ -272,7 +272,7 @@ class NoteOutbox:
         WATCH_NEW later, so each comes back once a period at most."""
         with translate_redis_errors():
             members: list[Any] = self._redis.zrangebyscore(
-                self._keys.unsettled_notes(), "-inf", time.time(), 0, limit
+                self._keys.unsettled_notes(), "-inf", epoch_seconds(), 0, limit
             )
             if members:
                 again = dict.fromkeys(members, _due(WATCH_NEW))
@@ -332,7 +332,7 @@ class NoteOutbox:
         removed by `forget_expired`."""
         if state is NoteState.PARKED:
             return self._keys.parked_notes(), "-inf"
-        return self._keys.failed_notes(), time.time() - DONE_TTL.total_seconds()
+        return self._keys.failed_notes(), epoch_seconds() - DONE_TTL.total_seconds()
 
 
 @dataclass(frozen=True)
@@ -361,9 +361,5 @@ def _record(raw: dict[str, str]) -> NoteRecord:
     return NoteRecord(**data)  # type: ignore[arg-type]
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def _due(after: timedelta) -> int:
-    return int(time.time() + after.total_seconds())
+    return int(epoch_seconds() + after.total_seconds())

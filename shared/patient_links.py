@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import orjson
 import redis
 
 from shared.audit import PendingEntry
+from shared.clock import iso_now
 from shared.errors import StoreUnavailable
 from shared.store import Keys, LeaseRenewer, as_bytes, held_lease, translate_redis_errors
 
@@ -65,7 +65,7 @@ class PatientLinks:
     ) -> None:
         """Record the link, in one round trip with `audit`'s entry (sent first, and
         a failure to record it is logged, never raised, as `AuditTrail.record` does)."""
-        link = PatientLink(platform_id, fingerprint, _now())
+        link = PatientLink(platform_id, fingerprint, iso_now())
         pipe = self._redis.pipeline(transaction=False)
         if audit is not None:
             audit.add_to(pipe)
@@ -105,8 +105,4 @@ class PatientLinks:
 
 
 def _creating() -> bytes:
-    return orjson.dumps(PatientLink(None, None, _now(), creating=True).__dict__)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return orjson.dumps(PatientLink(None, None, iso_now(), creating=True).__dict__)

@@ -33,11 +33,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-import orjson
 import redis
 import structlog
 
-from shared.errors import BridgeError, Permanent, RateLimited
+from shared.clock import iso_now
+from shared.codec import RecordCodec
+from shared.errors import BridgeError, Permanent, RateLimited, UnreadableRecord
 from shared.halaxy.client import HalaxyClient
 from shared.jobs import ActorName, Job, JobQueue, QueueName
 from shared.store import Keys, as_bytes, translate_redis_errors
@@ -81,6 +82,10 @@ class SweepProgress:
     read_again: bool = False  # the last call got no further than reading that page again
 
 
+SWEEP = RecordCodec(Sweep)
+SWEEP_PROGRESS = RecordCodec(SweepProgress)
+
+
 class SweepLog:
     """The last finished sweep of each connection (what `status` shows), and the sweep under
     way, if one stopped part-way."""
@@ -93,12 +98,20 @@ class SweepLog:
     def last(self, connection_id: str) -> Sweep | None:
         with translate_redis_errors():
             raw = self._redis.hget(self._key, connection_id)
-        return None if raw is None else Sweep(**orjson.loads(as_bytes(raw)))
+        if raw is None:
+            return None
+        try:
+            return SWEEP.decode(as_bytes(raw))
+        except UnreadableRecord:
+            # The next sweep then walks every patient again (a backfill): queued syncs are
+            # idempotent, so that costs Halaxy reads, never a write.
+            log.warning("reconcile.last_sweep_unreadable", connection_id=connection_id)
+            return None
 
     def record(self, sweep: Sweep) -> None:
         """Record a finished sweep; the progress of its walk is not needed any more."""
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._key, sweep.connection_id, orjson.dumps(sweep.__dict__))
+        pipe.hset(self._key, sweep.connection_id, SWEEP.encode(sweep))
         pipe.hdel(self._progress_key, sweep.connection_id)
         with translate_redis_errors():
             pipe.execute()
@@ -111,23 +124,14 @@ class SweepLog:
         if raw is None:
             return None
         try:
-            fields = orjson.loads(as_bytes(raw))
-            return SweepProgress(
-                **{
-                    **fields,
-                    "kind": SweepKind(fields["kind"]),
-                    "last_page_ids": None
-                    if fields.get("last_page_ids") is None
-                    else tuple(str(i) for i in fields["last_page_ids"]),
-                }
-            )
-        except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
+            return SWEEP_PROGRESS.decode(as_bytes(raw))
+        except UnreadableRecord:
             log.warning("reconcile.progress_unreadable", connection_id=connection_id)
             return None
 
     def save_progress(self, connection_id: str, progress: SweepProgress) -> None:
         with translate_redis_errors():
-            self._redis.hset(self._progress_key, connection_id, orjson.dumps(progress.__dict__))
+            self._redis.hset(self._progress_key, connection_id, SWEEP_PROGRESS.encode(progress))
 
     def forget_progress(self, connection_id: str) -> None:
         with translate_redis_errors():
@@ -166,7 +170,7 @@ def sweep(
         done = walk.resume(resumed)
     if not done:
         return None
-    finished = datetime.now(now.tzinfo).isoformat(timespec="seconds")
+    finished = iso_now()
     return Sweep(connection_id, walk.kind, walk.started, finished, walk.queued)
 
 

@@ -4,13 +4,13 @@ Read-only; ids, times and counts, never patient details."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
 
+from shared.clock import epoch_seconds
 from shared.connection_store import ConnectionStore
 from shared.dead_letters import DeadLetterStore
 from shared.jobs import QueueName
@@ -31,7 +31,7 @@ def queue_status(
     client: redis.Redis, keys: Keys, activity: Activity | None = None, now: float | None = None
 ) -> list[dict[str, Any]]:
     activity = Activity() if activity is None else activity
-    now = time.time() if now is None else now
+    now = epoch_seconds() if now is None else now
     namespace = keys.dramatiq_namespace()
     rows = []
     with translate_redis_errors():
@@ -71,7 +71,7 @@ def status(
     recent: bool = True,
 ) -> dict[str, Any]:
     """`recent`: include the last hour's failures and throughput (more of Redis to read)."""
-    now = time.time() if now is None else now
+    now = epoch_seconds() if now is None else now
     activity = read_activity(client, keys, now, recent)
     sweeps = SweepLog(client, keys)
     letters = DeadLetterStore(client, keys).list()

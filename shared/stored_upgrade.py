@@ -16,11 +16,11 @@ Every step can run twice, or be cut short and run again, without harm:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import redis
 
+from shared.clock import epoch_seconds
 from shared.connection_store import ConnectionStore
 from shared.notes_outbox import DONE_TTL
 from shared.programs import FILE_URL_LIFETIME
@@ -70,7 +70,7 @@ def upgrade_stored_data(
     mend = client.register_script(MEND_NOTE)
     prefix = keys.note_prefix()
     notes, cursor = 0, None
-    now = int(time.time())
+    now = int(epoch_seconds())
     kept = int(DONE_TTL.total_seconds())
     latest_link_expiry = now + int(FILE_URL_LIFETIME.total_seconds())
     with translate_redis_errors():

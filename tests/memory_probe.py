@@ -13,8 +13,8 @@ import tracemalloc
 import orjson
 
 from services.workers.runtime import WorkerRuntime
+from shared.clock import utcnow
 from shared.config import load_settings
-from shared.connections import utcnow
 from shared.note_writer import write_note
 
 

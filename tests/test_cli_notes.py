@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from services.scheduler.loop import Scheduler
 from services.webhook_receiver.ops_page import render
 from services.workers.runtime import WorkerRuntime
 from shared.audit import AuditTrail
+from shared.clock import epoch_seconds, utcnow
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
@@ -55,7 +55,7 @@ def outbox(settings: Settings, redis_server_client: redis.Redis) -> NoteOutbox:
 
 
 def an_hour_ago() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    return utcnow().replace(microsecond=0) - timedelta(hours=1)
 
 
 def recorded_note(outbox: NoteOutbox, name: str, when: datetime) -> str:
@@ -89,13 +89,14 @@ WAITING = {"parked": parked_note, "failed": failed_note}
 
 
 def test_parked_lists_ids_title_times_and_reason(settings: Settings, outbox: NoteOutbox) -> None:
-    note_id = parked_note(outbox, when=datetime(2026, 11, 21, 9, 0, tzinfo=UTC))
+    when = an_hour_ago()
+    note_id = parked_note(outbox, when=when)
     result = invoke(settings, "parked", "--json")
     assert result.exit_code == 0, result.output
     [row] = orjson.loads(result.stdout)["notes"]
     assert row["note_id"] == note_id
     assert row["connection_id"] == "cn_test"
-    assert row["title"] == "Home program: Knee Rehab (assigned 2026-11-21)"
+    assert row["title"] == f"Home program: Knee Rehab (assigned {when.date().isoformat()})"
     assert row["reason"] == "Halaxy answered 502"
     assert "callback" not in row
     assert "files.example.com" not in str(row)  # the PDF link never leaves the outbox
@@ -115,7 +116,7 @@ def test_resolve_as_posted_records_who_and_when(
     assert (settled["state"], settled["docref_id"]) == ("posted", "DR-4411")
     assert (settled["resolved_by"], settled["resolution"]) == ("alice", "posted")
     assert "practitioner_token" not in settled
-    assert settled["resolved_at"].startswith(str(datetime.now(UTC).year))
+    assert settled["resolved_at"].startswith(str(utcnow().year))
     assert invoke(settings, "parked", "--json").stdout.count(note_id) == 0
     [entry] = AuditTrail(redis_server_client, Keys(settings.redis_namespace)).entries()
     assert (entry.actor, entry.action, entry.outcome) == ("alice", "note.resolved", "posted")
@@ -192,7 +193,7 @@ def test_resolve_retry_queues_it_again(
         Keys(settings.redis_namespace).unsettled_notes(), f"cn_test/{note_id}"
     )
     assert due is not None
-    assert due <= time.time() + WATCH_NEW.total_seconds()
+    assert due <= epoch_seconds() + WATCH_NEW.total_seconds()
 
 
 @pytest.mark.parametrize(
@@ -277,7 +278,7 @@ def test_a_failed_note_retried_is_live_again(
     assert outbox.failed() == []
     due = redis_server_client.zscore(keys.unsettled_notes(), f"cn_test/{note_id}")
     assert due is not None
-    assert due <= time.time() + WATCH_NEW.total_seconds()
+    assert due <= epoch_seconds() + WATCH_NEW.total_seconds()
     assert outbox.callback("cn_test", note_id) is not None
     [entry] = AuditTrail(redis_server_client, keys).entries()
     assert (entry.actor, entry.action, entry.outcome) == ("erin", "note.resolved", "retry")
@@ -302,7 +303,7 @@ def test_a_dropped_note_loses_its_link(
 def test_a_retry_that_could_only_fail_is_refused(
     settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, waiting: str
 ) -> None:
-    expired = WAITING[waiting](outbox, "Knee Rehab", datetime.now(UTC) - timedelta(hours=25))
+    expired = WAITING[waiting](outbox, "Knee Rehab", utcnow() - timedelta(hours=25))
     result = invoke(settings, "resolve", expired, "--retry", "--state", waiting)
     assert result.exit_code == 2
     assert "expired" in result.stderr
@@ -327,7 +328,7 @@ def test_failed_notes_leave_the_list_when_their_records_expire(
     keys = Keys(settings.redis_namespace)
     old, recent = failed_note(outbox, name="Old"), failed_note(outbox, name="Recent")
     redis_server_client.zadd(
-        keys.failed_notes(), {f"cn_test/{old}": time.time() - DONE_TTL.total_seconds() - 60}
+        keys.failed_notes(), {f"cn_test/{old}": epoch_seconds() - DONE_TTL.total_seconds() - 60}
     )
     redis_server_client.delete(keys.note("cn_test", old))  # what the record's TTL did
     recorded_note(outbox, "Queued", an_hour_ago())  # not failed: not listed
@@ -553,7 +554,7 @@ def test_a_waiting_notes_link_is_erased_once_it_expires(
     settings: Settings, outbox: NoteOutbox, redis_server_client: redis.Redis, keys: Keys
 ) -> None:
     live = failed_note(outbox, name="Live")  # assigned an hour ago: 23 hours left
-    expired = datetime.now(UTC) - timedelta(hours=25)
+    expired = utcnow() - timedelta(hours=25)
     dead = failed_note(outbox, name="Dead", when=expired)
     dead_parked = parked_note(outbox, name="Dead parked", when=expired)
     # Made before the link's expiry was recorded, and by a version that kept the practitioner's
@@ -570,7 +571,7 @@ def test_a_waiting_notes_link_is_erased_once_it_expires(
         assert outbox.callback("cn_test", kept) is not None
     legacy_expiry = redis_server_client.zscore(keys.waiting_note_links(), f"cn_test/{legacy}")
     assert legacy_expiry is not None
-    assert time.time() + 23.9 * 3600 < legacy_expiry <= time.time() + 24 * 3600
+    assert epoch_seconds() + 23.9 * 3600 < legacy_expiry <= epoch_seconds() + 24 * 3600
     assert outbox.forget_expired() == 0  # each is looked at once
     assert {r.note_id for r in outbox.failed()} == {live, dead, legacy}  # still listed
     assert [r.note_id for r in outbox.parked()] == [dead_parked]

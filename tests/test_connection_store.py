@@ -13,9 +13,10 @@ from services.sandbox.halaxy import FakeHalaxy
 from services.webhook_receiver.admin import call
 from services.webhook_receiver.responses import ApiError
 from shared import onboarding
+from shared.clock import utcnow
 from shared.config import Settings
 from shared.connection_store import ConnectionChangedMeanwhile, ConnectionStore
-from shared.connections import Connection, utcnow
+from shared.connections import Connection
 from shared.errors import ConfigError
 from shared.onboarding import KeyVerifier
 from shared.store import Keys

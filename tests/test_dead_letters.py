@@ -4,7 +4,6 @@ each replay and purge audited; through the CLI and /ops/dead-letters."""
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -16,6 +15,7 @@ from starlette.testclient import TestClient
 
 from services.cli.main import cli
 from services.sandbox.halaxy import patient_resource
+from shared.clock import epoch_seconds
 from shared.config import Settings
 from shared.dead_letters import RETENTION, DeadLetter, DeadLetterStore
 from shared.onboarding import KeyVerifier
@@ -93,7 +93,7 @@ def test_old_letters_are_trimmed_after_30_days(
     letters: DeadLetterStore, redis_server_client: redis.Redis, keys: Keys
 ) -> None:
     redis_server_client.zadd(
-        keys.dead_letter_times(), {"m-1": time.time() - RETENTION.total_seconds() - 60}
+        keys.dead_letter_times(), {"m-1": epoch_seconds() - RETENTION.total_seconds() - 60}
     )
     letters.add(replace(LETTER, id="m-3"))
     assert sorted(x.id for x in letters.list()) == ["m-2", "m-3"]

@@ -64,9 +64,10 @@ from services.sandbox.samples import notification
 from services.webhook_receiver.app import create_app
 from services.webhook_receiver.openapi import SPEC
 from shared import onboarding
+from shared.clock import utcnow
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
-from shared.connections import Connection, utcnow
+from shared.connections import Connection
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.onboarding import KeyVerifier
 from shared.store import Keys

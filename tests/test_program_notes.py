@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ from services.sandbox.halaxy import patient_resource
 from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
 from services.workers.messaging import DramatiqJobQueue
+from shared.clock import utcnow
 from shared.connections import Connection
 from shared.jobs import job_for_note
 from shared.note_resolution import Resolution, Waiting, find_waiting, resolve_note
@@ -66,7 +67,8 @@ def test_an_assignment_becomes_one_note_in_halaxy_shaped_as_documented(
     pipeline: Pipeline, sandbox: Sandbox, conn: Connection, outbox: NoteOutbox
 ) -> None:
     pdf = make_pdf("Knee Rehab Program")
-    when = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
+    when = utcnow().replace(microsecond=0) - timedelta(minutes=30)  # assigned half an hour ago
+    day = when.date().isoformat()
     response = pipeline.callback(
         conn, body(conn, publish(sandbox, pdf), token="pt-tok-9", when=when)
     )
@@ -80,13 +82,13 @@ def test_an_assignment_becomes_one_note_in_halaxy_shaped_as_documented(
     assert note["author"] == [
         {"type": "PractitionerRole", "reference": f"{base}/PractitionerRole/PR-2002"}
     ]
-    assert note["description"] == "Home program: Knee Rehab Program (assigned 2026-11-21)"
-    assert note["date"] == "2026-11-21T09:30:00Z"
+    assert note["description"] == f"Home program: Knee Rehab Program (assigned {day})"
+    assert note["date"] == when.isoformat().replace("+00:00", "Z")
     assert note["content"][0]["attachment"]["contentType"] == "text/html"
     assert "Knee Rehab Program" in note["content"][0]["attachment"]["data"]
     [attachment] = note["attachments"]
     assert attachment["contentType"] == "application/pdf"
-    assert attachment["title"] == "knee-rehab-program-2026-11-21.pdf"
+    assert attachment["title"] == f"knee-rehab-program-{day}.pdf"
     assert attachment["sha256"] == hashlib.sha256(pdf).hexdigest()
     record = outbox.get(conn.id, note_id)
     assert record is not None
@@ -147,7 +149,7 @@ def test_a_signed_connection_needs_a_valid_signature_and_dedups_on_webhook_id(
             "webhook-signature": signer.sign(msg_id, at, raw.decode()),
         }
 
-    now = datetime.now(UTC)
+    now = utcnow()
     unsigned = pipeline.callback(conn, payload)
     stale = pipeline.callback(conn, payload, signed("msg-1", now - timedelta(minutes=6)))
     forged = pipeline.callback(conn, payload, {**signed("msg-1", now), "webhook-id": "msg-2"})
@@ -167,7 +169,8 @@ def test_a_signed_connection_needs_a_valid_signature_and_dedups_on_webhook_id(
         ({"api_key": "wrong"}, 401, "unauthorized"),
         ({"api_key": None}, 401, "unauthorized"),
         ({"patient_id": "../../etc"}, 422, "invalid"),
-        ({"date_iso": "2026-11-21T09:30:00"}, 422, "invalid"),
+        # no offset: a time Physitrack means in no particular zone
+        ({"date_iso": utcnow().replace(tzinfo=None).isoformat(timespec="seconds")}, 422, "invalid"),
         ({"updated": "yes"}, 422, "invalid"),
         ({"name": ""}, 422, "invalid"),
     ],
@@ -196,7 +199,8 @@ def test_bad_callbacks(
             "not on the connection's allow-list",
         ),
         ({"file_url": "ftp://127.0.0.1/p.pdf"}, "allow-list"),
-        ({"date_iso": "2026-01-01T00:00:00Z"}, "expired"),
+        # the link lived 24 hours from its assignment
+        ({"date_iso": (utcnow() - timedelta(hours=25)).isoformat(timespec="seconds")}, "expired"),
         ({"date_iso": "0001-01-01T00:00:00+01:00"}, "date_iso"),
         ({"date_iso": "9999-12-31T23:30:00Z"}, "date_iso"),
         ({"date": "1899-01-01"}, "date"),

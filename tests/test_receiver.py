@@ -20,9 +20,10 @@ from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.samples import notification
 from services.webhook_receiver.app import create_app
 from shared import onboarding
+from shared.clock import utcnow
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
-from shared.connections import Connection, utcnow
+from shared.connections import Connection
 from shared.onboarding import KeyVerifier
 from shared.store import Keys
 from tests.conftest import make_connection

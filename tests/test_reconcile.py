@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
 import pytest
 import redis
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from services.cli.main import cli
 from services.sandbox.halaxy import FakeHalaxy, operation_outcome, patient_resource
 from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
@@ -21,6 +23,7 @@ from services.workers.messaging import DramatiqJobQueue, build_broker
 from services.workers.policy import MAX_BACKOFF_MS
 from services.workers.runtime import WorkerRuntime
 from shared import reconcile
+from shared.clock import epoch_seconds, iso_now
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
@@ -401,7 +404,7 @@ def test_a_sweep_under_way_is_resumed_before_the_next_one_is_due(
 ) -> None:
     conn = clinic_of_250
     sweeps = SweepLog(redis_server_client, Keys(settings.redis_namespace))
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = iso_now()
     sweeps.record(Sweep(conn.id, SweepKind.BACKFILL, now, now, 250))  # not due for 5 minutes
     next_url = f"{conn.halaxy_base_url}/Patient?_count=100&page=2"
     sweeps.save_progress(conn.id, SweepProgress(SweepKind.RECONCILE, now, next_url, 100))
@@ -470,7 +473,7 @@ def test_the_scheduler_requeues_the_notes_whose_job_was_lost(
     # or each requeue would start a second retry chain.
     taken_up = redis_server_client.zscore(keys.unsettled_notes(), f"cn_x/{ids['fetching']}")
     assert taken_up is not None
-    assert taken_up > time.time() + MAX_BACKOFF_MS / 1000
+    assert taken_up > epoch_seconds() + MAX_BACKOFF_MS / 1000
     scheduler = Scheduler(settings, WorkerRuntime(settings))
     scheduler.requeue_stalled_notes()
     assert queued_messages(redis_server_client, keys) == []  # not stalled yet
@@ -483,3 +486,41 @@ def test_the_scheduler_requeues_the_notes_whose_job_was_lost(
     )
     scheduler.requeue_stalled_notes()  # due again only WATCH_NEW later
     assert len(queued_messages(redis_server_client, keys)) == 2
+
+
+@pytest.mark.parametrize("kind", list(SweepKind))
+def test_a_recorded_sweep_reads_back_as_it_was_and_every_ops_surface_shows_it(
+    settings: Settings,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    connection: Connection,
+    client: TestClient,
+    kind: SweepKind,
+) -> None:
+    """The scheduler records a sweep in one process; `status`, `/ops`, `/ops/status` and
+    `/metrics` read it in others. A sweep read back with its `kind` as a bare string once took
+    all four down."""
+    now = iso_now()
+    recorded = Sweep(connection.id, kind, now, now, 3)
+    SweepLog(redis_server_client, keys).record(recorded)
+    read = SweepLog(redis_server_client, keys).last(connection.id)
+    assert read == recorded
+    assert read is not None and read.kind is kind
+    env = {"BRIDGE_REDIS_NAMESPACE": settings.redis_namespace}
+    as_json = CliRunner().invoke(cli, ["status", "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    [row] = [r for r in orjson.loads(as_json.stdout)["connections"] if r["id"] == connection.id]
+    assert (row["last_sweep"], row["last_sweep_kind"]) == (now, kind.value)
+    as_table = CliRunner().invoke(cli, ["status"], env=env)
+    assert as_table.exit_code == 0, as_table.output
+    assert now in as_table.stdout
+    admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    for path in ("/ops", "/ops/status", "/metrics"):
+        assert client.get(path, headers=admin).status_code == 200, path
+
+
+def test_a_sweep_record_a_person_or_another_version_damaged_is_a_new_backfill_not_a_crash(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    redis_server_client.hset(keys.last_sweep(), "cn_x", b'{"kind": "sideways"}')
+    assert SweepLog(redis_server_client, keys).last("cn_x") is None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import orjson
 import redis
@@ -11,6 +10,7 @@ import redis
 from services.sandbox.halaxy import FakeHalaxy
 from services.scheduler.loop import Scheduler
 from services.workers.runtime import WorkerRuntime
+from shared.clock import epoch_seconds, utcnow
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.notes_outbox import DONE_TTL, NoteOutbox, NoteState
@@ -26,7 +26,7 @@ TOKEN = "pt-tok-41c9e0d7b2"  # a practitioner token: it can sign in as the pract
 def legacy_note(client: redis.Redis, keys: Keys, outbox: NoteOutbox, name: str, state: str) -> str:
     """A note as the version before left it: off the watch and the failed index, the token
     in clear, a failed note's link erased."""
-    note_id = recorded_note(outbox, "cn_old", name, datetime.now(UTC) - timedelta(hours=1), TOKEN)
+    note_id = recorded_note(outbox, "cn_old", name, utcnow() - timedelta(hours=1), TOKEN)
     record = keys.note("cn_old", note_id)
     client.hset(record, mapping={"state": state, "practitioner_token": TOKEN})
     client.hdel(record, "link_expires_at")
@@ -74,11 +74,11 @@ def test_the_scheduler_brings_an_earlier_versions_data_up_to_date_once(
     assert failed.note_id == notes["failed"]
     failed_at = redis_server_client.zscore(keys.failed_notes(), f"cn_old/{notes['failed']}")
     assert failed_at is not None
-    assert abs(failed_at - (time.time() - 3600)) < 60
+    assert abs(failed_at - (epoch_seconds() - 3600)) < 60
     # The parked note's link goes when it expires, a day from now at the latest.
     link_expiry = redis_server_client.zscore(keys.waiting_note_links(), f"cn_old/{notes['parked']}")
     assert link_expiry is not None
-    assert time.time() < link_expiry <= time.time() + 24 * 3600
+    assert epoch_seconds() < link_expiry <= epoch_seconds() + 24 * 3600
     # No token left in clear, in notes or in the connection.
     for note_id in notes.values():
         assert not redis_server_client.hexists(keys.note("cn_old", note_id), "practitioner_token")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import secrets
 import signal
 import subprocess
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -28,6 +27,7 @@ from services.cli.main import cli
 from services.sandbox.serve import ServerThread, free_port
 from services.workers.job_metrics import outcome_of
 from shared.audit import AuditTrail
+from shared.clock import epoch_seconds, utcnow
 from shared.config import Settings
 from shared.errors import StoreUnavailable
 from shared.halaxy.client import new_http_client
@@ -219,7 +219,9 @@ def test_the_latest_time_wins_across_processes(
     older.labels(cid).set(1_000_000_000)  # another process, pushing an older time later
     pusher.push()
     late.push()
-    assert read_activity(redis_server_client, keys, time.time()).last_event[cid] == 2_000_000_000
+    assert (
+        read_activity(redis_server_client, keys, epoch_seconds()).last_event[cid] == 2_000_000_000
+    )
 
 
 def test_status_counts_failures_of_the_last_hour_only(
@@ -232,7 +234,7 @@ def test_status_counts_failures_of_the_last_hour_only(
     JOBS.labels("sync_patient", "live", cid, "succeeded").inc(6)
     JOBS.labels("sync_patient", "live", cid, "deferred").inc(9)  # waiting is not failing
     pusher.push()
-    now = time.time()
+    now = epoch_seconds()
     activity = read_activity(redis_server_client, keys, now)
     assert activity.failures_last_hour[cid] == 3
     assert activity.processed_last_hour[cid] == 18
@@ -307,7 +309,7 @@ def test_audit_trail_filters_and_keeps_order(redis_server_client: redis.Redis, k
     assert newest[-1].resource_ids == "Patient/1202"
     assert newest[0].resource_ids == "Patient/203"
     assert [e.action for e in trail.entries(action="connection.")] == ["connection.disabled"]
-    future = datetime.now(UTC) + timedelta(minutes=1)
+    future = utcnow() + timedelta(minutes=1)
     assert trail.entries(since=future) == []
 
 
@@ -371,7 +373,7 @@ def test_the_oldest_age_of_a_retried_message_counts_from_its_return_to_the_queue
     redis_server_client: redis.Redis, keys: Keys
 ) -> None:
     queue = f"{keys.dramatiq_namespace()}:live"
-    now = time.time()
+    now = epoch_seconds()
     message = {
         "message_timestamp": int((now - 3600) * 1000),
         "options": {"eta": int((now - 30) * 1000)},

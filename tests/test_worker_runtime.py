@@ -18,9 +18,10 @@ from services.workers.runtime import (
     current_runtime,
     provide_runtime,
 )
+from shared.clock import utcnow
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
-from shared.connections import Connection, utcnow
+from shared.connections import Connection
 from shared.errors import ConfigError, ConnectionNotFound
 from shared.onboarding import KeyVerifier, disable
 from tests.workers import Sandbox, sandbox_connection

@@ -9,7 +9,8 @@ import click
 from services.cli.context import CliContext, cli_context
 from services.cli.output import emit, json_option, table
 from shared import onboarding
-from shared.connections import Connection, practitioner_map, utcnow
+from shared.clock import utcnow
+from shared.connections import Connection, practitioner_map
 from shared.errors import ConnectionNotFound
 
 

@@ -9,7 +9,7 @@ import click
 from services.cli.context import CliContext, cli_context
 from services.cli.output import emit, json_option, table
 from shared import dead_letter_ops as ops
-from shared.connections import utcnow
+from shared.clock import utcnow
 from shared.dead_letters import DeadLetter, DeadLetterStore
 from shared.store import Keys
 

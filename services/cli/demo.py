@@ -69,9 +69,9 @@ def _run(serve: bool) -> None:
     from services.workers.runtime import WorkerRuntime, provide_runtime
     from shared import onboarding
     from shared.audit import AuditTrail
+    from shared.clock import utcnow
     from shared.config import load_settings
     from shared.connection_store import ConnectionStore
-    from shared.connections import utcnow
     from shared.halaxy.events import HalaxyEvent
     from shared.halaxy.notifications import ChangedResource
     from shared.intake import EventIntake, IntakeResult

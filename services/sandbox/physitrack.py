@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.sandbox.faults import Faults
+from shared.clock import utcnow
 
 REQUIRED = ("external_id", "first_name", "last_name", "gender", "year_of_birth")
 CLIENT_FIELDS = (
@@ -225,7 +226,7 @@ def program_callback(
     when: datetime | None = None,
 ) -> dict[str, Any]:
     """The PMS PDF-download callback body, in Physitrack's documented shape (section 2.1)."""
-    moment = when or datetime.now(UTC)
+    moment = when or utcnow()
     return {
         "api_key": api_key,
         "token": token,

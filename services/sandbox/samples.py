@@ -7,8 +7,9 @@ JSON strings, the `SubscriptionStatus` backport profile, and absolute focus refe
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
+
+from shared.clock import iso_now
 
 
 def notification(
@@ -21,7 +22,7 @@ def notification(
     first_event_number: int = 1,
 ) -> dict[str, Any]:
     """A notification naming each resource in `resource_ids` in its own notificationEvent."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = iso_now()
     subscription_id = subscription_id or str(uuid.uuid4())
     ids = event_ids or [str(uuid.uuid4()) for _ in resource_ids]
     events = [

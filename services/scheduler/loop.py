@@ -12,8 +12,8 @@ import structlog
 
 from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
+from shared.clock import utcnow
 from shared.config import Settings
-from shared.connections import utcnow
 from shared.errors import BridgeError, Permanent, RateLimited
 from shared.jobs import JobQueue, job_for_note
 from shared.reconcile import SweepLog, due, sweep

@@ -20,8 +20,9 @@ from services.webhook_receiver.requests import (
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
 from shared import onboarding
+from shared.clock import utcnow
 from shared.connection_store import ConnectionChangedMeanwhile
-from shared.connections import Connection, utcnow
+from shared.connections import Connection
 from shared.errors import InvalidInput, StoreUnavailable, Transient
 
 MAX_BODY = 64 * 1024

@@ -24,7 +24,7 @@ from services.webhook_receiver.requests import (
     secret_matches,
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
-from shared.connections import utcnow
+from shared.clock import utcnow
 from shared.errors import StoreUnavailable
 from shared.halaxy.events import HALAXY_EVENTS, HalaxyEvent
 from shared.halaxy.notifications import NotificationError, parse_notification

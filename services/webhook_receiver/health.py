@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -12,6 +10,7 @@ from starlette.responses import Response
 
 from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.responses import JSONResponse, unavailable
+from shared.clock import epoch_seconds
 from shared.errors import StoreUnavailable
 from shared.notes_outbox import NoteOutbox
 from shared.redis_health import check_redis
@@ -49,4 +48,4 @@ def _scrape(deps: Deps) -> bytes:
     outbox = NoteOutbox(deps.redis, keys, deps.settings.fernet)
     snapshot = status(deps.redis, keys, deps.connections, outbox, recent=False)
     quiet_after = deps.settings.quiet_after_seconds
-    return exposition([*totals(deps.redis, keys), *gauges(snapshot, quiet_after, time.time())])
+    return exposition([*totals(deps.redis, keys), *gauges(snapshot, quiet_after, epoch_seconds())])

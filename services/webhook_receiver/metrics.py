@@ -4,8 +4,8 @@ event time."""
 from __future__ import annotations
 
 import functools
-import time
 
+from shared.clock import epoch_seconds
 from shared.telemetry.definitions import (
     LAST_EVENT,
     WEBHOOK_EVENTS,
@@ -22,7 +22,7 @@ KEPT_CHILDREN = 4096
 def authenticated(connection_id: str) -> None:
     """A Halaxy webhook came in with the right secret (program callbacks do not count: the
     quiet-connection alert is about Halaxy's webhooks)."""
-    _last_event(connection_id).set(time.time())
+    _last_event(connection_id).set(epoch_seconds())
 
 
 def accepted(connection_id: str, event: str, fresh: int, duplicates: int) -> None:

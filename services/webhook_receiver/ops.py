@@ -17,7 +17,7 @@ from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.responses import ApiError, JSONResponse
 from shared import dead_letter_ops as ops
 from shared.audit import Actor
-from shared.connections import utcnow
+from shared.clock import utcnow
 from shared.dead_letters import DeadLetter, DeadLetterStore
 from shared.note_resolution import (
     NoteNotWaiting,

@@ -8,7 +8,6 @@ Every value is escaped (connection names are operator input); the page runs no s
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
@@ -17,6 +16,7 @@ from starlette.responses import HTMLResponse, Response
 
 from services.webhook_receiver.admin import authorize
 from services.webhook_receiver.ops import current_status
+from shared.clock import iso_now
 
 REFRESH_SECONDS = 10
 OLD_AGE_SECONDS = 300
@@ -115,7 +115,7 @@ def render(data: dict[str, Any]) -> str:
     warnings = data.get("redis_warnings")
     warnings = warnings if isinstance(warnings, list) else []
     warning_items = "".join(f'<li class="warning">{escape(str(w))}</li>' for w in warnings)
-    generated = data.get("generated_at") or datetime.now(UTC).isoformat(timespec="seconds")
+    generated = data.get("generated_at") or iso_now()
     return f"""<!doctype html>
 <html lang="en">
 <head>

@@ -10,7 +10,7 @@ import dramatiq
 from services.workers.policy import RETRY_OPTIONS, job_outcome
 from services.workers.runtime import current_runtime
 from services.workers.time_limits import TIME_LIMITS_MS
-from shared.connections import utcnow
+from shared.clock import utcnow
 from shared.jobs import BULK_PRIORITY, LIVE_PRIORITY, ActorName, QueueName, actor_for
 from shared.note_writer import write_note
 from shared.patient_sync import sync_appointment as sync_appointment_of

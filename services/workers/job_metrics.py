@@ -9,6 +9,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 
+from shared.clock import epoch_seconds
 from shared.telemetry.definitions import JOB_DURATION, JOBS, LAST_SUCCESS
 from shared.telemetry.push import MetricsPusher
 
@@ -54,7 +55,7 @@ class JobMetrics(dramatiq.Middleware):
                 time.perf_counter() - started
             )
         if outcome == "succeeded":
-            LAST_SUCCESS.labels(connection_id).set(time.time())
+            LAST_SUCCESS.labels(connection_id).set(epoch_seconds())
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._local.started = None

@@ -13,7 +13,6 @@ from the pusher's receipt that it landed already and adds nothing twice.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import redis
 import structlog
 from prometheus_client import CollectorRegistry
 
+from shared.clock import epoch_seconds
 from shared.errors import BridgeError
 from shared.store import Keys, translate_redis_errors
 from shared.telemetry.definitions import LATEST_GAUGES, REGISTRY, WINDOWED
@@ -143,7 +143,7 @@ class MetricsPusher:
         if not changes:
             return None
         self._pushes += 1
-        return _Push(self._pushes, int(time.time() // 60), changes)
+        return _Push(self._pushes, int(epoch_seconds() // 60), changes)
 
     def _send(self, push: _Push) -> None:
         keys = [
