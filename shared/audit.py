@@ -7,7 +7,7 @@ ones arrive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, cast
 
@@ -16,6 +16,7 @@ import structlog
 from pydantic import Field, TypeAdapter, ValidationError
 
 from shared.clock import utcnow
+from shared.codec import RecordCodec
 from shared.config import Settings
 from shared.errors import BridgeError, InvalidInput
 from shared.store import Keys, as_bytes, translate_redis_errors
@@ -43,6 +44,20 @@ def checked_actor(name: str, given_as: str) -> str:
 
 
 log = structlog.get_logger("halaxy_bridge.audit")
+
+
+@dataclass(frozen=True)
+class AuditFields:
+    """What one stream entry holds; its time is the stream id."""
+
+    actor: str = ""
+    action: str = ""
+    connection_id: str = ""
+    resource_ids: str = ""
+    outcome: str = ""
+
+
+AUDIT_FIELDS = RecordCodec(AuditFields)
 
 
 @dataclass(frozen=True)
@@ -149,15 +164,12 @@ class PendingEntry:
     def add_to(self, client: redis.Redis) -> None:
         """Send the entry through `client`, or queue it there when it is a pipeline."""
         oldest_ms = int((utcnow() - self.trail.retention).timestamp() * 1000)
+        stored = AuditFields(
+            self.actor, self.action, self.connection_id, self.resource_ids, self.outcome
+        )
         client.xadd(
             self.trail.key,
-            {
-                "actor": self.actor,
-                "action": self.action,
-                "connection_id": self.connection_id,
-                "resource_ids": self.resource_ids,
-                "outcome": self.outcome,
-            },
+            AUDIT_FIELDS.encode_fields(stored),  # type: ignore[arg-type]
             minid=oldest_ms,
             approximate=False,  # exact: nothing past the retention is ever shown
         )
@@ -188,14 +200,8 @@ def audit_trail(client: redis.Redis, settings: Settings) -> AuditTrail:
 
 
 def _entry(stream_id: str, fields: dict[bytes, bytes]) -> AuditEntry:
-    text = {as_bytes(k).decode(): as_bytes(v).decode() for k, v in fields.items()}
-    moment = datetime.fromtimestamp(int(stream_id.split("-")[0]) / 1000, UTC)
-    return AuditEntry(
-        id=stream_id,
-        at=moment.isoformat(timespec="milliseconds"),
-        actor=text.get("actor", ""),
-        action=text.get("action", ""),
-        connection_id=text.get("connection_id", ""),
-        resource_ids=text.get("resource_ids", ""),
-        outcome=text.get("outcome", ""),
+    stored = AUDIT_FIELDS.load(
+        {as_bytes(k).decode(): as_bytes(v).decode() for k, v in fields.items()}
     )
+    moment = datetime.fromtimestamp(int(stream_id.split("-")[0]) / 1000, UTC)
+    return AuditEntry(id=stream_id, at=moment.isoformat(timespec="milliseconds"), **asdict(stored))

@@ -14,7 +14,6 @@ means (skip it, start over, or report it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
@@ -40,19 +39,22 @@ class RecordCodec(Generic[T]):
         except ValidationError as exc:
             raise self._unreadable(exc) from None
 
-    def encode_fields(self, record: T) -> dict[str, str]:
-        """The record as a Redis hash's fields: every value a string (booleans as "1"/"0")."""
-        return {
-            name: _field_text(value)
-            for name, value in self._adapter.dump_python(record, mode="json").items()
-        }
+    def dump(self, record: T) -> Any:
+        """The record as JSON-ready data, for a store that seals some of it before writing."""
+        return self._adapter.dump_python(record, mode="json")
 
-    def decode_fields(self, fields: Mapping[str, Any]) -> T:
-        """The record from a Redis hash's fields; fields the type does not know are ignored."""
+    def load(self, data: Any) -> T:
+        """The record from JSON-ready data (`dump`'s, or a Redis hash's string fields);
+        fields the type does not know are ignored."""
         try:
-            return self._adapter.validate_python(dict(fields))
+            return self._adapter.validate_python(data)
         except ValidationError as exc:
             raise self._unreadable(exc) from None
+
+    def encode_fields(self, record: T) -> dict[str, str]:
+        """The record as a Redis hash's fields (read back with `load`): every value a string,
+        booleans as "1"/"0". For flat records only."""
+        return {name: _field_text(value) for name, value in self.dump(record).items()}
 
     def _unreadable(self, exc: ValidationError) -> UnreadableRecord:
         where = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})

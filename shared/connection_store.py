@@ -16,6 +16,7 @@ import redis
 from cryptography.fernet import InvalidToken, MultiFernet
 from pydantic import SecretStr
 
+from shared.codec import RecordCodec
 from shared.connections import Connection
 from shared.errors import ConfigError, InvalidInput
 from shared.store import Keys, as_bytes, translate_redis_errors
@@ -29,6 +30,7 @@ SEALED_FIELDS = (
     "signing_secret",
 )
 SEALED_RETIRED_FIELDS = ("retired_webhook_secret", "retired_program_api_key")
+CONNECTION = RecordCodec(Connection)
 
 
 OPENED_KEPT = 512  # decrypted connections kept per process
@@ -110,7 +112,7 @@ class ConnectionStore:
         return sorted(found, key=lambda c: (c.created_at, c.id))
 
     def _seal(self, connection: Connection) -> bytes:
-        data: dict[str, Any] = connection.model_dump(mode="json")
+        data: dict[str, Any] = CONNECTION.dump(connection)
         for name in SEALED_FIELDS:
             secret = getattr(connection, name)
             data[name] = None if secret is None else self._encrypt(secret)
@@ -137,7 +139,7 @@ class ConnectionStore:
         sealed = data.pop("practitioners_sealed", None)
         if sealed is not None:  # else a plain map, as a record saved before holds it
             data["practitioners"] = orjson.loads(self._decrypt(sealed))
-        return Connection.model_validate(data)
+        return CONNECTION.load(data)
 
     def _encrypt(self, secret: SecretStr) -> str:
         return self._fernet.encrypt(secret.get_secret_value().encode()).decode()

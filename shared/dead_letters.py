@@ -6,15 +6,19 @@ same way logs are), the attempts, and when it first ran and finally failed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import redis
+import structlog
 
 from shared.clock import epoch_seconds
+from shared.codec import RecordCodec
+from shared.errors import UnreadableRecord
 from shared.store import Keys, as_bytes, translate_redis_errors
+
+log = structlog.get_logger("halaxy_bridge.dead_letters")
 
 RETENTION = timedelta(days=30)
 
@@ -35,6 +39,9 @@ class DeadLetter:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+DEAD_LETTER = RecordCodec(DeadLetter)
+
+
 class DeadLetterStore:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._redis = client
@@ -44,7 +51,7 @@ class DeadLetterStore:
         now = epoch_seconds()
         with translate_redis_errors():
             pipe = self._redis.pipeline(transaction=True)
-            pipe.hset(self._keys.dead_letters(), letter.id, orjson.dumps(asdict(letter)))
+            pipe.hset(self._keys.dead_letters(), letter.id, DEAD_LETTER.encode(letter))
             pipe.zadd(self._keys.dead_letter_times(), {letter.id: now})
             pipe.execute()
             self._trim(now)
@@ -59,7 +66,7 @@ class DeadLetterStore:
         with translate_redis_errors():
             ids: list[Any] = self._redis.zrangebyscore(self._keys.dead_letter_times(), low, "+inf")
             raw = self._redis.hmget(self._keys.dead_letters(), ids) if ids else []
-        letters = [DeadLetter(**orjson.loads(as_bytes(r))) for r in raw if r is not None]
+        letters = [letter for r in raw if r is not None and (letter := _readable(r)) is not None]
         return [
             letter
             for letter in letters
@@ -72,7 +79,7 @@ class DeadLetterStore:
     def get(self, letter_id: str) -> DeadLetter | None:
         with translate_redis_errors():
             raw = self._redis.hget(self._keys.dead_letters(), letter_id)
-        return None if raw is None else DeadLetter(**orjson.loads(as_bytes(raw)))
+        return None if raw is None else DEAD_LETTER.decode(as_bytes(raw))
 
     def remove(self, letter_id: str) -> bool:
         with translate_redis_errors():
@@ -88,6 +95,16 @@ class DeadLetterStore:
         if old:
             self._redis.hdel(self._keys.dead_letters(), *old)
             self._redis.zrem(self._keys.dead_letter_times(), *old)
+
+
+def _readable(raw: bytes | str) -> DeadLetter | None:
+    """The letter, or None (logged) when another version wrote one this one cannot read: one
+    such record must not hide every other letter from ops."""
+    try:
+        return DEAD_LETTER.decode(as_bytes(raw))
+    except UnreadableRecord as exc:
+        log.warning("dead_letters.unreadable", detail=str(exc))
+        return None
 
 
 def iso(epoch_ms: float) -> str:

@@ -17,7 +17,7 @@ while the link lasts, so that a person can retry it (`forget_expired` erases it 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
@@ -27,6 +27,7 @@ import structlog
 from cryptography.fernet import InvalidToken, MultiFernet
 
 from shared.clock import epoch_seconds, iso_now, utcnow
+from shared.codec import RecordCodec
 from shared.programs import FILE_URL_LIFETIME, ProgramCallback, note_title
 from shared.store import Keys, as_bytes, translate_redis_errors
 
@@ -153,6 +154,9 @@ class NoteRecord:
         return asdict(self)
 
 
+NOTE_RECORD = RecordCodec(NoteRecord)
+
+
 class NoteOutbox:
     def __init__(self, client: redis.Redis, keys: Keys, fernet: MultiFernet) -> None:
         self._redis = client
@@ -165,18 +169,21 @@ class NoteOutbox:
     def create(self, connection_id: str, note_id: str, callback: ProgramCallback) -> bool:
         """Record a new note as `queued`; False if the note exists already."""
         now = iso_now()
-        record: dict[Any, Any] = {
-            "note_id": note_id,
-            "connection_id": connection_id,
-            "state": NoteState.QUEUED.value,
-            "patient_id": callback.patient_id,
-            "title": note_title(callback),
-            "program_date_iso": callback.date_iso.isoformat(),
+        note = NoteRecord(
+            note_id=note_id,
+            connection_id=connection_id,
+            state=NoteState.QUEUED,
+            patient_id=callback.patient_id,
+            title=note_title(callback),
+            program_date_iso=callback.date_iso.isoformat(),
+            updated=callback.updated,
+            created_at=now,
+            updated_at=now,
+        )
+        record = {
+            **NOTE_RECORD.encode_fields(note),
+            # Beside the record, never shown by it: the sealed callback and its link's expiry.
             "link_expires_at": str(int(callback.link_expires_at().timestamp())),
-            "updated": "1" if callback.updated else "0",
-            "created_at": now,
-            "updated_at": now,
-            "attempts": "0",
             "callback": self._fernet.encrypt(callback.model_dump_json().encode()).decode(),
         }
         pairs: list[Any] = []
@@ -193,7 +200,7 @@ class NoteOutbox:
         with translate_redis_errors():
             raw = self._redis.hgetall(self._keys.note(connection_id, note_id))
         decoded = {as_bytes(k).decode(): as_bytes(v).decode() for k, v in raw.items()}
-        return _record(decoded) if "state" in decoded else None
+        return NOTE_RECORD.load(decoded) if "state" in decoded else None
 
     def callback(self, connection_id: str, note_id: str) -> ProgramCallback | None:
         """The callback as received (its file_url unsealed), while the note still needs it."""
@@ -350,15 +357,6 @@ class NotesPage:
             "offset": self.offset,
             "limit": self.limit,
         }
-
-
-def _record(raw: dict[str, str]) -> NoteRecord:
-    names = {f.name for f in fields(NoteRecord)}
-    data: dict[str, object] = {k: v for k, v in raw.items() if k in names}
-    data["state"] = NoteState(str(data["state"]))
-    data["attempts"] = int(str(data.get("attempts", "0")))
-    data["updated"] = data.get("updated") == "1"
-    return NoteRecord(**data)  # type: ignore[arg-type]
 
 
 def _due(after: timedelta) -> int:

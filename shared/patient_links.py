@@ -11,11 +11,11 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-import orjson
 import redis
 
 from shared.audit import PendingEntry
 from shared.clock import iso_now
+from shared.codec import RecordCodec
 from shared.errors import StoreUnavailable
 from shared.store import Keys, LeaseRenewer, as_bytes, held_lease, translate_redis_errors
 
@@ -29,6 +29,9 @@ class PatientLink:
     fingerprint: str | None
     synced_at: str
     creating: bool = False
+
+
+PATIENT_LINK = RecordCodec(PatientLink)
 
 
 class PatientLinks:
@@ -54,7 +57,7 @@ class PatientLinks:
                 raw = self._redis.hget(self._key, patient_id)
         if raw is None:
             return None
-        return PatientLink(**orjson.loads(as_bytes(raw)))
+        return PATIENT_LINK.decode(as_bytes(raw))
 
     def save(
         self,
@@ -69,7 +72,7 @@ class PatientLinks:
         pipe = self._redis.pipeline(transaction=False)
         if audit is not None:
             audit.add_to(pipe)
-        pipe.hset(self._key, patient_id, orjson.dumps(link.__dict__))
+        pipe.hset(self._key, patient_id, PATIENT_LINK.encode(link))
         try:
             with translate_redis_errors():
                 replies = pipe.execute(raise_on_error=False)
@@ -105,4 +108,4 @@ class PatientLinks:
 
 
 def _creating() -> bytes:
-    return orjson.dumps(PatientLink(None, None, iso_now(), creating=True).__dict__)
+    return PATIENT_LINK.encode(PatientLink(None, None, iso_now(), creating=True))

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
+import time_machine
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from services.cli.main import cli
 from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.samples import notification
+from shared.clock import utcnow
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from tests.helpers import EVENTS, PUBLIC_URL, SETUP_KEYS
@@ -386,6 +389,22 @@ def test_rotate_webhook_secret_keeps_the_old_one_for_the_grace_period(
     assert response.json()["program_api_key"] == created["program_api_key"]
     assert post_webhook(client, created["id"], new).status_code == 202
     assert post_webhook(client, created["id"], old).status_code == 202
+
+
+@pytest.mark.parametrize("grace_hours", [1, 24])
+def test_the_old_webhook_secret_is_refused_once_its_grace_has_run_out(
+    client: TestClient, created: dict[str, Any], grace_hours: int
+) -> None:
+    old = created["halaxy_auth_header"]
+    rotated = utcnow()
+    response = rotate(client, created["id"], {"webhook_secret": True, "grace_hours": grace_hours})
+    assert response.status_code == 200, response.text
+    new = response.json()["halaxy_auth_header"]
+    with time_machine.travel(rotated + timedelta(hours=grace_hours, minutes=-1)):
+        assert post_webhook(client, created["id"], old).status_code == 202
+    with time_machine.travel(rotated + timedelta(hours=grace_hours, minutes=1)):
+        assert post_webhook(client, created["id"], old).status_code == 401
+        assert post_webhook(client, created["id"], new).status_code == 202
 
 
 def test_rotate_webhook_secret_without_grace_refuses_the_old_one(
