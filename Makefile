@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: test demo lint typecheck serve worker clean bench
+.PHONY: test test-today test-year-ahead demo lint typecheck serve worker clean bench
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -24,10 +24,22 @@ $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet -e '.[bench]'
 	@touch $@
 
-## Run the whole suite (lint, types, tests) against REDIS_URL or a throwaway redis-server.
+## Run the whole suite (lint, types, tests) against REDIS_URL or a throwaway redis-server,
+## then the tests again with the clock a year ahead: both runs must pass.
 test: $(VENV)/.dev-installed lint typecheck
 	@sh scripts/ensure_tools.sh
+	$(MAKE) --no-print-directory test-today test-year-ahead
+
+test-today: $(VENV)/.dev-installed
 	$(BIN)/python scripts/with_redis.py $(BIN)/pytest
+
+## Every Python process of the run (pytest and the receiver, worker, scheduler and CLI it
+## starts) reads a date a year ahead (tests/year_ahead/sitecustomize.py). The speed and
+## fuzzing tests read no date and are left out; tests/test_clock.py proves the shift took.
+test-year-ahead: $(VENV)/.dev-installed
+	HB_TEST_CLOCK_SHIFT_DAYS=365 PYTHONPATH=$(CURDIR)/tests/year_ahead \
+	  $(BIN)/python scripts/with_redis.py $(BIN)/pytest -p no:cacheprovider \
+	  -W ignore::pytest.PytestAssertRewriteWarning -m "not dateless"
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
