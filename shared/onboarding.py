@@ -5,17 +5,19 @@ The CLI and the admin API both call these; nothing here knows about either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared import connections as c
 from shared.audit import AuditTrail
-from shared.connection_store import ConnectionStore
+from shared.connection_store import ConnectionStore, Refusal
 from shared.connections import Connection, DocStatus, PlatformKind, RetiredSecret
-from shared.errors import BridgeError, InvalidInput, Transient
+from shared.errors import AlreadyConnected, BridgeError, InvalidInput, Transient
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.validation import validated
 
@@ -54,6 +56,13 @@ class ConnectionRequest(BaseModel):
     signing: bool = False
     doc_status: DocStatus = DocStatus.PRELIMINARY
     verify: bool = True
+    allow_shared_platform_key: bool = Field(
+        default=False,
+        description=(
+            "store it even though another connection uses the same platform API key (two "
+            "Halaxy practices writing to one platform account, on purpose)"
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -148,6 +157,7 @@ class RotateRequest(BaseModel):
     platform_pms_key: SecretStr | None = None
     grace_hours: float = Field(default=24.0, ge=0, le=24 * 14)
     verify: bool = True
+    allow_shared_platform_key: bool = False
 
     @field_validator("halaxy_key", "platform_api_key", "platform_pms_key")
     @classmethod
@@ -160,6 +170,52 @@ class RotateRequest(BaseModel):
 
     def is_empty(self) -> bool:
         return not self.replaced()
+
+
+def duplicate_refusal(*, halaxy_key: bool = True, platform_api_key: bool = True) -> Refusal:
+    """Refuses a connection whose Halaxy key (client id on the same Halaxy base URL) another
+    enabled connection holds: both would sync the same patients, each creating its own
+    platform clients. The same for its platform API key, unless sharing it is meant. A
+    disabled connection holds nothing (it receives and sends nothing): README, Decisions.
+    `halaxy_key` / `platform_api_key` false: that one is not checked."""
+
+    def refuse(new: Connection, stored: Sequence[Connection]) -> None:
+        others = [other for other in stored if other.enabled and other.id != new.id]
+        for other in others if halaxy_key else []:
+            if same_halaxy_key(new, other):
+                raise AlreadyConnected(
+                    f"connection {other.id} ({other.name}) already uses this Halaxy key "
+                    f"(client id {new.halaxy_client_id} on {new.halaxy_base_url}): a second "
+                    "connection would sync the same patients twice. Use that connection, or "
+                    f"disable it first (connections disable {other.id})",
+                    other.id,
+                )
+        for other in others if platform_api_key else []:
+            if hmac.compare_digest(
+                new.platform_api_key.get_secret_value().encode(),
+                other.platform_api_key.get_secret_value().encode(),
+            ):
+                raise AlreadyConnected(
+                    f"connection {other.id} ({other.name}) already uses this platform API key. "
+                    "If both practices are meant to write to the same platform account, say so: "
+                    "--allow-shared-platform-key (admin API: allow_shared_platform_key)",
+                    other.id,
+                )
+
+    return refuse
+
+
+def same_halaxy_key(one: Connection, other: Connection) -> bool:
+    """The same Halaxy client id on the same Halaxy API (scheme and host compared as URLs
+    compare them, case-insensitively)."""
+    return one.halaxy_client_id == other.halaxy_client_id and _url_identity(
+        one.halaxy_base_url
+    ) == _url_identity(other.halaxy_base_url)
+
+
+def _url_identity(url: str) -> tuple[str, str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
 
 
 def _stripped_secret(value: SecretStr) -> SecretStr:
@@ -312,7 +368,9 @@ def add_connection(
     connection = build_connection(request, now)
     if request.verify:
         _verify(verify_key, connection, "the Halaxy key could not be verified")
-    store.create(connection)
+    store.create(
+        connection, duplicate_refusal(platform_api_key=not request.allow_shared_platform_key)
+    )
     audit.record(actor=by, action="connection.added", connection_id=connection.id)
     return connection
 
@@ -339,7 +397,14 @@ def apply_rotation(
     rotated = rotate(connection, request, now)
     if request.halaxy_key is not None and request.verify:
         _verify(verify_key, rotated, "the new Halaxy key could not be verified")
-    store.replace(connection, rotated)
+    new_halaxy_key = request.halaxy_key is not None
+    new_platform_key = (
+        request.platform_api_key is not None and not request.allow_shared_platform_key
+    )
+    refuse = None
+    if new_halaxy_key or new_platform_key:
+        refuse = duplicate_refusal(halaxy_key=new_halaxy_key, platform_api_key=new_platform_key)
+    store.replace(connection, rotated, refuse)
     audit.record(
         actor=by,
         action="connection.rotated",

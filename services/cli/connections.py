@@ -22,9 +22,15 @@ def connections() -> None:
 @connections.command("add")
 @click.option("--name", required=True, help="The clinic's name, for people.")
 @click.option("--halaxy-key", required=True, help="CLIENT_ID:CLIENT_SECRET from Halaxy.")
-@click.option("--region", type=click.Choice(["au", "eu"]), help="Halaxy region (default au).")
+@click.option(
+    "--region",
+    type=click.Choice(["au", "eu"], case_sensitive=False),
+    help="Halaxy region (default au).",
+)
 @click.option("--halaxy-base-url", help="Explicit Halaxy API base URL instead of a region.")
-@click.option("--platform", type=click.Choice(["physitrack", "rest"]), required=True)
+@click.option(
+    "--platform", type=click.Choice(["physitrack", "rest"], case_sensitive=False), required=True
+)
 @click.option("--platform-base-url", required=True, help="The therapy platform's API base URL.")
 @click.option("--platform-api-key", required=True, help="The therapy platform's API key.")
 @click.option(
@@ -46,6 +52,11 @@ def connections() -> None:
 @click.option("--pdf-hosts", help="HOST[:PORT],... allowed to serve program PDFs.")
 @click.option("--signing", is_flag=True, help="Also require Standard Webhooks signatures.")
 @click.option("--no-verify", is_flag=True, help="Do not check the Halaxy key now.")
+@click.option(
+    "--allow-shared-platform-key",
+    is_flag=True,
+    help="Store it although another connection uses the same platform API key (meant).",
+)
 @json_option
 def add(
     name: str,
@@ -62,6 +73,7 @@ def add(
     pdf_hosts: str | None,
     signing: bool,
     no_verify: bool,
+    allow_shared_platform_key: bool,
     as_json: bool,
 ) -> None:
     """Add a connection and print what to set up in Halaxy and the platform."""
@@ -82,6 +94,7 @@ def add(
                 "pdf_hosts": pdf_hosts.split(",") if pdf_hosts is not None else None,
                 "signing": signing,
                 "verify": not no_verify,
+                "allow_shared_platform_key": allow_shared_platform_key,
             }
         )
         connection = onboarding.add_connection(
@@ -149,6 +162,11 @@ def disable(connection_id: str, as_json: bool) -> None:
     help="How long the old webhook secret and program key stay valid.",
 )
 @click.option("--no-verify", is_flag=True, help="Do not check a new Halaxy key now.")
+@click.option(
+    "--allow-shared-platform-key",
+    is_flag=True,
+    help="Store a new platform API key although another connection uses it (meant).",
+)
 @json_option
 def rotate(
     connection_id: str,
@@ -160,6 +178,7 @@ def rotate(
     platform_pms_key: str | None,
     grace_hours: float,
     no_verify: bool,
+    allow_shared_platform_key: bool,
     as_json: bool,
 ) -> None:
     """Replace secrets and print the setup values that changed."""
@@ -174,6 +193,7 @@ def rotate(
                 "platform_pms_key": platform_pms_key,
                 "grace_hours": grace_hours,
                 "verify": not no_verify,
+                "allow_shared_platform_key": allow_shared_platform_key,
             }
         )
         rotated = onboarding.apply_rotation(

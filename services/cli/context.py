@@ -16,6 +16,7 @@ from shared.audit import AuditTrail, audit_trail, checked_actor
 from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
 from shared.errors import (
+    AlreadyConnected,
     ConfigError,
     ConnectionNotFound,
     InvalidInput,
@@ -81,6 +82,8 @@ def cli_context(as_json: bool) -> Iterator[CliContext]:
             connections=ConnectionStore(client, Keys(settings.redis_namespace), fernet),
             verify_key=verify,
         )
+    except AlreadyConnected as exc:
+        fail(as_json, "already_connected", str(exc))
     except InvalidInput as exc:
         fail(as_json, "invalid", "; ".join([str(exc), *exc.problems]))
     except ConnectionNotFound as exc:
