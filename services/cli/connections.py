@@ -6,12 +6,11 @@ from typing import Any
 
 import click
 
-from services.cli.context import CliContext, cli_context
+from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
 from shared import onboarding
 from shared.clock import utcnow
-from shared.connections import Connection, practitioner_map
-from shared.errors import ConnectionNotFound
+from shared.connections import practitioner_map
 
 
 @click.group()
@@ -124,7 +123,7 @@ def list_(as_json: bool) -> None:
 def show(connection_id: str, reveal: bool, as_json: bool) -> None:
     """Show one connection; `--reveal` prints its setup values again."""
     with cli_context(as_json) as ctx:
-        connection = _existing(ctx, connection_id)
+        connection = ctx.connection(connection_id)
         if reveal:
             details = onboarding.setup_details(connection, ctx.settings.public_url)
             emit(as_json, details, lambda: onboarding.setup_steps(details))
@@ -140,7 +139,7 @@ def disable(connection_id: str, as_json: bool) -> None:
     """Disable a connection: its webhooks are answered 404 from now on."""
     with cli_context(as_json) as ctx:
         disabled = onboarding.disable_connection(
-            ctx.connections, _existing(ctx, connection_id), utcnow(), ctx.audit, ctx.user
+            ctx.connections, ctx.connection(connection_id), utcnow(), ctx.audit, ctx.user
         )
         data = onboarding.summary(disabled)
         emit(as_json, data, f"Connection {disabled.id} is disabled.")
@@ -199,7 +198,7 @@ def rotate(
         rotated = onboarding.apply_rotation(
             ctx.connections,
             ctx.verify_key,
-            _existing(ctx, connection_id),
+            ctx.connection(connection_id),
             request,
             utcnow(),
             ctx.audit,
@@ -207,13 +206,6 @@ def rotate(
         )
         details = onboarding.setup_details(rotated, ctx.settings.public_url)
         emit(as_json, details, lambda: onboarding.setup_steps(details))
-
-
-def _existing(ctx: CliContext, connection_id: str) -> Connection:
-    connection = ctx.connections.get(connection_id)
-    if connection is None:
-        raise ConnectionNotFound(f"no connection {connection_id}")
-    return connection
 
 
 def _describe(data: dict[str, Any]) -> str:
