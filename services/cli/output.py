@@ -18,7 +18,15 @@ def emit(as_json: bool, data: Any, text: str | Callable[[], str]) -> None:
         click.echo(text() if callable(text) else text)
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (an id a person typed,
+    echoed in an error, must not break the error's one line)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def fail(as_json: bool, code: str, detail: str, exit_code: int = 2) -> None:
+    """Print the error as one line on stderr (JSON with `--json`) and exit with `exit_code`."""
+    detail = one_line(detail)
     if as_json:
         click.echo(orjson.dumps({"error": code, "detail": detail}).decode(), err=True)
     else:
