@@ -324,6 +324,13 @@ def setup_details(connection: Connection, public_url: str) -> dict[str, Any]:
     }
 
 
+# Physitrack's PDF-download webhook is set up by Physitrack support, on request by email
+# (therapy-platforms.md 2.1): there is nothing for the clinic to set in its own account.
+PHYSITRACK_SUPPORT = (
+    "Email Physitrack support (Physitrack registers the PDF webhook; the clinic cannot)"
+)
+
+
 def setup_steps(details: dict[str, Any]) -> str:
     """The same values as numbered steps for a person finishing the setup."""
     lines = [
@@ -338,22 +345,60 @@ def setup_steps(details: dict[str, Any]) -> str:
     ]
     for name, url in details["webhook_urls"].items():
         lines.append(f"  {HALAXY_EVENTS[name].label:<22} {url}")
-    lines += [
-        "",
-        f"In the therapy platform ({details['platform']}), set the program-assigned (PDF)",
-        "webhook to:",
-        "",
-        f"    URL:     {details['program_webhook_url']}",
-        f"    api_key: {details['program_api_key']}",
-    ]
-    if details["signing_secret"]:
-        lines.append(f"    Standard Webhooks signing secret: {details['signing_secret']}")
+    lines += ["", *_program_webhook(details, "")]
     lines += [
         "",
         "These secrets are shown now; `halaxy-bridge connections show ID --reveal` shows them",
         "again. Keep them out of tickets and chat.",
     ]
     return "\n".join(lines)
+
+
+def rotation_steps(details: dict[str, Any], replaced: list[str]) -> str:
+    """What to change outside the bridge after a rotation: only what changed, and in place."""
+    lines = [f"Connection {details['id']} ({details['name']}): rotated {', '.join(replaced)}."]
+    if "webhook_secret" in replaced:
+        lines += [
+            "",
+            "In Halaxy (Settings > Integrations > Webhooks), edit each of the existing webhooks",
+            "of this connection (one per event; their URLs do not change) and replace its",
+            "Authentication Header with this value. Do not create new webhooks:",
+            "",
+            f"    {details['halaxy_auth_header']}",
+        ]
+    if "program_api_key" in replaced or "signing_secret" in replaced:
+        lines += ["", *_program_webhook(details, "new ")]
+    if not {"webhook_secret", "program_api_key", "signing_secret"} & set(replaced):
+        lines += ["", "Nothing changes in Halaxy's webhooks or in the platform's PDF webhook."]
+    lines += [
+        "",
+        "The earlier webhook secret and program key stay valid for the grace period given.",
+        "Keep these secrets out of tickets and chat.",
+    ]
+    return "\n".join(lines)
+
+
+def _program_webhook(details: dict[str, Any], new: str) -> list[str]:
+    if details["platform"] == PlatformKind.PHYSITRACK.value:
+        # Physitrack's PDF-download webhook is registered by Physitrack support on request
+        # by email (therapy-platforms.md 2.1): the clinic has nothing to set in its account.
+        lines = [
+            "Physitrack's PDF webhook is registered by Physitrack support, not by the clinic:",
+            f"email Physitrack support this URL and {new}api_key for this clinic:",
+        ]
+    else:
+        lines = [
+            f"In the therapy platform ({details['platform']}), set the program-assigned (PDF)",
+            f"webhook to this URL with this {new}api_key:",
+        ]
+    lines += [
+        "",
+        f"    URL:     {details['program_webhook_url']}",
+        f"    api_key: {details['program_api_key']}",
+    ]
+    if details["signing_secret"]:
+        lines.append(f"    Standard Webhooks signing secret: {details['signing_secret']}")
+    return lines
 
 
 def add_connection(

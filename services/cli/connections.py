@@ -205,7 +205,7 @@ def rotate(
             ctx.user,
         )
         details = onboarding.setup_details(rotated, ctx.settings.public_url)
-        emit(as_json, details, lambda: onboarding.setup_steps(details))
+        emit(as_json, details, lambda: onboarding.rotation_steps(details, request.replaced()))
 
 
 def _describe(data: dict[str, Any]) -> str:
