@@ -9,6 +9,7 @@ practitioner (therapy-platforms.md 1.7: the PTSSO API's `data[token]`).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 
 from shared.codec import RecordCodec
 from shared.connections import Connection
-from shared.errors import ConfigError, InvalidInput
+from shared.errors import ConfigError, InvalidInput, Transient
 from shared.store import Keys, as_bytes, translate_redis_errors
 
 SEALED_FIELDS = (
@@ -34,6 +35,11 @@ CONNECTION = RecordCodec(Connection)
 
 
 OPENED_KEPT = 512  # decrypted connections kept per process
+CREATE_ATTEMPTS = 20  # reads of every connection before an add gives up on a busy store
+
+Refusal = Callable[[Connection, Sequence[Connection]], None]
+"""Called with a connection about to be stored and every other stored one; raises to refuse.
+The store calls it inside the same atomic step as the write (see `create`)."""
 
 
 class ConnectionChangedMeanwhile(InvalidInput):
@@ -51,23 +57,37 @@ class ConnectionStore:
         # by the whole record, so a rotation or a disable is seen at the next read.
         self.open_record = functools.lru_cache(maxsize=OPENED_KEPT)(self._decrypt_record)
 
-    def create(self, connection: Connection) -> None:
+    def create(self, connection: Connection, refuse: Refusal | None = None) -> None:
+        """Store a new connection. `refuse` sees every stored connection first, and its check
+        and the write are one atomic step: the index and every record are WATCHed, so of two
+        adds at once (or an add and a rotation) the later one reads everything again and is
+        checked against the earlier, instead of both being stored."""
         record = self._seal(connection)
-        with translate_redis_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.set(self.keys.connection(connection.id), record, nx=True)
-            pipe.sadd(self.keys.connection_index(), connection.id)
-            created, _ = pipe.execute()
-        if not created:
-            raise ValueError(f"connection {connection.id} exists already")
+        for _ in range(CREATE_ATTEMPTS):
+            with translate_redis_errors(), self.redis.pipeline() as pipe:
+                try:
+                    stored = self._watch_all(pipe)
+                    if refuse is not None:
+                        refuse(connection, stored)
+                    pipe.multi()
+                    pipe.set(self.keys.connection(connection.id), record, nx=True)
+                    pipe.sadd(self.keys.connection_index(), connection.id)
+                    created, _ = pipe.execute()
+                except redis.WatchError:
+                    continue
+            if not created:
+                raise ValueError(f"connection {connection.id} exists already")
+            return
+        raise Transient("connections kept changing while this one was checked; try again")
 
     def save(self, connection: Connection) -> None:
         with translate_redis_errors():
             self.redis.set(self.keys.connection(connection.id), self._seal(connection), xx=True)
 
-    def replace(self, current: Connection, new: Connection) -> None:
+    def replace(self, current: Connection, new: Connection, refuse: Refusal | None = None) -> None:
         """Store `new` in place of `current`, only if the stored record still is `current`:
-        of two people rotating at once, each must not be shown a secret only one stored."""
+        of two people rotating at once, each must not be shown a secret only one stored.
+        `refuse`, if given, sees every other stored connection, atomically as in `create`."""
         key = self.keys.connection(current.id)
         changed = ConnectionChangedMeanwhile(
             f"connection {current.id} changed since it was read; look at it again and retry"
@@ -78,6 +98,9 @@ class ConnectionStore:
                 record = pipe.get(key)
                 if record is None or self.open_record(as_bytes(record)) != current:
                     raise changed
+                if refuse is not None:
+                    others = [c for c in self._watch_all(pipe) if c.id != current.id]
+                    refuse(new, others)
                 pipe.multi()
                 pipe.set(key, self._seal(new), xx=True)
                 pipe.execute()
@@ -110,6 +133,18 @@ class ConnectionStore:
             records = self.redis.mget([self.keys.connection(i) for i in ids]) if ids else []
         found = [self.open_record(as_bytes(r)) for r in records if r is not None]
         return sorted(found, key=lambda c: (c.created_at, c.id))
+
+    def _watch_all(self, pipe: Any) -> tuple[Connection, ...]:
+        """Every stored connection, read by `pipe` in its immediate mode after WATCHing the
+        index and then each record, so a change to any of them fails the EXEC that follows."""
+        index = self.keys.connection_index()
+        pipe.watch(index)
+        ids = sorted(as_bytes(m).decode() for m in pipe.smembers(index))
+        if not ids:
+            return ()
+        keys = [self.keys.connection(i) for i in ids]
+        pipe.watch(*keys)
+        return tuple(self.open_record(as_bytes(r)) for r in pipe.mget(keys) if r is not None)
 
     def _seal(self, connection: Connection) -> bytes:
         data: dict[str, Any] = CONNECTION.dump(connection)

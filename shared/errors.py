@@ -48,6 +48,15 @@ class InvalidInput(Permanent):
         self.problems = problems or []
 
 
+class AlreadyConnected(InvalidInput):
+    """Credentials another enabled connection already uses (the same Halaxy key, or the same
+    platform API key where sharing it was not asked for); `connection_id` names that one."""
+
+    def __init__(self, message: str, connection_id: str) -> None:
+        super().__init__(message)
+        self.connection_id = connection_id
+
+
 class Ambiguous(BridgeError):
     """A write may or may not have happened (a timeout after sending, a 5xx). Never repeat it
     blindly: Halaxy cannot delete or search notes, so a repeat could duplicate a clinical note."""

@@ -41,7 +41,12 @@ class NoteNotWaiting(InvalidInput):
 
 
 class NoteStateConflict(InvalidInput):
-    """The note is not in the state the person named: it moved since they looked."""
+    """The note is not in the state the person named: it moved since they looked, or they
+    named the wrong one. `actual` is the state it is in."""
+
+    def __init__(self, message: str, actual: NoteState) -> None:
+        super().__init__(message)
+        self.actual = actual
 
 
 class NoteCannotBeRetried(InvalidInput):
@@ -57,7 +62,8 @@ def find_waiting(outbox: NoteOutbox, note_id: str, state: Waiting) -> NoteRecord
         if other is not state and outbox.waiting(NoteState(other.value), note_id) is not None:
             raise NoteStateConflict(
                 f"note {note_id} is {other}, not {state}: look at it again "
-                f"(notes {other}) before settling it"
+                f"(notes {other}) before settling it",
+                NoteState(other.value),
             )
     raise NoteNotWaiting(f"no parked or failed note {note_id}")
 
@@ -96,7 +102,7 @@ def resolve_note(
     if not moved:
         if found is None:
             raise NoteNotWaiting(f"no parked or failed note {record.note_id}")
-        raise NoteStateConflict(f"note {record.note_id} is {found}, not {record.state}")
+        raise NoteStateConflict(f"note {record.note_id} is {found}, not {record.state}", found)
     # Recorded before the enqueue: if that fails the note is still watched (and queued again
     # within WATCH_NEW), and the trail says who sent it back.
     audit.record(

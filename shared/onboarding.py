@@ -5,17 +5,19 @@ The CLI and the admin API both call these; nothing here knows about either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared import connections as c
 from shared.audit import AuditTrail
-from shared.connection_store import ConnectionStore
+from shared.connection_store import ConnectionStore, Refusal
 from shared.connections import Connection, DocStatus, PlatformKind, RetiredSecret
-from shared.errors import BridgeError, InvalidInput, Transient
+from shared.errors import AlreadyConnected, BridgeError, InvalidInput, Transient
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.validation import validated
 
@@ -54,6 +56,13 @@ class ConnectionRequest(BaseModel):
     signing: bool = False
     doc_status: DocStatus = DocStatus.PRELIMINARY
     verify: bool = True
+    allow_shared_platform_key: bool = Field(
+        default=False,
+        description=(
+            "store it even though another connection uses the same platform API key (two "
+            "Halaxy practices writing to one platform account, on purpose)"
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -148,6 +157,7 @@ class RotateRequest(BaseModel):
     platform_pms_key: SecretStr | None = None
     grace_hours: float = Field(default=24.0, ge=0, le=24 * 14)
     verify: bool = True
+    allow_shared_platform_key: bool = False
 
     @field_validator("halaxy_key", "platform_api_key", "platform_pms_key")
     @classmethod
@@ -160,6 +170,52 @@ class RotateRequest(BaseModel):
 
     def is_empty(self) -> bool:
         return not self.replaced()
+
+
+def duplicate_refusal(*, halaxy_key: bool = True, platform_api_key: bool = True) -> Refusal:
+    """Refuses a connection whose Halaxy key (client id on the same Halaxy base URL) another
+    enabled connection holds: both would sync the same patients, each creating its own
+    platform clients. The same for its platform API key, unless sharing it is meant. A
+    disabled connection holds nothing (it receives and sends nothing): README, Decisions.
+    `halaxy_key` / `platform_api_key` false: that one is not checked."""
+
+    def refuse(new: Connection, stored: Sequence[Connection]) -> None:
+        others = [other for other in stored if other.enabled and other.id != new.id]
+        for other in others if halaxy_key else []:
+            if same_halaxy_key(new, other):
+                raise AlreadyConnected(
+                    f"connection {other.id} ({other.name}) already uses this Halaxy key "
+                    f"(client id {new.halaxy_client_id} on {new.halaxy_base_url}): a second "
+                    "connection would sync the same patients twice. Use that connection, or "
+                    f"disable it first (connections disable {other.id})",
+                    other.id,
+                )
+        for other in others if platform_api_key else []:
+            if hmac.compare_digest(
+                new.platform_api_key.get_secret_value().encode(),
+                other.platform_api_key.get_secret_value().encode(),
+            ):
+                raise AlreadyConnected(
+                    f"connection {other.id} ({other.name}) already uses this platform API key. "
+                    "If both practices are meant to write to the same platform account, say so: "
+                    "--allow-shared-platform-key (admin API: allow_shared_platform_key)",
+                    other.id,
+                )
+
+    return refuse
+
+
+def same_halaxy_key(one: Connection, other: Connection) -> bool:
+    """The same Halaxy client id on the same Halaxy API (scheme and host compared as URLs
+    compare them, case-insensitively)."""
+    return one.halaxy_client_id == other.halaxy_client_id and _url_identity(
+        one.halaxy_base_url
+    ) == _url_identity(other.halaxy_base_url)
+
+
+def _url_identity(url: str) -> tuple[str, str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
 
 
 def _stripped_secret(value: SecretStr) -> SecretStr:
@@ -268,6 +324,13 @@ def setup_details(connection: Connection, public_url: str) -> dict[str, Any]:
     }
 
 
+# Physitrack's PDF-download webhook is set up by Physitrack support, on request by email
+# (therapy-platforms.md 2.1): there is nothing for the clinic to set in its own account.
+PHYSITRACK_SUPPORT = (
+    "Email Physitrack support (Physitrack registers the PDF webhook; the clinic cannot)"
+)
+
+
 def setup_steps(details: dict[str, Any]) -> str:
     """The same values as numbered steps for a person finishing the setup."""
     lines = [
@@ -282,22 +345,60 @@ def setup_steps(details: dict[str, Any]) -> str:
     ]
     for name, url in details["webhook_urls"].items():
         lines.append(f"  {HALAXY_EVENTS[name].label:<22} {url}")
-    lines += [
-        "",
-        f"In the therapy platform ({details['platform']}), set the program-assigned (PDF)",
-        "webhook to:",
-        "",
-        f"    URL:     {details['program_webhook_url']}",
-        f"    api_key: {details['program_api_key']}",
-    ]
-    if details["signing_secret"]:
-        lines.append(f"    Standard Webhooks signing secret: {details['signing_secret']}")
+    lines += ["", *_program_webhook(details, "")]
     lines += [
         "",
         "These secrets are shown now; `halaxy-bridge connections show ID --reveal` shows them",
         "again. Keep them out of tickets and chat.",
     ]
     return "\n".join(lines)
+
+
+def rotation_steps(details: dict[str, Any], replaced: list[str]) -> str:
+    """What to change outside the bridge after a rotation: only what changed, and in place."""
+    lines = [f"Connection {details['id']} ({details['name']}): rotated {', '.join(replaced)}."]
+    if "webhook_secret" in replaced:
+        lines += [
+            "",
+            "In Halaxy (Settings > Integrations > Webhooks), edit each of the existing webhooks",
+            "of this connection (one per event; their URLs do not change) and replace its",
+            "Authentication Header with this value. Do not create new webhooks:",
+            "",
+            f"    {details['halaxy_auth_header']}",
+        ]
+    if "program_api_key" in replaced or "signing_secret" in replaced:
+        lines += ["", *_program_webhook(details, "new ")]
+    if not {"webhook_secret", "program_api_key", "signing_secret"} & set(replaced):
+        lines += ["", "Nothing changes in Halaxy's webhooks or in the platform's PDF webhook."]
+    lines += [
+        "",
+        "The earlier webhook secret and program key stay valid for the grace period given.",
+        "Keep these secrets out of tickets and chat.",
+    ]
+    return "\n".join(lines)
+
+
+def _program_webhook(details: dict[str, Any], new: str) -> list[str]:
+    if details["platform"] == PlatformKind.PHYSITRACK.value:
+        # Physitrack's PDF-download webhook is registered by Physitrack support on request
+        # by email (therapy-platforms.md 2.1): the clinic has nothing to set in its account.
+        lines = [
+            "Physitrack's PDF webhook is registered by Physitrack support, not by the clinic:",
+            f"email Physitrack support this URL and {new}api_key for this clinic:",
+        ]
+    else:
+        lines = [
+            f"In the therapy platform ({details['platform']}), set the program-assigned (PDF)",
+            f"webhook to this URL with this {new}api_key:",
+        ]
+    lines += [
+        "",
+        f"    URL:     {details['program_webhook_url']}",
+        f"    api_key: {details['program_api_key']}",
+    ]
+    if details["signing_secret"]:
+        lines.append(f"    Standard Webhooks signing secret: {details['signing_secret']}")
+    return lines
 
 
 def add_connection(
@@ -312,7 +413,9 @@ def add_connection(
     connection = build_connection(request, now)
     if request.verify:
         _verify(verify_key, connection, "the Halaxy key could not be verified")
-    store.create(connection)
+    store.create(
+        connection, duplicate_refusal(platform_api_key=not request.allow_shared_platform_key)
+    )
     audit.record(actor=by, action="connection.added", connection_id=connection.id)
     return connection
 
@@ -339,7 +442,14 @@ def apply_rotation(
     rotated = rotate(connection, request, now)
     if request.halaxy_key is not None and request.verify:
         _verify(verify_key, rotated, "the new Halaxy key could not be verified")
-    store.replace(connection, rotated)
+    new_halaxy_key = request.halaxy_key is not None
+    new_platform_key = (
+        request.platform_api_key is not None and not request.allow_shared_platform_key
+    )
+    refuse = None
+    if new_halaxy_key or new_platform_key:
+        refuse = duplicate_refusal(halaxy_key=new_halaxy_key, platform_api_key=new_platform_key)
+    store.replace(connection, rotated, refuse)
     audit.record(
         actor=by,
         action="connection.rotated",

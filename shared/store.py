@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -30,6 +31,21 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "health_check_interval": 15,
     "retry_on_timeout": False,
 }
+
+
+def redis_location(url: str) -> str:
+    """Where a Redis URL points, for a person reading an error: `host:port/db`, or the socket
+    path. Never the user name or password the URL may carry."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return parts.path or "(no socket path)"
+        host = parts.hostname or "(no host)"
+        shown = f"[{host}]" if ":" in host else host
+        db = parts.path.strip("/") or "0"
+        return f"{shown}:{parts.port or 6379}/{db}"
+    except ValueError:
+        return "(an unreadable URL)"
 
 
 def redis_client(settings: Settings) -> redis.Redis:

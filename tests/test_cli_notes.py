@@ -284,6 +284,21 @@ def test_a_failed_note_retried_is_live_again(
     assert (entry.actor, entry.action, entry.outcome) == ("erin", "note.resolved", "retry")
 
 
+@pytest.mark.parametrize(("waiting", "named"), [("failed", "parked"), ("parked", "failed")])
+def test_resolve_in_the_wrong_state_names_the_state_it_needs(
+    settings: Settings, outbox: NoteOutbox, waiting: str, named: str
+) -> None:
+    note_id = WAITING[waiting](outbox)
+    state = [] if named == "parked" else ["--state", named]  # parked is the default
+
+    result = invoke(settings, "resolve", note_id, "--retry", *state)
+
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert f"give --state {waiting}" in line
+    assert outbox.waiting(NoteState(waiting), note_id) is not None
+
+
 @pytest.mark.parametrize("waiting", sorted(WAITING))
 def test_a_dropped_note_loses_its_link(
     settings: Settings, outbox: NoteOutbox, waiting: str

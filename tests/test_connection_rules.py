@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from shared import connections as c
 from shared import onboarding
+from shared.clock import utcnow
 from shared.errors import InvalidInput
 from shared.redis_health import durability_warnings
 
@@ -135,7 +136,7 @@ def test_refusing_a_practitioner_mapping_never_shows_its_token(token: str, role:
         lambda: c.practitioner_map([f"{token}=EP-1001"]),
         lambda: onboarding.parse_request(request),
         lambda: onboarding.build_connection(
-            onboarding.parse_request({**request, "practitioners": {token: "EP-1"}}), c.utcnow()
+            onboarding.parse_request({**request, "practitioners": {token: "EP-1"}}), utcnow()
         ),
     ]
     for attempt in attempts:

@@ -6,12 +6,11 @@ from typing import Any
 
 import click
 
-from services.cli.context import CliContext, cli_context
+from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
 from shared import onboarding
 from shared.clock import utcnow
-from shared.connections import Connection, practitioner_map
-from shared.errors import ConnectionNotFound
+from shared.connections import practitioner_map
 
 
 @click.group()
@@ -22,9 +21,15 @@ def connections() -> None:
 @connections.command("add")
 @click.option("--name", required=True, help="The clinic's name, for people.")
 @click.option("--halaxy-key", required=True, help="CLIENT_ID:CLIENT_SECRET from Halaxy.")
-@click.option("--region", type=click.Choice(["au", "eu"]), help="Halaxy region (default au).")
+@click.option(
+    "--region",
+    type=click.Choice(["au", "eu"], case_sensitive=False),
+    help="Halaxy region (default au).",
+)
 @click.option("--halaxy-base-url", help="Explicit Halaxy API base URL instead of a region.")
-@click.option("--platform", type=click.Choice(["physitrack", "rest"]), required=True)
+@click.option(
+    "--platform", type=click.Choice(["physitrack", "rest"], case_sensitive=False), required=True
+)
 @click.option("--platform-base-url", required=True, help="The therapy platform's API base URL.")
 @click.option("--platform-api-key", required=True, help="The therapy platform's API key.")
 @click.option(
@@ -46,6 +51,11 @@ def connections() -> None:
 @click.option("--pdf-hosts", help="HOST[:PORT],... allowed to serve program PDFs.")
 @click.option("--signing", is_flag=True, help="Also require Standard Webhooks signatures.")
 @click.option("--no-verify", is_flag=True, help="Do not check the Halaxy key now.")
+@click.option(
+    "--allow-shared-platform-key",
+    is_flag=True,
+    help="Store it although another connection uses the same platform API key (meant).",
+)
 @json_option
 def add(
     name: str,
@@ -62,6 +72,7 @@ def add(
     pdf_hosts: str | None,
     signing: bool,
     no_verify: bool,
+    allow_shared_platform_key: bool,
     as_json: bool,
 ) -> None:
     """Add a connection and print what to set up in Halaxy and the platform."""
@@ -82,6 +93,7 @@ def add(
                 "pdf_hosts": pdf_hosts.split(",") if pdf_hosts is not None else None,
                 "signing": signing,
                 "verify": not no_verify,
+                "allow_shared_platform_key": allow_shared_platform_key,
             }
         )
         connection = onboarding.add_connection(
@@ -111,7 +123,7 @@ def list_(as_json: bool) -> None:
 def show(connection_id: str, reveal: bool, as_json: bool) -> None:
     """Show one connection; `--reveal` prints its setup values again."""
     with cli_context(as_json) as ctx:
-        connection = _existing(ctx, connection_id)
+        connection = ctx.connection(connection_id)
         if reveal:
             details = onboarding.setup_details(connection, ctx.settings.public_url)
             emit(as_json, details, lambda: onboarding.setup_steps(details))
@@ -127,7 +139,7 @@ def disable(connection_id: str, as_json: bool) -> None:
     """Disable a connection: its webhooks are answered 404 from now on."""
     with cli_context(as_json) as ctx:
         disabled = onboarding.disable_connection(
-            ctx.connections, _existing(ctx, connection_id), utcnow(), ctx.audit, ctx.user
+            ctx.connections, ctx.connection(connection_id), utcnow(), ctx.audit, ctx.user
         )
         data = onboarding.summary(disabled)
         emit(as_json, data, f"Connection {disabled.id} is disabled.")
@@ -149,6 +161,11 @@ def disable(connection_id: str, as_json: bool) -> None:
     help="How long the old webhook secret and program key stay valid.",
 )
 @click.option("--no-verify", is_flag=True, help="Do not check a new Halaxy key now.")
+@click.option(
+    "--allow-shared-platform-key",
+    is_flag=True,
+    help="Store a new platform API key although another connection uses it (meant).",
+)
 @json_option
 def rotate(
     connection_id: str,
@@ -160,6 +177,7 @@ def rotate(
     platform_pms_key: str | None,
     grace_hours: float,
     no_verify: bool,
+    allow_shared_platform_key: bool,
     as_json: bool,
 ) -> None:
     """Replace secrets and print the setup values that changed."""
@@ -174,26 +192,20 @@ def rotate(
                 "platform_pms_key": platform_pms_key,
                 "grace_hours": grace_hours,
                 "verify": not no_verify,
+                "allow_shared_platform_key": allow_shared_platform_key,
             }
         )
         rotated = onboarding.apply_rotation(
             ctx.connections,
             ctx.verify_key,
-            _existing(ctx, connection_id),
+            ctx.connection(connection_id),
             request,
             utcnow(),
             ctx.audit,
             ctx.user,
         )
         details = onboarding.setup_details(rotated, ctx.settings.public_url)
-        emit(as_json, details, lambda: onboarding.setup_steps(details))
-
-
-def _existing(ctx: CliContext, connection_id: str) -> Connection:
-    connection = ctx.connections.get(connection_id)
-    if connection is None:
-        raise ConnectionNotFound(f"no connection {connection_id}")
-    return connection
+        emit(as_json, details, lambda: onboarding.rotation_steps(details, request.replaced()))
 
 
 def _describe(data: dict[str, Any]) -> str:

@@ -15,7 +15,9 @@ from services.cli.output import fail
 from shared.audit import AuditTrail, audit_trail, checked_actor
 from shared.config import Settings, load_settings
 from shared.connection_store import ConnectionStore
+from shared.connections import Connection
 from shared.errors import (
+    AlreadyConnected,
     ConfigError,
     ConnectionNotFound,
     InvalidInput,
@@ -25,7 +27,7 @@ from shared.errors import (
 from shared.halaxy.auth import fetch_token
 from shared.jobs import JobQueue
 from shared.onboarding import KeyVerifier
-from shared.store import Keys, redis_client
+from shared.store import Keys, redis_client, redis_location
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,23 @@ class CliContext:
         """Who acts, for the audit trail: `--by` when given, else the user running the command."""
         return self.user if by is None else checked_actor(by, "--by")
 
+    def connection(self, connection_id: str) -> Connection:
+        """The stored connection with this id (enabled or not); `ConnectionNotFound` if none."""
+        connection = self.connections.get(connection_id)
+        if connection is None:
+            raise ConnectionNotFound(f"no connection {connection_id}")
+        return connection
+
     def queue(self) -> JobQueue:
         """The Dramatiq queue, for commands that enqueue (imported only when needed)."""
         from services.workers.messaging import DramatiqJobQueue, build_broker
 
         return DramatiqJobQueue(build_broker(self.settings, self.redis))
+
+
+def unavailable_detail(exc: StoreUnavailable, settings: Settings) -> str:
+    """The error, and which Redis: host, port and db from REDIS_URL, never its password."""
+    return f"{exc} (REDIS_URL: {redis_location(settings.redis_url)})"
 
 
 @contextmanager
@@ -81,12 +95,14 @@ def cli_context(as_json: bool) -> Iterator[CliContext]:
             connections=ConnectionStore(client, Keys(settings.redis_namespace), fernet),
             verify_key=verify,
         )
+    except AlreadyConnected as exc:
+        fail(as_json, "already_connected", str(exc))
     except InvalidInput as exc:
         fail(as_json, "invalid", "; ".join([str(exc), *exc.problems]))
     except ConnectionNotFound as exc:
         fail(as_json, "unknown_connection", str(exc), exit_code=4)
     except StoreUnavailable as exc:
-        fail(as_json, "unavailable", f"{exc} (REDIS_URL)", exit_code=3)
+        fail(as_json, "unavailable", unavailable_detail(exc, settings), exit_code=3)
     except Transient as exc:
         fail(as_json, "unavailable", str(exc), exit_code=3)
     except ConfigError as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,12 +51,25 @@ def demo(serve: bool) -> None:
     # The worker package reads its settings from the environment when first imported.
     os.environ.setdefault("BRIDGE_SECRET_KEY", Fernet.generate_key().decode())
     os.environ["BRIDGE_REDIS_NAMESPACE"] = DEMO_NAMESPACE
+    # The demo's own admin token, printed for /ops: never one inherited from the environment.
+    os.environ["BRIDGE_ADMIN_TOKEN"] = "demo-" + secrets.token_urlsafe(18)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("LOG_FORMAT", "console")
     _run(serve)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a `kill`, a process manager) ends the demo as Ctrl-C does, so its clean-up
+    runs: every key it wrote to a shared Redis is removed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _run(serve: bool) -> None:
+    _stop_on_sigterm()
     import dramatiq
     import httpx
     import orjson
@@ -230,9 +245,23 @@ def _run(serve: bool) -> None:
                 )
                 ok = changed and writes == ["POST", "PUT"] and note is not None
                 if serve:
+                    from services.sandbox.pdfs import make_pdf
+
+                    pdf_url = physitrack_server.url + physitrack.publish_pdf(
+                        make_pdf("Ankle Program")
+                    )
                     click.echo("\nServing; post your own webhooks. Setup values:\n")
                     click.echo(onboarding.setup_steps(details))
-                    click.echo(f"\nSandbox patients: {', '.join(halaxy.patients)}. Ctrl-C stops.")
+                    click.echo(
+                        serving_help(
+                            receiver.url,
+                            details,
+                            settings.admin_token,
+                            pdf_url,
+                            list(halaxy.patients),
+                            where,
+                        )
+                    )
                     _wait_forever()
     finally:
         worker.stop()  # and closes the runtime it built
@@ -290,6 +319,47 @@ def program_step(
     for moment, text in sorted(hops, key=lambda hop: hop[0]):
         timeline.say(text, moment)
     return dict(note)
+
+
+def serving_help(
+    receiver_url: str,
+    details: dict[str, Any],
+    admin_token: Any,
+    pdf_url: str,
+    patients: list[str],
+    where: str,
+) -> str:
+    """What a newcomer needs to poke at the running demo: where its state is, how to see it,
+    and the values the README's curl commands read from the environment."""
+    token = admin_token.get_secret_value()
+    exports = {
+        "HB": receiver_url,
+        "HB_CONNECTION": details["id"],
+        "HB_AUTH": details["halaxy_auth_header"],
+        "HB_PROGRAM_KEY": details["program_api_key"],
+        "HB_PDF_URL": pdf_url,
+        "HB_ADMIN_TOKEN": token,
+    }
+    export_line = " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items())
+    return "\n".join(
+        [
+            "",
+            f"Redis namespace: {DEMO_NAMESPACE} (every key removed when the demo stops)",
+            f"Queues and store: {where}",
+            f"Admin token:     {token}",
+            f"Ops page:        {receiver_url}/ops  (a browser: any user name, the token as "
+            "password)",
+            f"Ops status:      curl -H 'Authorization: Bearer {token}' {receiver_url}/ops/status",
+            f"Sandbox patients: {', '.join(patients)}",
+            "",
+            "Post a sample webhook or program callback: paste this line, then the curl commands",
+            "of README.md (Quick start, 'Poke at the running demo'):",
+            "",
+            f"export {export_line}",
+            "",
+            "Ctrl-C (or SIGTERM) stops the demo.",
+        ]
+    )
 
 
 def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, Any, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
 from services.cli.audit import audit
@@ -9,12 +12,45 @@ from services.cli.connections import connections
 from services.cli.dead_letters import dead_letters
 from services.cli.demo import demo
 from services.cli.notes import notes
+from services.cli.output import fail
 from services.cli.sandbox import sandbox
 from services.cli.scheduler import scheduler
 from services.cli.status import status
 
 
-@click.group()
+class BridgeGroup(click.Group):
+    """The top command: a usage error (a wrong flag value, a missing argument, an unknown
+    command) is one line on stderr, like every other error, instead of click's usage text."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        as_json = "--json" in argv
+        try:
+            result = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a group alone: its help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            message = exc.format_message().rstrip(".")
+            fail(as_json, "usage", message + where, exit_code=exc.exit_code)
+        except click.ClickException as exc:
+            fail(as_json, "failed", exc.format_message(), exit_code=exc.exit_code)
+        except click.Abort:
+            fail(as_json, "aborted", "aborted", exit_code=1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=BridgeGroup)
 def cli() -> None:
     """halaxy-bridge: Halaxy <-> therapy platform bridge, operations CLI."""
 

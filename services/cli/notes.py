@@ -10,7 +10,13 @@ import click
 from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
 from shared.errors import InvalidInput
-from shared.note_resolution import Resolution, Waiting, find_waiting, resolve_note
+from shared.note_resolution import (
+    NoteStateConflict,
+    Resolution,
+    Waiting,
+    find_waiting,
+    resolve_note,
+)
 from shared.notes_outbox import OFFSET_MAX, PAGE_DEFAULT, PAGE_MAX, NoteOutbox, NotesPage, NoteState
 from shared.store import Keys
 
@@ -117,10 +123,17 @@ def resolve(
         if len(chosen) != 1:
             raise InvalidInput("give exactly one of --posted DOCREF_ID, --retry, --drop")
         outbox = NoteOutbox(ctx.redis, Keys(ctx.settings.redis_namespace), ctx.settings.fernet)
-        record = find_waiting(outbox, note_id, Waiting(state))
-        settled = resolve_note(
-            outbox, ctx.queue(), record, chosen[0], ctx.actor(by), ctx.audit, docref_id
-        )
+        try:
+            record = find_waiting(outbox, note_id, Waiting(state))
+            settled = resolve_note(
+                outbox, ctx.queue(), record, chosen[0], ctx.actor(by), ctx.audit, docref_id
+            )
+        except NoteStateConflict as exc:
+            if exc.actual.value not in {w.value for w in Waiting}:
+                raise
+            raise InvalidInput(
+                f"{exc}; to settle it as {exc.actual}, give --state {exc.actual}"
+            ) from None
         emit(
             as_json,
             settled.shown(),

@@ -2,53 +2,108 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
+from datetime import datetime
 from typing import Any
 
 import click
 import orjson
 
-from services.cli.context import CliContext, cli_context
-from services.cli.output import emit, json_option, table
+from services.cli.context import CliContext, cli_context, unavailable_detail
+from services.cli.output import clipped, emit, json_option, table
 from shared.errors import StoreUnavailable
 from shared.notes_outbox import NoteOutbox
 from shared.status import status as gather
 from shared.store import Keys
 
-QUEUE_COLUMNS = [
-    "queue",
-    "depth",
-    "delayed",
-    "dead",
-    "oldest_age_seconds",
-    "throughput_per_minute",
-]
+WIDTH = 120  # the text fits a terminal this wide
+NAME_LEAST = 12  # a name gets the room the other columns leave, at least this much
+
+QUEUE_COLUMNS = ["queue", "depth", "delayed", "dead", "oldest", "per_minute"]
+QUEUE_HEADERS = {"oldest": "oldest waiting", "per_minute": "done a minute"}
 CONNECTION_COLUMNS = [
     "id",
-    "name",
     "enabled",
-    "last_event_at",
-    "last_success_at",
-    "failures_last_hour",
+    "last_event",
+    "last_success",
+    "failures",
     "dead_letters",
     "parked_notes",
     "failed_notes",
     "last_sweep",
+    "name",
 ]
+CONNECTION_HEADERS = {
+    "enabled": "on",
+    "last_event": "last event",
+    "last_success": "last ok",
+    "failures": "fails/1h",
+    "dead_letters": "dead",
+    "parked_notes": "parked",
+    "failed_notes": "failed",
+    "last_sweep": "last sweep",
+}
+
+
+def span(seconds: float) -> str:
+    """A duration as a person reads it at a glance: 42s, 7m, 3h, 12d, 2y."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def ago(moment: str | None, now: datetime) -> str:
+    if moment is None:
+        return "never"
+    return span((now - datetime.fromisoformat(moment)).total_seconds()) + " ago"
+
+
+def _connection_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    sweep = ago(row["last_sweep"], now)
+    if row["last_sweep"] is not None:
+        sweep += f" ({row['last_sweep_kind']})"
+    return {
+        **row,
+        "enabled": "yes" if row["enabled"] else "no",
+        "last_event": ago(row["last_event_at"], now),
+        "last_success": ago(row["last_success_at"], now),
+        "failures": row["failures_last_hour"],
+        "last_sweep": sweep,
+    }
+
+
+def _queue_row(row: dict[str, Any]) -> dict[str, Any]:
+    age = row["oldest_age_seconds"]
+    return {
+        **row,
+        "oldest": None if age is None else span(age),
+        "per_minute": row["throughput_per_minute"],
+    }
 
 
 def _text(data: dict[str, Any]) -> str:
+    now = datetime.fromisoformat(data["generated_at"])
+    connections = [_connection_row(row, now) for row in data["connections"]]
+    others = table(connections, CONNECTION_COLUMNS[:-1], CONNECTION_HEADERS)
+    room = max(NAME_LEAST, WIDTH - 2 - max(len(line) for line in others.splitlines()))
+    connections = [{**row, "name": clipped(row["name"], room)} for row in connections]
     parts = [
         f"halaxy-bridge status at {data['generated_at']}",
         "",
-        table(data["queues"], QUEUE_COLUMNS),
+        table([_queue_row(row) for row in data["queues"]], QUEUE_COLUMNS, QUEUE_HEADERS),
         "",
-        table(data["connections"], CONNECTION_COLUMNS),
+        table(connections, CONNECTION_COLUMNS, CONNECTION_HEADERS),
         "",
         f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
         f"   failed notes: {data['failed_notes']}",
     ]
-    parts += [f"WARNING: {warning}" for warning in data["redis_warnings"]]
+    for warning in data["redis_warnings"]:
+        parts += textwrap.wrap(
+            f"WARNING: {warning}", WIDTH, subsequent_indent="  ", break_on_hyphens=False
+        )
     return "\n".join(parts)
 
 
@@ -76,7 +131,8 @@ def status(watch: bool, interval: float, as_json: bool) -> None:
                 try:
                     data = _gather(ctx)
                 except StoreUnavailable as exc:  # keep watching: Redis may come back
-                    data = {"error": "unavailable", "detail": f"{exc} (REDIS_URL)"}
+                    detail = unavailable_detail(exc, ctx.settings)
+                    data = {"error": "unavailable", "detail": detail}
                 if as_json:
                     click.echo(orjson.dumps(data).decode())
                 else:

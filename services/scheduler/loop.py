@@ -138,5 +138,8 @@ class Scheduler:
         while not stop.is_set():
             self.tick()
             stop.wait(TICK_SECONDS)
-        if self._leader.owned():
-            self._leader.release()
+        try:
+            if self._leader.owned():
+                self._leader.release()
+        except redis.exceptions.RedisError:  # Redis is away: the lease lapses by itself
+            log.warning("scheduler.redis_unavailable", scheduler_id=self.id)

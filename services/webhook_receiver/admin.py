@@ -23,7 +23,7 @@ from shared import onboarding
 from shared.clock import utcnow
 from shared.connection_store import ConnectionChangedMeanwhile
 from shared.connections import Connection
-from shared.errors import InvalidInput, StoreUnavailable, Transient
+from shared.errors import AlreadyConnected, InvalidInput, StoreUnavailable, Transient
 
 MAX_BODY = 64 * 1024
 ADMIN_API = "admin-api"  # who acts, in the audit trail: everyone shares the admin token
@@ -78,6 +78,8 @@ async def call(function: Any, *args: Any) -> Any:
         raise unavailable(str(exc)) from None
     except ConnectionChangedMeanwhile as exc:
         raise ApiError(409, "connection_changed", str(exc)) from None
+    except AlreadyConnected as exc:
+        raise ApiError(409, "already_connected", str(exc)) from None
     except InvalidInput as exc:
         raise ApiError(422, "invalid", "; ".join([str(exc), *exc.problems])) from None
 

@@ -83,7 +83,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "malformed request (not JSON, bad Content-Length)",
         401: "missing or wrong credentials",
         404: "unknown connection, event, note or route",
-        409: "what it would change changed meanwhile: look at it again and retry",
+        409: "what it would change changed meanwhile (connection_changed, note_state_changed): "
+        "look at it again and retry; or another connection already uses these credentials "
+        "(already_connected, naming it)",
         413: "body too large",
         415: "body is not JSON",
         422: "well-formed but not acceptable",
@@ -268,7 +270,7 @@ def build_spec() -> dict[str, Any]:
                     },
                     "responses": {
                         "201": _json(ANY_OBJECT, "created, with setup values"),
-                        **_errors(400, 401, 413, 415, 422, 503),
+                        **_errors(400, 401, 409, 413, 415, 422, 503),
                     },
                 },
             },

@@ -1,0 +1,156 @@
+"""`halaxy-bridge status` as a table: it fits 120 columns and never prints `None`."""
+
+from __future__ import annotations
+
+import string
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.cli.main import cli
+from services.cli.status import WIDTH, _text
+from services.sandbox.halaxy import FakeHalaxy
+from shared.clock import utcnow
+from shared.config import Settings
+from shared.connection_store import ConnectionStore
+from shared.onboarding import KeyVerifier
+from shared.reconcile import SweepKind
+from shared.status import iso
+from tests.conftest import make_connection
+
+# No capital N: a clinic called "Nonesuch" must not pass for a `None` the table printed.
+NAMES = st.text(alphabet=string.ascii_lowercase + string.digits + " -'&.()", max_size=200)
+COUNTS = st.integers(min_value=0, max_value=10**7)
+NOW = datetime(2030, 1, 1, tzinfo=UTC)  # any moment: the table reads ages against generated_at
+
+
+def moments() -> st.SearchStrategy[str | None]:
+    seconds_back = st.floats(min_value=0, max_value=5 * 365 * 86400, allow_nan=False)
+    return st.one_of(
+        st.none(), seconds_back.map(lambda s: iso((NOW - timedelta(seconds=s)).timestamp()))
+    )
+
+
+@st.composite
+def connection_rows(draw: st.DrawFn) -> dict[str, Any]:
+    sweep = draw(moments())
+    return {
+        "id": "cn_" + draw(st.text(alphabet=string.ascii_lowercase, min_size=12, max_size=12)),
+        "name": draw(NAMES.filter(str.strip)),
+        "enabled": draw(st.booleans()),
+        "created_at": iso(NOW.timestamp()),
+        "last_event_at": draw(moments()),
+        "last_success_at": draw(moments()),
+        "failures_last_hour": draw(COUNTS),
+        "processed_last_hour": draw(COUNTS),
+        "last_sweep": sweep,
+        "last_sweep_kind": None if sweep is None else draw(st.sampled_from(SweepKind)).value,
+        "dead_letters": draw(COUNTS),
+        "parked_notes": draw(COUNTS),
+        "failed_notes": draw(COUNTS),
+    }
+
+
+@st.composite
+def queue_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
+    return [
+        {
+            "queue": name,
+            "depth": draw(COUNTS),
+            "delayed": draw(COUNTS),
+            "dead": draw(COUNTS),
+            "oldest_age_seconds": draw(st.none() | st.floats(0, 10**8, allow_nan=False)),
+            "throughput_per_minute": draw(st.floats(0, 10**5, allow_nan=False)),
+        }
+        for name in ("live", "bulk")
+    ]
+
+
+@given(
+    connections=st.lists(connection_rows(), max_size=4),
+    queues=queue_rows(),
+    totals=st.tuples(COUNTS, COUNTS, COUNTS),
+    warnings=st.lists(st.text(alphabet=string.ascii_lowercase + " ", max_size=400), max_size=2),
+)
+def test_the_status_table_fits_120_columns_and_never_says_none(
+    connections: list[dict[str, Any]],
+    queues: list[dict[str, Any]],
+    totals: tuple[int, int, int],
+    warnings: list[str],
+) -> None:
+    text = _text(
+        {
+            "generated_at": iso(NOW.timestamp()),
+            "queues": queues,
+            "connections": connections,
+            "dead_letters": totals[0],
+            "parked_notes": totals[1],
+            "failed_notes": totals[2],
+            "redis_warnings": warnings,
+        }
+    )
+
+    assert max(len(line) for line in text.splitlines()) <= WIDTH, text
+    assert "None" not in text
+    for row in connections:
+        assert row["id"] in text
+        if row["last_event_at"] is None:
+            assert "never" in text
+
+
+def test_status_of_a_connection_nothing_has_happened_to_yet(
+    settings: Settings, store: ConnectionStore, fake_halaxy: FakeHalaxy, verify_key: KeyVerifier
+) -> None:
+    long_name = "The Long Established Physiotherapy and Sports Injury Clinic of Somewhere " * 2
+    connection = make_connection(store, fake_halaxy, verify_key, name=long_name)
+
+    result = CliRunner().invoke(
+        cli, ["status"], env={"BRIDGE_REDIS_NAMESPACE": settings.redis_namespace}
+    )
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= WIDTH
+    assert "None" not in result.stdout
+    [row] = [line for line in lines if line.startswith(connection.id)]
+    assert row.count("never") == 3  # no event, no success, no sweep yet
+    assert row.endswith("…")
+    assert long_name[:12] in row
+
+
+def test_ages_are_read_against_the_time_of_the_status(settings: Settings) -> None:
+    now = utcnow().replace(microsecond=0)
+    row = {
+        "id": "cn_aaaaaaaaaaaa",
+        "name": "Clinic",
+        "enabled": True,
+        "created_at": now.isoformat(),
+        "last_event_at": (now - timedelta(seconds=42)).isoformat(),
+        "last_success_at": (now - timedelta(hours=3, minutes=5)).isoformat(),
+        "failures_last_hour": 0,
+        "processed_last_hour": 0,
+        "last_sweep": (now - timedelta(days=2)).isoformat(),
+        "last_sweep_kind": "backfill",
+        "dead_letters": 0,
+        "parked_notes": 0,
+        "failed_notes": 0,
+    }
+    text = _text(
+        {
+            "generated_at": now.isoformat(),
+            "queues": [],
+            "connections": [row],
+            "dead_letters": 0,
+            "parked_notes": 0,
+            "failed_notes": 0,
+            "redis_warnings": [],
+        }
+    )
+
+    [line] = [line for line in text.splitlines() if line.startswith("cn_")]
+    assert "42s ago" in line
+    assert "3h ago" in line
+    assert "2d ago (backfill)" in line
