@@ -324,13 +324,6 @@ def setup_details(connection: Connection, public_url: str) -> dict[str, Any]:
     }
 
 
-# Physitrack's PDF-download webhook is set up by Physitrack support, on request by email
-# (therapy-platforms.md 2.1): there is nothing for the clinic to set in its own account.
-PHYSITRACK_SUPPORT = (
-    "Email Physitrack support (Physitrack registers the PDF webhook; the clinic cannot)"
-)
-
-
 def setup_steps(details: dict[str, Any]) -> str:
     """The same values as numbered steps for a person finishing the setup."""
     lines = [
