@@ -505,7 +505,8 @@ def test_a_recorded_sweep_reads_back_as_it_was_and_every_ops_surface_shows_it(
     SweepLog(redis_server_client, keys).record(recorded)
     read = SweepLog(redis_server_client, keys).last(connection.id)
     assert read == recorded
-    assert read is not None and read.kind is kind
+    assert read is not None
+    assert read.kind is kind
     env = {"BRIDGE_REDIS_NAMESPACE": settings.redis_namespace}
     as_json = CliRunner().invoke(cli, ["status", "--json"], env=env)
     assert as_json.exit_code == 0, as_json.output
