@@ -3,7 +3,9 @@
 One Redis hash per connection: Halaxy patient id -> {platform id, fingerprint, time}. The
 fingerprint lets an update of an unchanged patient write nothing. A `creating` marker is set
 before a create so that a worker dying between the platform's answer and this record is
-noticed, and the platform is searched instead of creating a duplicate.
+noticed, and the platform is searched instead of creating a duplicate. A patient who left
+good standing after being written (deceased, archived) keeps the link, with `stopped` saying
+why nothing is written for them any more.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-import orjson
 import redis
 
 from shared.audit import PendingEntry
 from shared.clock import iso_now
+from shared.codec import RecordCodec
 from shared.errors import StoreUnavailable
 from shared.store import Keys, LeaseRenewer, as_bytes, held_lease, translate_redis_errors
 
@@ -29,6 +31,10 @@ class PatientLink:
     fingerprint: str | None
     synced_at: str
     creating: bool = False
+    stopped: str | None = None  # why the patient is no longer written (a `Standing`)
+
+
+LINK = RecordCodec(PatientLink)
 
 
 class PatientLinks:
@@ -54,7 +60,7 @@ class PatientLinks:
                 raw = self._redis.hget(self._key, patient_id)
         if raw is None:
             return None
-        return PatientLink(**orjson.loads(as_bytes(raw)))
+        return LINK.decode(as_bytes(raw))
 
     def save(
         self,
@@ -69,7 +75,7 @@ class PatientLinks:
         pipe = self._redis.pipeline(transaction=False)
         if audit is not None:
             audit.add_to(pipe)
-        pipe.hset(self._key, patient_id, orjson.dumps(link.__dict__))
+        pipe.hset(self._key, patient_id, LINK.encode(link))
         try:
             with translate_redis_errors():
                 replies = pipe.execute(raise_on_error=False)
@@ -83,6 +89,14 @@ class PatientLinks:
             if isinstance(reply, Exception):
                 with translate_redis_errors():
                     raise reply
+
+    def stop(self, patient_id: str, link: PatientLink, why: str) -> None:
+        """Record on `link` (read under the patient's lock) why the patient is no longer
+        written. The fingerprint goes, so a patient back in good standing (a record
+        corrected in Halaxy) is written again, and that write (`save`) clears `stopped`."""
+        stopped = PatientLink(link.platform_id, None, iso_now(), stopped=why)
+        with translate_redis_errors():
+            self._redis.hset(self._key, patient_id, LINK.encode(stopped))
 
     def mark_creating(self, patient_id: str) -> None:
         with translate_redis_errors():
@@ -105,4 +119,4 @@ class PatientLinks:
 
 
 def _creating() -> bytes:
-    return orjson.dumps(PatientLink(None, None, iso_now(), creating=True).__dict__)
+    return LINK.encode(PatientLink(None, None, iso_now(), creating=True))
