@@ -12,6 +12,7 @@ from services.cli.context import CliContext, cli_context
 from services.cli.output import emit, json_option, table
 from shared.errors import StoreUnavailable
 from shared.notes_outbox import NoteOutbox
+from shared.status import not_synced_rows
 from shared.status import status as gather
 from shared.store import Keys
 
@@ -36,6 +37,8 @@ CONNECTION_COLUMNS = [
     "last_sweep",
 ]
 
+NOT_SYNCED_COLUMNS = ["id", "outcome", "reason", "count"]
+
 
 def _text(data: dict[str, Any]) -> str:
     parts = [
@@ -44,6 +47,9 @@ def _text(data: dict[str, Any]) -> str:
         table(data["queues"], QUEUE_COLUMNS),
         "",
         table(data["connections"], CONNECTION_COLUMNS),
+        "",
+        "patients not synced:",
+        table(not_synced_rows(data["connections"]), NOT_SYNCED_COLUMNS),
         "",
         f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
         f"   failed notes: {data['failed_notes']}",
@@ -65,7 +71,8 @@ def _gather(ctx: CliContext) -> dict[str, Any]:
 @json_option
 def status(watch: bool, interval: float, as_json: bool) -> None:
     """Queue depths, ages and throughput; per connection its last event, last success,
-    failures in the last hour, dead letters, parked notes and last sweep."""
+    failures in the last hour, dead letters, parked notes, last sweep, and the patients not
+    written (skipped, left as they were, or refused by reason)."""
     with cli_context(as_json) as ctx:
         if not watch:
             data = _gather(ctx)
