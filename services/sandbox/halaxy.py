@@ -150,6 +150,10 @@ class FakeHalaxy:
     notes: list[dict[str, Any]] = field(default_factory=list)
     note_faults: list[str] = field(default_factory=list)
     hang_seconds: float = 30.0
+    # Each DocumentReference POST body as received, when asked for (a conformance check reads
+    # them; they hold whole PDFs, so they are not kept by default).
+    keep_note_bodies: bool = False
+    note_bodies: list[bytes] = field(default_factory=list)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
 
     def add_key(self, client_id: str | None = None, client_secret: str | None = None) -> str:
@@ -223,6 +227,8 @@ class FakeHalaxy:
         return response
 
     async def _note(self, body: bytes, base: str) -> Response:
+        if self.keep_note_bodies:
+            self.note_bodies.append(body)
         fault = self.note_faults.pop(0) if self.note_faults else None
         if fault in ("429", "503"):
             headers = {"retry-after": "1"} if fault == "429" else None
