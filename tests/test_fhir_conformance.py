@@ -133,9 +133,6 @@ def test_the_notes_halaxy_received_from_the_worker_are_fhir_document_references(
 
 
 def sandbox_patients() -> list[dict[str, Any]]:
-    deceased = patient_resource("9")
-    del deceased["deceasedBoolean"]
-    deceased["deceasedDateTime"] = f"{utcnow().year - 1}-02-03T10:00:00+10:00"
     return [
         patient_resource("1"),
         patient_resource("2", preferred=None, email=None, mobile=None, birth_date=None),
@@ -143,7 +140,7 @@ def sandbox_patients() -> list[dict[str, Any]]:
         patient_resource("4", birth_date="1990-05", gender="other"),
         patient_resource("5", last_updated=utcnow().isoformat(timespec="seconds")),
         *(patient_resource(str(10 + i), status=s) for i, s in enumerate(STATUSES)),
-        deceased,
+        patient_resource("9", died=f"{utcnow().year - 1}-02-03T10:00:00+10:00"),
     ]
 
 

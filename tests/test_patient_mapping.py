@@ -198,7 +198,7 @@ def test_either_deceased_form_means_deceased_even_when_the_status_says_current(
 ) -> None:
     resource = patient_resource("42")  # status `current`, deceasedBoolean false
     del resource["deceasedBoolean"]  # deceased[x] is one element: one form at a time
-    resource.update(deceased)
+    resource.update(deceased)  # both forms here, the sandbox's `died` only the dateTime
     assert patient_status(resource) == "deceased"
     assert assess(resource, NOW, "42") is Standing.DECEASED
 

@@ -267,19 +267,12 @@ def test_what_the_platform_says_about_a_patient_is_cleaned_before_logs_and_dead_
 # --- Patients not written, and why: FHIR's deceased[x], enquiries, and what ops see ---------
 
 
-def deceased_on(patient_id: str, when: str) -> dict[str, Any]:
-    """A Patient whose Halaxy status still says `current`, with a date of death only."""
-    resource = patient_resource(patient_id)
-    del resource["deceasedBoolean"]
-    resource["deceasedDateTime"] = when
-    return resource
-
-
 @pytest.mark.parametrize("years", [-1, 1])  # a date of death in the past, or in the future
 def test_a_patient_with_a_date_of_death_is_never_created(
     pipeline: Pipeline, sandbox: Sandbox, conn: Any, years: int
 ) -> None:
-    sandbox.halaxy.patients["1001"] = deceased_on("1001", f"{utcnow().year + years}-02-03")
+    died = f"{utcnow().year + years}-02-03"
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", died=died)  # status `current`
     pipeline.send(conn, "patient-created", "Patient", ["1001"])
     pipeline.drain()
     assert sandbox.physitrack.requests == []
@@ -292,9 +285,11 @@ def test_a_linked_patient_who_dies_is_not_updated_again_and_the_link_says_why(
     sandbox.halaxy.patients["1001"] = patient_resource("1001")
     pipeline.send(conn, "patient-created", "Patient", ["1001"])
     pipeline.drain()
-    died = deceased_on("1001", f"{utcnow().year - 1}-02-03T10:00:00+10:00")
-    died["name"][1]["family"] = "Changed"  # a change that would otherwise be written
-    sandbox.halaxy.patients["1001"] = died
+    sandbox.halaxy.patients["1001"] = patient_resource(
+        "1001",
+        family="Changed",  # a change that would otherwise be written
+        died=f"{utcnow().year - 1}-02-03T10:00:00+10:00",
+    )
     for _ in range(2):
         pipeline.send(conn, "patient-updated", "Patient", ["1001"])
         pipeline.drain()
@@ -342,7 +337,7 @@ def test_every_patient_not_written_is_counted_per_connection_for_ops(
 ) -> None:
     patients = {
         "2001": patient_resource("2001", status="archived"),
-        "2002": deceased_on("2002", f"{utcnow().year - 1}"),
+        "2002": patient_resource("2002", died=f"{utcnow().year - 1}"),
         "2003": patient_resource("2003", status="contact"),
         "2004": patient_resource("2004", birth_date="1974-13"),
         "2005": patient_resource("2005", birth_date="19x4"),

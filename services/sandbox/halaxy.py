@@ -74,8 +74,11 @@ def patient_resource(
     gender: str = "female",
     status: str = "current",
     last_updated: str | None = None,
+    died: str | None = None,
 ) -> dict[str, Any]:
-    """A Patient as Halaxy returns it, with the given-only `usual` name listed first."""
+    """A Patient as Halaxy returns it, with the given-only `usual` name listed first. `died`
+    (a FHIR dateTime) gives it a `deceasedDateTime` in place of `deceasedBoolean`, whatever
+    `status` says (deceased[x] is one element: one form at a time)."""
     names: list[dict[str, Any]] = []
     if preferred:
         names.append({"use": "usual", "given": [preferred]})
@@ -93,8 +96,11 @@ def patient_resource(
         "name": names,
         "telecom": telecom,
         "gender": gender,
-        "deceasedBoolean": status == "deceased",
     }
+    if died is None:
+        resource["deceasedBoolean"] = status == "deceased"
+    else:
+        resource["deceasedDateTime"] = died
     if birth_date:
         resource["birthDate"] = birth_date
     if last_updated:
