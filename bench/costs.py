@@ -52,6 +52,7 @@ def main() -> None:
     from services.webhook_receiver.known_connections import KnownConnections
     from services.workers.messaging import DramatiqEventIntake
     from services.workers.runtime import WorkerRuntime
+    from shared.clock import utcnow
     from shared.connection_store import ConnectionStore
     from shared.halaxy.events import HALAXY_EVENTS
     from shared.halaxy.notifications import parse_notification
@@ -158,8 +159,8 @@ def main() -> None:
                         150,
                     )
                 patient = services.halaxy.read("Patient/p1")
-                timed("map_patient", lambda: map_patient(patient))
-                details = map_patient(patient)
+                timed("map_patient", lambda: map_patient(patient, utcnow()))
+                details = map_patient(patient, utcnow())
                 timed(
                     "platform upsert, create (sandbox)",
                     lambda: services.platform.upsert_patient(details, None),

@@ -3,7 +3,9 @@
 One Redis hash per connection: Halaxy patient id -> {platform id, fingerprint, time}. The
 fingerprint lets an update of an unchanged patient write nothing. A `creating` marker is set
 before a create so that a worker dying between the platform's answer and this record is
-noticed, and the platform is searched instead of creating a duplicate.
+noticed, and the platform is searched instead of creating a duplicate. A patient who left
+good standing after being written (deceased, archived) keeps the link, with `stopped` saying
+why nothing is written for them any more.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class PatientLink:
     fingerprint: str | None
     synced_at: str
     creating: bool = False
+    stopped: str | None = None  # why the patient is no longer written (a `Standing`)
 
 
 PATIENT_LINK = RecordCodec(PatientLink)
@@ -86,6 +89,14 @@ class PatientLinks:
             if isinstance(reply, Exception):
                 with translate_redis_errors():
                     raise reply
+
+    def stop(self, patient_id: str, link: PatientLink, why: str) -> None:
+        """Record on `link` (read under the patient's lock) why the patient is no longer
+        written. The fingerprint goes, so a patient back in good standing (a record
+        corrected in Halaxy) is written again, and that write (`save`) clears `stopped`."""
+        stopped = PatientLink(link.platform_id, None, iso_now(), stopped=why)
+        with translate_redis_errors():
+            self._redis.hset(self._key, patient_id, PATIENT_LINK.encode(stopped))
 
     def mark_creating(self, patient_id: str) -> None:
         with translate_redis_errors():

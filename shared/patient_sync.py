@@ -1,31 +1,57 @@
 """Patient sync: Halaxy Patient -> therapy platform, exactly once per change.
 
 The whole sync of one patient runs under a per-patient lock, Halaxy read included, so two
-events for the same patient cannot interleave and write an older state last.
+events for the same patient cannot interleave and write an older state last. Every outcome is
+counted per connection (`halaxy_bridge_patient_outcomes`), a refusal under its reason, so ops
+can see why a patient never arrived (`status`, `/ops`, `/metrics`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from shared.audit import AuditTrail
+from shared.clock import utcnow
 from shared.errors import Permanent
+from shared.fhir_elements import is_resource_id
 from shared.halaxy.client import HalaxyClient, HalaxyNotFound
-from shared.patient_links import PatientLinks
-from shared.patients import map_patient
+from shared.patient_links import PatientLink, PatientLinks
+from shared.patients import (
+    PatientDetails,
+    PatientNotUsable,
+    Refusal,
+    Standing,
+    assess,
+    map_patient,
+)
 from shared.platforms import TherapyPlatform, fingerprint
+from shared.telemetry.definitions import PATIENT_OUTCOMES
 
 
 class SyncOutcome(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
-    SKIPPED_INACTIVE = "skipped_inactive"  # archived, blocked or deceased: not created
+    SKIPPED_INACTIVE = "skipped_inactive"  # archived or blocked: not created
+    SKIPPED_DECEASED = "skipped_deceased"  # deceased: not created
+    SKIPPED_ENQUIRY = "skipped_enquiry"  # a Halaxy enquiry (`contact`): not created
     LEFT_INACTIVE = "left_inactive"  # became inactive after it was synced: left as it is
+    LEFT_DECEASED = "left_deceased"  # died after it was synced: left as it is
     ALREADY_SYNCED = "already_synced"  # appointment whose patient is linked already
     NOTHING_TO_DO = "nothing_to_do"  # appointment deleted, or without a patient
+
+
+# A patient not in good standing: (outcome without a link, outcome with one).
+NOT_WRITTEN = {
+    Standing.INACTIVE: (SyncOutcome.SKIPPED_INACTIVE, SyncOutcome.LEFT_INACTIVE),
+    Standing.DECEASED: (SyncOutcome.SKIPPED_DECEASED, SyncOutcome.LEFT_DECEASED),
+    # A linked enquiry is updated like any patient, so it is never "left".
+    Standing.ENQUIRY: (SyncOutcome.SKIPPED_ENQUIRY, SyncOutcome.SKIPPED_ENQUIRY),
+}
+REFUSED = "refused"
 
 
 def sync_patient(
@@ -34,42 +60,95 @@ def sync_patient(
     links: PatientLinks,
     audit: AuditTrail,
     patient_id: str,
+    now: datetime | None = None,
+    booked: bool = False,
 ) -> SyncOutcome:
+    """Sync one patient and count the outcome per connection (a refusal under its reason).
+
+    `booked`: an appointment brought the patient in, so an enquiry (`contact`) is created: it
+    has become a patient. `now` defaults to the product's clock."""
+    try:
+        outcome = _sync(halaxy, platform, links, audit, patient_id, now or utcnow(), booked=booked)
+    except PatientNotUsable as exc:
+        PATIENT_OUTCOMES.labels(links.connection_id, REFUSED, exc.reason.value).inc()
+        raise
+    PATIENT_OUTCOMES.labels(links.connection_id, outcome.value, "").inc()
+    return outcome
+
+
+def _sync(
+    halaxy: HalaxyClient,
+    platform: TherapyPlatform,
+    links: PatientLinks,
+    audit: AuditTrail,
+    patient_id: str,
+    now: datetime,
+    booked: bool,
+) -> SyncOutcome:
+    if not is_resource_id(patient_id):
+        # The receiver refuses such ids; a message from elsewhere (a replay) asks for nothing.
+        raise PatientNotUsable("?", [Refusal.BAD_ID])
     with links.locked(patient_id):
-        details = map_patient(halaxy.read(f"Patient/{patient_id}"))
-        # Marked before the platform is asked to create an active patient it has no link for.
-        link = links.get(patient_id, mark_creating=not details.inactive)
-        if details.inactive:
-            if link is None or link.creating:
-                return SyncOutcome.SKIPPED_INACTIVE
-            return SyncOutcome.LEFT_INACTIVE
-        digest = fingerprint(platform, details)
-        if link is not None and link.fingerprint == digest:
-            return SyncOutcome.UNCHANGED
-        platform_id = link.platform_id if link is not None else None
-        if link is not None and link.creating:
-            # A worker died after asking for a create: the platform may have made the client.
-            platform_id = platform.find_patient(patient_id)
-            if platform_id is None:
-                links.mark_creating(patient_id)
-        try:
-            result = platform.upsert_patient(details, platform_id)
-        except Permanent as exc:
-            audit.record_write(
-                "platform.patient_write",
-                links.connection_id,
-                _ids(patient_id, platform_id),
-                f"refused: {type(exc).__name__}",
-            )
-            raise
-        outcome = SyncOutcome.CREATED if result.created else SyncOutcome.UPDATED
-        entry = audit.pending_write(
-            f"platform.patient_{outcome.value}",
+        resource = halaxy.read(f"Patient/{patient_id}")
+        found = assess(resource, now, patient_id)
+        if isinstance(found, Standing):
+            link = links.get(patient_id)
+            linked = link is not None and not link.creating
+            if found is not Standing.ENQUIRY or not (booked or linked):
+                return _not_written(links, patient_id, link, found)
+            found = map_patient(resource, now)
+        return _write(platform, links, audit, patient_id, found)
+
+
+def _not_written(
+    links: PatientLinks, patient_id: str, link: PatientLink | None, standing: Standing
+) -> SyncOutcome:
+    """Nothing is created for a patient not in good standing; one written before is left as
+    it is (Halaxy has no delete event, the platforms no delete endpoint), its link saying why."""
+    skipped, left = NOT_WRITTEN[standing]
+    if link is None or link.creating:
+        return skipped
+    if link.stopped != standing.value:
+        links.stop(patient_id, link, standing.value)
+    return left
+
+
+def _write(
+    platform: TherapyPlatform,
+    links: PatientLinks,
+    audit: AuditTrail,
+    patient_id: str,
+    details: PatientDetails,
+) -> SyncOutcome:
+    # Marked before the platform is asked to create a patient it has no link for.
+    link = links.get(patient_id, mark_creating=True)
+    digest = fingerprint(platform, details)
+    if link is not None and link.fingerprint == digest:
+        return SyncOutcome.UNCHANGED
+    platform_id = link.platform_id if link is not None else None
+    if link is not None and link.creating:
+        # A worker died after asking for a create: the platform may have made the client.
+        platform_id = platform.find_patient(patient_id)
+        if platform_id is None:
+            links.mark_creating(patient_id)
+    try:
+        result = platform.upsert_patient(details, platform_id)
+    except Permanent as exc:
+        audit.record_write(
+            "platform.patient_write",
             links.connection_id,
-            _ids(patient_id, result.platform_id),
+            _ids(patient_id, platform_id),
+            f"refused: {type(exc).__name__}",
         )
-        links.save(patient_id, result.platform_id, digest, audit=entry)
-        return outcome
+        raise
+    outcome = SyncOutcome.CREATED if result.created else SyncOutcome.UPDATED
+    entry = audit.pending_write(
+        f"platform.patient_{outcome.value}",
+        links.connection_id,
+        _ids(patient_id, result.platform_id),
+    )
+    links.save(patient_id, result.platform_id, digest, audit=entry)
+    return outcome
 
 
 def _ids(patient_id: str, platform_id: str | None) -> str:

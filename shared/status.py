@@ -1,6 +1,6 @@
 """What ops see at a glance: queues, and per connection its last event, last success, recent
-failures, last sweep and what waits for a person (dead letters, parked and failed notes).
-Read-only; ids, times and counts, never patient details."""
+failures, last sweep, what waits for a person (dead letters, parked and failed notes) and the
+patients it did not write, with why. Read-only; ids, times and counts, never patient details."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from shared.notes_outbox import NoteOutbox, NoteState
 from shared.reconcile import SweepLog
 from shared.redis_health import check_redis
 from shared.store import Keys, as_bytes, translate_redis_errors
-from shared.telemetry.activity import Activity, read_activity
+from shared.telemetry.activity import Activity, read_activity, read_patient_outcomes
 
 
 def iso(unix_time: float | None) -> str | None:
@@ -62,6 +62,18 @@ def queue_status(
     return rows
 
 
+def not_synced_rows(connections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per connection and outcome (a refusal per reason) that counted anything."""
+    rows = []
+    for row in connections:
+        for outcome, count in row["patients_not_synced"].items():
+            if count and outcome != "refused":
+                rows.append({"id": row["id"], "outcome": outcome, "reason": "", "count": count})
+        for reason, count in row["patients_refused"].items():
+            rows.append({"id": row["id"], "outcome": "refused", "reason": reason, "count": count})
+    return rows
+
+
 def status(
     client: redis.Redis,
     keys: Keys,
@@ -74,6 +86,7 @@ def status(
     now = epoch_seconds() if now is None else now
     activity = read_activity(client, keys, now, recent)
     sweeps = SweepLog(client, keys)
+    patients = read_patient_outcomes(client, keys)
     letters = DeadLetterStore(client, keys).list()
     parked = outbox.per_connection(NoteState.PARKED)
     failed = outbox.per_connection(NoteState.FAILED)
@@ -95,6 +108,10 @@ def status(
                 "dead_letters": sum(1 for x in letters if x.connection_id == connection.id),
                 "parked_notes": parked[connection.id],
                 "failed_notes": failed[connection.id],
+                # Why patients were not written: skipped or left by their standing, or
+                # refused (by reason code), since the namespace began.
+                "patients_not_synced": patients.not_synced(connection.id),
+                "patients_refused": patients.refused(connection.id),
             }
         )
     return {

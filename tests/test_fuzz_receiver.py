@@ -313,11 +313,14 @@ class Accepted:
 
 
 # Type/id, optionally /_history/vid, and nothing else (not even a trailing newline).
-FOCUS_PATH = re.compile(
-    r"(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})"
-    r"(/_history/[A-Za-z0-9\-.]{1,64})?\Z"
-)
+FOCUS_PATH = re.compile(r"(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[^/]+)(/_history/(?P<vid>[^/]+))?\Z")
+# FHIR's id grammar (https://hl7.org/fhir/R4/datatypes.html#id), less ids of dots only.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
 NOT_A_NOTIFICATION = Rejected(422, "not_a_notification")
+
+
+def _usable_id(value: str | None) -> bool:
+    return value is None or (FHIR_ID.match(value) is not None and set(value) != {"."})
 
 
 def _str_ok(value: Any, max_length: int, *, optional: bool = True, min_length: int = 0) -> bool:
@@ -376,6 +379,8 @@ def _focus_target(focus: dict[str, Any], resource_type: str, base_url: str) -> s
     match = FOCUS_PATH.match(path)
     if match is None:
         return NOT_A_NOTIFICATION
+    if not (_usable_id(match["id"]) and _usable_id(match["vid"])):
+        return Rejected(422, "focus_id")
     if match["type"] != resource_type or focus.get("type") not in (None, match["type"]):
         return Rejected(422, "focus_type")
     return match["id"]
@@ -582,7 +587,7 @@ def webhook(
 
 BASE = "https://au-api.halaxy.com/main"  # the conftest connection's region (au)
 EVENT_NAMES = st.sampled_from(sorted(HALAXY_EVENTS))
-FHIR_IDS = st.from_regex(r"[A-Za-z0-9\-.]{1,64}", fullmatch=True)
+FHIR_IDS = st.from_regex(r"[A-Za-z0-9\-.]{1,64}", fullmatch=True).filter(lambda i: set(i) != {"."})
 FIELD_NAMES = [
     "resourceType",
     "type",

@@ -80,6 +80,40 @@ def test_a_reference_to_another_host_is_refused_without_a_request(
     assert fake_halaxy.requests == []
 
 
+@pytest.mark.parametrize(
+    ("reference", "httpx_would_send"),
+    [
+        ("Patient/.", "/main/Patient"),  # Halaxy's search of every patient
+        ("Patient/..", "/main"),
+        ("/main/Patient/..", "/main"),
+        ("Patient/./42", "/main/Patient/42"),
+        ("Patient/%2E%2E", None),  # a server may decode it and resolve it all the same
+        ("Patient/", None),  # an empty id: the search again
+    ],
+)
+def test_a_reference_with_a_dot_or_empty_segment_is_refused_without_a_request(
+    halaxy: HalaxyClient, fake_halaxy: FakeHalaxy, reference: str, httpx_would_send: str | None
+) -> None:
+    if httpx_would_send is not None:
+        # The defence is needed: httpx removes dot segments before sending (RFC 3986 5.2.4).
+        sent = httpx.URL(f"https://au-api.halaxy.com/main/{reference.removeprefix('/main/')}")
+        assert sent.path == httpx_would_send
+    with pytest.raises(Permanent, match="empty or dot path segment"):
+        halaxy.read(reference)
+    with pytest.raises(Permanent, match="empty or dot path segment"):
+        halaxy.resolve(f"{base_of(halaxy)}/{reference.removeprefix('/main/')}")
+    assert fake_halaxy.requests == []
+
+
+def base_of(halaxy: HalaxyClient) -> str:
+    return halaxy.resolve("Patient/42").removesuffix("/Patient/42")
+
+
+def test_ids_with_dots_that_are_not_segments_of_dots_are_read(halaxy: HalaxyClient) -> None:
+    assert halaxy.resolve("Patient/1.2").endswith("/Patient/1.2")
+    assert halaxy.resolve("Patient/..1").endswith("/Patient/..1")
+
+
 def test_token_is_kept_at_most_15_minutes_and_sealed(
     halaxy: HalaxyClient, redis_server_client: redis.Redis, keys: Keys
 ) -> None:

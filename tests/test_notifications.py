@@ -154,7 +154,15 @@ def test_heartbeat_without_events_yields_nothing() -> None:
         (f"{BASE}/Appointment/1", "focus_type"),
         (f"{BASE}/Patient/1/extra/segments", "not_a_notification"),
         (f"{BASE}/Patient/", "not_a_notification"),
-        (f"{BASE}/Patient/{'9' * 65}", "not_a_notification"),
+        (f"{BASE}/Patient/{'9' * 65}", "focus_id"),
+        # FHIR's id grammar allows dots; ids of dots only are path segments httpx resolves.
+        (f"{BASE}/Patient/.", "focus_id"),
+        (f"{BASE}/Patient/..", "focus_id"),
+        (f"{BASE}/Patient/...", "focus_id"),
+        ("Patient/..", "focus_id"),
+        (f"{BASE}/Patient/1/_history/..", "focus_id"),
+        (f"{BASE}/Patient/%2E%2E", "focus_id"),
+        (f"{BASE}/Patient/1 2", "focus_id"),
     ],
 )
 def test_bad_focus_is_refused_with_its_reason(reference: str, code: str) -> None:
@@ -163,6 +171,14 @@ def test_bad_focus_is_refused_with_its_reason(reference: str, code: str) -> None
     with pytest.raises(NotificationError) as caught:
         parse(body)
     assert caught.value.code == code
+
+
+@pytest.mark.parametrize("resource_id", ["1.2", "a-b.c", "9" * 64, ".1", "1.."])
+def test_ids_with_dots_that_are_not_only_dots_are_fhir_ids(resource_id: str) -> None:
+    body = copy.deepcopy(DOCUMENTED)
+    events_of(body)[0]["focus"]["reference"] = f"{BASE}/Patient/{resource_id}"
+    [changed] = parse(body)
+    assert changed.resource_id == resource_id
 
 
 def test_focus_type_field_must_agree_with_the_reference() -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
+from click.testing import CliRunner
 
+from services.cli.main import cli
 from services.sandbox.halaxy import appointment_resource, patient_resource
+from shared.clock import utcnow
 from shared.dead_letters import DeadLetterStore
 from shared.onboarding import KeyVerifier
 from shared.patient_links import PatientLinks
@@ -258,3 +262,131 @@ def test_what_the_platform_says_about_a_patient_is_cleaned_before_logs_and_dead_
         for secret in ("Jane Citizen", "1984-07-21", "jane.citizen@example.com"):
             assert secret not in text
     assert "already exists" in letter.reason
+
+
+# --- Patients not written, and why: FHIR's deceased[x], enquiries, and what ops see ---------
+
+
+@pytest.mark.parametrize("years", [-1, 1])  # a date of death in the past, or in the future
+def test_a_patient_with_a_date_of_death_is_never_created(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any, years: int
+) -> None:
+    died = f"{utcnow().year + years}-02-03"
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", died=died)  # status `current`
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    assert sandbox.physitrack.requests == []
+    assert pipeline.dead_letters() == []
+
+
+def test_a_linked_patient_who_dies_is_not_updated_again_and_the_link_says_why(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any, renewer: LeaseRenewer
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    sandbox.halaxy.patients["1001"] = patient_resource(
+        "1001",
+        family="Changed",  # a change that would otherwise be written
+        died=f"{utcnow().year - 1}-02-03T10:00:00+10:00",
+    )
+    for _ in range(2):
+        pipeline.send(conn, "patient-updated", "Patient", ["1001"])
+        pipeline.drain()
+    assert [r["method"] for r in sandbox.physitrack.writes()] == ["POST"]
+    assert only_client(sandbox, "1001")["last_name"] == "Citizen"
+    link = PatientLinks(pipeline.redis, pipeline.keys, conn.id, renewer).get("1001")
+    assert link is not None
+    assert (link.stopped, link.platform_id) == ("deceased", str(only_client(sandbox, "1001")["id"]))
+
+
+def test_an_enquiry_is_not_created_until_it_books_an_appointment(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", status="contact")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    assert sandbox.physitrack.requests == []
+    sandbox.halaxy.appointments["A1"] = appointment_resource("A1", "1001")
+    pipeline.send(conn, "appointment-created", "Appointment", ["A1"])
+    pipeline.drain()
+    assert only_client(sandbox, "1001")["first_name"] == "Jane"
+
+
+def test_a_replayed_message_with_a_dot_id_requests_nothing_from_halaxy(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    """The receiver refuses such ids (422); a message from elsewhere is refused by the worker
+    before any request, and dead-lettered at once with its reason."""
+    sandbox.halaxy.requests.clear()
+    for patient_id in (".", "..", "9" * 65):
+        pipeline.broker.enqueue(
+            pipeline.broker.get_actor("sync_patient").message(
+                connection_id=conn.id, resource_id=patient_id, event="patient-updated", event_id="x"
+            )
+        )
+    pipeline.drain()
+    assert [r.path for r in sandbox.halaxy.requests] == []
+    assert sorted(d["kwargs"]["resource_id"] for d in pipeline.dead_letters()) == sorted(
+        [".", "..", "9" * 65]
+    )
+
+
+def test_every_patient_not_written_is_counted_per_connection_for_ops(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    patients = {
+        "2001": patient_resource("2001", status="archived"),
+        "2002": patient_resource("2002", died=f"{utcnow().year - 1}"),
+        "2003": patient_resource("2003", status="contact"),
+        "2004": patient_resource("2004", birth_date="1974-13"),
+        "2005": patient_resource("2005", birth_date="19x4"),
+        "2006": patient_resource("2006"),
+    }
+    sandbox.halaxy.patients.update(patients)
+    pipeline.send(conn, "patient-created", "Patient", list(patients))
+    pipeline.drain()
+    # What every process does every few seconds (here the worker runs in the receiver's).
+    pipeline.receiver.app.state.deps.metrics.push()
+    env = {"BRIDGE_REDIS_NAMESPACE": pipeline.keys.namespace}
+    as_json = CliRunner().invoke(cli, ["status", "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    [row] = [r for r in orjson.loads(as_json.stdout)["connections"] if r["id"] == conn.id]
+    assert row["patients_not_synced"] == {
+        "skipped_inactive": 1,
+        "skipped_deceased": 1,
+        "skipped_enquiry": 1,
+        "left_inactive": 0,
+        "left_deceased": 0,
+        "refused": 2,
+    }
+    assert row["patients_refused"] == {"birth_date_malformed": 2}
+    as_table = CliRunner().invoke(cli, ["status"], env=env).stdout
+    assert "birth_date_malformed" in as_table
+    settings = pipeline.receiver.app.state.deps.settings
+    admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    [ops_row] = [
+        r
+        for r in pipeline.receiver.get("/ops/status", headers=admin).json()["connections"]
+        if r["id"] == conn.id
+    ]
+    assert ops_row["patients_refused"] == {"birth_date_malformed": 2}
+    page = pipeline.receiver.get("/ops", headers=admin).text
+    assert 'id="patients-not-synced"' in page
+    assert "skipped_deceased" in page
+    assert "birth_date_malformed" in page
+    metrics = pipeline.receiver.get("/metrics", headers=admin).text
+    for outcome, reason in [
+        ("skipped_inactive", ""),
+        ("skipped_deceased", ""),
+        ("skipped_enquiry", ""),
+        ("refused", "birth_date_malformed"),
+    ]:
+        count = 2.0 if outcome == "refused" else 1.0
+        assert (
+            f'halaxy_bridge_patient_outcomes_total{{connection_id="{conn.id}",'
+            f'outcome="{outcome}",reason="{reason}"}} {count}'
+        ) in metrics
+    for text in (as_json.stdout, as_table, page, metrics):
+        assert "Citizen" not in text
+        assert "1974" not in text

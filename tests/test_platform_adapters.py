@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from starlette.testclient import TestClient
 from services.sandbox.halaxy import patient_resource
 from services.sandbox.physitrack import FakePhysitrack
 from services.sandbox.rest_platform import FakeRestPlatform
+from shared.clock import utcnow
 from shared.connections import Connection, PlatformKind
 from shared.errors import Permanent, RateLimited, Transient
 from shared.patients import PatientDetails, map_patient
@@ -26,7 +26,7 @@ CONTRACT = Path(__file__).parent.parent / "docs" / "rest-platform.yaml"
 
 
 def details(**changes: Any) -> PatientDetails:
-    return map_patient(patient_resource("1001", **changes), date(2026, 11, 21))
+    return map_patient(patient_resource("1001", **changes), utcnow())
 
 
 @pytest.fixture

@@ -269,6 +269,26 @@ def test_focus_on_another_host_is_422_and_nothing_is_queued(
     assert queued_messages(redis_server_client, keys) == []
 
 
+@pytest.mark.parametrize("resource_id", [".", "..", "9" * 65])
+def test_a_focus_id_of_dots_or_too_long_is_422_and_nothing_is_queued_or_requested(
+    client: TestClient,
+    connection: Connection,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    fake_halaxy: FakeHalaxy,
+    resource_id: str,
+) -> None:
+    """`Patient/.` would reach Halaxy as `GET {base}/Patient` (every patient's details) and
+    `Patient/..` as `GET {base}`: httpx resolves dot segments."""
+    fake_halaxy.requests.clear()
+    body = notification(connection.halaxy_base_url, "Patient", [resource_id])
+    response = post_notification(client, connection, body=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == "focus_id"
+    assert queued_messages(redis_server_client, keys) == []
+    assert fake_halaxy.requests == []
+
+
 def test_focus_of_the_wrong_type_is_422(client: TestClient, connection: Connection) -> None:
     body = notification(connection.halaxy_base_url, "Invoice", ["1"])
     response = post_notification(client, connection, "patient-created", body)

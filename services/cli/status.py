@@ -14,6 +14,7 @@ from services.cli.context import CliContext, cli_context, unavailable_detail
 from services.cli.output import clipped, emit, json_option, table
 from shared.errors import StoreUnavailable
 from shared.notes_outbox import NoteOutbox
+from shared.status import not_synced_rows
 from shared.status import status as gather
 from shared.store import Keys
 
@@ -84,6 +85,9 @@ def _queue_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+NOT_SYNCED_COLUMNS = ["id", "outcome", "reason", "count"]
+
+
 def _text(data: dict[str, Any]) -> str:
     now = datetime.fromisoformat(data["generated_at"])
     connections = [_connection_row(row, now) for row in data["connections"]]
@@ -96,6 +100,9 @@ def _text(data: dict[str, Any]) -> str:
         table([_queue_row(row) for row in data["queues"]], QUEUE_COLUMNS, QUEUE_HEADERS),
         "",
         table(connections, CONNECTION_COLUMNS, CONNECTION_HEADERS),
+        "",
+        "patients not synced:",
+        table(not_synced_rows(data["connections"]), NOT_SYNCED_COLUMNS),
         "",
         f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
         f"   failed notes: {data['failed_notes']}",
@@ -120,7 +127,8 @@ def _gather(ctx: CliContext) -> dict[str, Any]:
 @json_option
 def status(watch: bool, interval: float, as_json: bool) -> None:
     """Queue depths, ages and throughput; per connection its last event, last success,
-    failures in the last hour, dead letters, parked notes and last sweep."""
+    failures in the last hour, dead letters, parked notes, last sweep, and the patients not
+    written (skipped, left as they were, or refused by reason)."""
     with cli_context(as_json) as ctx:
         if not watch:
             data = _gather(ctx)

@@ -74,8 +74,11 @@ def patient_resource(
     gender: str = "female",
     status: str = "current",
     last_updated: str | None = None,
+    died: str | None = None,
 ) -> dict[str, Any]:
-    """A Patient as Halaxy returns it, with the given-only `usual` name listed first."""
+    """A Patient as Halaxy returns it, with the given-only `usual` name listed first. `died`
+    (a FHIR dateTime) gives it a `deceasedDateTime` in place of `deceasedBoolean`, whatever
+    `status` says (deceased[x] is one element: one form at a time)."""
     names: list[dict[str, Any]] = []
     if preferred:
         names.append({"use": "usual", "given": [preferred]})
@@ -93,8 +96,11 @@ def patient_resource(
         "name": names,
         "telecom": telecom,
         "gender": gender,
-        "deceasedBoolean": status == "deceased",
     }
+    if died is None:
+        resource["deceasedBoolean"] = status == "deceased"
+    else:
+        resource["deceasedDateTime"] = died
     if birth_date:
         resource["birthDate"] = birth_date
     if last_updated:
@@ -150,6 +156,10 @@ class FakeHalaxy:
     notes: list[dict[str, Any]] = field(default_factory=list)
     note_faults: list[str] = field(default_factory=list)
     hang_seconds: float = 30.0
+    # Each DocumentReference POST body as received, when asked for (a conformance check reads
+    # them; they hold whole PDFs, so they are not kept by default).
+    keep_note_bodies: bool = False
+    note_bodies: list[bytes] = field(default_factory=list)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
 
     def add_key(self, client_id: str | None = None, client_secret: str | None = None) -> str:
@@ -223,6 +233,8 @@ class FakeHalaxy:
         return response
 
     async def _note(self, body: bytes, base: str) -> Response:
+        if self.keep_note_bodies:
+            self.note_bodies.append(body)
         fault = self.note_faults.pop(0) if self.note_faults else None
         if fault in ("429", "503"):
             headers = {"retry-after": "1"} if fault == "429" else None

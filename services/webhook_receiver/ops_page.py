@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, Response
 from services.webhook_receiver.admin import authorize
 from services.webhook_receiver.ops import current_status
 from shared.clock import iso_now
+from shared.status import not_synced_rows
 
 REFRESH_SECONDS = 10
 OLD_AGE_SECONDS = 300
@@ -48,6 +49,12 @@ CONNECTION_COLUMNS = [
     ("failed_notes", "failed notes"),
     ("last_sweep", "last sweep"),
     ("last_sweep_kind", "sweep kind"),
+]
+NOT_SYNCED_COLUMNS = [
+    ("id", "connection"),
+    ("outcome", "outcome"),
+    ("reason", "reason"),
+    ("count", "patients"),
 ]
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -99,6 +106,14 @@ def _rows(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
+def _not_synced(data: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = _rows(data, "connections")
+    keys = ("patients_not_synced", "patients_refused")
+    if not all(isinstance(r.get(k), dict) for r in rows for k in keys):
+        return []  # a status from before these counts, or a partial one
+    return not_synced_rows(rows)
+
+
 def render(data: dict[str, Any]) -> str:
     """The page for a status dict; any key may be missing."""
     queues = (
@@ -112,6 +127,7 @@ def render(data: dict[str, Any]) -> str:
         (any(_number(c.get(k)) > 0 for k in ("dead_letters", "parked_notes", "failed_notes")), c)
         for c in _rows(data, "connections")
     )
+    not_synced = ((row["outcome"] == "refused", row) for row in _not_synced(data))
     warnings = data.get("redis_warnings")
     warnings = warnings if isinstance(warnings, list) else []
     warning_items = "".join(f'<li class="warning">{escape(str(w))}</li>' for w in warnings)
@@ -138,6 +154,9 @@ Failed notes: {escape(_text(data.get("failed_notes")))}</p>
 {_table("queues", QUEUE_COLUMNS, queues)}
 <h2>Connections</h2>
 {_table("connections", CONNECTION_COLUMNS, connections)}
+<h2>Patients not synced</h2>
+<p>Skipped (never created), left as they were (written before), or refused (by reason).</p>
+{_table("patients-not-synced", NOT_SYNCED_COLUMNS, not_synced)}
 </body>
 </html>
 """

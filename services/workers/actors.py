@@ -53,8 +53,9 @@ def sync_appointment(connection_id: str, resource_id: str, event: str, event_id:
             services.links,
             resource_id,
             deleted=event == "appointment-deleted",
+            # A booked enquiry has become a patient: it is created.
             sync=lambda pid: sync_patient_of(
-                services.halaxy, services.platform, services.links, rt.audit, pid
+                services.halaxy, services.platform, services.links, rt.audit, pid, booked=True
             ),
         )
         log.info("appointment.synced", outcome=outcome.value, patient_id=patient_id)

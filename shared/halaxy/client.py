@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import orjson
@@ -155,14 +155,22 @@ class HalaxyClient:
         raise Transient(f"a {resource_type} search ran past {MAX_PAGES} pages")
 
     def resolve(self, reference: str) -> str:
-        """An absolute URL under this connection's base, refusing any other host."""
+        """An absolute URL under this connection's base, refusing any other host, and any
+        path with an empty, `.` or `..` segment: httpx resolves dot segments (RFC 3986
+        section 5.2.4), so `Patient/.` would be sent as `GET {base}/Patient`, Halaxy's
+        search of every patient, and `Patient/..` as `GET {base}`."""
         if "://" in reference:
             if not reference.startswith(self._base + "/"):
                 raise Permanent("a Halaxy reference points outside the connection's host")
-            return reference
-        if self._base_path and reference.startswith(self._base_path + "/"):
-            reference = reference[len(self._base_path) + 1 :]
-        return f"{self._base}/{reference.lstrip('/')}"
+            path = reference[len(self._base) + 1 :]
+        else:
+            if self._base_path and reference.startswith(self._base_path + "/"):
+                reference = reference[len(self._base_path) + 1 :]
+            path = reference.lstrip("/")
+        segments = unquote(path.partition("?")[0].partition("#")[0]).split("/")
+        if any(segment in ("", ".", "..") for segment in segments):
+            raise Permanent("a Halaxy reference has an empty or dot path segment")
+        return f"{self._base}/{path}"
 
     def _next_link(self, bundle: dict[str, Any]) -> str | None:
         for link in bundle.get("link") or []:

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.fhir_elements import is_resource_id
+
 RESOURCE_PATH = re.compile(
-    r"^(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$"
+    r"^(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[^/]+)(/_history/(?P<version>[^/]+))?$"
 )
 MAX_EVENT_ID = 200
 
@@ -146,6 +148,15 @@ def _focus_target(focus: Reference, expected_type: str, base_url: str) -> tuple[
     match = RESOURCE_PATH.fullmatch(path)
     if match is None:
         raise _not_a_notification("a focus reference is not of the form Type/id")
+    if not is_resource_id(match["id"]) or not (
+        match["version"] is None or is_resource_id(match["version"])
+    ):
+        # FHIR's id grammar, less ids of dots only: `Patient/.` would reach Halaxy as a
+        # search of every patient, `Patient/..` as the API's root (dot segments, RFC 3986).
+        raise NotificationError(
+            "focus_id",
+            "a focus id is not a FHIR id (1 to 64 of A-Z, a-z, 0-9, '-' and '.', not dots only)",
+        )
     resource_type = match.group("type")
     if resource_type != expected_type or (focus.type not in (None, resource_type)):
         raise NotificationError(

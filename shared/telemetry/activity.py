@@ -8,8 +8,13 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.store import Keys, as_bytes, translate_redis_errors
-from shared.telemetry.definitions import JOBS_NAME, LAST_EVENT_NAME, LAST_SUCCESS_NAME
-from shared.telemetry.push import read_field
+from shared.telemetry.definitions import (
+    JOBS_NAME,
+    LAST_EVENT_NAME,
+    LAST_SUCCESS_NAME,
+    PATIENT_OUTCOMES_NAME,
+)
+from shared.telemetry.push import read_field, sample_field
 
 FAILED = frozenset({"retried", "dead"})
 THROUGHPUT_MINUTES = 5
@@ -59,3 +64,53 @@ def read_activity(client: redis.Redis, keys: Keys, now: float, recent: bool = Tr
             if recent:
                 activity.processed_recently[labels["queue"]] += jobs
     return activity
+
+
+# Patient outcomes that wrote nothing, as `status` shows them per connection.
+NOT_SYNCED = (
+    "skipped_inactive",
+    "skipped_deceased",
+    "skipped_enquiry",
+    "left_inactive",
+    "left_deceased",
+    "refused",
+)
+
+
+@dataclass(frozen=True)
+class PatientOutcomes:
+    """Per connection, since the namespace began: patients not written, by outcome, and
+    refusals by reason (the totals every process pushed)."""
+
+    by_outcome: dict[str, Counter[str]] = field(default_factory=dict)
+    refused_by_reason: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def not_synced(self, connection_id: str) -> dict[str, int]:
+        counts = self.by_outcome.get(connection_id, Counter())
+        return {outcome: counts[outcome] for outcome in NOT_SYNCED}
+
+    def refused(self, connection_id: str) -> dict[str, int]:
+        return dict(sorted(self.refused_by_reason.get(connection_id, Counter()).items()))
+
+
+def read_patient_outcomes(client: redis.Redis, keys: Keys) -> PatientOutcomes:
+    total = f"{PATIENT_OUTCOMES_NAME}_total"
+    # The fields of one metric start alike (`sample_field`): scan those, not every total.
+    prefix = sample_field(total, {}).decode().removesuffix("[]]")
+    outcomes = PatientOutcomes()
+    with translate_redis_errors():
+        fields = client.hscan_iter(keys.metric_totals(), match=_glob_literal(prefix) + "*")
+        for raw, value in fields:
+            _, labels = read_field(as_bytes(raw))
+            connection_id, outcome = labels["connection_id"], labels["outcome"]
+            count = round(float(value))
+            outcomes.by_outcome.setdefault(connection_id, Counter())[outcome] += count
+            if outcome == "refused":
+                reasons = outcomes.refused_by_reason.setdefault(connection_id, Counter())
+                reasons[labels["reason"]] += count
+    return outcomes
+
+
+def _glob_literal(text: str) -> str:
+    """`text` as a Redis glob pattern that matches only itself."""
+    return "".join(f"\\{c}" if c in "[]*?\\" else c for c in text)

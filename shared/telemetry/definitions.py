@@ -83,6 +83,14 @@ NOTES = Counter(
     ["connection_id", "outcome"],
     registry=REGISTRY,
 )
+PATIENT_OUTCOMES_NAME = "halaxy_bridge_patient_outcomes"
+PATIENT_OUTCOMES = Counter(
+    PATIENT_OUTCOMES_NAME,
+    "Patient syncs by outcome (created, updated, unchanged, skipped_inactive, skipped_deceased, "
+    "skipped_enquiry, left_inactive, left_deceased, refused) and, for refused, the reason code.",
+    ["connection_id", "outcome", "reason"],
+    registry=REGISTRY,
+)
 # Pushed (the latest time of any process wins), and exported by `collect.gauges` with a
 # fallback for connections that have none yet.
 LAST_EVENT_NAME = "halaxy_bridge_connection_last_event_timestamp_seconds"
