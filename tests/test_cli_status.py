@@ -17,8 +17,10 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.onboarding import KeyVerifier
+from shared.patients import Refusal
 from shared.reconcile import SweepKind
 from shared.status import iso
+from shared.telemetry.activity import NOT_SYNCED
 from tests.conftest import make_connection
 
 # No capital N: a clinic called "Nonesuch" must not pass for a `None` the table printed.
@@ -51,6 +53,8 @@ def connection_rows(draw: st.DrawFn) -> dict[str, Any]:
         "dead_letters": draw(COUNTS),
         "parked_notes": draw(COUNTS),
         "failed_notes": draw(COUNTS),
+        "patients_not_synced": {outcome: draw(COUNTS) for outcome in NOT_SYNCED},
+        "patients_refused": draw(st.dictionaries(st.sampled_from(Refusal), COUNTS, max_size=3)),
     }
 
 
@@ -137,6 +141,8 @@ def test_ages_are_read_against_the_time_of_the_status(settings: Settings) -> Non
         "dead_letters": 0,
         "parked_notes": 0,
         "failed_notes": 0,
+        "patients_not_synced": dict.fromkeys(NOT_SYNCED, 0),
+        "patients_refused": {},
     }
     text = _text(
         {
