@@ -59,6 +59,21 @@ class AuditFields:
 
 AUDIT_FIELDS = RecordCodec(AuditFields)
 
+# An entry's stream id is its time on the bridge's clock, not on Redis's (XADD's `*`): the
+# retention and `--since` compare that clock with the ids, and a Redis whose clock differs
+# from the bridge's must not trim entries as soon as they are written, or hide them. Ids must
+# grow, so a writer whose clock is behind the newest entry's takes that entry's millisecond.
+# KEYS: the trail. ARGV: now (ms), the oldest time kept (ms), then field/value pairs.
+APPEND = """
+local ms = tonumber(ARGV[1])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if newest then
+  local newest_ms = tonumber(string.match(newest[1], '^(%d+)'))
+  if newest_ms > ms then ms = newest_ms end
+end
+return redis.call('XADD', KEYS[1], 'MINID', ARGV[2], string.format('%d-*', ms), unpack(ARGV, 3))
+"""
+
 
 @dataclass(frozen=True)
 class AuditEntry:
@@ -78,6 +93,7 @@ class AuditTrail:
         self._redis = client
         self.key = keys.audit()
         self.retention = retention
+        self.append = client.register_script(APPEND)
 
     def record(
         self,
@@ -163,15 +179,16 @@ class PendingEntry:
 
     def add_to(self, client: redis.Redis) -> None:
         """Send the entry through `client`, or queue it there when it is a pipeline."""
-        oldest_ms = int((utcnow() - self.trail.retention).timestamp() * 1000)
+        now = utcnow()
         stored = AuditFields(
             self.actor, self.action, self.connection_id, self.resource_ids, self.outcome
         )
-        client.xadd(
-            self.trail.key,
-            AUDIT_FIELDS.encode_fields(stored),  # type: ignore[arg-type]
-            minid=oldest_ms,
-            approximate=False,  # exact: nothing past the retention is ever shown
+        pairs = [part for item in AUDIT_FIELDS.encode_fields(stored).items() for part in item]
+        # MINID exact, not approximate: nothing past the retention is ever shown.
+        self.trail.append(
+            keys=[self.trail.key],
+            args=[_ms(now), _ms(now - self.trail.retention), *pairs],
+            client=client,
         )
 
     def settle(self, reply: object) -> None:
@@ -191,6 +208,10 @@ class PendingEntry:
                 resource_ids=self.resource_ids,
                 outcome=self.outcome,
             )
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 def audit_trail(client: redis.Redis, settings: Settings) -> AuditTrail:

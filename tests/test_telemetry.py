@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 import redis
+import time_machine
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -323,6 +324,27 @@ def test_audit_entries_older_than_the_retention_are_trimmed(
     assert [e.action for e in AuditTrail(redis_server_client, keys).entries()] == [
         "connection.added"
     ]
+
+
+def test_the_audit_trail_keeps_time_by_the_bridges_clock_whatever_redis_says(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    """Retention and `since` compare the bridge's clock with entry times: those are its clock
+    too, so a Redis whose clock is off neither trims new entries nor hides them."""
+    trail = AuditTrail(redis_server_client, keys, retention=timedelta(days=30))
+    start = utcnow()
+    with time_machine.travel(start - timedelta(days=31)):
+        trail.record(actor="ops", action="too.old")
+    with time_machine.travel(start - timedelta(days=29)):
+        trail.record(actor="ops", action="kept")
+    with time_machine.travel(start + timedelta(days=365)):  # Redis's clock stays where it is
+        trail.record(actor="ops", action="a.year.on")
+        assert [e.action for e in trail.entries()] == ["a.year.on"]
+        since = utcnow() - timedelta(hours=1)
+        assert [e.action for e in trail.entries(since=since)] == ["a.year.on"]
+        assert trail.entries()[0].at.startswith(str(utcnow().year))
+    trail.record(actor="ops", action="clock.behind")  # a writer whose clock is behind the newest
+    assert [e.action for e in trail.entries()] == ["a.year.on", "clock.behind"]
 
 
 @hsettings(max_examples=60, deadline=None)
