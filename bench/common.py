@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import redis
 
-    from shared.config import Settings
+    from shared.infra.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -160,7 +160,7 @@ class Context:
 
 
 def base_settings() -> Settings:
-    from shared.config import load_settings
+    from shared.infra.config import load_settings
 
     return load_settings()
 
@@ -171,7 +171,7 @@ _namespaces = iter(range(1, 1_000_000))
 @contextmanager
 def namespace(label: str) -> Iterator[Settings]:
     """Settings under a Redis key namespace of their own, removed afterwards."""
-    from shared.store import redis_client
+    from shared.infra.store import redis_client
 
     name = f"{RUN_ID}-{label}{next(_namespaces)}"
     settings = base_settings().model_copy(update={"redis_namespace": name})

@@ -52,13 +52,13 @@ def main() -> None:
     from services.webhook_receiver.known_connections import KnownConnections
     from services.workers.messaging import DramatiqEventIntake
     from services.workers.runtime import WorkerRuntime
-    from shared.clock import utcnow
-    from shared.connection_store import ConnectionStore
+    from shared.connections.store import ConnectionStore
     from shared.halaxy.events import HALAXY_EVENTS
     from shared.halaxy.notifications import parse_notification
-    from shared.logs import configure_logging
-    from shared.patients import map_patient
-    from shared.store import Keys, as_bytes, async_redis_client, redis_client
+    from shared.infra.clock import utcnow
+    from shared.infra.logs import configure_logging
+    from shared.infra.store import Keys, as_bytes, async_redis_client, redis_client
+    from shared.patients.mapping import map_patient
 
     with namespace("costs") as settings, running_sandbox() as sandbox:
         receiver_clinic, worker_clinic = add_clinics(settings, sandbox, 2, "Costs clinic")

@@ -26,9 +26,9 @@ from bench.procs import CpuMeter, Workers, receiver, workers
 from bench.profiling import profiled
 from bench.sandbox import add_clinics, add_patients, bare_upstream, spread, timed
 from services.workers.messaging import build_broker
-from shared.config import Settings
-from shared.jobs import QueueName
-from shared.store import redis_client
+from shared.infra.config import Settings
+from shared.infra.jobs import QueueName
+from shared.infra.store import redis_client
 from tests.workers import Sandbox
 
 POLL_SECONDS = 0.005

@@ -11,7 +11,7 @@ import dramatiq
 from services.workers import broker
 from services.workers.policy import RETRY_OPTIONS
 from services.workers.time_limits import TIME_LIMITS_MS
-from shared.jobs import LIVE_PRIORITY, ActorName, QueueName
+from shared.infra.jobs import LIVE_PRIORITY, ActorName, QueueName
 
 ACTOR_NAME = "bench_noop"
 UPSTREAM_URL = "BENCH_UPSTREAM_URL"  # where bench.http_only_worker sends its requests

@@ -17,7 +17,7 @@ from bench.loadgen import LoadResult, Template, hammer
 from bench.procs import CpuMeter, Receiver, receiver
 from bench.profiling import profiled
 from bench.sandbox import add_clinics, running_sandbox, webhook
-from shared.store import Keys, redis_client
+from shared.infra.store import Keys, redis_client
 
 ID = "P1"
 CONNECTIONS = 64

@@ -20,10 +20,10 @@ from bench.loadgen import send_paced
 from bench.procs import receiver, workers
 from bench.sandbox import add_clinics, add_patients, running_sandbox, spread, timed
 from services.sandbox.halaxy import patient_resource
-from shared.config import Settings
 from shared.halaxy.auth import FHIR_JSON, fetch_token
 from shared.halaxy.client import new_http_client
-from shared.store import redis_client
+from shared.infra.config import Settings
+from shared.infra.store import redis_client
 from tests.workers import Sandbox
 
 ID = "P3"

@@ -19,7 +19,7 @@ from bench.procs import receiver, workers
 from bench.sandbox import add_clinics, add_patients, running_sandbox, spread, timed
 from services.scheduler.loop import Scheduler
 from services.workers.runtime import WorkerRuntime
-from shared.reconcile import SweepLog
+from shared.patients.reconcile import SweepLog
 from tests.test_chaos_inprocess import max_per_minute
 
 ID = "P4"

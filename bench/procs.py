@@ -22,7 +22,7 @@ from typing import IO
 import httpx
 
 from bench.common import BIN, ROOT, BenchError, wait_for
-from shared.config import Settings
+from shared.infra.config import Settings
 
 PROCFILE = ROOT / "Procfile"
 RECEIVER_APP = "services.webhook_receiver.app:app"

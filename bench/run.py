@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import orjson
 
     from bench import report
-    from shared.config import load_settings
+    from shared.infra.config import load_settings
 
     selected = [b.strip().upper() for b in args.only.split(",") if b.strip()] or list(BENCHMARKS)
     if args.profile and not args.only:

@@ -23,10 +23,10 @@ from services.sandbox.physitrack import CLIENT_FIELDS, FakePhysitrack
 from services.sandbox.rest_platform import FakeRestPlatform
 from services.sandbox.samples import notification
 from services.sandbox.serve import ServerThread
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.store import Keys, redis_client
+from shared.connections.model import Connection
+from shared.connections.store import ConnectionStore
+from shared.infra.config import Settings
+from shared.infra.store import Keys, redis_client
 from tests.helpers import auth
 from tests.workers import Sandbox, sandbox_connection
 

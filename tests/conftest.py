@@ -27,13 +27,13 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from services.sandbox.halaxy import FakeHalaxy  # noqa: E402
 from services.webhook_receiver.app import create_app, halaxy_key_verifier  # noqa: E402
-from shared import onboarding  # noqa: E402
-from shared.clock import utcnow  # noqa: E402
-from shared.config import Settings, load_settings  # noqa: E402
-from shared.connection_store import ConnectionStore  # noqa: E402
-from shared.connections import Connection  # noqa: E402
-from shared.onboarding import KeyVerifier  # noqa: E402
-from shared.store import Keys, LeaseRenewer  # noqa: E402
+from shared.connections import onboarding  # noqa: E402
+from shared.connections.model import Connection  # noqa: E402
+from shared.connections.onboarding import KeyVerifier  # noqa: E402
+from shared.connections.store import ConnectionStore  # noqa: E402
+from shared.infra.clock import utcnow  # noqa: E402
+from shared.infra.config import Settings, load_settings  # noqa: E402
+from shared.infra.store import Keys, LeaseRenewer  # noqa: E402
 from tests.helpers import audit_of  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 

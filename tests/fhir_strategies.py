@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from shared.patients import STATUS_EXTENSION
+from shared.patients.mapping import STATUS_EXTENSION
 
 NAME_USES = ["usual", "official", "temp", "nickname", "anonymous", "old", "maiden", None]
 SYSTEMS = ["phone", "fax", "email", "pager", "url", "sms", "other", None]

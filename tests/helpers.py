@@ -10,12 +10,12 @@ import redis
 
 from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
-from shared.audit import AuditTrail
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.notes_outbox import NoteOutbox
-from shared.programs import note_id_for, parse_callback
-from shared.store import Keys
+from shared.connections.model import Connection
+from shared.connections.store import ConnectionStore
+from shared.infra.audit import AuditTrail
+from shared.infra.store import Keys
+from shared.notes.callback import note_id_for, parse_callback
+from shared.notes.outbox import NoteOutbox
 
 HALAXY_BASE = "https://au-api.halaxy.com/main"
 

@@ -13,9 +13,9 @@ import tracemalloc
 import orjson
 
 from services.workers.runtime import WorkerRuntime
-from shared.clock import utcnow
-from shared.config import load_settings
-from shared.note_writer import write_note
+from shared.infra.clock import utcnow
+from shared.infra.config import load_settings
+from shared.notes.writer import write_note
 
 
 def main(connection_id: str, note_id: str) -> None:

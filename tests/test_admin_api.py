@@ -20,9 +20,9 @@ from starlette.testclient import TestClient
 from services.cli.main import cli
 from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.samples import notification
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import utcnow
+from shared.infra.config import Settings
 from tests.helpers import EVENTS, PUBLIC_URL, SETUP_KEYS
 
 

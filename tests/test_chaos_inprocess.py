@@ -17,10 +17,10 @@ from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
 from services.workers.runtime import WorkerRuntime
-from shared.config import Settings
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.onboarding import KeyVerifier
-from shared.reconcile import SweepLog
+from shared.connections.onboarding import KeyVerifier
+from shared.infra.config import Settings
+from shared.notes.outbox import NoteOutbox, NoteState
+from shared.patients.reconcile import SweepLog
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.chaos

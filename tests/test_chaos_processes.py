@@ -25,13 +25,13 @@ from services.webhook_receiver.app import create_app
 from services.workers import broker as global_broker
 from services.workers.messaging import WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime, provide_runtime
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.jobs import QueueName
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.onboarding import KeyVerifier
-from shared.status import queue_status
-from shared.store import Keys
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.config import Settings
+from shared.infra.jobs import QueueName
+from shared.infra.store import Keys
+from shared.notes.outbox import NoteOutbox, NoteState
+from shared.ops.status import queue_status
 from tests.helpers import auth
 from tests.redis_server import RedisServer
 from tests.test_processes import wait_until

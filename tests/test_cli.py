@@ -27,8 +27,8 @@ from services.cli.main import cli
 from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.samples import notification
 from services.sandbox.serve import ServerThread
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
+from shared.connections.store import ConnectionStore
+from shared.infra.config import Settings
 from tests.helpers import EVENTS, PUBLIC_URL, SETUP_KEYS
 
 USER_AGENT = "bridge-cli-tests (qa@example.test)"

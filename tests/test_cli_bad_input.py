@@ -25,7 +25,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from services.cli.main import cli
-from shared.config import Settings
+from shared.infra.config import Settings
 
 Path_ = tuple[str, ...]
 

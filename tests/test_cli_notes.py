@@ -23,22 +23,22 @@ from services.cli.main import cli
 from services.scheduler.loop import Scheduler
 from services.webhook_receiver.ops_page import render
 from services.workers.runtime import WorkerRuntime
-from shared.audit import AuditTrail
-from shared.clock import epoch_seconds, utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.jobs import Job
-from shared.note_resolution import (
+from shared.connections.model import Connection
+from shared.connections.store import ConnectionStore
+from shared.infra.audit import AuditTrail
+from shared.infra.clock import epoch_seconds, utcnow
+from shared.infra.config import Settings
+from shared.infra.jobs import Job
+from shared.infra.store import Keys
+from shared.notes.outbox import DONE_TTL, WATCH_NEW, NoteOutbox, NoteState
+from shared.notes.resolution import (
     NoteStateConflict,
     Resolution,
     Waiting,
     find_waiting,
     resolve_note,
 )
-from shared.notes_outbox import DONE_TTL, WATCH_NEW, NoteOutbox, NoteState
-from shared.status import status
-from shared.store import Keys
+from shared.ops.status import status
 from tests import helpers
 from tests.helpers import queued_messages
 
@@ -72,7 +72,7 @@ def parked_note(outbox: NoteOutbox, name: str = "Knee Rehab", when: datetime | N
 
 
 def failed_note(outbox: NoteOutbox, name: str = "Knee Rehab", when: datetime | None = None) -> str:
-    """As `shared.note_writer` fails a note: Halaxy refused it, so nothing was written."""
+    """As `shared.notes.writer` fails a note: Halaxy refused it, so nothing was written."""
     note_id = recorded_note(outbox, name, when or an_hour_ago())
     outbox.move("cn_test", note_id, {NoteState.QUEUED}, NoteState.FETCHING)
     outbox.move(

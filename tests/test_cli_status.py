@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from services.cli.main import cli
 from services.cli.status import WIDTH, _text
 from services.sandbox.halaxy import FakeHalaxy
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.onboarding import KeyVerifier
-from shared.patients import Refusal
-from shared.reconcile import SweepKind
-from shared.status import iso
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import utcnow
+from shared.infra.config import Settings
+from shared.ops.status import iso
+from shared.patients.mapping import Refusal
+from shared.patients.reconcile import SweepKind
 from shared.telemetry.activity import NOT_SYNCED
 from tests.conftest import make_connection
 

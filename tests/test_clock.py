@@ -12,7 +12,7 @@ import sys
 
 import redis
 
-from shared.clock import epoch_seconds, utcnow
+from shared.infra.clock import epoch_seconds, utcnow
 
 SHIFT_SECONDS = float(os.environ.get("HB_TEST_CLOCK_SHIFT_DAYS", "0")) * 86400
 SLACK = 60.0
@@ -30,7 +30,11 @@ def test_this_process_reads_the_clock_the_run_set(redis_server_client: redis.Red
 
 def test_the_processes_a_test_starts_read_the_same_clock(redis_server_client: redis.Redis) -> None:
     child = subprocess.run(
-        [sys.executable, "-c", "from shared.clock import epoch_seconds; print(epoch_seconds())"],
+        [
+            sys.executable,
+            "-c",
+            "from shared.infra.clock import epoch_seconds; print(epoch_seconds())",
+        ],
         capture_output=True,
         text=True,
         check=True,

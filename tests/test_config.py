@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 
-from shared.config import load_settings
-from shared.errors import ConfigError
+from shared.infra.config import load_settings
+from shared.infra.errors import ConfigError
 
 
 @pytest.mark.parametrize(

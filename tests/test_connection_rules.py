@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import connections as c
-from shared import onboarding
-from shared.clock import utcnow
-from shared.errors import InvalidInput
-from shared.redis_health import durability_warnings
+from shared.connections import model as c
+from shared.connections import onboarding
+from shared.infra.clock import utcnow
+from shared.infra.errors import InvalidInput
+from shared.infra.redis_health import durability_warnings
 
 
 def test_halaxy_key_splits_on_the_first_colon() -> None:

@@ -12,14 +12,14 @@ from cryptography.fernet import Fernet, MultiFernet
 from services.sandbox.halaxy import FakeHalaxy
 from services.webhook_receiver.admin import call
 from services.webhook_receiver.responses import ApiError
-from shared import onboarding
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionChangedMeanwhile, ConnectionStore
-from shared.connections import Connection
-from shared.errors import ConfigError
-from shared.onboarding import KeyVerifier
-from shared.store import Keys
+from shared.connections import onboarding
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionChangedMeanwhile, ConnectionStore
+from shared.infra.clock import utcnow
+from shared.infra.config import Settings
+from shared.infra.errors import ConfigError
+from shared.infra.store import Keys
 from tests.conftest import make_connection
 from tests.helpers import audit_of
 

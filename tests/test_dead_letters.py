@@ -15,11 +15,11 @@ from starlette.testclient import TestClient
 
 from services.cli.main import cli
 from services.sandbox.halaxy import patient_resource
-from shared.clock import epoch_seconds
-from shared.config import Settings
-from shared.dead_letters import RETENTION, DeadLetter, DeadLetterStore
-from shared.onboarding import KeyVerifier
-from shared.store import Keys
+from shared.connections.onboarding import KeyVerifier
+from shared.infra.clock import epoch_seconds
+from shared.infra.config import Settings
+from shared.infra.store import Keys
+from shared.ops.dead_letters import RETENTION, DeadLetter, DeadLetterStore
 from tests.helpers import queued_messages
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 

@@ -22,12 +22,12 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from services.cli.main import cli
-from shared import onboarding
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.errors import AlreadyConnected
+from shared.connections import onboarding
+from shared.connections.model import Connection
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import utcnow
+from shared.infra.config import Settings
+from shared.infra.errors import AlreadyConnected
 from tests.test_admin_api import admin_headers, create, request_body
 
 PLATFORM_URL = "https://au.physitrack.com/api/v2"

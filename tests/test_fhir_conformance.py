@@ -31,9 +31,9 @@ from starlette.testclient import TestClient
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
 from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
-from shared.clock import utcnow
-from shared.connections import Connection, DocStatus
-from shared.programs import document_reference, note_body_parts, parse_callback
+from shared.connections.model import Connection, DocStatus
+from shared.infra.clock import utcnow
+from shared.notes.callback import document_reference, note_body_parts, parse_callback
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 BASE = "https://au-api.halaxy.com/main"
@@ -83,7 +83,7 @@ def built_note(
     author: str | None, doc_status: DocStatus = DocStatus.FINAL, updated: bool = False
 ) -> dict[str, Any]:
     """A note exactly as the note writer posts it: `document_reference`, then the PDF's
-    base64 streamed in between `note_body_parts` (shared/note_writer.py)."""
+    base64 streamed in between `note_body_parts` (shared/notes/writer.py)."""
     connection = Connection.model_construct(halaxy_base_url=BASE, doc_status=doc_status)
     callback = parse_callback(
         program_callback(

@@ -63,14 +63,14 @@ from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.samples import notification
 from services.webhook_receiver.app import create_app
 from services.webhook_receiver.openapi import SPEC
-from shared import onboarding
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
+from shared.connections import onboarding
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
 from shared.halaxy.events import HALAXY_EVENTS
-from shared.onboarding import KeyVerifier
-from shared.store import Keys
+from shared.infra.clock import utcnow
+from shared.infra.config import Settings
+from shared.infra.store import Keys
 from tests.conftest import make_connection
 from tests.helpers import queued_messages
 

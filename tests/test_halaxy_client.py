@@ -13,13 +13,13 @@ from cryptography.fernet import MultiFernet
 from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
-from shared.config import Settings
-from shared.connections import Connection
-from shared.errors import Ambiguous, Permanent, RateLimited, Transient
+from shared.connections.model import Connection
 from shared.halaxy.auth import Token
 from shared.halaxy.client import HalaxyAuthRefused, HalaxyClient, HalaxyNotFound
 from shared.halaxy.tokens import TokenCache
-from shared.store import Keys
+from shared.infra.config import Settings
+from shared.infra.errors import Ambiguous, Permanent, RateLimited, Transient
+from shared.infra.store import Keys
 
 
 class Clock:

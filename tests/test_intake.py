@@ -13,14 +13,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue, build_broker
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
+from shared.connections.model import Connection
+from shared.connections.store import ConnectionStore
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.halaxy.notifications import ChangedResource
-from shared.intake import ConnectionChanged, IntakeResult
-from shared.jobs import job_for_event
-from shared.store import Keys, as_bytes, async_redis_client
+from shared.infra.config import Settings
+from shared.infra.jobs import job_for_event
+from shared.infra.store import Keys, as_bytes, async_redis_client
+from shared.patients.intake import ConnectionChanged, IntakeResult
 from tests.helpers import queued_messages
 
 EVENT = HALAXY_EVENTS["patient-created"]

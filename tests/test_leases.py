@@ -14,15 +14,15 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from shared.config import Settings
-from shared.errors import Transient
-from shared.store import Keys, LeaseRenewer, held_lease
+from shared.infra.config import Settings
+from shared.infra.errors import Transient
+from shared.infra.store import Keys, LeaseRenewer, held_lease
 from tests.redis_server import RedisServer
 
 HOLDER = """
 import sys, time
 import redis
-from shared.store import LeaseRenewer, held_lease
+from shared.infra.store import LeaseRenewer, held_lease
 
 client = redis.Redis.from_url(sys.argv[1])
 renewer = LeaseRenewer()

@@ -11,8 +11,8 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.config import load_settings
-from shared.logs import PATTERNS, REDACTED, configure_logging, mask, redact
+from shared.infra.config import load_settings
+from shared.infra.logs import PATTERNS, REDACTED, configure_logging, mask, redact
 
 
 def test_known_fields_are_dropped_and_shapes_are_masked() -> None:

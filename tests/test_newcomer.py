@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from services.sandbox.serve import free_port
-from shared.config import Settings
+from shared.infra.config import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

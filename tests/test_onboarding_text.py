@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from services.cli.main import cli
-from shared.config import Settings
+from shared.infra.config import Settings
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 BY_SUPPORT = "registered by physitrack support, not by the clinic"

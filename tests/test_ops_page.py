@@ -26,13 +26,13 @@ from services.sandbox.halaxy import FakeHalaxy
 from services.sandbox.serve import ServerThread, free_port
 from services.webhook_receiver.app import create_app
 from services.webhook_receiver.ops_page import render
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.dead_letters import DeadLetter, DeadLetterStore
-from shared.jobs import ActorName, Job, QueueName
-from shared.onboarding import KeyVerifier
-from shared.store import Keys
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.config import Settings
+from shared.infra.jobs import ActorName, Job, QueueName
+from shared.infra.store import Keys
+from shared.ops.dead_letters import DeadLetter, DeadLetterStore
 from tests.conftest import make_connection
 from tests.test_dead_letters import LETTER
 

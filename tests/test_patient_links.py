@@ -6,10 +6,10 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from shared.audit import AuditTrail
-from shared.errors import StoreUnavailable
-from shared.patient_links import PatientLinks
-from shared.store import Keys, LeaseRenewer
+from shared.infra.audit import AuditTrail
+from shared.infra.errors import StoreUnavailable
+from shared.infra.store import Keys, LeaseRenewer
+from shared.patients.links import PatientLinks
 from tests.redis_server import free_port
 
 

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.sandbox.halaxy import patient_resource
-from shared.clock import utcnow
-from shared.patients import (
+from shared.infra.clock import utcnow
+from shared.patients.mapping import (
     Gender,
     PatientDetails,
     PatientNotUsable,

@@ -1,7 +1,7 @@
 """Generated FHIR Patients (tests/fhir_strategies.py) drive the mapping: whatever comes, it
 maps by the rules of docs/field-mapping.md or refuses with a named reason, nothing else.
 
-The expected choices are computed here independently of shared/patients.py, from how the
+The expected choices are computed here independently of shared/patients/mapping.py, from how the
 strategy built each period (a year or more from now), not by calling the code under test.
 """
 
@@ -15,8 +15,8 @@ import time_machine
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from shared.clock import utcnow
-from shared.patients import (
+from shared.infra.clock import utcnow
+from shared.patients.mapping import (
     E164,
     EMAIL,
     EXPLANATIONS,

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 from services.cli.main import cli
 from services.sandbox.halaxy import appointment_resource, patient_resource
-from shared.clock import utcnow
-from shared.dead_letters import DeadLetterStore
-from shared.onboarding import KeyVerifier
-from shared.patient_links import PatientLinks
-from shared.store import LeaseRenewer
+from shared.connections.onboarding import KeyVerifier
+from shared.infra.clock import utcnow
+from shared.infra.store import LeaseRenewer
+from shared.ops.dead_letters import DeadLetterStore
+from shared.patients.links import PatientLinks
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from services.sandbox.pdfs import make_pdf
-from shared.errors import Permanent, Transient
-from shared.pdf_fetch import MAX_PDF_BYTES, PdfFetcher, PdfRefused
+from shared.infra.errors import Permanent, Transient
+from shared.notes.pdf_fetch import MAX_PDF_BYTES, PdfFetcher, PdfRefused
 
 ALLOWED = ("files.example.com", "au.physitrack.com")
 PUBLIC_IP = "93.184.216.34"

@@ -14,9 +14,9 @@ from services.sandbox.halaxy import patient_resource
 from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.onboarding import KeyVerifier
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.config import Settings
 from tests.helpers import auth
 from tests.test_processes import receiver, wait_until, worker_log  # noqa: F401  (fixtures)
 from tests.workers import Sandbox, sandbox_connection

@@ -13,10 +13,15 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from shared.config import Settings
-from shared.errors import StoreUnavailable
-from shared.pipelined_script import PipelinedScript
-from shared.store import CLIENT_OPTIONS, async_redis_client, redis_client, translate_redis_errors
+from shared.infra.config import Settings
+from shared.infra.errors import StoreUnavailable
+from shared.infra.pipelined_script import PipelinedScript
+from shared.infra.store import (
+    CLIENT_OPTIONS,
+    async_redis_client,
+    redis_client,
+    translate_redis_errors,
+)
 from tests.redis_server import RedisServer
 
 T = TypeVar("T")

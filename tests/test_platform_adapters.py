@@ -15,10 +15,10 @@ from starlette.testclient import TestClient
 from services.sandbox.halaxy import patient_resource
 from services.sandbox.physitrack import FakePhysitrack
 from services.sandbox.rest_platform import FakeRestPlatform
-from shared.clock import utcnow
-from shared.connections import Connection, PlatformKind
-from shared.errors import Permanent, RateLimited, Transient
-from shared.patients import PatientDetails, map_patient
+from shared.connections.model import Connection, PlatformKind
+from shared.infra.clock import utcnow
+from shared.infra.errors import Permanent, RateLimited, Transient
+from shared.patients.mapping import PatientDetails, map_patient
 from shared.platforms.physitrack import Physitrack
 from shared.platforms.rest import RestPlatform
 

@@ -19,11 +19,11 @@ from services.sandbox.halaxy import patient_resource
 from services.sandbox.samples import notification
 from services.sandbox.serve import free_port
 from services.workers.messaging import DramatiqJobQueue, build_broker
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.jobs import ActorName, Job, QueueName
-from shared.onboarding import KeyVerifier
-from shared.store import Keys
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.config import Settings
+from shared.infra.jobs import ActorName, Job, QueueName
+from shared.infra.store import Keys
 from tests.helpers import auth, queued_messages
 from tests.workers import Sandbox, sandbox_connection
 

@@ -20,15 +20,15 @@ from services.sandbox.halaxy import patient_resource
 from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
 from services.workers.messaging import DramatiqJobQueue
-from shared.clock import utcnow
-from shared.connections import Connection
-from shared.jobs import job_for_note
-from shared.note_resolution import Resolution, Waiting, find_waiting, resolve_note
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.onboarding import KeyVerifier
-from shared.patient_links import PatientLinks
-from shared.programs import note_id_for, parse_callback
-from shared.store import LeaseRenewer
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.infra.clock import utcnow
+from shared.infra.jobs import job_for_note
+from shared.infra.store import LeaseRenewer
+from shared.notes.callback import note_id_for, parse_callback
+from shared.notes.outbox import NoteOutbox, NoteState
+from shared.notes.resolution import Resolution, Waiting, find_waiting, resolve_note
+from shared.patients.links import PatientLinks
 from tests.helpers import audit_of
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 

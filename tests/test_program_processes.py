@@ -20,12 +20,12 @@ from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
 from services.webhook_receiver.app import create_app
 from services.workers.messaging import WorkerMaintenance
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.onboarding import KeyVerifier
-from shared.programs import note_id_for, parse_callback
-from shared.store import Keys
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.config import Settings
+from shared.infra.store import Keys
+from shared.notes.callback import note_id_for, parse_callback
+from shared.notes.outbox import NoteOutbox, NoteState
 from tests.test_processes import BIN, process_env, wait_until
 from tests.workers import Sandbox, sandbox_connection
 

@@ -12,13 +12,13 @@ import redis
 from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
-from shared.config import Settings
-from shared.connections import Connection
-from shared.errors import RateLimited, StoreUnavailable, Transient
+from shared.connections.model import Connection
 from shared.halaxy.client import HalaxyClient
 from shared.halaxy.rate_limit import HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
-from shared.store import Keys, LeaseRenewer, held_lease
+from shared.infra.config import Settings
+from shared.infra.errors import RateLimited, StoreUnavailable, Transient
+from shared.infra.store import Keys, LeaseRenewer, held_lease
 
 BASE = "https://au-api.halaxy.com/main"
 

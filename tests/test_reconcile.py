@@ -22,19 +22,19 @@ from services.scheduler.loop import Scheduler
 from services.workers.messaging import DramatiqJobQueue, build_broker
 from services.workers.policy import MAX_BACKOFF_MS
 from services.workers.runtime import WorkerRuntime
-from shared import reconcile
-from shared.clock import epoch_seconds, iso_now
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.errors import RateLimited
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
 from shared.halaxy.client import HalaxyClient
 from shared.halaxy.tokens import TokenCache
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.onboarding import KeyVerifier
-from shared.programs import note_id_for, parse_callback
-from shared.reconcile import OVERLAP, Sweep, SweepKind, SweepLog, SweepProgress, due, sweep
-from shared.store import Keys
+from shared.infra.clock import epoch_seconds, iso_now
+from shared.infra.config import Settings
+from shared.infra.errors import RateLimited
+from shared.infra.store import Keys
+from shared.notes.callback import note_id_for, parse_callback
+from shared.notes.outbox import NoteOutbox, NoteState
+from shared.patients import reconcile
+from shared.patients.reconcile import OVERLAP, Sweep, SweepKind, SweepLog, SweepProgress, due, sweep
 from tests.helpers import queued_messages
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 

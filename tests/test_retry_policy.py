@@ -16,8 +16,8 @@ from services.workers.policy import (
     RETRY_SPAN,
     should_retry,
 )
-from shared.errors import Permanent, Transient
-from shared.onboarding import KeyVerifier
+from shared.connections.onboarding import KeyVerifier
+from shared.infra.errors import Permanent, Transient
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 

@@ -21,16 +21,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from shared.audit import AUDIT_FIELDS, AuditFields, AuditTrail
-from shared.codec import RecordCodec
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection, DocStatus, PlatformKind, RetiredSecret
-from shared.dead_letters import DEAD_LETTER, DeadLetter, DeadLetterStore
-from shared.errors import UnreadableRecord
-from shared.notes_outbox import NOTE_RECORD, NoteOutbox, NoteRecord, NoteState
-from shared.patient_links import PATIENT_LINK, PatientLink
-from shared.reconcile import SWEEP, SWEEP_PROGRESS, Sweep, SweepKind, SweepLog, SweepProgress
-from shared.store import Keys, as_bytes
+from shared.connections.model import Connection, DocStatus, PlatformKind, RetiredSecret
+from shared.connections.store import ConnectionStore
+from shared.infra.audit import AUDIT_FIELDS, AuditFields, AuditTrail
+from shared.infra.codec import RecordCodec
+from shared.infra.errors import UnreadableRecord
+from shared.infra.store import Keys, as_bytes
+from shared.notes.outbox import NOTE_RECORD, NoteOutbox, NoteRecord, NoteState
+from shared.ops.dead_letters import DEAD_LETTER, DeadLetter, DeadLetterStore
+from shared.patients.links import PATIENT_LINK, PatientLink
+from shared.patients.reconcile import (
+    SWEEP,
+    SWEEP_PROGRESS,
+    Sweep,
+    SweepKind,
+    SweepLog,
+    SweepProgress,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stored_records_v0.json"
 T = TypeVar("T")

@@ -10,13 +10,13 @@ import redis
 from services.sandbox.halaxy import FakeHalaxy
 from services.scheduler.loop import Scheduler
 from services.workers.runtime import WorkerRuntime
-from shared.clock import epoch_seconds, utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.notes_outbox import DONE_TTL, NoteOutbox, NoteState
-from shared.onboarding import KeyVerifier
-from shared.store import Keys
-from shared.stored_upgrade import upgrade_stored_data
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import epoch_seconds, utcnow
+from shared.infra.config import Settings
+from shared.infra.store import Keys
+from shared.notes.outbox import DONE_TTL, NoteOutbox, NoteState
+from shared.ops.upgrade import upgrade_stored_data
 from tests.conftest import make_connection
 from tests.helpers import queued_messages, recorded_note
 

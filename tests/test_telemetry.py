@@ -27,13 +27,13 @@ from structlog.testing import capture_logs
 from services.cli.main import cli
 from services.sandbox.serve import ServerThread, free_port
 from services.workers.job_metrics import outcome_of
-from shared.audit import AuditTrail
-from shared.clock import epoch_seconds, utcnow
-from shared.config import Settings
-from shared.errors import StoreUnavailable
 from shared.halaxy.client import new_http_client
-from shared.status import queue_status
-from shared.store import Keys
+from shared.infra.audit import AuditTrail
+from shared.infra.clock import epoch_seconds, utcnow
+from shared.infra.config import Settings
+from shared.infra.errors import StoreUnavailable
+from shared.infra.store import Keys
+from shared.ops.status import queue_status
 from shared.telemetry.activity import read_activity
 from shared.telemetry.collect import exposition, totals
 from shared.telemetry.definitions import (

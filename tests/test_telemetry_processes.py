@@ -19,11 +19,11 @@ from services.sandbox.halaxy import patient_resource
 from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
-from shared.clock import epoch_seconds
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.onboarding import KeyVerifier
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import epoch_seconds
+from shared.infra.config import Settings
 from tests.helpers import auth
 from tests.test_processes import BIN, process_env, receiver, wait_until, worker_log  # noqa: F401
 from tests.workers import Sandbox, sandbox_connection

@@ -18,12 +18,12 @@ from services.workers.runtime import (
     current_runtime,
     provide_runtime,
 )
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.errors import ConfigError, ConnectionNotFound
-from shared.onboarding import KeyVerifier, disable
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier, disable
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import utcnow
+from shared.infra.config import Settings
+from shared.infra.errors import ConfigError, ConnectionNotFound
 from tests.workers import Sandbox, sandbox_connection
 
 

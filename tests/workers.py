@@ -22,13 +22,13 @@ from services.sandbox.serve import ServerThread
 from services.webhook_receiver.app import create_app
 from services.workers import broker as global_broker
 from services.workers.runtime import WorkerRuntime, provide_runtime
-from shared import onboarding
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.onboarding import KeyVerifier
-from shared.store import Keys
+from shared.connections import onboarding
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import utcnow
+from shared.infra.config import Settings
+from shared.infra.store import Keys
 from tests.helpers import audit_of, auth
 
 

@@ -12,11 +12,13 @@ import httpx
 import redis
 
 from services.cli.output import fail
-from shared.audit import AuditTrail, audit_trail, checked_actor
-from shared.config import Settings, load_settings
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.errors import (
+from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.halaxy.auth import fetch_token
+from shared.infra.audit import AuditTrail, audit_trail, checked_actor
+from shared.infra.config import Settings, load_settings
+from shared.infra.errors import (
     AlreadyConnected,
     ConfigError,
     ConnectionNotFound,
@@ -24,10 +26,8 @@ from shared.errors import (
     StoreUnavailable,
     Transient,
 )
-from shared.halaxy.auth import fetch_token
-from shared.jobs import JobQueue
-from shared.onboarding import KeyVerifier
-from shared.store import Keys, redis_client, redis_location
+from shared.infra.jobs import JobQueue
+from shared.infra.store import Keys, redis_client, redis_location
 
 
 @dataclass(frozen=True)

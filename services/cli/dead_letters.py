@@ -8,10 +8,10 @@ import click
 
 from services.cli.context import CliContext, cli_context
 from services.cli.output import emit, json_option, table
-from shared import dead_letter_ops as ops
-from shared.clock import utcnow
-from shared.dead_letters import DeadLetter, DeadLetterStore
-from shared.store import Keys
+from shared.infra.clock import utcnow
+from shared.infra.store import Keys
+from shared.ops import replay as ops
+from shared.ops.dead_letters import DeadLetter, DeadLetterStore
 
 COLUMNS = ["id", "failed_at", "connection_id", "actor", "resource_id", "error_class", "reason"]
 

@@ -82,16 +82,16 @@ def _run(serve: bool) -> None:
     from services.workers import broker as worker_broker
     from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue
     from services.workers.runtime import WorkerRuntime, provide_runtime
-    from shared import onboarding
-    from shared.audit import AuditTrail
-    from shared.clock import utcnow
-    from shared.config import load_settings
-    from shared.connection_store import ConnectionStore
+    from shared.connections import onboarding
+    from shared.connections.store import ConnectionStore
     from shared.halaxy.events import HalaxyEvent
     from shared.halaxy.notifications import ChangedResource
-    from shared.intake import EventIntake, IntakeResult
-    from shared.jobs import Job, JobQueue, job_for_event
-    from shared.store import Keys
+    from shared.infra.audit import AuditTrail
+    from shared.infra.clock import utcnow
+    from shared.infra.config import load_settings
+    from shared.infra.jobs import Job, JobQueue, job_for_event
+    from shared.infra.store import Keys
+    from shared.patients.intake import EventIntake, IntakeResult
 
     receiver_port = free_port()
     settings = load_settings(BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{receiver_port}")
@@ -368,7 +368,7 @@ def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, Any,
     import redis
 
     from services.workers.messaging import build_broker
-    from shared.store import async_redis_client
+    from shared.infra.store import async_redis_client
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1)
     try:

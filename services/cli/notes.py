@@ -9,16 +9,16 @@ import click
 
 from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
-from shared.errors import InvalidInput
-from shared.note_resolution import (
+from shared.infra.errors import InvalidInput
+from shared.infra.store import Keys
+from shared.notes.outbox import OFFSET_MAX, PAGE_DEFAULT, PAGE_MAX, NoteOutbox, NotesPage, NoteState
+from shared.notes.resolution import (
     NoteStateConflict,
     Resolution,
     Waiting,
     find_waiting,
     resolve_note,
 )
-from shared.notes_outbox import OFFSET_MAX, PAGE_DEFAULT, PAGE_MAX, NoteOutbox, NotesPage, NoteState
-from shared.store import Keys
 
 COLUMNS = ["note_id", "connection_id", "patient_id", "title", "updated_at", "reason"]
 

@@ -12,11 +12,11 @@ import orjson
 
 from services.cli.context import CliContext, cli_context, unavailable_detail
 from services.cli.output import clipped, emit, json_option, table
-from shared.errors import StoreUnavailable
-from shared.notes_outbox import NoteOutbox
-from shared.status import not_synced_rows
-from shared.status import status as gather
-from shared.store import Keys
+from shared.infra.errors import StoreUnavailable
+from shared.infra.store import Keys
+from shared.notes.outbox import NoteOutbox
+from shared.ops.status import not_synced_rows
+from shared.ops.status import status as gather
 
 WIDTH = 120  # the text fits a terminal this wide
 NAME_LEAST = 12  # a name gets the room the other columns leave, at least this much

@@ -12,12 +12,12 @@ import structlog
 
 from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.errors import BridgeError, Permanent, RateLimited
-from shared.jobs import JobQueue, job_for_note
-from shared.reconcile import SweepLog, due, sweep
-from shared.stored_upgrade import upgrade_stored_data
+from shared.infra.clock import utcnow
+from shared.infra.config import Settings
+from shared.infra.errors import BridgeError, Permanent, RateLimited
+from shared.infra.jobs import JobQueue, job_for_note
+from shared.ops.upgrade import upgrade_stored_data
+from shared.patients.reconcile import SweepLog, due, sweep
 
 TICK_SECONDS = 5.0
 LEADER_TTL_SECONDS = 30
@@ -76,7 +76,7 @@ class Scheduler:
             log.warning(failed, error=type(exc).__name__)
 
     def upgrade_stored_data(self) -> None:
-        """What an earlier version stored, brought up to date once (`shared.stored_upgrade`);
+        """What an earlier version stored, brought up to date once (`shared.ops.upgrade`);
         tried again next tick if Redis failed it."""
         try:
             upgraded = upgrade_stored_data(

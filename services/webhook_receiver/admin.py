@@ -19,11 +19,11 @@ from services.webhook_receiver.requests import (
     secret_matches,
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
-from shared import onboarding
-from shared.clock import utcnow
-from shared.connection_store import ConnectionChangedMeanwhile
-from shared.connections import Connection
-from shared.errors import AlreadyConnected, InvalidInput, StoreUnavailable, Transient
+from shared.connections import onboarding
+from shared.connections.model import Connection
+from shared.connections.store import ConnectionChangedMeanwhile
+from shared.infra.clock import utcnow
+from shared.infra.errors import AlreadyConnected, InvalidInput, StoreUnavailable, Transient
 
 MAX_BODY = 64 * 1024
 ADMIN_API = "admin-api"  # who acts, in the audit trail: everyone shares the admin token

@@ -27,18 +27,18 @@ from services.webhook_receiver.openapi import openapi
 from services.webhook_receiver.ops_page import ops_page
 from services.webhook_receiver.programs import program_callback
 from services.webhook_receiver.responses import ApiError, error_response
-from shared.audit import audit_trail
-from shared.config import Settings, load_settings
-from shared.connection_store import ConnectionStore
-from shared.errors import ConfigError
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
 from shared.halaxy.auth import fetch_token
-from shared.intake import EventIntake
-from shared.jobs import JobQueue
-from shared.logs import configure_logging
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.onboarding import KeyVerifier
-from shared.program_intake import ProgramIntake
-from shared.store import Keys, async_redis_client, redis_client
+from shared.infra.audit import audit_trail
+from shared.infra.config import Settings, load_settings
+from shared.infra.errors import ConfigError
+from shared.infra.jobs import JobQueue
+from shared.infra.logs import configure_logging
+from shared.infra.store import Keys, async_redis_client, redis_client
+from shared.notes.intake import ProgramIntake
+from shared.notes.outbox import NoteOutbox, NoteState
+from shared.patients.intake import EventIntake
 from shared.telemetry.collect import Reused
 from shared.telemetry.push import MetricsPusher
 

@@ -8,13 +8,13 @@ import redis
 from starlette.requests import Request
 
 from services.webhook_receiver.known_connections import KnownConnections
-from shared.audit import AuditTrail
-from shared.config import Settings
-from shared.connection_store import ConnectionStore
-from shared.intake import EventIntake
-from shared.jobs import JobQueue
-from shared.onboarding import KeyVerifier
-from shared.program_intake import ProgramIntake
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
+from shared.infra.audit import AuditTrail
+from shared.infra.config import Settings
+from shared.infra.jobs import JobQueue
+from shared.notes.intake import ProgramIntake
+from shared.patients.intake import EventIntake
 from shared.telemetry.collect import Reused
 from shared.telemetry.push import MetricsPusher
 

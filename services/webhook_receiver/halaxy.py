@@ -24,11 +24,11 @@ from services.webhook_receiver.requests import (
     secret_matches,
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
-from shared.clock import utcnow
-from shared.errors import StoreUnavailable
 from shared.halaxy.events import HALAXY_EVENTS, HalaxyEvent
 from shared.halaxy.notifications import NotificationError, parse_notification
-from shared.intake import ConnectionChanged
+from shared.infra.clock import utcnow
+from shared.infra.errors import StoreUnavailable
+from shared.patients.intake import ConnectionChanged
 
 # Halaxy's notifications are id-only and small; 256 KiB leaves ample room (DESIGN.md).
 MAX_BODY = 256 * 1024

@@ -10,12 +10,12 @@ from starlette.responses import Response
 
 from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.responses import JSONResponse, unavailable
-from shared.clock import epoch_seconds
-from shared.errors import StoreUnavailable
-from shared.notes_outbox import NoteOutbox
-from shared.redis_health import check_redis
-from shared.status import status
-from shared.store import Keys
+from shared.infra.clock import epoch_seconds
+from shared.infra.errors import StoreUnavailable
+from shared.infra.redis_health import check_redis
+from shared.infra.store import Keys
+from shared.notes.outbox import NoteOutbox
+from shared.ops.status import status
 from shared.telemetry.collect import exposition, gauges, totals
 
 

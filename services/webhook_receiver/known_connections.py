@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import redis.asyncio
 
-from shared.connection_store import ConnectionStore
-from shared.connections import Connection
-from shared.store import as_bytes, translate_redis_errors
+from shared.connections.model import Connection
+from shared.connections.store import ConnectionStore
+from shared.infra.store import as_bytes, translate_redis_errors
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from shared.clock import epoch_seconds
+from shared.infra.clock import epoch_seconds
 from shared.telemetry.definitions import (
     LAST_EVENT,
     WEBHOOK_EVENTS,

@@ -15,19 +15,11 @@ from starlette.responses import Response
 from services.webhook_receiver.admin import ADMIN_API, authorize, call, json_object
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.responses import ApiError, JSONResponse
-from shared import dead_letter_ops as ops
-from shared.audit import Actor
-from shared.clock import utcnow
-from shared.dead_letters import DeadLetter, DeadLetterStore
-from shared.note_resolution import (
-    NoteNotWaiting,
-    NoteStateConflict,
-    Resolution,
-    Waiting,
-    find_waiting,
-    resolve_note,
-)
-from shared.notes_outbox import (
+from shared.infra.audit import Actor
+from shared.infra.clock import utcnow
+from shared.infra.store import Keys
+from shared.infra.validation import validated
+from shared.notes.outbox import (
     OFFSET_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
@@ -35,9 +27,17 @@ from shared.notes_outbox import (
     NotesPage,
     NoteState,
 )
-from shared.status import status as gather
-from shared.store import Keys
-from shared.validation import validated
+from shared.notes.resolution import (
+    NoteNotWaiting,
+    NoteStateConflict,
+    Resolution,
+    Waiting,
+    find_waiting,
+    resolve_note,
+)
+from shared.ops import replay as ops
+from shared.ops.dead_letters import DeadLetter, DeadLetterStore
+from shared.ops.status import status as gather
 
 DIGITS = re.compile(r"[0-9]{1,10}")
 
@@ -93,7 +93,7 @@ def _outbox(deps: Deps) -> NoteOutbox:
 
 
 async def current_status(deps: Deps) -> dict[str, Any]:
-    """`shared.status.status` in the threadpool: what `/ops/status` and the `/ops` page show."""
+    """`shared.ops.status.status` in the threadpool: what `/ops/status` and the `/ops` page show."""
     found: dict[str, Any] = await call(
         gather, deps.redis, _keys(deps), deps.connections, _outbox(deps)
     )

@@ -13,9 +13,9 @@ import dramatiq
 
 from services.workers.messaging import build_broker
 from services.workers.runtime import WorkerRuntime, provide_runtime
-from shared.config import load_settings
-from shared.errors import ConfigError
-from shared.logs import configure_logging
+from shared.infra.config import load_settings
+from shared.infra.errors import ConfigError
+from shared.infra.logs import configure_logging
 
 try:
     settings = load_settings()

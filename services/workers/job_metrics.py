@@ -9,7 +9,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 
-from shared.clock import epoch_seconds
+from shared.infra.clock import epoch_seconds
 from shared.telemetry.definitions import JOB_DURATION, JOBS, LAST_SUCCESS
 from shared.telemetry.push import MetricsPusher
 

@@ -18,7 +18,7 @@ import dramatiq
 import structlog
 
 from services.workers.job_metrics import DROPPED
-from shared.errors import ConnectionNotFound, Permanent, RateLimited, Transient
+from shared.infra.errors import ConnectionNotFound, Permanent, RateLimited, Transient
 from shared.telemetry.definitions import RATE_LIMIT_DEFERRALS
 
 MIN_BACKOFF_MS = 15_000

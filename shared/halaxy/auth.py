@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
-from shared.errors import Permanent, RateLimited, Transient
-from shared.httputil import retry_after_seconds
+from shared.infra.errors import Permanent, RateLimited, Transient
+from shared.infra.httputil import retry_after_seconds
 
 FHIR_JSON = "application/fhir+json"
 

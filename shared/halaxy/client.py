@@ -17,13 +17,13 @@ import httpx
 import orjson
 import structlog
 
-from shared.connections import Connection
-from shared.errors import Ambiguous, BridgeError, Permanent, RateLimited, Transient
+from shared.connections.model import Connection
 from shared.halaxy.auth import FHIR_JSON, Token, fetch_token
 from shared.halaxy.rate_limit import EXHAUSTED_PAUSE_MS, HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
-from shared.httputil import retry_after_seconds
-from shared.logs import remote_text
+from shared.infra.errors import Ambiguous, BridgeError, Permanent, RateLimited, Transient
+from shared.infra.httputil import retry_after_seconds
+from shared.infra.logs import remote_text
 from shared.telemetry.definitions import HALAXY_AUTH_FAILURES, TOKEN_REFRESHES
 
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)

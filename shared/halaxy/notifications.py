@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.fhir_elements import is_resource_id
+from shared.halaxy.fhir import is_resource_id
 
 RESOURCE_PATH = re.compile(
     r"^(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[^/]+)(/_history/(?P<version>[^/]+))?$"

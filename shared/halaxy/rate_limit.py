@@ -15,8 +15,8 @@ import uuid
 
 import redis
 
-from shared.errors import RateLimited
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.infra.errors import RateLimited
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
 
 LIMIT = 480
 WINDOW_MS = 60_000

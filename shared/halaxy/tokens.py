@@ -15,7 +15,7 @@ import redis
 from cryptography.fernet import InvalidToken, MultiFernet
 
 from shared.halaxy.auth import Token
-from shared.store import Keys, as_bytes, held_lock, translate_redis_errors
+from shared.infra.store import Keys, as_bytes, held_lock, translate_redis_errors
 
 MAX_LIFETIME = 15 * 60
 SAFETY_MARGIN = 60

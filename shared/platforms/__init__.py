@@ -9,8 +9,8 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from shared.connections import Connection, PlatformKind
-from shared.patients import PatientDetails
+from shared.connections.model import Connection, PlatformKind
+from shared.patients.mapping import PatientDetails
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import orjson
 
-from shared.errors import Permanent, RateLimited, Transient
-from shared.httputil import retry_after_seconds
-from shared.logs import remote_text
+from shared.infra.errors import Permanent, RateLimited, Transient
+from shared.infra.httputil import retry_after_seconds
+from shared.infra.logs import remote_text
 
 
 class PlatformNotFound(Permanent):

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from shared.connections import Connection
-from shared.errors import Transient
-from shared.patients import Gender, PatientDetails
+from shared.connections.model import Connection
+from shared.infra.errors import Transient
+from shared.patients.mapping import Gender, PatientDetails
 from shared.platforms import PlatformPatient
 from shared.platforms.http import PlatformNotFound, json_object, send
 

@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.connections import Connection
-from shared.errors import Transient
-from shared.patients import PatientDetails
+from shared.connections.model import Connection
+from shared.infra.errors import Transient
+from shared.patients.mapping import PatientDetails
 from shared.platforms import PlatformPatient
 from shared.platforms.http import json_object, send
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
 from shared.telemetry.definitions import (
     JOBS_NAME,
     LAST_EVENT_NAME,

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
 from shared.telemetry.definitions import LAST_EVENT_NAME, LAST_SUCCESS_NAME, REGISTRY
 from shared.telemetry.push import read_field
 
@@ -73,7 +73,7 @@ def totals(client: redis.Redis, keys: Keys) -> Iterator[Metric]:
 
 
 def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> Iterator[Metric]:
-    """Gauges from a `shared.status.status` snapshot."""
+    """Gauges from a `shared.ops.status.status` snapshot."""
     messages = GaugeMetricFamily(
         "halaxy_bridge_queue_messages",
         "Messages in a queue, by state (ready, delayed, dead).",

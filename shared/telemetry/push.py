@@ -22,9 +22,9 @@ import redis
 import structlog
 from prometheus_client import CollectorRegistry
 
-from shared.clock import epoch_seconds
-from shared.errors import BridgeError
-from shared.store import Keys, translate_redis_errors
+from shared.infra.clock import epoch_seconds
+from shared.infra.errors import BridgeError
+from shared.infra.store import Keys, translate_redis_errors
 from shared.telemetry.definitions import LATEST_GAUGES, REGISTRY, WINDOWED
 
 # Per-minute copies of windowed counters are kept this long (status reads the last hour).

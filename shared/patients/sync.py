@@ -13,13 +13,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from shared.audit import AuditTrail
-from shared.clock import utcnow
-from shared.errors import Permanent
-from shared.fhir_elements import is_resource_id
 from shared.halaxy.client import HalaxyClient, HalaxyNotFound
-from shared.patient_links import PatientLink, PatientLinks
-from shared.patients import (
+from shared.halaxy.fhir import is_resource_id
+from shared.infra.audit import AuditTrail
+from shared.infra.clock import utcnow
+from shared.infra.errors import Permanent
+from shared.patients.links import PatientLink, PatientLinks
+from shared.patients.mapping import (
     PatientDetails,
     PatientNotUsable,
     Refusal,

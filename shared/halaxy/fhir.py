@@ -2,7 +2,7 @@
 
 Only what the bridge needs: resource ids, (partial) dates and dateTimes, and whether a
 `Period` is in effect at a given moment. Every function takes the moment it compares with as
-an argument (from `shared.clock`), so it can be tested at any date.
+an argument (from `shared.infra.clock`), so it can be tested at any date.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.audit import AuditTrail
-from shared.dead_letters import DeadLetter, DeadLetterStore
-from shared.errors import InvalidInput
-from shared.jobs import ActorName, Job, JobQueue, QueueName
+from shared.infra.audit import AuditTrail
+from shared.infra.errors import InvalidInput
+from shared.infra.jobs import ActorName, Job, JobQueue, QueueName
+from shared.ops.dead_letters import DeadLetter, DeadLetterStore
 
 DURATION = re.compile(r"(\d{1,6})([mhd])")
 UNITS = {"m": "minutes", "h": "hours", "d": "days"}

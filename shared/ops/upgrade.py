@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import redis
 
-from shared.clock import epoch_seconds
-from shared.connection_store import ConnectionStore
-from shared.notes_outbox import DONE_TTL
-from shared.programs import FILE_URL_LIFETIME
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import epoch_seconds
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
+from shared.notes.callback import FILE_URL_LIFETIME
+from shared.notes.outbox import DONE_TTL
 
 # Raise it when a step is added: stores that went through an earlier list go through again.
 VERSION = 1

@@ -20,8 +20,8 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.lock import Lock
 
-from shared.config import Settings
-from shared.errors import StoreUnavailable, Transient
+from shared.infra.config import Settings
+from shared.infra.errors import StoreUnavailable, Transient
 
 log = structlog.get_logger("halaxy_bridge.store")
 

@@ -26,8 +26,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from shared.errors import Permanent
-from shared.fhir_elements import Unreadable, in_effect, is_resource_id, partial_date
+from shared.halaxy.fhir import Unreadable, in_effect, is_resource_id, partial_date
+from shared.infra.errors import Permanent
 
 STATUS_EXTENSION = "https://terminology.halaxy.com/StructureDefinition/patient-status"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -185,7 +185,7 @@ def assess(
 
 def map_patient(resource: dict[str, Any], now: datetime) -> PatientDetails:
     """The platform-relevant details of a Halaxy Patient, as they are at `now` (an aware
-    datetime from `shared.clock`); raise `PatientNotUsable` naming every reason it lacks."""
+    datetime from `shared.infra.clock`); raise `PatientNotUsable` naming every reason it lacks."""
     patient_id = checked_id(resource)
     status = patient_status(resource)
     reasons: list[Refusal] = []

@@ -36,12 +36,12 @@ from typing import Any
 import redis
 import structlog
 
-from shared.clock import iso_now
-from shared.codec import RecordCodec
-from shared.errors import BridgeError, Permanent, RateLimited, UnreadableRecord
 from shared.halaxy.client import HalaxyClient
-from shared.jobs import ActorName, Job, JobQueue, QueueName
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.infra.clock import iso_now
+from shared.infra.codec import RecordCodec
+from shared.infra.errors import BridgeError, Permanent, RateLimited, UnreadableRecord
+from shared.infra.jobs import ActorName, Job, JobQueue, QueueName
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
 
 log = structlog.get_logger("halaxy_bridge.reconcile")
 

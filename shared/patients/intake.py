@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
-from shared.errors import BridgeError
 from shared.halaxy.events import HalaxyEvent
 from shared.halaxy.notifications import ChangedResource
+from shared.infra.errors import BridgeError
 
 # Halaxy documents no retry policy; a week covers any plausible redelivery (DESIGN: >= 7 days).
 SEEN_TTL = timedelta(days=8)

@@ -15,11 +15,11 @@ import redis
 import structlog
 from pydantic import Field, TypeAdapter, ValidationError
 
-from shared.clock import utcnow
-from shared.codec import RecordCodec
-from shared.config import Settings
-from shared.errors import BridgeError, InvalidInput
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.infra.clock import utcnow
+from shared.infra.codec import RecordCodec
+from shared.infra.config import Settings
+from shared.infra.errors import BridgeError, InvalidInput
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
 
 DEFAULT_RETENTION = timedelta(days=365)
 WORKER = "worker"

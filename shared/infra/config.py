@@ -14,8 +14,8 @@ from cryptography.fernet import Fernet, MultiFernet
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import ConfigError
-from shared.netutil import is_loopback_host
+from shared.infra.errors import ConfigError
+from shared.infra.netutil import is_loopback_host
 
 FERNET_HINT = (
     "generate one with: python -c 'from cryptography.fernet import Fernet; "

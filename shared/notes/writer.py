@@ -16,19 +16,19 @@ from enum import StrEnum
 
 import structlog
 
-from shared.audit import AuditTrail
-from shared.connections import Connection
-from shared.errors import Ambiguous, Permanent, Transient
+from shared.connections.model import Connection
 from shared.halaxy.client import HalaxyClient, HalaxyNotFound
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.pdf_fetch import FetchedPdf, PdfFetcher
-from shared.programs import (
+from shared.infra.audit import AuditTrail
+from shared.infra.errors import Ambiguous, Permanent, Transient
+from shared.notes.callback import (
     ProgramCallback,
     author_for,
     document_reference,
     is_link_expired,
     note_body_parts,
 )
+from shared.notes.outbox import NoteOutbox, NoteState
+from shared.notes.pdf_fetch import FetchedPdf, PdfFetcher
 
 log = structlog.get_logger("halaxy_bridge.notes")
 

@@ -17,10 +17,10 @@ import redis
 from cryptography.fernet import InvalidToken, MultiFernet
 from pydantic import SecretStr
 
-from shared.codec import RecordCodec
-from shared.connections import Connection
-from shared.errors import ConfigError, InvalidInput, Transient
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.connections.model import Connection
+from shared.infra.codec import RecordCodec
+from shared.infra.errors import ConfigError, InvalidInput, Transient
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
 
 SEALED_FIELDS = (
     "halaxy_client_secret",

@@ -13,12 +13,12 @@ import re
 from datetime import datetime
 from enum import StrEnum
 
-from shared.audit import AuditTrail
-from shared.clock import utcnow
-from shared.errors import InvalidInput
-from shared.jobs import JobQueue, job_for_note
-from shared.notes_outbox import NoteOutbox, NoteRecord, NoteState
-from shared.programs import is_link_expired
+from shared.infra.audit import AuditTrail
+from shared.infra.clock import utcnow
+from shared.infra.errors import InvalidInput
+from shared.infra.jobs import JobQueue, job_for_note
+from shared.notes.callback import is_link_expired
+from shared.notes.outbox import NoteOutbox, NoteRecord, NoteState
 
 DOCREF_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 

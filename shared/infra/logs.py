@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import structlog
 
-from shared.config import LogFormat, Settings
+from shared.infra.config import LogFormat, Settings
 
 REDACTED = "[redacted]"
 

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from shared.errors import UnreadableRecord
+from shared.infra.errors import UnreadableRecord
 
 T = TypeVar("T")
 

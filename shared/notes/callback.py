@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from shared.connections import Connection
-from shared.validation import validated
+from shared.connections.model import Connection
+from shared.infra.validation import validated
 
 FILE_URL_LIFETIME = timedelta(hours=24)
 PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")

@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import InvalidInput
+from shared.infra.errors import InvalidInput
 
 M = TypeVar("M", bound=BaseModel)
 

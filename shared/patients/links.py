@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import redis
 
-from shared.audit import PendingEntry
-from shared.clock import iso_now
-from shared.codec import RecordCodec
-from shared.errors import StoreUnavailable
-from shared.store import Keys, LeaseRenewer, as_bytes, held_lease, translate_redis_errors
+from shared.infra.audit import PendingEntry
+from shared.infra.clock import iso_now
+from shared.infra.codec import RecordCodec
+from shared.infra.errors import StoreUnavailable
+from shared.infra.store import Keys, LeaseRenewer, as_bytes, held_lease, translate_redis_errors
 
 LOCK_TTL = 30.0  # renewed while the sync runs; lapses soon after its holder dies
 LOCK_WAIT = 5.0

@@ -7,7 +7,8 @@ caller gets its own reply or error. The pipeline is not a transaction: one call'
 leaves the others' effects as they are, exactly as separate calls would.
 
 Each call runs at most once only on a client that does not resend a pipeline whose reply was
-lost (`shared.store` builds its clients with no retries); on any other, use idempotent scripts.
+lost (`shared.infra.store` builds its clients with no retries); on any other, use idempotent
+scripts.
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from shared import connections as c
-from shared.audit import AuditTrail
-from shared.connection_store import ConnectionStore, Refusal
-from shared.connections import Connection, DocStatus, PlatformKind, RetiredSecret
-from shared.errors import AlreadyConnected, BridgeError, InvalidInput, Transient
+from shared.connections import model as c
+from shared.connections.model import Connection, DocStatus, PlatformKind, RetiredSecret
+from shared.connections.store import ConnectionStore, Refusal
 from shared.halaxy.events import HALAXY_EVENTS
-from shared.validation import validated
+from shared.infra.audit import AuditTrail
+from shared.infra.errors import AlreadyConnected, BridgeError, InvalidInput, Transient
+from shared.infra.validation import validated
 
 KeyVerifier = Callable[[str, str, str], None]
 """Checks a Halaxy key (base URL, client id, client secret); raises a `BridgeError` if refused."""

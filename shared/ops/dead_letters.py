@@ -13,10 +13,10 @@ from typing import Any
 import redis
 import structlog
 
-from shared.clock import epoch_seconds
-from shared.codec import RecordCodec
-from shared.errors import UnreadableRecord
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.infra.clock import epoch_seconds
+from shared.infra.codec import RecordCodec
+from shared.infra.errors import UnreadableRecord
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
 
 log = structlog.get_logger("halaxy_bridge.dead_letters")
 

@@ -1,6 +1,6 @@
 """Clinic connections: what the bridge knows about one Halaxy practice and its platform.
 
-Pure model and validation. Storage lives in `shared.connection_store`.
+Pure model and validation. Storage lives in `shared.connections.store`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from shared.errors import InvalidInput
-from shared.netutil import is_loopback_host
+from shared.infra.errors import InvalidInput
+from shared.infra.netutil import is_loopback_host
 
 HALAXY_REGIONS = {
     "au": "https://au-api.halaxy.com/main",

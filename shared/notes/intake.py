@@ -7,10 +7,10 @@ moves by compare-and-set), which also covers a crash between recording and queue
 
 from __future__ import annotations
 
-from shared.intake import IntakeResult
-from shared.jobs import JobQueue, job_for_note
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.programs import ProgramCallback
+from shared.infra.jobs import JobQueue, job_for_note
+from shared.notes.callback import ProgramCallback
+from shared.notes.outbox import NoteOutbox, NoteState
+from shared.patients.intake import IntakeResult
 
 
 class ProgramIntake:

@@ -22,8 +22,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from shared.errors import Permanent, Transient
-from shared.netutil import is_loopback_host
+from shared.infra.errors import Permanent, Transient
+from shared.infra.netutil import is_loopback_host
 
 MAX_PDF_BYTES = 20_000_000  # Halaxy: 20 MB per attachment; decimal megabytes, the safe reading
 MAX_REDIRECTS = 3

@@ -26,10 +26,10 @@ import redis
 import structlog
 from cryptography.fernet import InvalidToken, MultiFernet
 
-from shared.clock import epoch_seconds, iso_now, utcnow
-from shared.codec import RecordCodec
-from shared.programs import FILE_URL_LIFETIME, ProgramCallback, note_title
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.infra.clock import epoch_seconds, iso_now, utcnow
+from shared.infra.codec import RecordCodec
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
+from shared.notes.callback import FILE_URL_LIFETIME, ProgramCallback, note_title
 
 log = structlog.get_logger("halaxy_bridge.notes")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from shared.store import translate_redis_errors
+from shared.infra.store import translate_redis_errors
 
 
 def durability_warnings(

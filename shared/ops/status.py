@@ -10,14 +10,14 @@ from typing import Any
 import orjson
 import redis
 
-from shared.clock import epoch_seconds
-from shared.connection_store import ConnectionStore
-from shared.dead_letters import DeadLetterStore
-from shared.jobs import QueueName
-from shared.notes_outbox import NoteOutbox, NoteState
-from shared.reconcile import SweepLog
-from shared.redis_health import check_redis
-from shared.store import Keys, as_bytes, translate_redis_errors
+from shared.connections.store import ConnectionStore
+from shared.infra.clock import epoch_seconds
+from shared.infra.jobs import QueueName
+from shared.infra.redis_health import check_redis
+from shared.infra.store import Keys, as_bytes, translate_redis_errors
+from shared.notes.outbox import NoteOutbox, NoteState
+from shared.ops.dead_letters import DeadLetterStore
+from shared.patients.reconcile import SweepLog
 from shared.telemetry.activity import Activity, read_activity, read_patient_outcomes
 
 

@@ -1,0 +1,1 @@
+"""Clinic connections: the model, its sealed store, onboarding and secret rotation."""

@@ -1,0 +1,1 @@
+"""Patients in: Halaxy delivery intake, FHIR Patient mapping, sync, links and reconcile."""
