@@ -18,9 +18,9 @@ from shared.connections.store import ConnectionStore
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.halaxy.notifications import ChangedResource
 from shared.infra.config import Settings
-from shared.infra.jobs import job_for_event
+from shared.infra.jobs import IntakeResult
 from shared.infra.store import Keys, as_bytes, async_redis_client
-from shared.patients.intake import ConnectionChanged, IntakeResult
+from shared.patients.intake import ConnectionChanged, job_for_event
 from tests.helpers import queued_messages
 
 EVENT = HALAXY_EVENTS["patient-created"]

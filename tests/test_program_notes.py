@@ -23,9 +23,9 @@ from services.workers.messaging import DramatiqJobQueue
 from shared.connections.model import Connection
 from shared.connections.onboarding import KeyVerifier
 from shared.infra.clock import utcnow
-from shared.infra.jobs import job_for_note
 from shared.infra.store import LeaseRenewer
 from shared.notes.callback import note_id_for, parse_callback
+from shared.notes.intake import job_for_note
 from shared.notes.outbox import NoteOutbox, NoteState
 from shared.notes.resolution import Resolution, Waiting, find_waiting, resolve_note
 from shared.patients.links import PatientLinks

@@ -89,9 +89,9 @@ def _run(serve: bool) -> None:
     from shared.infra.audit import AuditTrail
     from shared.infra.clock import utcnow
     from shared.infra.config import load_settings
-    from shared.infra.jobs import Job, JobQueue, job_for_event
+    from shared.infra.jobs import IntakeResult, Job, JobQueue
     from shared.infra.store import Keys
-    from shared.patients.intake import EventIntake, IntakeResult
+    from shared.patients.intake import EventIntake, job_for_event
 
     receiver_port = free_port()
     settings = load_settings(BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{receiver_port}")

@@ -15,7 +15,8 @@ from services.workers.runtime import WorkerRuntime
 from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.errors import BridgeError, Permanent, RateLimited
-from shared.infra.jobs import JobQueue, job_for_note
+from shared.infra.jobs import JobQueue
+from shared.notes.intake import job_for_note
 from shared.ops.upgrade import upgrade_stored_data
 from shared.patients.reconcile import SweepLog, due, sweep
 

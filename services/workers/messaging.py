@@ -15,11 +15,11 @@ from dramatiq.middleware import CurrentMessage, Retries
 from shared.halaxy.events import HalaxyEvent
 from shared.halaxy.notifications import ChangedResource
 from shared.infra.config import Settings
-from shared.infra.jobs import Job, QueueName, job_for_event
+from shared.infra.jobs import IntakeResult, Job, QueueName
 from shared.infra.pipelined_script import PipelinedScript
 from shared.infra.store import Keys, redis_client, translate_redis_errors
 from shared.ops.dead_letters import DeadLetterStore
-from shared.patients.intake import SEEN_TTL, ConnectionChanged, IntakeResult, event_digest
+from shared.patients.intake import SEEN_TTL, ConnectionChanged, event_digest, job_for_event
 from shared.telemetry.push import MetricsPusher
 
 # A worker that sent no command for this long is dead; its unacked messages are requeued at

@@ -11,9 +11,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from shared.halaxy.events import HalaxyEvent
-from shared.halaxy.notifications import ChangedResource
-
 
 class QueueName(StrEnum):
     LIVE = "live"  # webhook work: a clinic waits for it
@@ -25,13 +22,6 @@ class ActorName(StrEnum):
     SYNC_APPOINTMENT = "sync_appointment"
     RECORD_INVOICE = "record_invoice"
     WRITE_PROGRAM_NOTE = "write_program_note"
-
-
-ACTOR_FOR_RESOURCE = {
-    "Patient": ActorName.SYNC_PATIENT,
-    "Appointment": ActorName.SYNC_APPOINTMENT,
-    "Invoice": ActorName.RECORD_INVOICE,
-}
 
 
 # Dramatiq runs lower numbers first: a free worker thread takes live work before bulk work.
@@ -55,28 +45,15 @@ class Job:
         return actor_for(self.actor, self.queue)
 
 
+@dataclass(frozen=True)
+class IntakeResult:
+    """What an intake did with a delivery: the ids it queued, and those it had seen before."""
+
+    accepted: list[str]
+    duplicates: list[str]
+
+
 class JobQueue(Protocol):
     """Where jobs go; `enqueue` returns only once every job is durably queued."""
 
     def enqueue(self, jobs: Sequence[Job]) -> None: ...
-
-
-def job_for_event(connection_id: str, event: HalaxyEvent, changed: ChangedResource) -> Job:
-    return Job(
-        actor=ACTOR_FOR_RESOURCE[changed.resource_type],
-        queue=QueueName.LIVE,
-        kwargs={
-            "connection_id": connection_id,
-            "resource_id": changed.resource_id,
-            "event": event.name,
-            "event_id": changed.event_key,
-        },
-    )
-
-
-def job_for_note(connection_id: str, note_id: str) -> Job:
-    return Job(
-        actor=ActorName.WRITE_PROGRAM_NOTE,
-        queue=QueueName.LIVE,
-        kwargs={"connection_id": connection_id, "note_id": note_id, "event_id": note_id},
-    )

@@ -7,10 +7,18 @@ moves by compare-and-set), which also covers a crash between recording and queue
 
 from __future__ import annotations
 
-from shared.infra.jobs import JobQueue, job_for_note
+from shared.infra.jobs import ActorName, IntakeResult, Job, JobQueue, QueueName
 from shared.notes.callback import ProgramCallback
 from shared.notes.outbox import NoteOutbox, NoteState
-from shared.patients.intake import IntakeResult
+
+
+def job_for_note(connection_id: str, note_id: str) -> Job:
+    """The live job that writes one note: ids only, the callback stays in the outbox."""
+    return Job(
+        actor=ActorName.WRITE_PROGRAM_NOTE,
+        queue=QueueName.LIVE,
+        kwargs={"connection_id": connection_id, "note_id": note_id, "event_id": note_id},
+    )
 
 
 class ProgramIntake:

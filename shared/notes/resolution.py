@@ -16,8 +16,9 @@ from enum import StrEnum
 from shared.infra.audit import AuditTrail
 from shared.infra.clock import utcnow
 from shared.infra.errors import InvalidInput
-from shared.infra.jobs import JobQueue, job_for_note
+from shared.infra.jobs import JobQueue
 from shared.notes.callback import is_link_expired
+from shared.notes.intake import job_for_note
 from shared.notes.outbox import NoteOutbox, NoteRecord, NoteState
 
 DOCREF_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
 from shared.halaxy.events import HalaxyEvent
 from shared.halaxy.notifications import ChangedResource
 from shared.infra.errors import BridgeError
+from shared.infra.jobs import ActorName, IntakeResult, Job, QueueName
 
 # Halaxy documents no retry policy; a week covers any plausible redelivery (DESIGN: >= 7 days).
 SEEN_TTL = timedelta(days=8)
@@ -25,12 +25,6 @@ SEEN_TTL = timedelta(days=8)
 
 class ConnectionChanged(BridgeError):
     """The stored connection is no longer the record the caller authenticated against."""
-
-
-@dataclass(frozen=True)
-class IntakeResult:
-    accepted: list[str]
-    duplicates: list[str]
 
 
 class EventIntake(Protocol):
@@ -47,6 +41,27 @@ class EventIntake(Protocol):
         Redis cannot be reached or refuses (nothing is queued).
         """
         ...
+
+
+ACTOR_FOR_RESOURCE = {
+    "Patient": ActorName.SYNC_PATIENT,
+    "Appointment": ActorName.SYNC_APPOINTMENT,
+    "Invoice": ActorName.RECORD_INVOICE,
+}
+
+
+def job_for_event(connection_id: str, event: HalaxyEvent, changed: ChangedResource) -> Job:
+    """The live job for one changed resource: ids only, never patient details."""
+    return Job(
+        actor=ACTOR_FOR_RESOURCE[changed.resource_type],
+        queue=QueueName.LIVE,
+        kwargs={
+            "connection_id": connection_id,
+            "resource_id": changed.resource_id,
+            "event": event.name,
+            "event_id": changed.event_key,
+        },
+    )
 
 
 def event_digest(event_key: str) -> str:
