@@ -46,7 +46,7 @@ def halaxy_client(
     connection: Connection, http: httpx.Client, redis_client: redis.Redis, settings: Settings
 ) -> HalaxyClient:
     tokens = TokenCache(redis_client, Keys(settings.redis_namespace), settings.fernet)
-    return HalaxyClient(connection, http, tokens, settings.user_agent)
+    return HalaxyClient(connection.halaxy_account, http, tokens, settings.user_agent)
 
 
 @pytest.fixture

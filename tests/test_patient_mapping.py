@@ -13,8 +13,6 @@ from hypothesis import strategies as st
 from services.sandbox.halaxy import patient_resource
 from shared.infra.clock import utcnow
 from shared.patients.mapping import (
-    Gender,
-    PatientDetails,
     PatientNotUsable,
     Refusal,
     Standing,
@@ -23,6 +21,7 @@ from shared.patients.mapping import (
     patient_status,
     standing_of,
 )
+from shared.platforms import Gender, PatientDetails
 
 NOW = utcnow()
 YEAR = NOW.year

@@ -20,13 +20,13 @@ from shared.patients.mapping import (
     E164,
     EMAIL,
     EXPLANATIONS,
-    PatientDetails,
     PatientNotUsable,
     Refusal,
     Standing,
     assess,
     map_patient,
 )
+from shared.platforms import PatientDetails
 from tests.fhir_strategies import ordinary_patients, patients
 
 NOW = utcnow()

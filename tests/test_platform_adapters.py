@@ -15,10 +15,11 @@ from starlette.testclient import TestClient
 from services.sandbox.halaxy import patient_resource
 from services.sandbox.physitrack import FakePhysitrack
 from services.sandbox.rest_platform import FakeRestPlatform
-from shared.connections.model import Connection, PlatformKind
+from shared.connections.model import Connection
 from shared.infra.clock import utcnow
 from shared.infra.errors import Permanent, RateLimited, Transient
-from shared.patients.mapping import PatientDetails, map_patient
+from shared.patients.mapping import map_patient
+from shared.platforms import PatientDetails, PlatformKind
 from shared.platforms.physitrack import Physitrack
 from shared.platforms.rest import RestPlatform
 
@@ -43,7 +44,7 @@ def physitrack_adapter(physitrack: FakePhysitrack, connection: Connection) -> It
         }
     )
     with TestClient(physitrack.app()) as http:
-        yield Physitrack(conn, http, "ua (test@example.com)")
+        yield Physitrack(conn.platform_account, http, "ua (test@example.com)")
 
 
 def test_physitrack_create_then_update_in_place(
@@ -136,7 +137,7 @@ def test_physitrack_practitioner_without_pt_direct_needs_the_pms_headers(
         }
     )
     with TestClient(physitrack.app()) as http:
-        adapter = Physitrack(conn, http, "ua (test@example.com)")
+        adapter = Physitrack(conn.platform_account, http, "ua (test@example.com)")
         if accepted:
             assert adapter.upsert_patient(details(), None).created
         else:
@@ -159,7 +160,7 @@ def test_rest_adapter_payload_matches_the_published_contract(connection: Connect
     contract = yaml.safe_load(CONTRACT.read_text())
     schema = {**contract["components"]["schemas"]["Patient"], "additionalProperties": False}
     with TestClient(FakeRestPlatform().app()) as http:
-        adapter = RestPlatform(rest_connection(connection, "k"), http, "ua")
+        adapter = RestPlatform(rest_connection(connection, "k").platform_account, http, "ua")
         for example in (details(), details(gender="Non-binary", email=None, mobile=None)):
             jsonschema.validate(adapter.payload(example), schema)
     assert set(contract["paths"]) == {"/patients/{external_id}"}
@@ -169,7 +170,9 @@ def test_rest_adapter_payload_matches_the_published_contract(connection: Connect
 def test_rest_upsert_is_idempotent(connection: Connection) -> None:
     fake = FakeRestPlatform()
     with TestClient(fake.app()) as http:
-        adapter = RestPlatform(rest_connection(connection, fake.add_key()), http, "ua")
+        adapter = RestPlatform(
+            rest_connection(connection, fake.add_key()).platform_account, http, "ua"
+        )
         first = adapter.upsert_patient(details(), None)
         second = adapter.upsert_patient(details(), None)
         fake.api_keys.clear()

@@ -84,7 +84,9 @@ def clients(
             client = redis.Redis.from_url(settings.redis_url)
             tokens = TokenCache(client, keys, settings.fernet)
             limiter = HalaxyRateLimiter(client, keys)
-            built.append(HalaxyClient(connection, http, tokens, settings.user_agent, limiter))
+            built.append(
+                HalaxyClient(connection.halaxy_account, http, tokens, settings.user_agent, limiter)
+            )
         yield built
 
 
@@ -135,7 +137,7 @@ def test_a_written_note_is_reported_even_when_recording_the_pause_fails(
 
     with httpx.Client(transport=httpx.MockTransport(halaxy)) as http:
         client = HalaxyClient(
-            connection,
+            connection.halaxy_account,
             http,
             TokenCache(redis_server_client, keys, settings.fernet),
             settings.user_agent,
@@ -189,7 +191,7 @@ def test_every_request_halaxy_receives_takes_one_request_from_the_budget(
     with TestClient(fake_halaxy.app()) as http:
         tokens = TokenCache(redis_server_client, keys, settings.fernet)
         limiter = HalaxyRateLimiter(redis_server_client, keys, limit=6, window_ms=60_000)
-        client = HalaxyClient(connection, http, tokens, settings.user_agent, limiter)
+        client = HalaxyClient(connection.halaxy_account, http, tokens, settings.user_agent, limiter)
         fake_halaxy.requests.clear()  # the key check made when the connection was added
         client.read("Patient/42")  # a token, then the read
         client.read("Patient/42")

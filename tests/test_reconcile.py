@@ -51,7 +51,7 @@ def halaxy(
 ) -> Iterator[HalaxyClient]:
     with TestClient(fake_halaxy.app()) as http:
         tokens = TokenCache(redis_server_client, keys, settings.fernet)
-        yield HalaxyClient(connection, http, tokens, settings.user_agent)
+        yield HalaxyClient(connection.halaxy_account, http, tokens, settings.user_agent)
 
 
 Walk = Callable[[Sweep | None, datetime], Sweep | None]

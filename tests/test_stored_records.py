@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from shared.connections.model import Connection, DocStatus, PlatformKind, RetiredSecret
+from shared.connections.model import Connection, DocStatus, RetiredSecret
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AUDIT_FIELDS, AuditFields, AuditTrail
 from shared.infra.codec import RecordCodec
@@ -38,6 +38,7 @@ from shared.patients.reconcile import (
     SweepLog,
     SweepProgress,
 )
+from shared.platforms import PlatformKind
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stored_records_v0.json"
 T = TypeVar("T")

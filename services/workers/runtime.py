@@ -93,9 +93,9 @@ class WorkerRuntime:
         built = self._services[connection_id] = ConnectionServices(
             connection=connection,
             halaxy=HalaxyClient(
-                connection, http, self.tokens, self.settings.user_agent, self.limiter
+                connection.halaxy_account, http, self.tokens, self.settings.user_agent, self.limiter
             ),
-            platform=platform_for(connection, http, self.settings.user_agent),
+            platform=platform_for(connection.platform_account, http, self.settings.user_agent),
             links=PatientLinks(self.redis, self.keys, connection_id, self.renewer),
             pdfs=PdfFetcher(http, self.resolver),
         )

@@ -16,8 +16,10 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from shared.halaxy.auth import HalaxyAccount
 from shared.infra.errors import InvalidInput
 from shared.infra.netutil import is_loopback_host
+from shared.platforms import PlatformAccount, PlatformKind
 
 HALAXY_REGIONS = {
     "au": "https://au-api.halaxy.com/main",
@@ -34,11 +36,6 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = rf"(?=[^:]{{1,253}}(:|$)){_LABEL}(\.{_LABEL})*"
 HOST_NAME = re.compile(rf"^{_HOST}$")
 HOST_PORT = re.compile(rf"^(?P<host>{_HOST})(:(?P<port>[0-9]{{1,5}}))?$")
-
-
-class PlatformKind(StrEnum):
-    PHYSITRACK = "physitrack"
-    REST = "rest"
 
 
 class DocStatus(StrEnum):
@@ -84,6 +81,27 @@ class Connection(BaseModel):
     signing_secret: SecretStr | None = None
     retired_webhook_secret: RetiredSecret | None = None
     retired_program_api_key: RetiredSecret | None = None
+
+    @property
+    def halaxy_account(self) -> HalaxyAccount:
+        """The practice's Halaxy API key, as `HalaxyClient` takes it."""
+        return HalaxyAccount(
+            connection_id=self.id,
+            base_url=self.halaxy_base_url,
+            client_id=self.halaxy_client_id,
+            client_secret=self.halaxy_client_secret,
+        )
+
+    @property
+    def platform_account(self) -> PlatformAccount:
+        """The clinic's platform account, as the platform adapters take it."""
+        return PlatformAccount(
+            kind=self.platform,
+            base_url=self.platform_base_url,
+            api_key=self.platform_api_key,
+            pms_name=self.platform_pms_name,
+            pms_key=self.platform_pms_key,
+        )
 
     @property
     def halaxy_origin(self) -> str:

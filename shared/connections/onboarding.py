@@ -14,12 +14,13 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared.connections import model as c
-from shared.connections.model import Connection, DocStatus, PlatformKind, RetiredSecret
+from shared.connections.model import Connection, DocStatus, RetiredSecret
 from shared.connections.store import ConnectionStore, Refusal
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.infra.audit import AuditTrail
 from shared.infra.errors import AlreadyConnected, BridgeError, InvalidInput, Transient
 from shared.infra.validation import validated
+from shared.platforms import PlatformKind
 
 KeyVerifier = Callable[[str, str, str], None]
 """Checks a Halaxy key (base URL, client id, client secret); raises a `BridgeError` if refused."""

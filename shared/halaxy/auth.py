@@ -10,11 +10,25 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
+from pydantic import SecretStr
 
 from shared.infra.errors import Permanent, RateLimited, Transient
 from shared.infra.httputil import retry_after_seconds
 
 FHIR_JSON = "application/fhir+json"
+
+
+@dataclass(frozen=True)
+class HalaxyAccount:
+    """One practice's Halaxy API key: what the client needs of a connection, and no more.
+
+    `connection_id` labels the metrics and logs; `Connection.halaxy_account` makes one.
+    """
+
+    connection_id: str
+    base_url: str
+    client_id: str
+    client_secret: SecretStr
 
 
 @dataclass(frozen=True)

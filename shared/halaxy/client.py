@@ -17,8 +17,7 @@ import httpx
 import orjson
 import structlog
 
-from shared.connections.model import Connection
-from shared.halaxy.auth import FHIR_JSON, Token, fetch_token
+from shared.halaxy.auth import FHIR_JSON, HalaxyAccount, Token, fetch_token
 from shared.halaxy.rate_limit import EXHAUSTED_PAUSE_MS, HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
 from shared.infra.errors import Ambiguous, BridgeError, Permanent, RateLimited, Transient
@@ -55,18 +54,18 @@ def new_http_client(make: Callable[..., httpx.Client] = httpx.Client) -> httpx.C
 class HalaxyClient:
     def __init__(
         self,
-        connection: Connection,
+        account: HalaxyAccount,
         http: httpx.Client,
         tokens: TokenCache,
         user_agent: str,
         limiter: HalaxyRateLimiter | None = None,
     ) -> None:
-        self._connection = connection
+        self._account = account
         self._limiter = limiter
         self._http = http
         self._tokens = tokens
         self._user_agent = user_agent
-        self._base = connection.halaxy_base_url.rstrip("/")
+        self._base = account.base_url.rstrip("/")
         self._base_path = urlsplit(self._base).path
 
     def read(self, reference: str) -> dict[str, Any]:
@@ -179,39 +178,37 @@ class HalaxyClient:
         return None
 
     def _token(self) -> str:
-        connection = self._connection
+        account = self._account
 
         def fetch() -> Token:
             self._spend()
             try:
                 token = fetch_token(
                     self._http,
-                    connection.halaxy_base_url,
-                    connection.halaxy_client_id,
-                    connection.halaxy_client_secret.get_secret_value(),
+                    account.base_url,
+                    account.client_id,
+                    account.client_secret.get_secret_value(),
                     self._user_agent,
                 )
             except Permanent:
-                TOKEN_REFRESHES.labels(connection.id, "refused").inc()
-                HALAXY_AUTH_FAILURES.labels(connection.id).inc()
+                TOKEN_REFRESHES.labels(account.connection_id, "refused").inc()
+                HALAXY_AUTH_FAILURES.labels(account.connection_id).inc()
                 raise
             except Transient:
-                TOKEN_REFRESHES.labels(connection.id, "error").inc()
+                TOKEN_REFRESHES.labels(account.connection_id, "error").inc()
                 raise
-            TOKEN_REFRESHES.labels(connection.id, "ok").inc()
+            TOKEN_REFRESHES.labels(account.connection_id, "ok").inc()
             return token
 
-        return self._tokens.get(connection.halaxy_base_url, connection.halaxy_client_id, fetch)
+        return self._tokens.get(account.base_url, account.client_id, fetch)
 
     def _token_and_spend(self) -> str:
         """A token, and one request from the key's budget for the request it goes with: in
         one round trip while a token is cached."""
-        connection = self._connection
+        account = self._account
         if self._limiter is not None:
-            key = self._tokens.key(connection.halaxy_base_url, connection.halaxy_client_id)
-            sealed = self._limiter.acquire_if_set(
-                connection.halaxy_base_url, connection.halaxy_client_id, key
-            )
+            key = self._tokens.key(account.base_url, account.client_id)
+            sealed = self._limiter.acquire_if_set(account.base_url, account.client_id, key)
             if sealed is not None:  # the request is paid for
                 token = self._tokens.open(sealed)
                 return token if token is not None else self._token()
@@ -222,9 +219,7 @@ class HalaxyClient:
     def _spend(self) -> None:
         """One request from the key's shared budget (raises `RateLimited` when spent)."""
         if self._limiter is not None:
-            self._limiter.acquire(
-                self._connection.halaxy_base_url, self._connection.halaxy_client_id
-            )
+            self._limiter.acquire(self._account.base_url, self._account.client_id)
 
     def _heed(self, response: httpx.Response) -> httpx.Response:
         """Let Halaxy's own rate-limit answers pause every process using this key."""
@@ -237,13 +232,11 @@ class HalaxyClient:
         else:
             return response
         try:
-            self._limiter.pause(
-                self._connection.halaxy_base_url, self._connection.halaxy_client_id, wait
-            )
+            self._limiter.pause(self._account.base_url, self._account.client_id, wait)
         except BridgeError:
             # The answer is in hand: what it says (a note written, say) must not be lost
             # because Redis missed one pause. Our own window still counts the request.
-            log.warning("halaxy.pause_not_recorded", connection_id=self._connection.id)
+            log.warning("halaxy.pause_not_recorded", connection_id=self._account.connection_id)
         return response
 
     def _request(
@@ -267,11 +260,9 @@ class HalaxyClient:
             response = exchange(token)
             if not refused(response):
                 return response
-            self._tokens.invalidate(
-                self._connection.halaxy_base_url, self._connection.halaxy_client_id, token
-            )
+            self._tokens.invalidate(self._account.base_url, self._account.client_id, token)
             if attempt == 2:
-                HALAXY_AUTH_FAILURES.labels(self._connection.id).inc()
+                HALAXY_AUTH_FAILURES.labels(self._account.connection_id).inc()
                 raise HalaxyAuthRefused(
                     "Halaxy refused a fresh access token (401): the connection's API key was "
                     "revoked or lacks the permission for this request"

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
 from shared.halaxy.fhir import Unreadable, in_effect, is_resource_id, partial_date
 from shared.infra.errors import Permanent
+from shared.platforms import Gender, PatientDetails
 
 STATUS_EXTENSION = "https://terminology.halaxy.com/StructureDefinition/patient-status"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -40,13 +40,6 @@ NAMES_OF_LAST_RESORT = frozenset({"maiden", "old", "nickname"})
 INACTIVE_STATUSES = frozenset({"archived", "blocked", "deleted"})
 ENQUIRY_STATUSES = frozenset({"contact"})  # a Halaxy enquiry, not (yet) a patient
 EARLIEST_BIRTH_YEAR = 1900
-
-
-class Gender(StrEnum):
-    MALE = "male"
-    FEMALE = "female"
-    OTHER = "other"
-    UNKNOWN = "unknown"
 
 
 class Standing(StrEnum):
@@ -104,21 +97,6 @@ class PatientNotUsable(Permanent):
     def reason(self) -> Refusal:
         """The first reason: the one a refusal is counted under."""
         return self.reasons[0]
-
-
-@dataclass(frozen=True)
-class PatientDetails:
-    halaxy_id: str
-    first_name: str
-    last_name: str
-    birth_year: int
-    birth_date: date | None
-    gender: Gender
-    email: str | None
-    mobile: str | None
-    status: str
-    dropped: tuple[str, ...] = field(default=())
-    """Fields Halaxy had that were unusable (e.g. a phone not in E.164), by name only."""
 
 
 def checked_id(resource: Any, expected_id: str | None = None) -> str:

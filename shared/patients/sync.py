@@ -20,14 +20,13 @@ from shared.infra.clock import utcnow
 from shared.infra.errors import Permanent
 from shared.patients.links import PatientLink, PatientLinks
 from shared.patients.mapping import (
-    PatientDetails,
     PatientNotUsable,
     Refusal,
     Standing,
     assess,
     map_patient,
 )
-from shared.platforms import TherapyPlatform, fingerprint
+from shared.platforms import PatientDetails, TherapyPlatform, fingerprint
 from shared.telemetry.definitions import PATIENT_OUTCOMES
 
 

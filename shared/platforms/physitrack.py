@@ -18,10 +18,9 @@ from typing import Any
 
 import httpx
 
-from shared.connections.model import Connection
 from shared.infra.errors import Transient
-from shared.patients.mapping import Gender, PatientDetails
-from shared.platforms import PlatformPatient
+from shared.platforms.base import PlatformAccount, PlatformPatient
+from shared.platforms.details import Gender, PatientDetails
 from shared.platforms.http import PlatformNotFound, json_object, send
 
 GENDERS = {Gender.MALE: "m", Gender.FEMALE: "f"}
@@ -32,17 +31,17 @@ MAX_PAGES = 500
 class Physitrack:
     kind = "physitrack"
 
-    def __init__(self, connection: Connection, http: httpx.Client, user_agent: str) -> None:
+    def __init__(self, account: PlatformAccount, http: httpx.Client, user_agent: str) -> None:
         self._http = http
-        self._base = connection.platform_base_url.rstrip("/")
+        self._base = account.base_url.rstrip("/")
         self._headers = {
-            "X-Api-Key": connection.platform_api_key.get_secret_value(),
+            "X-Api-Key": account.api_key.get_secret_value(),
             "User-Agent": user_agent,
         }
-        if connection.platform_pms_name and connection.platform_pms_key:
+        if account.pms_name and account.pms_key:
             # A practitioner without PT Direct (therapy-platforms.md 1.3, mode 2).
-            self._headers["X-Api-PMS-Name"] = connection.platform_pms_name
-            self._headers["X-Api-PMS-Key"] = connection.platform_pms_key.get_secret_value()
+            self._headers["X-Api-PMS-Name"] = account.pms_name
+            self._headers["X-Api-PMS-Key"] = account.pms_key.get_secret_value()
 
     def payload(self, details: PatientDetails) -> dict[str, Any]:
         body: dict[str, Any] = {

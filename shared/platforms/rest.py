@@ -11,21 +11,20 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.connections.model import Connection
 from shared.infra.errors import Transient
-from shared.patients.mapping import PatientDetails
-from shared.platforms import PlatformPatient
+from shared.platforms.base import PlatformAccount, PlatformPatient
+from shared.platforms.details import PatientDetails
 from shared.platforms.http import json_object, send
 
 
 class RestPlatform:
     kind = "rest"
 
-    def __init__(self, connection: Connection, http: httpx.Client, user_agent: str) -> None:
+    def __init__(self, account: PlatformAccount, http: httpx.Client, user_agent: str) -> None:
         self._http = http
-        self._base = connection.platform_base_url.rstrip("/")
+        self._base = account.base_url.rstrip("/")
         self._headers = {
-            "Authorization": f"Bearer {connection.platform_api_key.get_secret_value()}",
+            "Authorization": f"Bearer {account.api_key.get_secret_value()}",
             "User-Agent": user_agent,
         }
 
