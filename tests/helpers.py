@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,8 +18,6 @@ from shared.infra.audit import AuditTrail
 from shared.infra.store import Keys
 from shared.notes.callback import note_id_for, parse_callback
 from shared.notes.outbox import NoteOutbox
-
-HALAXY_BASE = "https://au-api.halaxy.com/main"
 
 # The public contract of `connections add --json` and POST /admin/connections.
 PUBLIC_URL = "https://bridge.example.test"  # BRIDGE_PUBLIC_URL, as conftest sets it
@@ -99,3 +99,12 @@ def recorded_note(
     note_id = note_id_for(connection_id, callback, None)
     assert outbox.create(connection_id, note_id, callback)
     return note_id
+
+
+def run_together(target: Callable[[], object], count: int, timeout: float | None = None) -> None:
+    """Run `target` on `count` threads at once and wait for them all (each up to `timeout`)."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)

@@ -28,6 +28,7 @@ from shared.connections.store import ConnectionStore
 from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.errors import AlreadyConnected
+from tests.helpers import run_together
 from tests.test_admin_api import admin_headers, create, request_body
 
 PLATFORM_URL = "https://au.physitrack.com/api/v2"
@@ -264,11 +265,7 @@ def test_of_two_adds_at_once_with_one_key_only_one_is_stored(
         except AlreadyConnected:
             outcomes.append("refused")
 
-    threads = [threading.Thread(target=add_one) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
+    run_together(add_one, 2, timeout=20)
 
     assert sorted(outcomes) == ["refused", "stored"]
     assert len(store.list()) == 1
@@ -290,11 +287,7 @@ def test_many_adds_at_once_with_one_key_store_one(
         except AlreadyConnected:
             outcomes.append("refused")
 
-    threads = [threading.Thread(target=add_one) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_together(add_one, 8, timeout=30)
 
     assert sorted(outcomes) == ["refused"] * 7 + ["stored"]
     assert len(store.list()) == 1

@@ -20,6 +20,7 @@ from shared.halaxy.tokens import TokenCache
 from shared.infra.config import Settings
 from shared.infra.errors import Ambiguous, Permanent, RateLimited, Transient
 from shared.infra.store import Keys
+from tests.helpers import run_together
 
 
 class Clock:
@@ -173,11 +174,7 @@ def test_tokens_are_shared_and_fetched_once_when_eight_threads_start_together(
         finally:
             client.close()
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(work, 8)
     assert errors == []
     assert len(fake_halaxy.token_requests()) == 1
     assert len([r for r in fake_halaxy.requests if "Patient" in r.path]) == 40

@@ -29,7 +29,7 @@ from shared.notes.intake import job_for_note
 from shared.notes.outbox import NoteOutbox, NoteState
 from shared.notes.resolution import Resolution, Waiting, find_waiting, resolve_note
 from shared.patients.links import PatientLinks
-from tests.helpers import audit_of
+from tests.helpers import audit_of, run_together
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 PATIENT = "1001"
@@ -121,11 +121,7 @@ def test_ten_identical_callbacks_at_once_make_one_note(
         barrier.wait()
         answers.append(pipeline.callback(conn, payload))
 
-    threads = [threading.Thread(target=send) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(send, 10)
     pipeline.drain()
     assert sorted(a.status_code for a in answers) == [202] * 10
     assert sum(len(a.json()["accepted"]) for a in answers) == 1

@@ -19,6 +19,7 @@ from shared.halaxy.tokens import TokenCache
 from shared.infra.config import Settings
 from shared.infra.errors import RateLimited, StoreUnavailable, Transient
 from shared.infra.store import Keys, LeaseRenewer, held_lease
+from tests.helpers import run_together
 
 BASE = "https://au-api.halaxy.com/main"
 
@@ -61,11 +62,7 @@ def test_many_threads_never_take_more_than_the_limit(
         taken.append(count)
         client.close()
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(work, 8)
     assert sum(taken) == 50
 
 

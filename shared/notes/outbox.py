@@ -125,9 +125,6 @@ class NoteState(StrEnum):
     DROPPED = "dropped"
 
 
-FINAL_STATES = frozenset({NoteState.POSTED, NoteState.FAILED, NoteState.DROPPED})
-
-
 @dataclass(frozen=True)
 class NoteRecord:
     """What the outbox keeps: ids, the title, times, the outcome. No patient details."""

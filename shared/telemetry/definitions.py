@@ -12,8 +12,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-PREFIX = "halaxy_bridge_"
-
 WEBHOOK_REQUESTS = Counter(
     "halaxy_bridge_webhook_requests",
     "Webhook deliveries answered, by route (halaxy, programs) and HTTP status.",
