@@ -35,7 +35,7 @@ test-today: $(VENV)/.dev-installed
 
 ## Every Python process of the run (pytest and the receiver, worker, scheduler and CLI it
 ## starts) reads a date a year ahead (tests/year_ahead/sitecustomize.py). The speed and
-## fuzzing tests read no date and are left out; tests/test_clock.py proves the shift took.
+## fuzzing tests read no date and are left out; tests/infra/test_clock.py proves the shift took.
 test-year-ahead: $(VENV)/.dev-installed
 	HB_TEST_CLOCK_SHIFT_DAYS=365 PYTHONPATH=$(CURDIR)/tests/year_ahead \
 	  $(BIN)/python scripts/with_redis.py $(BIN)/pytest -p no:cacheprovider \

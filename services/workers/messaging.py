@@ -65,7 +65,7 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
 # KEYS: the connection record, the queue's id list, the queue's message hash, then one seen
 # key per event. ARGV: the record the caller authenticated against, the seen TTL in seconds,
 # then a (message id, encoded message) pair per event. The HSET and RPUSH are what Dramatiq's
-# own enqueue does (dramatiq/brokers/redis/dispatch.lua, "enqueue"); tests/test_intake.py
+# own enqueue does (dramatiq/brokers/redis/dispatch.lua, "enqueue"); tests/patients/test_intake.py
 # checks that against RedisBroker.enqueue. The first write is the SET, so a Redis
 # refusing writes (out of memory) fails the script before it has changed anything.
 INTAKE_SCRIPT = """

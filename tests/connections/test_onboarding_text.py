@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from services.cli.main import cli
 from shared.infra.config import Settings
 
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+RUNBOOK = Path(__file__).resolve().parent.parent.parent / "docs" / "operations.md"
 BY_SUPPORT = "registered by physitrack support, not by the clinic"
 EMAIL_SUPPORT = "email physitrack support"
 EDIT = "edit each of the"

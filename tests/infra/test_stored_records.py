@@ -40,7 +40,7 @@ from shared.patients.reconcile import (
 )
 from shared.platforms import PlatformKind
 
-FIXTURE = Path(__file__).parent / "fixtures" / "stored_records_v0.json"
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "stored_records_v0.json"
 T = TypeVar("T")
 
 # Redis keeps bytes: text in records is UTF-8, so lone surrogates cannot be written by anyone.

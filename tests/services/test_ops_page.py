@@ -34,9 +34,9 @@ from shared.infra.jobs import ActorName, Job, QueueName
 from shared.infra.store import Keys
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore
 from tests.conftest import make_connection
-from tests.test_dead_letters import LETTER
+from tests.ops.test_dead_letters import LETTER
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
 CHALLENGE = 'Basic realm="halaxy-bridge ops", charset="UTF-8"'
 CSP = "default-src 'none'; style-src 'unsafe-inline'"

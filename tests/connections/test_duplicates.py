@@ -29,7 +29,7 @@ from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.errors import AlreadyConnected
 from tests.helpers import run_together
-from tests.test_admin_api import admin_headers, create, request_body
+from tests.services.test_admin_api import admin_headers, create, request_body
 
 PLATFORM_URL = "https://au.physitrack.com/api/v2"
 

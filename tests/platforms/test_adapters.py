@@ -23,7 +23,7 @@ from shared.platforms import PatientDetails, PlatformKind
 from shared.platforms.physitrack import Physitrack
 from shared.platforms.rest import RestPlatform
 
-CONTRACT = Path(__file__).parent.parent / "docs" / "rest-platform.yaml"
+CONTRACT = Path(__file__).parent.parent.parent / "docs" / "rest-platform.yaml"
 
 
 def details(**changes: Any) -> PatientDetails:

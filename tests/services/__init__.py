@@ -1,0 +1,1 @@
+"""Tests of the services (`services/`): receiver, CLI, workers."""
