@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -108,3 +109,13 @@ def run_together(target: Callable[[], object], count: int, timeout: float | None
         thread.start()
     for thread in threads:
         thread.join(timeout)
+
+
+def public_members(module: ModuleType) -> set[str]:
+    """What a package's face holds besides its submodules (as httpx's
+    tests/test_exported_members.py checks its own)."""
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, ModuleType)
+    }

@@ -8,8 +8,8 @@ import click
 
 from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
-from shared.infra.clock import utcnow
-from shared.ops.replay import parse_since
+from shared.infra import utcnow
+from shared.ops import parse_since
 
 COLUMNS = ["at", "actor", "action", "connection_id", "resource_ids", "outcome"]
 

@@ -8,9 +8,8 @@ import click
 
 from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
-from shared.connections import onboarding
-from shared.connections.model import practitioner_map
-from shared.infra.clock import utcnow
+from shared.connections import onboarding, practitioner_map
+from shared.infra import utcnow
 
 
 @click.group()

@@ -12,22 +12,25 @@ import httpx
 import redis
 
 from services.cli.output import fail
-from shared.connections.model import Connection
-from shared.connections.onboarding import KeyVerifier
-from shared.connections.store import ConnectionStore
-from shared.halaxy.auth import fetch_token
-from shared.infra.audit import AuditTrail, audit_trail, checked_actor
-from shared.infra.config import Settings, load_settings
-from shared.infra.errors import (
+from shared.connections import Connection, ConnectionStore, KeyVerifier
+from shared.halaxy import fetch_token
+from shared.infra import (
     AlreadyConnected,
+    AuditTrail,
     ConfigError,
     ConnectionNotFound,
     InvalidInput,
+    JobQueue,
+    Keys,
+    Settings,
     StoreUnavailable,
     Transient,
+    audit_trail,
+    checked_actor,
+    load_settings,
+    redis_client,
+    redis_location,
 )
-from shared.infra.jobs import JobQueue
-from shared.infra.store import Keys, redis_client, redis_location
 
 
 @dataclass(frozen=True)

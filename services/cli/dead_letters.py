@@ -8,10 +8,9 @@ import click
 
 from services.cli.context import CliContext, cli_context
 from services.cli.output import emit, json_option, table
-from shared.infra.clock import utcnow
-from shared.infra.store import Keys
+from shared.infra import Keys, utcnow
+from shared.ops import DeadLetter, DeadLetterStore
 from shared.ops import replay as ops
-from shared.ops.dead_letters import DeadLetter, DeadLetterStore
 
 COLUMNS = ["id", "failed_at", "connection_id", "actor", "resource_id", "error_class", "reason"]
 

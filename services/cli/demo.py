@@ -82,16 +82,10 @@ def _run(serve: bool) -> None:
     from services.workers import broker as worker_broker
     from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue
     from services.workers.runtime import WorkerRuntime, provide_runtime
-    from shared.connections import onboarding
-    from shared.connections.store import ConnectionStore
-    from shared.halaxy.events import HalaxyEvent
-    from shared.halaxy.notifications import ChangedResource
-    from shared.infra.audit import AuditTrail
-    from shared.infra.clock import utcnow
-    from shared.infra.config import load_settings
-    from shared.infra.jobs import IntakeResult, Job, JobQueue
-    from shared.infra.store import Keys
-    from shared.patients.intake import EventIntake, job_for_event
+    from shared.connections import ConnectionStore, onboarding
+    from shared.halaxy import ChangedResource, HalaxyEvent
+    from shared.infra import AuditTrail, IntakeResult, Job, JobQueue, Keys, load_settings, utcnow
+    from shared.patients import EventIntake, job_for_event
 
     receiver_port = free_port()
     settings = load_settings(BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{receiver_port}")
@@ -368,7 +362,7 @@ def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, Any,
     import redis
 
     from services.workers.messaging import build_broker
-    from shared.infra.store import async_redis_client
+    from shared.infra import async_redis_client
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1)
     try:

@@ -9,10 +9,14 @@ import click
 
 from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
-from shared.infra.errors import InvalidInput
-from shared.infra.store import Keys
-from shared.notes.outbox import OFFSET_MAX, PAGE_DEFAULT, PAGE_MAX, NoteOutbox, NotesPage, NoteState
-from shared.notes.resolution import (
+from shared.infra import InvalidInput, Keys
+from shared.notes import (
+    OFFSET_MAX,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    NoteOutbox,
+    NotesPage,
+    NoteState,
     NoteStateConflict,
     Resolution,
     Waiting,

@@ -14,7 +14,7 @@ def scheduler() -> None:
     from services.scheduler.loop import Scheduler
     from services.workers import settings
     from services.workers.runtime import WorkerRuntime
-    from shared.telemetry.push import MetricsPusher
+    from shared.telemetry import MetricsPusher
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,11 +12,10 @@ import orjson
 
 from services.cli.context import CliContext, cli_context, unavailable_detail
 from services.cli.output import clipped, emit, json_option, table
-from shared.infra.errors import StoreUnavailable
-from shared.infra.store import Keys
-from shared.notes.outbox import NoteOutbox
-from shared.ops.status import not_synced_rows
-from shared.ops.status import status as gather
+from shared.infra import Keys, StoreUnavailable
+from shared.notes import NoteOutbox
+from shared.ops import not_synced_rows
+from shared.ops import status as gather
 
 WIDTH = 120  # the text fits a terminal this wide
 NAME_LEAST = 12  # a name gets the room the other columns leave, at least this much

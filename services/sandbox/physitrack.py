@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.sandbox.faults import Faults
-from shared.infra.clock import utcnow
+from shared.infra import utcnow
 
 REQUIRED = ("external_id", "first_name", "last_name", "gender", "year_of_birth")
 CLIENT_FIELDS = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from shared.infra.clock import iso_now
+from shared.infra import iso_now
 
 
 def notification(

@@ -12,13 +12,10 @@ import structlog
 
 from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
-from shared.infra.clock import utcnow
-from shared.infra.config import Settings
-from shared.infra.errors import BridgeError, Permanent, RateLimited
-from shared.infra.jobs import JobQueue
-from shared.notes.intake import job_for_note
-from shared.ops.upgrade import upgrade_stored_data
-from shared.patients.reconcile import SweepLog, due, sweep
+from shared.infra import BridgeError, JobQueue, Permanent, RateLimited, Settings, utcnow
+from shared.notes import job_for_note
+from shared.ops import upgrade_stored_data
+from shared.patients import SweepLog, due, sweep
 
 TICK_SECONDS = 5.0
 LEADER_TTL_SECONDS = 30

@@ -19,11 +19,8 @@ from services.webhook_receiver.requests import (
     secret_matches,
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
-from shared.connections import onboarding
-from shared.connections.model import Connection
-from shared.connections.store import ConnectionChangedMeanwhile
-from shared.infra.clock import utcnow
-from shared.infra.errors import AlreadyConnected, InvalidInput, StoreUnavailable, Transient
+from shared.connections import Connection, ConnectionChangedMeanwhile, onboarding
+from shared.infra import AlreadyConnected, InvalidInput, StoreUnavailable, Transient, utcnow
 
 MAX_BODY = 64 * 1024
 ADMIN_API = "admin-api"  # who acts, in the audit trail: everyone shares the admin token

@@ -27,20 +27,22 @@ from services.webhook_receiver.openapi import openapi
 from services.webhook_receiver.ops_page import ops_page
 from services.webhook_receiver.programs import program_callback
 from services.webhook_receiver.responses import ApiError, error_response
-from shared.connections.onboarding import KeyVerifier
-from shared.connections.store import ConnectionStore
-from shared.halaxy.auth import fetch_token
-from shared.infra.audit import audit_trail
-from shared.infra.config import Settings, load_settings
-from shared.infra.errors import ConfigError
-from shared.infra.jobs import JobQueue
-from shared.infra.logs import configure_logging
-from shared.infra.store import Keys, async_redis_client, redis_client
-from shared.notes.intake import ProgramIntake
-from shared.notes.outbox import NoteOutbox, NoteState
-from shared.patients.intake import EventIntake
-from shared.telemetry.collect import Reused
-from shared.telemetry.push import MetricsPusher
+from shared.connections import ConnectionStore, KeyVerifier
+from shared.halaxy import fetch_token
+from shared.infra import (
+    ConfigError,
+    JobQueue,
+    Keys,
+    Settings,
+    async_redis_client,
+    audit_trail,
+    configure_logging,
+    load_settings,
+    redis_client,
+)
+from shared.notes import NoteOutbox, NoteState, ProgramIntake
+from shared.patients import EventIntake
+from shared.telemetry import MetricsPusher, Reused
 
 log = structlog.get_logger("halaxy_bridge.receiver")
 

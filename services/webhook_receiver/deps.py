@@ -8,15 +8,11 @@ import redis
 from starlette.requests import Request
 
 from services.webhook_receiver.known_connections import KnownConnections
-from shared.connections.onboarding import KeyVerifier
-from shared.connections.store import ConnectionStore
-from shared.infra.audit import AuditTrail
-from shared.infra.config import Settings
-from shared.infra.jobs import JobQueue
-from shared.notes.intake import ProgramIntake
-from shared.patients.intake import EventIntake
-from shared.telemetry.collect import Reused
-from shared.telemetry.push import MetricsPusher
+from shared.connections import ConnectionStore, KeyVerifier
+from shared.infra import AuditTrail, JobQueue, Settings
+from shared.notes import ProgramIntake
+from shared.patients import EventIntake
+from shared.telemetry import MetricsPusher, Reused
 
 
 @dataclass(frozen=True)

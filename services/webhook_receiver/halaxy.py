@@ -24,11 +24,9 @@ from services.webhook_receiver.requests import (
     secret_matches,
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
-from shared.halaxy.events import HALAXY_EVENTS, HalaxyEvent
-from shared.halaxy.notifications import NotificationError, parse_notification
-from shared.infra.clock import utcnow
-from shared.infra.errors import StoreUnavailable
-from shared.patients.intake import ConnectionChanged
+from shared.halaxy import HALAXY_EVENTS, HalaxyEvent, NotificationError, parse_notification
+from shared.infra import StoreUnavailable, utcnow
+from shared.patients import ConnectionChanged
 
 # Halaxy's notifications are id-only and small; 256 KiB leaves ample room (DESIGN.md).
 MAX_BODY = 256 * 1024

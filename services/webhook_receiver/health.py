@@ -10,13 +10,10 @@ from starlette.responses import Response
 
 from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.responses import JSONResponse, unavailable
-from shared.infra.clock import epoch_seconds
-from shared.infra.errors import StoreUnavailable
-from shared.infra.redis_health import check_redis
-from shared.infra.store import Keys
-from shared.notes.outbox import NoteOutbox
-from shared.ops.status import status
-from shared.telemetry.collect import exposition, gauges, totals
+from shared.infra import Keys, StoreUnavailable, check_redis, epoch_seconds
+from shared.notes import NoteOutbox
+from shared.ops import status
+from shared.telemetry import exposition, gauges, totals
 
 
 async def healthz(request: Request) -> Response:

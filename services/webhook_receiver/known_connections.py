@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import redis.asyncio
 
-from shared.connections.model import Connection
-from shared.connections.store import ConnectionStore
-from shared.infra.store import as_bytes, translate_redis_errors
+from shared.connections import Connection, ConnectionStore
+from shared.infra import as_bytes, translate_redis_errors
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 
-from shared.infra.clock import epoch_seconds
-from shared.telemetry.definitions import (
+from shared.infra import epoch_seconds
+from shared.telemetry import (
     LAST_EVENT,
     WEBHOOK_EVENTS,
     WEBHOOK_REJECTIONS,

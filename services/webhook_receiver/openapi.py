@@ -10,9 +10,9 @@ from starlette.responses import Response
 
 from services.webhook_receiver.ops import DeadLetterAction, NoteResolutionRequest, NotesQuery
 from services.webhook_receiver.responses import JSONResponse
-from shared.connections.onboarding import ConnectionRequest, RotateRequest
-from shared.halaxy.events import HALAXY_EVENTS
-from shared.notes.callback import ProgramCallback
+from shared.connections import ConnectionRequest, RotateRequest
+from shared.halaxy import HALAXY_EVENTS
+from shared.notes import ProgramCallback
 
 
 class ErrorBody(BaseModel):

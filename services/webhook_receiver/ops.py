@@ -15,29 +15,24 @@ from starlette.responses import Response
 from services.webhook_receiver.admin import ADMIN_API, authorize, call, json_object
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.responses import ApiError, JSONResponse
-from shared.infra.audit import Actor
-from shared.infra.clock import utcnow
-from shared.infra.store import Keys
-from shared.infra.validation import validated
-from shared.notes.outbox import (
+from shared.infra import Actor, Keys, utcnow, validated
+from shared.notes import (
     OFFSET_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
+    NoteNotWaiting,
     NoteOutbox,
     NotesPage,
     NoteState,
-)
-from shared.notes.resolution import (
-    NoteNotWaiting,
     NoteStateConflict,
     Resolution,
     Waiting,
     find_waiting,
     resolve_note,
 )
+from shared.ops import DeadLetter, DeadLetterStore
 from shared.ops import replay as ops
-from shared.ops.dead_letters import DeadLetter, DeadLetterStore
-from shared.ops.status import status as gather
+from shared.ops import status as gather
 
 DIGITS = re.compile(r"[0-9]{1,10}")
 

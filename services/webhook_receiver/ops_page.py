@@ -16,8 +16,8 @@ from starlette.responses import HTMLResponse, Response
 
 from services.webhook_receiver.admin import authorize
 from services.webhook_receiver.ops import current_status
-from shared.infra.clock import iso_now
-from shared.ops.status import not_synced_rows
+from shared.infra import iso_now
+from shared.ops import not_synced_rows
 
 REFRESH_SECONDS = 10
 OLD_AGE_SECONDS = 300

@@ -20,11 +20,9 @@ from services.webhook_receiver import metrics
 from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.requests import read_capped_body, require_json, secret_matches
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
-from shared.connections.model import Connection
-from shared.infra.clock import utcnow
-from shared.infra.errors import InvalidInput, StoreUnavailable
-from shared.notes.callback import is_link_expired, note_id_for, parse_callback
-from shared.notes.pdf_fetch import PdfRefused, check_listed
+from shared.connections import Connection
+from shared.infra import InvalidInput, StoreUnavailable, utcnow
+from shared.notes import PdfRefused, check_listed, is_link_expired, note_id_for, parse_callback
 
 MAX_BODY = 16 * 1024
 EVENT = "program"

@@ -13,9 +13,7 @@ import dramatiq
 
 from services.workers.messaging import build_broker
 from services.workers.runtime import WorkerRuntime, provide_runtime
-from shared.infra.config import load_settings
-from shared.infra.errors import ConfigError
-from shared.infra.logs import configure_logging
+from shared.infra import ConfigError, configure_logging, load_settings
 
 try:
     settings = load_settings()

@@ -10,13 +10,19 @@ import dramatiq
 from services.workers.policy import RETRY_OPTIONS, job_outcome
 from services.workers.runtime import current_runtime
 from services.workers.time_limits import TIME_LIMITS_MS
-from shared.infra.clock import utcnow
-from shared.infra.jobs import BULK_PRIORITY, LIVE_PRIORITY, ActorName, QueueName, actor_for
-from shared.infra.store import held_lease
-from shared.notes.writer import write_note
-from shared.patients.sync import sync_appointment as sync_appointment_of
-from shared.patients.sync import sync_patient as sync_patient_of
-from shared.telemetry.definitions import NOTES
+from shared.infra import (
+    BULK_PRIORITY,
+    LIVE_PRIORITY,
+    ActorName,
+    QueueName,
+    actor_for,
+    held_lease,
+    utcnow,
+)
+from shared.notes import write_note
+from shared.patients import sync_appointment as sync_appointment_of
+from shared.patients import sync_patient as sync_patient_of
+from shared.telemetry import NOTES
 
 NOTE_OUTCOMES = frozenset({"posted", "parked", "failed"})
 NOTE_LEASE_SECONDS = 30.0  # renewed every 10 s; lapses within 30 s of a crash

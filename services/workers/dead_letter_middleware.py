@@ -7,8 +7,8 @@ from typing import Any
 import dramatiq
 import structlog
 
-from shared.infra.logs import mask
-from shared.ops.dead_letters import DeadLetter, DeadLetterStore, iso
+from shared.infra import mask
+from shared.ops import DeadLetter, DeadLetterStore, iso
 
 log = structlog.get_logger("halaxy_bridge.workers")
 

@@ -9,9 +9,8 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 
-from shared.infra.clock import epoch_seconds
-from shared.telemetry.definitions import JOB_DURATION, JOBS, LAST_SUCCESS
-from shared.telemetry.push import MetricsPusher
+from shared.infra import epoch_seconds
+from shared.telemetry import JOB_DURATION, JOBS, LAST_SUCCESS, MetricsPusher
 
 # `policy.job_outcome` sets this on a message whose connection was disabled meanwhile.
 DROPPED = "bridge_dropped"

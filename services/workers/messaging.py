@@ -12,15 +12,20 @@ import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
-from shared.halaxy.events import HalaxyEvent
-from shared.halaxy.notifications import ChangedResource
-from shared.infra.config import Settings
-from shared.infra.jobs import IntakeResult, Job, QueueName
-from shared.infra.pipelined_script import PipelinedScript
-from shared.infra.store import Keys, redis_client, translate_redis_errors
-from shared.ops.dead_letters import DeadLetterStore
-from shared.patients.intake import SEEN_TTL, ConnectionChanged, event_digest, job_for_event
-from shared.telemetry.push import MetricsPusher
+from shared.halaxy import ChangedResource, HalaxyEvent
+from shared.infra import (
+    IntakeResult,
+    Job,
+    Keys,
+    PipelinedScript,
+    QueueName,
+    Settings,
+    redis_client,
+    translate_redis_errors,
+)
+from shared.ops import DeadLetterStore
+from shared.patients import SEEN_TTL, ConnectionChanged, event_digest, job_for_event
+from shared.telemetry import MetricsPusher
 
 # A worker that sent no command for this long is dead; its unacked messages are requeued at
 # the next maintenance run (Dramatiq's default is 60 s).

@@ -18,8 +18,8 @@ import dramatiq
 import structlog
 
 from services.workers.job_metrics import DROPPED
-from shared.infra.errors import ConnectionNotFound, Permanent, RateLimited, Transient
-from shared.telemetry.definitions import RATE_LIMIT_DEFERRALS
+from shared.infra import ConnectionNotFound, Permanent, RateLimited, Transient
+from shared.telemetry import RATE_LIMIT_DEFERRALS
 
 MIN_BACKOFF_MS = 15_000
 MAX_BACKOFF_MS = 6 * 3600 * 1000

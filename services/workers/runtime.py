@@ -23,20 +23,21 @@ import structlog
 from dramatiq.middleware import MiddlewareError
 
 from services.workers.time_limits import LONGEST_JOB_SECONDS
-from shared.connections.model import Connection
-from shared.connections.store import ConnectionStore
-from shared.halaxy.client import HalaxyClient, new_http_client
-from shared.halaxy.rate_limit import HalaxyRateLimiter
-from shared.halaxy.tokens import TokenCache
-from shared.infra.audit import audit_trail
-from shared.infra.config import Settings
-from shared.infra.errors import BridgeError, ConnectionNotFound
-from shared.infra.store import Keys, LeaseRenewer, redis_client
-from shared.notes.outbox import NoteOutbox
-from shared.notes.pdf_fetch import PdfFetcher, Resolver, system_resolver
-from shared.patients.links import PatientLinks
+from shared.connections import Connection, ConnectionStore
+from shared.halaxy import HalaxyClient, HalaxyRateLimiter, TokenCache, new_http_client
+from shared.infra import (
+    BridgeError,
+    ConnectionNotFound,
+    Keys,
+    LeaseRenewer,
+    Settings,
+    audit_trail,
+    redis_client,
+)
+from shared.notes import NoteOutbox, PdfFetcher, Resolver, system_resolver
+from shared.patients import PatientLinks
 from shared.platforms import TherapyPlatform, platform_for
-from shared.telemetry.http import MeteredClient, origin
+from shared.telemetry import MeteredClient, origin
 
 # A client retired when its connection's URLs changed may still serve a job that took it just
 # before; that job ends within its time limit, or within one request's timeout after it (the

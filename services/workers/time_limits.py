@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.infra.jobs import ActorName
+from shared.infra import ActorName
 
 TIME_LIMITS_MS = {
     ActorName.SYNC_PATIENT: 120_000,

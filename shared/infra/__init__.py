@@ -2,3 +2,84 @@
 
 Everything else in `shared` may use it; it imports nothing above it.
 """
+
+from shared.infra.audit import Actor, AuditTrail, audit_trail, checked_actor
+from shared.infra.clock import epoch_seconds, iso_now, utcnow
+from shared.infra.config import Settings, load_settings
+from shared.infra.errors import (
+    AlreadyConnected,
+    BridgeError,
+    ConfigError,
+    ConnectionNotFound,
+    InvalidInput,
+    Permanent,
+    RateLimited,
+    StoreUnavailable,
+    Transient,
+)
+from shared.infra.jobs import (
+    BULK_PRIORITY,
+    LIVE_PRIORITY,
+    ActorName,
+    IntakeResult,
+    Job,
+    JobQueue,
+    QueueName,
+    actor_for,
+)
+from shared.infra.logs import configure_logging, mask
+from shared.infra.pipelined_script import PipelinedScript
+from shared.infra.redis_health import check_redis
+from shared.infra.store import (
+    Keys,
+    LeaseRenewer,
+    as_bytes,
+    async_redis_client,
+    held_lease,
+    redis_client,
+    redis_location,
+    translate_redis_errors,
+)
+from shared.infra.validation import validated
+
+__all__ = [
+    "BULK_PRIORITY",
+    "LIVE_PRIORITY",
+    "Actor",
+    "ActorName",
+    "AlreadyConnected",
+    "AuditTrail",
+    "BridgeError",
+    "ConfigError",
+    "ConnectionNotFound",
+    "IntakeResult",
+    "InvalidInput",
+    "Job",
+    "JobQueue",
+    "Keys",
+    "LeaseRenewer",
+    "Permanent",
+    "PipelinedScript",
+    "QueueName",
+    "RateLimited",
+    "Settings",
+    "StoreUnavailable",
+    "Transient",
+    "actor_for",
+    "as_bytes",
+    "async_redis_client",
+    "audit_trail",
+    "check_redis",
+    "checked_actor",
+    "configure_logging",
+    "epoch_seconds",
+    "held_lease",
+    "iso_now",
+    "load_settings",
+    "mask",
+    "redis_client",
+    "redis_location",
+    "translate_redis_errors",
+    "utcnow",
+    "validated",
+]

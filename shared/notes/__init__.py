@@ -1,2 +1,44 @@
 """Programs back: the platform's callback, its intake, PDF fetch, the outbox, the writer and
-the resolution of parked notes."""
+the resolution of parked notes.
+"""
+
+from shared.notes.callback import ProgramCallback, is_link_expired, note_id_for, parse_callback
+from shared.notes.intake import ProgramIntake, job_for_note
+from shared.notes.outbox import OFFSET_MAX, PAGE_DEFAULT, PAGE_MAX, NoteOutbox, NotesPage, NoteState
+from shared.notes.pdf_fetch import PdfFetcher, PdfRefused, Resolver, check_listed, system_resolver
+from shared.notes.resolution import (
+    NoteNotWaiting,
+    NoteStateConflict,
+    Resolution,
+    Waiting,
+    find_waiting,
+    resolve_note,
+)
+from shared.notes.writer import write_note
+
+__all__ = [
+    "OFFSET_MAX",
+    "PAGE_DEFAULT",
+    "PAGE_MAX",
+    "NoteNotWaiting",
+    "NoteOutbox",
+    "NoteState",
+    "NoteStateConflict",
+    "NotesPage",
+    "PdfFetcher",
+    "PdfRefused",
+    "ProgramCallback",
+    "ProgramIntake",
+    "Resolution",
+    "Resolver",
+    "Waiting",
+    "check_listed",
+    "find_waiting",
+    "is_link_expired",
+    "job_for_note",
+    "note_id_for",
+    "parse_callback",
+    "resolve_note",
+    "system_resolver",
+    "write_note",
+]

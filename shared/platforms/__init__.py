@@ -1,6 +1,7 @@
 """Therapy platforms: one adapter per platform behind the `TherapyPlatform` Protocol
 (`base.py`), the details they store (`details.py`) and the factory that picks one
-(`factory.py`). This module only names what the rest of the bridge may use."""
+(`factory.py`). This module only names what the rest of the bridge may use.
+"""
 
 from shared.platforms.base import (
     PlatformAccount,
