@@ -31,6 +31,8 @@ if "faketime" in os.environ.get("LD_PRELOAD", "") and (
     runpy.run_path(os.path.join(_SHIM, "sitecustomize.py"))
 
 import itertools  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
@@ -47,6 +49,7 @@ from shared.connections import Connection  # noqa: E402
 from shared.onboarding import KeyVerifier  # noqa: E402
 from shared.store import Keys, LeaseRenewer  # noqa: E402
 from tests.helpers import audit_of  # noqa: E402
+from tests.procfile import Procfile  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 pytest_plugins = ["tests.workers"]
@@ -151,3 +154,18 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def procfile(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Procfile]]:
+    """Makes the Procfile's processes for an environment (`procfile(env)["web"].start()`);
+    any still running at the end are killed. Their output is under the test's tmp_path."""
+    made: list[Procfile] = []
+
+    def make(env: dict[str, str]) -> Procfile:
+        made.append(Procfile(env, tmp_path))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.kill_all()
