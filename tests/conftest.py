@@ -4,6 +4,7 @@ under a key namespace of its own, so they never collide with other users of that
 from __future__ import annotations
 
 import os
+import runpy
 import secrets
 from collections.abc import Iterator
 
@@ -17,8 +18,21 @@ os.environ["BRIDGE_SECRET_KEY"] = Fernet.generate_key().decode()
 os.environ["BRIDGE_ADMIN_TOKEN"] = "admin-" + secrets.token_urlsafe(24)
 os.environ["BRIDGE_PUBLIC_URL"] = "https://bridge.example.test"
 os.environ["LOG_FORMAT"] = "console"
+# Under Debian's faketime with the monotonic clock left real, libfaketime breaks time.sleep: this
+# run and every process it starts then sleep through tests/faketime_shim (its sitecustomize.py
+# says why). Only then: on PYTHONPATH it would hide another sitecustomize (tests/year_ahead).
+if "faketime" in os.environ.get("LD_PRELOAD", "") and (
+    os.environ.get("FAKETIME_DONT_FAKE_MONOTONIC") == "1"
+):
+    _SHIM = os.path.join(os.path.dirname(__file__), "faketime_shim")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_SHIM, os.environ.get("PYTHONPATH", "")) if p
+    )
+    runpy.run_path(os.path.join(_SHIM, "sitecustomize.py"))
 
 import itertools  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
@@ -35,6 +49,7 @@ from shared.connections import Connection  # noqa: E402
 from shared.onboarding import KeyVerifier  # noqa: E402
 from shared.store import Keys, LeaseRenewer  # noqa: E402
 from tests.helpers import audit_of  # noqa: E402
+from tests.procfile import Procfile  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 pytest_plugins = ["tests.workers"]
@@ -139,3 +154,18 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def procfile(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Procfile]]:
+    """Makes the Procfile's processes for an environment (`procfile(env)["web"].start()`);
+    any still running at the end are killed. Their output is under the test's tmp_path."""
+    made: list[Procfile] = []
+
+    def make(env: dict[str, str]) -> Procfile:
+        made.append(Procfile(env, tmp_path))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.kill_all()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,6 +16,7 @@ import redis
 from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
 from shared.audit import AuditTrail
+from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
 from shared.notes_outbox import NoteOutbox
@@ -18,6 +24,7 @@ from shared.programs import note_id_for, parse_callback
 from shared.store import Keys
 
 HALAXY_BASE = "https://au-api.halaxy.com/main"
+BIN = Path(sys.executable).parent  # the virtualenv's scripts: uvicorn, dramatiq, halaxy-bridge
 
 # The public contract of `connections add --json` and POST /admin/connections.
 PUBLIC_URL = "https://bridge.example.test"  # BRIDGE_PUBLIC_URL, as conftest sets it
@@ -99,3 +106,23 @@ def recorded_note(
     note_id = note_id_for(connection_id, callback, None)
     assert outbox.create(connection_id, note_id, callback)
     return note_id
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a product process started by a test: this run's Redis and namespace."""
+    return {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "BRIDGE_REDIS_NAMESPACE": settings.redis_namespace,
+        "LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `condition` until it is truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -32,9 +32,8 @@ from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
 from shared.status import queue_status
 from shared.store import Keys
-from tests.helpers import auth
+from tests.helpers import auth, wait_until
 from tests.redis_server import RedisServer
-from tests.test_processes import wait_until
 from tests.test_program_processes import start_worker, workers  # noqa: F401
 from tests.workers import Sandbox, sandbox_connection
 

@@ -26,7 +26,7 @@ from shared.notes_outbox import NoteOutbox, NoteState
 from shared.onboarding import KeyVerifier
 from shared.programs import note_id_for, parse_callback
 from shared.store import Keys
-from tests.test_processes import BIN, process_env, wait_until
+from tests.helpers import BIN, process_env, wait_until
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.slow

@@ -24,8 +24,8 @@ from shared.config import Settings
 from shared.connection_store import ConnectionStore
 from shared.connections import Connection
 from shared.onboarding import KeyVerifier
-from tests.helpers import auth
-from tests.test_processes import BIN, process_env, receiver, wait_until, worker_log  # noqa: F401
+from tests.helpers import BIN, auth, process_env, wait_until
+from tests.test_processes import receiver, worker_log  # noqa: F401
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.slow
