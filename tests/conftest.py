@@ -4,7 +4,6 @@ under a key namespace of its own, so they never collide with other users of that
 from __future__ import annotations
 
 import os
-import runpy
 import secrets
 from collections.abc import Iterator
 
@@ -18,17 +17,6 @@ os.environ["BRIDGE_SECRET_KEY"] = Fernet.generate_key().decode()
 os.environ["BRIDGE_ADMIN_TOKEN"] = "admin-" + secrets.token_urlsafe(24)
 os.environ["BRIDGE_PUBLIC_URL"] = "https://bridge.example.test"
 os.environ["LOG_FORMAT"] = "console"
-# Under Debian's faketime with the monotonic clock left real, libfaketime breaks time.sleep: this
-# run and every process it starts then sleep through tests/faketime_shim (its sitecustomize.py
-# says why). Only then: on PYTHONPATH it would hide another sitecustomize (tests/year_ahead).
-if "faketime" in os.environ.get("LD_PRELOAD", "") and (
-    os.environ.get("FAKETIME_DONT_FAKE_MONOTONIC") == "1"
-):
-    _SHIM = os.path.join(os.path.dirname(__file__), "faketime_shim")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (_SHIM, os.environ.get("PYTHONPATH", "")) if p
-    )
-    runpy.run_path(os.path.join(_SHIM, "sitecustomize.py"))
 
 import itertools  # noqa: E402
 from collections.abc import Callable  # noqa: E402
