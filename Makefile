@@ -34,10 +34,12 @@ test-today: $(VENV)/.dev-installed
 	$(BIN)/python scripts/with_redis.py $(BIN)/pytest
 
 ## Every Python process of the run (pytest and the receiver, worker, scheduler and CLI it
-## starts) reads a date a year ahead (tests/year_ahead/sitecustomize.py). The speed and
-## fuzzing tests read no date and are left out; tests/infra/test_clock.py proves the shift took.
+## starts) reads a date a year ahead (tests/year_ahead/sitecustomize.py), and so does `date`
+## in the shell commands tests run. The speed and fuzzing tests read no date and are left
+## out; tests/infra/test_clock.py proves the shift took.
 test-year-ahead: $(VENV)/.dev-installed
 	HB_TEST_CLOCK_SHIFT_DAYS=365 PYTHONPATH=$(CURDIR)/tests/year_ahead \
+	  PATH=$(CURDIR)/tests/year_ahead/bin:$$PATH \
 	  $(BIN)/python scripts/with_redis.py $(BIN)/pytest -p no:cacheprovider \
 	  -W ignore::pytest.PytestAssertRewriteWarning -m "not dateless"
 

@@ -4,6 +4,22 @@
 # as root with apt-get; never fails: without them those tests skip and say why. Silent when
 # everything is present.
 
+# HL7's published FHIR R4 example Patients (the npm package hl7.fhir.r4.examples, the one
+# the FHIR package registry serves too), which tests/patients/test_published_patients.py maps: fetched
+# once into .cache/, the Patient files only. Best effort, like the rest.
+EXAMPLES=".cache/hl7.fhir.r4.examples-4.0.1"
+if [ ! -d "$EXAMPLES/package" ] && command -v npm >/dev/null 2>&1; then
+    scratch=$(mktemp -d)
+    if (cd "$scratch" && npm pack --silent hl7.fhir.r4.examples@4.0.1 >/dev/null 2>&1) &&
+        mkdir -p "$EXAMPLES" &&
+        tar xzf "$scratch"/hl7.fhir.r4.examples-4.0.1.tgz -C "$EXAMPLES" --wildcards 'package/Patient-*.json'; then
+        echo "ensure_tools: HL7's FHIR R4 example Patients are in $EXAMPLES"
+    else
+        echo "ensure_tools: could not fetch hl7.fhir.r4.examples with npm; tests/patients/test_published_patients.py will skip"
+    fi
+    rm -rf "$scratch"
+fi
+
 missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"

@@ -19,6 +19,8 @@ os.environ["BRIDGE_PUBLIC_URL"] = "https://bridge.example.test"
 os.environ["LOG_FORMAT"] = "console"
 
 import itertools  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
@@ -35,6 +37,7 @@ from shared.infra.clock import utcnow  # noqa: E402
 from shared.infra.config import Settings, load_settings  # noqa: E402
 from shared.infra.store import Keys, LeaseRenewer  # noqa: E402
 from tests.helpers import audit_of  # noqa: E402
+from tests.procfile import Procfile  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 pytest_plugins = ["tests.workers"]
@@ -139,3 +142,18 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def procfile(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Procfile]]:
+    """Makes the Procfile's processes for an environment (`procfile(env)["web"].start()`);
+    any still running at the end are killed. Their output is under the test's tmp_path."""
+    made: list[Procfile] = []
+
+    def make(env: dict[str, str]) -> Procfile:
+        made.append(Procfile(env, tmp_path))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.kill_all()

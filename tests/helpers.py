@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,9 +20,12 @@ from services.sandbox.samples import notification
 from shared.connections.model import Connection
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AuditTrail
+from shared.infra.config import Settings
 from shared.infra.store import Keys
 from shared.notes.callback import note_id_for, parse_callback
 from shared.notes.outbox import NoteOutbox
+
+BIN = Path(sys.executable).parent  # the virtualenv's scripts: uvicorn, dramatiq, halaxy-bridge
 
 # The public contract of `connections add --json` and POST /admin/connections.
 PUBLIC_URL = "https://bridge.example.test"  # BRIDGE_PUBLIC_URL, as conftest sets it
@@ -119,3 +126,23 @@ def public_members(module: ModuleType) -> set[str]:
         for name, value in vars(module).items()
         if not name.startswith("_") and not isinstance(value, ModuleType)
     }
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a product process started by a test: this run's Redis and namespace."""
+    return {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "BRIDGE_REDIS_NAMESPACE": settings.redis_namespace,
+        "LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `condition` until it is truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

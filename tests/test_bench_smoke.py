@@ -18,7 +18,7 @@ from bench import report
 from bench.common import Row
 from bench.procs import receiver_command, worker_command
 from bench.run import BENCHMARKS
-from tests.test_processes import BIN
+from tests.helpers import BIN
 
 pytestmark = pytest.mark.dateless  # reads no date: left out of the year-ahead run
 

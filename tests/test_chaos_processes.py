@@ -32,10 +32,9 @@ from shared.infra.jobs import QueueName
 from shared.infra.store import Keys
 from shared.notes.outbox import NoteOutbox, NoteState
 from shared.ops.status import queue_status
-from tests.helpers import auth
+from tests.helpers import auth, wait_until
 from tests.notes.test_processes import start_worker, workers  # noqa: F401
 from tests.redis_server import RedisServer
-from tests.test_processes import wait_until
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]

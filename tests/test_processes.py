@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,29 +21,10 @@ from shared.connections.store import ConnectionStore
 from shared.infra.config import Settings
 from shared.infra.jobs import ActorName, Job, QueueName
 from shared.infra.store import Keys
-from tests.helpers import auth, queued_messages
+from tests.helpers import BIN, auth, process_env, queued_messages, wait_until
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def process_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "REDIS_URL": settings.redis_url,
-        "BRIDGE_REDIS_NAMESPACE": settings.redis_namespace,
-        "LOG_FORMAT": "json",
-        **extra,
-    }
-
-
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The scheduler loop: elect a leader through Redis, then tick every few seconds."""
+"""The scheduler loop: elect a leader through Redis, then tick every few seconds
+(BRIDGE_SCHEDULER_TICK_SECONDS)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
 import redis
 import structlog
@@ -17,8 +19,7 @@ from shared.notes import job_for_note
 from shared.ops import upgrade_stored_data
 from shared.patients import SweepLog, due, sweep
 
-TICK_SECONDS = 5.0
-LEADER_TTL_SECONDS = 30
+LEADER_TTL_SECONDS = 30  # renewed every tick: BRIDGE_SCHEDULER_TICK_SECONDS is at most 15
 
 log = structlog.get_logger("halaxy_bridge.scheduler")
 
@@ -32,6 +33,7 @@ class Scheduler:
         self.queue = queue or DramatiqJobQueue(build_broker(settings, runtime.redis))
         self.maintenance = WorkerMaintenance(settings, runtime.redis)
         self.sweeps = SweepLog(runtime.redis, runtime.keys)
+        self.sweep_every = timedelta(seconds=settings.reconcile_every_seconds)
         self.id = uuid.uuid4().hex[:12]
         self._upgraded = False
         self._leader = runtime.redis.lock(
@@ -110,7 +112,7 @@ class Scheduler:
         try:
             last, resumed = self.sweeps.last(connection_id), self.sweeps.progress(connection_id)
             now = utcnow()
-            if resumed is None and not due(last, now):
+            if resumed is None and not due(last, now, self.sweep_every):
                 return
             services = self.runtime.services(connection_id)
             done = sweep(
@@ -135,7 +137,7 @@ class Scheduler:
         log.info("scheduler.started", scheduler_id=self.id)
         while not stop.is_set():
             self.tick()
-            stop.wait(TICK_SECONDS)
+            stop.wait(self.settings.scheduler_tick_seconds)
         try:
             if self._leader.owned():
                 self._leader.release()

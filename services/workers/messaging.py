@@ -27,9 +27,6 @@ from shared.ops import DeadLetterStore
 from shared.patients import SEEN_TTL, ConnectionChanged, event_digest, job_for_event
 from shared.telemetry import MetricsPusher
 
-# A worker that sent no command for this long is dead; its unacked messages are requeued at
-# the next maintenance run (Dramatiq's default is 60 s).
-HEARTBEAT_TIMEOUT_MS = 30_000
 # Maintenance runs on about this many commands in a million; idle workers poll every second,
 # so a dead worker's messages come back within a minute or so at any traffic.
 MAINTENANCE_CHANCE = 20_000
@@ -45,7 +42,9 @@ def build_broker(
     broker = RedisBroker(  # type: ignore[no-untyped-call]
         client=client,
         namespace=Keys(settings.redis_namespace).dramatiq_namespace(),
-        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        # A worker that sent no command for this long is dead; its unacked messages are
+        # requeued at the next maintenance run (Dramatiq's default is 60 s, ours 30 s).
+        heartbeat_timeout=int(settings.worker_heartbeat_timeout_seconds * 1000),
         maintenance_chance=maintenance_chance,
     )
     add_middleware(broker, settings, client)
@@ -152,7 +151,8 @@ class DramatiqJobQueue:
 
 class WorkerMaintenance:
     """Dramatiq's maintenance on demand: messages held by workers whose heartbeat stopped
-    more than HEARTBEAT_TIMEOUT_MS ago go back on their queues (the scheduler calls it).
+    more than BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS ago go back on their queues (the
+    scheduler calls it).
 
     Keep one for as long as it is called: its broker sends a heartbeat with every call, and a
     broker left behind becomes a dead worker whose clean-up runs KEYS over the whole keyspace

@@ -9,6 +9,7 @@ retry budget.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -59,6 +60,27 @@ RETRY_OPTIONS: dict[str, Any] = {
     "min_backoff": MIN_BACKOFF_MS,
     "max_backoff": MAX_BACKOFF_MS,
 }
+
+
+class RetriedWithoutTraceback(logging.Filter):
+    """Dramatiq logs a failure its actor does not declare in `throws` at ERROR with a traceback,
+    and it cannot be declared: `throws` also stops the retries. A `Transient` failure is
+    expected and retried, and `job_outcome` has logged it (`job.retrying`), so its line keeps
+    the message and the error's type and drops the traceback, whose text could carry what a
+    remote system said and which reads as a crash to whoever watches the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, Transient) and isinstance(record.args, tuple):
+            record.msg = "Failed to process message %s with expected exception %s."
+            record.args = (*record.args[:1], type(error).__name__)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# Dramatiq's worker threads log their failures on this logger.
+logging.getLogger("dramatiq.worker.WorkerThread").addFilter(RetriedWithoutTraceback())
 
 
 @contextmanager

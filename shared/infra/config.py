@@ -58,6 +58,19 @@ class Settings(BaseSettings):
     # How long a connection may send no webhook before the ConnectionQuiet alert.
     quiet_after_seconds: int = Field(default=86_400, ge=60, alias="BRIDGE_QUIET_AFTER_SECONDS")
     audit_retention_days: int = Field(default=365, ge=1, alias="BRIDGE_AUDIT_RETENTION_DAYS")
+    # The scheduler's pace. A tick renews its 30 s leadership, so it must come well within it.
+    scheduler_tick_seconds: float = Field(
+        default=5.0, gt=0, le=15, alias="BRIDGE_SCHEDULER_TICK_SECONDS"
+    )
+    # How long after a connection's last sweep started the next one is due.
+    reconcile_every_seconds: float = Field(
+        default=300.0, ge=1, le=86_400, alias="BRIDGE_RECONCILE_EVERY_SECONDS"
+    )
+    # A worker that sent Redis no command for this long is dead: the scheduler puts the
+    # messages it held back on their queues. Idle workers poll at least every second.
+    worker_heartbeat_timeout_seconds: float = Field(
+        default=30.0, ge=2, le=600, alias="BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS"
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -2,7 +2,10 @@
 
 Log calls pass ids only (connection, event, message, resource). The redaction processor is the
 backstop: it drops fields whose names are known to carry patient details or secrets, and masks
-anything in a string that looks like an email, a phone number, a bearer token or a Fernet token.
+anything in a string that looks like an email, a phone number, a date (a birth date), a bearer
+token or a Fernet token. Id fields (`id`, `*_id`, `*_ids`) keep their digits and dates: a
+sweep's event id holds the time it started, a Halaxy event number may be zero-padded to ten
+digits; only what no id can look like by chance (a token, a secret, an email) is masked in them.
 """
 
 from __future__ import annotations
@@ -59,11 +62,15 @@ SENSITIVE_KEYS = frozenset(
 )
 
 # Each pattern with a string it cannot match without (skipping it then changes nothing).
-PATTERNS = (
+# First what no id looks like by chance: secrets, tokens, emails.
+ID_PATTERNS = (
     ("", re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")),
     ("gAAAAA", re.compile(r"gAAAAA[A-Za-z0-9_=-]{20,}")),  # Fernet token
     ("whsec_", re.compile(r"whsec_[A-Za-z0-9+/=]+")),
     ("@", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")),
+)
+PATTERNS = (
+    *ID_PATTERNS,
     ("+", re.compile(r"\+\d{8,15}")),  # E.164, the form Halaxy stores phones in
     ("0", re.compile(r"(?<![\w-])0\d(?:\s?\d){8}(?![\w-])")),  # national form, 04xx xxx xxx
     # A date: could be a birth date.
@@ -73,12 +80,18 @@ PASSTHROUGH = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'|“[^”]*”")
 
 
-def mask(text: str) -> str:
-    """Mask anything shaped like an email, phone number, bearer token or Fernet token."""
-    for needed, pattern in PATTERNS:
+def mask(text: str, patterns: tuple[tuple[str, re.Pattern[str]], ...] = PATTERNS) -> str:
+    """Mask anything shaped like an email, phone number, date, bearer token or Fernet token."""
+    for needed, pattern in patterns:
         if needed in text:
             text = pattern.sub(REDACTED, text)
     return text
+
+
+def is_id_field(key: object) -> bool:
+    """`id`, `connection_id`, `event_ids` and the like: ids, the bridge's own or Halaxy's."""
+    name = str(key).lower()
+    return name == "id" or name.endswith(("_id", "_ids"))
 
 
 def remote_text(text: str, limit: int = 160) -> str:
@@ -87,28 +100,30 @@ def remote_text(text: str, limit: int = 160) -> str:
     return mask(QUOTED.sub("[value]", " ".join(str(text).split())))[:limit]
 
 
-def _scrub(value: Any) -> Any:
+def _scrub(value: Any, patterns: tuple[tuple[str, re.Pattern[str]], ...] = PATTERNS) -> Any:
     if isinstance(value, str):
-        return mask(value)
+        return mask(value, patterns)
     if isinstance(value, dict):
-        return {
-            k: (REDACTED if str(k).lower() in SENSITIVE_KEYS else _scrub(v))
-            for k, v in value.items()
-        }
+        return {k: _field(k, v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
+        return [_scrub(v, patterns) for v in value]
     return value
+
+
+def _field(key: object, value: Any) -> Any:
+    if str(key).lower() in SENSITIVE_KEYS:
+        return REDACTED
+    return _scrub(value, ID_PATTERNS if is_id_field(key) else PATTERNS)
 
 
 def redact(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: drop sensitive fields, mask sensitive-looking text."""
+    """structlog processor: drop sensitive fields, mask sensitive-looking text (in id fields,
+    only what no id can look like)."""
     for key in list(event_dict):
-        if key.lower() in SENSITIVE_KEYS:
-            event_dict[key] = REDACTED
-        elif key != "timestamp":
-            event_dict[key] = _scrub(event_dict[key])
+        if key != "timestamp":
+            event_dict[key] = _field(key, event_dict[key])
     return event_dict
 
 

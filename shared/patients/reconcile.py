@@ -45,7 +45,7 @@ from shared.infra.store import Keys, as_bytes, translate_redis_errors
 
 log = structlog.get_logger("halaxy_bridge.reconcile")
 
-SWEEP_EVERY = timedelta(minutes=5)
+SWEEP_EVERY = timedelta(minutes=5)  # BRIDGE_RECONCILE_EVERY_SECONDS's default
 OVERLAP = timedelta(minutes=2)  # clocks and Halaxy's indexing are not exact
 PAGE_SIZE = "100"
 # New pages a call walks (1,000 patients; 11 requests with the page read again): seconds,
@@ -138,8 +138,8 @@ class SweepLog:
             self._redis.hdel(self._progress_key, connection_id)
 
 
-def due(last: Sweep | None, now: datetime) -> bool:
-    return last is None or now - datetime.fromisoformat(last.started_at) >= SWEEP_EVERY
+def due(last: Sweep | None, now: datetime, every: timedelta = SWEEP_EVERY) -> bool:
+    return last is None or now - datetime.fromisoformat(last.started_at) >= every
 
 
 def sweep(

@@ -40,3 +40,9 @@ def test_the_processes_a_test_starts_read_the_same_clock(redis_server_client: re
         check=True,
     )
     assert abs(float(child.stdout) - real_time(redis_server_client) - SHIFT_SECONDS) < SLACK
+
+
+def test_the_shell_commands_a_test_runs_read_the_same_date() -> None:
+    """The README's curl lines date a program callback with `date`: it must agree too."""
+    shell = subprocess.run(["date", "+%s"], capture_output=True, text=True, check=True)
+    assert abs(float(shell.stdout) - epoch_seconds()) < SLACK

@@ -21,6 +21,11 @@ from shared.infra.errors import ConfigError
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL:"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT:"),
         ("BRIDGE_REDIS_NAMESPACE", "a b", "BRIDGE_REDIS_NAMESPACE:"),
+        ("BRIDGE_SCHEDULER_TICK_SECONDS", "0", "BRIDGE_SCHEDULER_TICK_SECONDS:"),
+        ("BRIDGE_SCHEDULER_TICK_SECONDS", "30", "BRIDGE_SCHEDULER_TICK_SECONDS:"),
+        ("BRIDGE_RECONCILE_EVERY_SECONDS", "0.5", "BRIDGE_RECONCILE_EVERY_SECONDS:"),
+        ("BRIDGE_RECONCILE_EVERY_SECONDS", "soon", "BRIDGE_RECONCILE_EVERY_SECONDS:"),
+        ("BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS", "1", "BRIDGE_WORKER_HEARTBEAT_TIMEOUT"),
     ],
 )
 def test_each_bad_variable_is_named(
@@ -70,3 +75,23 @@ def test_missing_secret_key_is_a_clear_error_when_it_is_needed(
 def test_loopback_public_url_may_be_plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_PUBLIC_URL", "http://127.0.0.1:8000/")
     assert load_settings().public_url == "http://127.0.0.1:8000"
+
+
+def test_the_scheduler_keeps_its_pace_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "BRIDGE_SCHEDULER_TICK_SECONDS",
+        "BRIDGE_RECONCILE_EVERY_SECONDS",
+        "BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.scheduler_tick_seconds == 5.0
+    assert settings.reconcile_every_seconds == 300.0
+    assert settings.worker_heartbeat_timeout_seconds == 30.0
+    monkeypatch.setenv("BRIDGE_SCHEDULER_TICK_SECONDS", "0.25")
+    monkeypatch.setenv("BRIDGE_RECONCILE_EVERY_SECONDS", "2")
+    monkeypatch.setenv("BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS", "3")
+    settings = load_settings()
+    assert settings.scheduler_tick_seconds == 0.25
+    assert settings.reconcile_every_seconds == 2.0
+    assert settings.worker_heartbeat_timeout_seconds == 3.0

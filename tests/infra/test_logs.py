@@ -11,8 +11,12 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.sandbox.physitrack import program_callback
+from shared.connections.model import new_connection_id
 from shared.infra.config import load_settings
 from shared.infra.logs import PATTERNS, REDACTED, configure_logging, mask, redact
+from shared.notes.callback import note_id_for, parse_callback
+from shared.patients.reconcile import SweepKind, _bulk_sync
 
 
 def test_known_fields_are_dropped_and_shapes_are_masked() -> None:
@@ -102,3 +106,67 @@ def test_json_lines_keep_their_fields_whatever_the_values(
     assert second["at"] == repr(datetime(2026, 1, 2, tzinfo=UTC))  # as the json module wrote it
     monkeypatch.setenv("LOG_FORMAT", "console")
     configure_logging(load_settings())
+
+
+# The ids the bridge logs, as the bridge makes them; and ids from Halaxy shaped like a phone
+# number or a date (a zero-padded event number, a patient id).
+sweep_event_ids = st.builds(
+    lambda kind, started, patient: _bulk_sync("cn_x", patient, kind, started).kwargs["event_id"],
+    st.sampled_from(SweepKind),
+    st.datetimes(
+        min_value=datetime(1990, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)
+    ).map(lambda moment: moment.isoformat(timespec="seconds")),
+    st.from_regex(r"\A[0-9]{1,12}\Z"),
+)
+note_ids = st.builds(
+    lambda patient: note_id_for(
+        "cn_x",
+        parse_callback(
+            program_callback(api_key="k", file_url="https://f.example/p.pdf", patient_id=patient)
+        ),
+        None,
+    ),
+    st.from_regex(r"\A[0-9]{1,10}\Z"),
+)
+bridge_ids = st.one_of(
+    st.builds(new_connection_id),
+    st.uuids().map(str),
+    sweep_event_ids,
+    note_ids,
+    st.from_regex(r"\A0[0-9]{9}\Z"),  # a national phone number's shape
+    st.from_regex(r"\A\+[0-9]{8,15}\Z"),  # E.164's
+    st.from_regex(r"\A(19|20)[0-9]{2}-[01][0-9]-[0-3][0-9]\Z"),  # a birth date's
+    st.from_regex(r"\Ahttps://au-api\.halaxy\.com/main/Subscription/[0-9]{1,8}#0[0-9]{9}\Z"),
+)
+ID_FIELDS = ["id", "connection_id", "event_id", "message_id", "note_id", "patient_id", "job_id"]
+
+
+@given(st.sampled_from(ID_FIELDS), bridge_ids, st.lists(bridge_ids, max_size=3))
+def test_ids_are_left_as_they_are(field: str, value: str, values: list[str]) -> None:
+    event = redact(None, "info", {"event": "x", field: value, "event_ids": values})
+    assert event[field] == value
+    assert event["event_ids"] == values
+    nested = redact(None, "info", {"event": "x", "job": {field: value}})
+    assert nested["job"] == {field: value}
+
+
+@given(sweep_event_ids | st.from_regex(r"\A0[0-9]{9}\Z"))
+def test_the_same_shapes_outside_an_id_field_are_masked(value: str) -> None:
+    """Ids keep their digits and dates by the field they are in, not because the patterns let
+    phone numbers or dates through."""
+    assert value not in redact(None, "info", {"event": f"about {value}", "note": value})["note"]
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "Bearer abc.def-ghi",
+        "gAAAAABlZ2V0aGVyLXRoaXMtaXMtYS1mZXJuZXQtdG9rZW4=",
+        "whsec_c2VjcmV0LXNpZ25pbmcta2V5",
+        "jane.citizen@example.com",
+    ],
+)
+def test_what_no_id_looks_like_is_masked_in_id_fields_too(secret: str) -> None:
+    event = redact(None, "info", {"event": "x", "event_id": f"ev:{secret}", "note_ids": [secret]})
+    assert secret not in event["event_id"]
+    assert event["note_ids"] == [REDACTED]

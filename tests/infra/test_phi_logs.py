@@ -17,8 +17,8 @@ from services.sandbox.samples import notification
 from shared.connections.onboarding import KeyVerifier
 from shared.connections.store import ConnectionStore
 from shared.infra.config import Settings
-from tests.helpers import auth
-from tests.test_processes import receiver, wait_until, worker_log  # noqa: F401  (fixtures)
+from tests.helpers import auth, wait_until
+from tests.test_processes import receiver, worker_log  # noqa: F401  (fixtures)
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ from shared.infra.config import Settings
 from shared.infra.store import Keys
 from shared.notes.callback import note_id_for, parse_callback
 from shared.notes.outbox import NoteOutbox, NoteState
-from tests.test_processes import BIN, process_env, wait_until
+from tests.helpers import BIN, process_env, wait_until
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.slow

@@ -337,6 +337,9 @@ def test_due() -> None:
     last = Sweep("c", SweepKind.RECONCILE, T0.isoformat(), T0.isoformat(), 0)
     assert not due(last, T0 + timedelta(minutes=4))
     assert due(last, T0 + timedelta(minutes=5))
+    # BRIDGE_RECONCILE_EVERY_SECONDS, as the scheduler passes it on
+    assert not due(last, T0 + timedelta(seconds=1), every=timedelta(seconds=2))
+    assert due(last, T0 + timedelta(seconds=2), every=timedelta(seconds=2))
 
 
 def test_only_one_of_two_schedulers_works(

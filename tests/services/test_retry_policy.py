@@ -18,6 +18,7 @@ from services.workers.policy import (
 )
 from shared.connections.onboarding import KeyVerifier
 from shared.infra.errors import Permanent, Transient
+from tests.helpers import wait_until
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 
@@ -66,3 +67,23 @@ def test_rate_limit_deferrals_do_not_use_up_the_retry_budget(
     ]
     assert len(deferred) == 3
     assert synced[0]["attempt"] == 1  # three deferrals, and still the first attempt
+
+
+def test_a_retried_failure_is_logged_without_a_traceback(
+    pipeline: Pipeline,
+    sandbox: Sandbox,
+    verify_key: KeyVerifier,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`job.retrying` says what happened; Dramatiq adds no ERROR with a traceback, which reads
+    as a crash to whoever watches the logs and could carry what a remote system said."""
+    conn = sandbox_connection(pipeline.store, sandbox, verify_key)
+    sandbox.halaxy.patients["1001"] = patient_resource("1001")
+    sandbox.halaxy.faults.script = [503]  # the first read fails: Transient, retried
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    wait_until(lambda: sandbox.physitrack.by_external_id("1001"), 30, "the retried sync")
+    by_dramatiq = [r for r in caplog.records if r.name == "dramatiq.worker.WorkerThread"]
+    [failed] = [r for r in by_dramatiq if "Failed to process" in r.getMessage()]
+    assert failed.getMessage().endswith("with expected exception Transient.")
+    assert (failed.levelname, failed.exc_info) == ("WARNING", None)
+    assert [r for r in caplog.records if r.exc_info] == []

@@ -24,8 +24,8 @@ from shared.connections.onboarding import KeyVerifier
 from shared.connections.store import ConnectionStore
 from shared.infra.clock import epoch_seconds
 from shared.infra.config import Settings
-from tests.helpers import auth
-from tests.test_processes import BIN, process_env, receiver, wait_until, worker_log  # noqa: F401
+from tests.helpers import BIN, auth, process_env, wait_until
+from tests.test_processes import receiver, worker_log  # noqa: F401
 from tests.workers import Sandbox, sandbox_connection
 
 pytestmark = pytest.mark.slow

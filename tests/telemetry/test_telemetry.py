@@ -47,8 +47,8 @@ from shared.telemetry.definitions import (
 from shared.telemetry.http import MeteredClient
 from shared.telemetry.push import MetricsPusher, sample_field
 from tests.conftest import RUN_NAMESPACE
+from tests.helpers import BIN, process_env
 from tests.redis_server import RedisServer
-from tests.test_processes import BIN, process_env
 
 
 def fresh_id() -> str:
