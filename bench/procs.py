@@ -178,7 +178,7 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log: Path) -> Proc:
 
 
 def child_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
-    from tests.test_processes import process_env
+    from tests.helpers import process_env
 
     return process_env(settings, LOG_LEVEL="INFO", **extra)
 
