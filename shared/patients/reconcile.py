@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import structlog
@@ -82,6 +82,7 @@ class SweepProgress:
     read_again: bool = False  # the last call got no further than reading that page again
 
 
+Record = TypeVar("Record", Sweep, SweepProgress)
 SWEEP = RecordCodec(Sweep)
 SWEEP_PROGRESS = RecordCodec(SweepProgress)
 
@@ -96,17 +97,10 @@ class SweepLog:
         self._progress_key = keys.sweep_progress()
 
     def last(self, connection_id: str) -> Sweep | None:
-        with translate_redis_errors():
-            raw = self._redis.hget(self._key, connection_id)
-        if raw is None:
-            return None
-        try:
-            return SWEEP.decode(as_bytes(raw))
-        except UnreadableRecord:
-            # The next sweep then walks every patient again (a backfill): queued syncs are
-            # idempotent, so that costs Halaxy reads, never a write.
-            log.warning("reconcile.last_sweep_unreadable", connection_id=connection_id)
-            return None
+        """The last finished sweep; None when there is none, or when its record cannot be
+        read: the next sweep then walks every patient again (a backfill), which costs Halaxy
+        reads, never a write, since queued syncs are idempotent."""
+        return self._read(self._key, SWEEP, connection_id)
 
     def record(self, sweep: Sweep) -> None:
         """Record a finished sweep; the progress of its walk is not needed any more."""
@@ -119,14 +113,17 @@ class SweepLog:
     def progress(self, connection_id: str) -> SweepProgress | None:
         """The sweep under way; None when there is none, or when its record cannot be read
         (written by another version during a deploy): a new walk then replaces it."""
+        return self._read(self._progress_key, SWEEP_PROGRESS, connection_id)
+
+    def _read(self, key: str, codec: RecordCodec[Record], connection_id: str) -> Record | None:
         with translate_redis_errors():
-            raw = self._redis.hget(self._progress_key, connection_id)
+            raw = self._redis.hget(key, connection_id)
         if raw is None:
             return None
         try:
-            return SWEEP_PROGRESS.decode(as_bytes(raw))
+            return codec.decode(as_bytes(raw))
         except UnreadableRecord:
-            log.warning("reconcile.progress_unreadable", connection_id=connection_id)
+            log.warning("reconcile.unreadable", record=codec.name, connection_id=connection_id)
             return None
 
     def save_progress(self, connection_id: str, progress: SweepProgress) -> None:
