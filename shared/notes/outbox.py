@@ -28,6 +28,7 @@ from cryptography.fernet import InvalidToken, MultiFernet
 
 from shared.infra.clock import epoch_seconds, iso_now, utcnow
 from shared.infra.codec import RecordCodec
+from shared.infra.errors import UnreadableRecord
 from shared.infra.store import Keys, as_bytes, translate_redis_errors
 from shared.notes.callback import FILE_URL_LIFETIME, ProgramCallback, note_title
 
@@ -152,6 +153,7 @@ class NoteRecord:
 
 
 NOTE_RECORD = RecordCodec(NoteRecord)
+CALLBACK = RecordCodec(ProgramCallback)  # sealed with Fernet beside the record
 
 
 class NoteOutbox:
@@ -181,7 +183,7 @@ class NoteOutbox:
             **NOTE_RECORD.encode_fields(note),
             # Beside the record, never shown by it: the sealed callback and its link's expiry.
             "link_expires_at": str(int(callback.link_expires_at().timestamp())),
-            "callback": self._fernet.encrypt(callback.model_dump_json().encode()).decode(),
+            "callback": self._fernet.encrypt(CALLBACK.encode(callback)).decode(),
         }
         pairs: list[Any] = []
         for name, value in record.items():
@@ -206,9 +208,10 @@ class NoteOutbox:
         if not sealed:  # never stored, or erased once the note was settled or its link died
             return None
         try:
-            return ProgramCallback.model_validate_json(self._fernet.decrypt(as_bytes(sealed)))
-        except InvalidToken:
-            # Sealed under a BRIDGE_SECRET_KEY no longer given: as good as gone.
+            return CALLBACK.decode(self._fernet.decrypt(as_bytes(sealed)))
+        except (InvalidToken, UnreadableRecord):
+            # Sealed under a BRIDGE_SECRET_KEY no longer given, or not a callback this version
+            # can read: as good as gone.
             log.warning("note.callback_unreadable", connection_id=connection_id, note_id=note_id)
             return None
 

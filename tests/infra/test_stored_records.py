@@ -21,12 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from services.sandbox.physitrack import program_callback
 from shared.connections.model import Connection, DocStatus, RetiredSecret
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AUDIT_FIELDS, AuditFields, AuditTrail
 from shared.infra.codec import RecordCodec
 from shared.infra.errors import UnreadableRecord
 from shared.infra.store import Keys, as_bytes
+from shared.notes.callback import ProgramCallback, note_id_for, parse_callback
 from shared.notes.outbox import NOTE_RECORD, NoteOutbox, NoteRecord, NoteState
 from shared.ops.dead_letters import DEAD_LETTER, DeadLetter, DeadLetterStore
 from shared.patients.links import PATIENT_LINK, PatientLink
@@ -222,6 +224,33 @@ def _secrets(connection: Connection) -> list[SecretStr]:
         if r
     ]
     return found
+
+
+printable = st.text(st.characters(categories=["L", "N", "P", "S", "Zs"]), min_size=1, max_size=60)
+callbacks = st.builds(
+    program_callback,
+    api_key=printable,
+    file_url=printable,
+    patient_id=st.from_regex(r"[A-Za-z0-9]{1,64}", fullmatch=True),
+    name=printable.filter(str.strip),
+    token=printable,
+    updated=st.booleans(),
+    when=st.datetimes(  # the years a callback may carry
+        min_value=datetime(2000, 1, 2), max_value=datetime(2100, 12, 30), timezones=st.just(UTC)
+    ),
+).map(parse_callback)
+
+
+@with_redis
+@given(callback=callbacks)
+def test_a_program_callback_round_trips_sealed_beside_its_note(
+    redis_server_client: redis.Redis, keys: Keys, callback: ProgramCallback
+) -> None:
+    outbox = NoteOutbox(redis_server_client, keys, MultiFernet([Fernet(Fernet.generate_key())]))
+    note_id = note_id_for("cn_codec", callback, None)
+    redis_server_client.delete(keys.note("cn_codec", note_id))
+    assert outbox.create("cn_codec", note_id, callback)
+    assert outbox.callback("cn_codec", note_id) == callback
 
 
 # --- records as the previous release wrote them -------------------------------------------------
