@@ -129,7 +129,8 @@ def test_a_later_sweep_asks_only_for_patients_changed_since(
     )
     assert ids == ["2", "3"]  # "2" changed just before the last sweep started: the overlap
     [search] = [r for r in fake_halaxy.requests if r.path == "/main/Patient"]
-    assert "_lastUpdated=gt2026-11-21T08%3A58%3A00Z" in search.query
+    since = (T0 - OVERLAP).isoformat().replace("+00:00", "Z").replace(":", "%3A")
+    assert f"_lastUpdated=gt{since}" in search.query  # the last sweep's start, less the overlap
 
 
 def test_a_sweep_stopped_by_the_rate_limit_resumes_at_the_page_it_stopped_on(
@@ -281,7 +282,7 @@ def test_a_call_that_could_only_read_the_page_before_again_is_followed_by_one_th
 
 
 @given(
-    before=st.lists(st.sampled_from(["_count=100", "_lastUpdated=gt2026-11-21T09%3A00%3A00Z"])),
+    before=st.lists(st.sampled_from(["_count=100", f"_lastUpdated=gt{T0:%Y-%m-%dT%H}%3A00%3A00Z"])),
     number=st.integers(min_value=0, max_value=10**6),
     after=st.lists(st.sampled_from(["_count=50", "pages=3", "subpage=9"])),
 )
