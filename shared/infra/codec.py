@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from shared.infra.errors import UnreadableRecord
+from shared.infra.validation import field_path
 
 T = TypeVar("T")
 
@@ -57,7 +58,7 @@ class RecordCodec(Generic[T]):
         return {name: _field_text(value) for name, value in self.dump(record).items()}
 
     def _unreadable(self, exc: ValidationError) -> UnreadableRecord:
-        where = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
+        where = sorted({field_path(error["loc"]) for error in exc.errors()})
         return UnreadableRecord(f"a stored {self.name} could not be read (fields: {where})")
 
 

@@ -43,6 +43,8 @@ def redis_location(url: str) -> str:
         host = parts.hostname or "(no host)"
         shown = f"[{host}]" if ":" in host else host
         db = parts.path.strip("/") or "0"
+        if not db.isdigit():  # a `/` in an unencoded password moves the rest of it here
+            return "(an unreadable URL)"
         return f"{shown}:{parts.port or 6379}/{db}"
     except ValueError:
         return "(an unreadable URL)"

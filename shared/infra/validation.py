@@ -17,14 +17,14 @@ def validated(model: type[M], data: Any, message: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        problems = [f"{field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise InvalidInput(message, problems) from None
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    """The field, then positions in it. The models validated here are flat, so any name past
-    the field is a key of the caller's own mapping, which is data and may be a secret (a
-    practitioner token is a key of `practitioners`): it is not shown."""
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """The field, then positions in it. Any name past the field is a key of a mapping, which
+    is data and may be a secret (a practitioner token is a key of `practitioners`): it is not
+    shown."""
     if not loc:
         return "body"
     return ".".join([str(loc[0]), *("[key]" if isinstance(p, str) else str(p) for p in loc[1:])])

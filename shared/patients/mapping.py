@@ -214,12 +214,17 @@ def current_name(names: Any, now: datetime) -> dict[str, Any] | None:
     Ties go to document order."""
     entries = [n for n in names if isinstance(n, dict)] if isinstance(names, list) else []
     current = [n for n in entries if in_effect(n.get("period"), now)]
-    preferred = [n for n in current if n.get("use") not in NAMES_OF_LAST_RESORT] or current
+    preferred = [n for n in current if _use(n) not in NAMES_OF_LAST_RESORT] or current
     ranked = sorted(
-        enumerate(preferred),
-        key=lambda item: (NAME_PREFERENCE.get(item[1].get("use"), 3), item[0]),
+        enumerate(preferred), key=lambda item: (NAME_PREFERENCE.get(_use(item[1]), 3), item[0])
     )
     return ranked[0][1] if ranked else None
+
+
+def _use(name: dict[str, Any]) -> str | None:
+    """A name's `use`; one that is not a code (a list, an object) ranks as an unknown use."""
+    use = name.get("use")
+    return use if use is None or isinstance(use, str) else "(not a code)"
 
 
 def _name(names: Any, now: datetime) -> tuple[str, str]:

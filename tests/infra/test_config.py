@@ -7,6 +7,7 @@ from cryptography.fernet import Fernet
 
 from shared.infra.config import load_settings
 from shared.infra.errors import ConfigError
+from shared.infra.store import redis_location
 
 
 @pytest.mark.parametrize(
@@ -95,3 +96,17 @@ def test_the_scheduler_keeps_its_pace_unless_told(monkeypatch: pytest.MonkeyPatc
     assert settings.scheduler_tick_seconds == 0.25
     assert settings.reconcile_every_seconds == 2.0
     assert settings.worker_heartbeat_timeout_seconds == 3.0
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@cache.internal:6380/2", "cache.internal:6380/2"),
+        ("redis://cache.internal", "cache.internal:6379/0"),
+        ("redis://:p@ss/w0rd@cache.internal:6379/1", "(an unreadable URL)"),  # `/` in password
+        ("redis://default:123/sec@cache.internal:6379/0", "(an unreadable URL)"),
+        ("unix:///run/redis.sock", "/run/redis.sock"),
+    ],
+)
+def test_where_redis_is_never_shows_a_password(url: str, shown: str) -> None:
+    assert redis_location(url) == shown

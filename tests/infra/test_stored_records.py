@@ -319,3 +319,12 @@ def test_an_unreadable_record_is_a_named_error_without_its_values(
         codec.decode(raw)
     assert codec.name in str(caught.value)
     assert "sideways" not in str(caught.value)
+
+
+def test_an_unreadable_connection_never_names_a_practitioner_token() -> None:
+    """A practitioner token is a key of the connection's map: the error says where, not it."""
+    record = {"practitioners": {"pt-token-SECRET": 7}}
+    with pytest.raises(UnreadableRecord) as caught:
+        RecordCodec(Connection).load(record)
+    assert "pt-token-SECRET" not in str(caught.value)
+    assert "practitioners.[key]" in str(caught.value)

@@ -363,3 +363,12 @@ def test_a_refusal_names_every_reason_and_no_value() -> None:
     assert caught.value.reasons == (Refusal.LAST_NAME_MISSING, Refusal.BIRTH_DATE_MALFORMED)
     assert "Jane" not in str(caught.value)
     assert "1974" not in str(caught.value)
+
+
+@pytest.mark.parametrize("use", [["official"], {"code": "official"}, 7])
+def test_a_name_use_that_is_not_a_code_ranks_as_an_unknown_use_never_a_crash(use: Any) -> None:
+    resource = with_names(
+        {"use": use, "given": ["Odd"], "family": "Shape"},
+        {"given": ["Plain"], "family": "Name"},  # no use: ranks before an unknown one
+    )
+    assert names_of(resource) == ("Plain", "Name")
