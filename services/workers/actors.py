@@ -39,7 +39,7 @@ def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str
         rt = current_runtime()
         services = rt.services(connection_id)
         outcome = sync_patient_of(
-            services.halaxy, services.platform, services.links, rt.audit, resource_id
+            services.halaxy, services.accounts, services.links, rt.audit, resource_id
         )
         log.info("patient.synced", outcome=outcome.value)
 
@@ -59,10 +59,20 @@ def sync_appointment(connection_id: str, resource_id: str, event: str, event_id:
             services.links,
             resource_id,
             deleted=event == "appointment-deleted",
-            # A booked enquiry has become a patient: it is created.
-            sync=lambda pid: sync_patient_of(
-                services.halaxy, services.platform, services.links, rt.audit, pid, booked=True
+            # A booked enquiry has become a patient: it is created, in the account of the
+            # practitioner it is booked with.
+            sync=lambda pid, booked_with: sync_patient_of(
+                services.halaxy,
+                services.accounts,
+                services.links,
+                rt.audit,
+                pid,
+                booked=True,
+                booked_with=booked_with,
             ),
+            practitioners=[
+                p.halaxy_practitioner for p in services.connection.physitrack_practitioners
+            ],
         )
         log.info("appointment.synced", outcome=outcome.value, patient_id=patient_id)
 

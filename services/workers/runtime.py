@@ -23,7 +23,7 @@ import structlog
 from dramatiq.middleware import MiddlewareError
 
 from services.workers.time_limits import LONGEST_JOB_SECONDS
-from shared.connections import Connection, ConnectionStore
+from shared.connections import CONNECTION_ACCOUNT, Connection, ConnectionStore
 from shared.halaxy import HalaxyClient, HalaxyRateLimiter, TokenCache, new_http_client
 from shared.infra import (
     BridgeError,
@@ -35,7 +35,7 @@ from shared.infra import (
     redis_client,
 )
 from shared.notes import NoteOutbox, PdfFetcher, Resolver, system_resolver
-from shared.patients import PatientLinks
+from shared.patients import PatientLinks, PlatformAccounts
 from shared.platforms import TherapyPlatform, platform_for
 from shared.telemetry import MeteredClient, origin
 
@@ -51,7 +51,8 @@ log = structlog.get_logger("halaxy_bridge.workers")
 class ConnectionServices:
     connection: Connection
     halaxy: HalaxyClient
-    platform: TherapyPlatform
+    platform: TherapyPlatform  # the connection's own account
+    accounts: PlatformAccounts  # and every practitioner's
     links: PatientLinks
     pdfs: PdfFetcher
 
@@ -91,12 +92,15 @@ class WorkerRuntime:
         if built is not None and built.connection is connection:
             return built
         http = self._http_for(connection)
+        ua = self.settings.user_agent
+        platforms = {
+            seat.practitioner: platform_for(seat.account, http, ua) for seat in connection.seats()
+        }
         built = self._services[connection_id] = ConnectionServices(
             connection=connection,
-            halaxy=HalaxyClient(
-                connection.halaxy_account, http, self.tokens, self.settings.user_agent, self.limiter
-            ),
-            platform=platform_for(connection.platform_account, http, self.settings.user_agent),
+            halaxy=HalaxyClient(connection.halaxy_account, http, self.tokens, ua, self.limiter),
+            platform=platforms[CONNECTION_ACCOUNT],
+            accounts=PlatformAccounts(platforms, connection.default_seat().practitioner),
             links=PatientLinks(self.redis, self.keys, connection_id, self.renewer),
             pdfs=PdfFetcher(http, self.resolver),
         )

@@ -16,6 +16,13 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from shared.connections.practitioner import (
+    CONNECTION_ACCOUNT,
+    PlatformSeat,
+    Practitioner,
+    practitioner_account,
+    token_matches,
+)
 from shared.halaxy.auth import HalaxyAccount
 from shared.infra.errors import InvalidInput
 from shared.infra.netutil import is_loopback_host
@@ -73,7 +80,8 @@ class Connection(BaseModel):
     platform_pms_name: str | None = None
     platform_pms_key: SecretStr | None = None
     default_author: str | None = None
-    practitioners: dict[str, str] = Field(default_factory=dict)
+    practitioners: dict[str, str] = Field(default_factory=dict)  # token -> PR-…: authors only
+    physitrack_practitioners: tuple[Practitioner, ...] = ()
     pdf_hosts: tuple[str, ...] | None = None
     doc_status: DocStatus = DocStatus.PRELIMINARY
     webhook_secret: SecretStr
@@ -102,6 +110,57 @@ class Connection(BaseModel):
             pms_name=self.platform_pms_name,
             pms_key=self.platform_pms_key,
         )
+
+    def seats(self) -> list[PlatformSeat]:
+        """Every platform account of the connection: its own, then each practitioner's."""
+        return [
+            PlatformSeat(CONNECTION_ACCOUNT, self.platform_account),
+            *(
+                PlatformSeat(p.halaxy_practitioner, self._account_of(p))
+                for p in self.physitrack_practitioners
+            ),
+        ]
+
+    def seat_of(self, halaxy_practitioner: str | None) -> PlatformSeat | None:
+        for seat in self.seats():
+            if seat.practitioner == halaxy_practitioner:
+                return seat
+        return None
+
+    def default_seat(self) -> PlatformSeat:
+        """Where a patient with no practitioner of their own goes: the default practitioner's
+        account, else the connection's own."""
+        for practitioner in self.physitrack_practitioners:
+            if practitioner.default:
+                return PlatformSeat(
+                    practitioner.halaxy_practitioner, self._account_of(practitioner)
+                )
+        return PlatformSeat(CONNECTION_ACCOUNT, self.platform_account)
+
+    def practitioner(self, halaxy_practitioner: str) -> Practitioner | None:
+        for practitioner in self.physitrack_practitioners:
+            if practitioner.halaxy_practitioner == halaxy_practitioner:
+                return practitioner
+        return None
+
+    def practitioner_with_token(self, token: str) -> Practitioner | None:
+        for practitioner in self.physitrack_practitioners:
+            if token_matches(practitioner, token):
+                return practitioner
+        return None
+
+    def knows_token(self, token: str) -> bool:
+        """The token is one of this connection's practitioners (a record, or the author map)."""
+        return self.practitioner_with_token(token) is not None or token in self.practitioners
+
+    def tokens(self) -> list[str]:
+        return [
+            *(p.token.get_secret_value() for p in self.physitrack_practitioners),
+            *self.practitioners,
+        ]
+
+    def _account_of(self, practitioner: Practitioner) -> PlatformAccount:
+        return practitioner_account(practitioner, self.platform, self.platform_base_url)
 
     @property
     def halaxy_origin(self) -> str:

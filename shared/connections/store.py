@@ -18,6 +18,7 @@ from cryptography.fernet import InvalidToken, MultiFernet
 from pydantic import SecretStr
 
 from shared.connections.model import Connection
+from shared.connections.practitioner import Practitioner
 from shared.infra.codec import RecordCodec
 from shared.infra.errors import ConfigError, InvalidInput, Transient
 from shared.infra.store import Keys, as_bytes, translate_redis_errors
@@ -32,6 +33,7 @@ SEALED_FIELDS = (
 )
 SEALED_RETIRED_FIELDS = ("retired_webhook_secret", "retired_program_api_key")
 CONNECTION = RecordCodec(Connection)
+PRACTITIONER = RecordCodec(Practitioner)
 
 
 OPENED_KEPT = 512  # decrypted connections kept per process
@@ -155,6 +157,21 @@ class ConnectionStore:
             retired = getattr(connection, name)
             if retired is not None:
                 data[name]["value"] = self._encrypt(retired.value)
+        if connection.physitrack_practitioners:
+            # Sealed whole: tokens, keys and PMS keys all sign in as the practitioner.
+            records = [
+                {
+                    **PRACTITIONER.dump(p),
+                    "token": p.token.get_secret_value(),
+                    "api_key": p.api_key.get_secret_value(),
+                    "pms_key": None if p.pms_key is None else p.pms_key.get_secret_value(),
+                }
+                for p in connection.physitrack_practitioners
+            ]
+            data["physitrack_practitioners"] = []
+            data["physitrack_practitioners_sealed"] = self._fernet.encrypt(
+                orjson.dumps(records)
+            ).decode()
         if connection.practitioners:
             # Beside an empty plain map, not in its place: a process of the version before
             # (a rolling deploy, a rollback) still opens the record, with the default author.
@@ -171,6 +188,9 @@ class ConnectionStore:
         for name in SEALED_RETIRED_FIELDS:
             if data.get(name) is not None:
                 data[name]["value"] = self._decrypt(data[name]["value"])
+        sealed_records = data.pop("physitrack_practitioners_sealed", None)
+        if sealed_records is not None:
+            data["physitrack_practitioners"] = orjson.loads(self._decrypt(sealed_records))
         sealed = data.pop("practitioners_sealed", None)
         if sealed is not None:  # else a plain map, as a record saved before holds it
             data["practitioners"] = orjson.loads(self._decrypt(sealed))

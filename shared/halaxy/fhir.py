@@ -104,3 +104,18 @@ def in_effect(period: Any, now: datetime) -> bool:
     except Unreadable:
         return False
     return True
+
+
+def last_updated(resource: Any) -> datetime | None:
+    """When this version of the resource last changed: `meta.lastUpdated`, an `instant`
+    (https://hl7.org/fhir/R4/resource.html#Meta). `meta.versionId` is opaque (it changes
+    with each version but does not order them), so versions are ordered by this alone; None
+    when the resource does not say or says it unreadably."""
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    value = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    if not isinstance(value, str) or "T" not in value:
+        return None
+    try:
+        return date_time_bounds(value)[0]
+    except Unreadable:
+        return None

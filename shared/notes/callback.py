@@ -109,7 +109,11 @@ def pdf_file_name(callback: ProgramCallback) -> str:
 
 
 def author_for(connection: Connection, practitioner_token: str) -> str | None:
-    """The PractitionerRole (PR-...) for the platform practitioner, else the default author."""
+    """The PractitionerRole (PR-...) of the platform practitioner (a practitioner record, else
+    the author map), else the connection's default author."""
+    practitioner = connection.practitioner_with_token(practitioner_token)
+    if practitioner is not None:
+        return practitioner.halaxy_practitioner
     return connection.practitioners.get(practitioner_token) or connection.default_author
 
 

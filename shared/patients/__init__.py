@@ -9,14 +9,16 @@ from shared.patients.intake import (
 )
 from shared.patients.links import PatientLinks
 from shared.patients.reconcile import SweepLog, due, sweep
-from shared.patients.sync import sync_appointment, sync_patient
+from shared.patients.sync import PlatformAccounts, SyncOutcome, sync_appointment, sync_patient
 
 __all__ = [
     "SEEN_TTL",
     "ConnectionChanged",
     "EventIntake",
     "PatientLinks",
+    "PlatformAccounts",
     "SweepLog",
+    "SyncOutcome",
     "due",
     "event_digest",
     "job_for_event",

@@ -1,6 +1,9 @@
-"""Which platform patient each Halaxy patient became, per connection, and what was written.
+"""Which platform patient each Halaxy patient became, per connection and platform account.
 
-One Redis hash per connection: Halaxy patient id -> {platform id, fingerprint, time}. The
+One Redis hash per connection: Halaxy patient id -> {platform id, fingerprint, time}, the
+field being `{patient id}@{PR-…}` for a practitioner's own account (a patient seen by two
+practitioners is a client in both accounts, therapy-platforms.md 1.3) and the bare patient id
+for the connection's own account, as before practitioners had accounts. The
 fingerprint lets an update of an unchanged patient write nothing. A `creating` marker is set
 before a create so that a worker dying between the platform's answer and this record is
 noticed, and the platform is searched instead of creating a duplicate. A patient who left
@@ -10,6 +13,7 @@ why nothing is written for them any more.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -32,6 +36,9 @@ class PatientLink:
     synced_at: str
     creating: bool = False
     stopped: str | None = None  # why the patient is no longer written (a `Standing`)
+    # The Patient's `meta.lastUpdated` when it was written: an older version read later (a
+    # delivery out of order, a lagging read) never overwrites it.
+    source_updated: str | None = None
 
 
 PATIENT_LINK = RecordCodec(PatientLink)
@@ -47,20 +54,38 @@ class PatientLinks:
         self.connection_id = connection_id
         self._key = keys.patient_links(connection_id)
 
-    def get(self, patient_id: str, mark_creating: bool = False) -> PatientLink | None:
-        """The patient's link. With `mark_creating`, a patient without one is marked
-        `creating` in the same round trip (and None is still returned)."""
+    def get(
+        self, patient_id: str, mark_creating: bool = False, seat: str | None = None
+    ) -> PatientLink | None:
+        """The patient's link in the account of `seat` (a practitioner's PR- id; None: the
+        connection's own). With `mark_creating`, a patient without one is marked `creating`
+        in the same round trip (and None is still returned)."""
+        field = link_field(patient_id, seat)
         with translate_redis_errors():
             if mark_creating:
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.hget(self._key, patient_id)
-                pipe.hsetnx(self._key, patient_id, _creating())
+                pipe.hget(self._key, field)
+                pipe.hsetnx(self._key, field, _creating())
                 raw, _ = pipe.execute()
             else:
-                raw = self._redis.hget(self._key, patient_id)
+                raw = self._redis.hget(self._key, field)
         if raw is None:
             return None
         return PATIENT_LINK.decode(as_bytes(raw))
+
+    def of_seats(
+        self, patient_id: str, seats: Sequence[str | None]
+    ) -> dict[str | None, PatientLink]:
+        """The patient's links in each of `seats` that has one, in one round trip."""
+        if not seats:
+            return {}
+        with translate_redis_errors():
+            raws = self._redis.hmget(self._key, [link_field(patient_id, s) for s in seats])
+        return {
+            seat: PATIENT_LINK.decode(as_bytes(raw))
+            for seat, raw in zip(seats, raws, strict=True)
+            if raw is not None
+        }
 
     def save(
         self,
@@ -68,14 +93,16 @@ class PatientLinks:
         platform_id: str,
         fingerprint: str,
         audit: PendingEntry | None = None,
+        seat: str | None = None,
+        source_updated: str | None = None,
     ) -> None:
         """Record the link, in one round trip with `audit`'s entry (sent first, and
         a failure to record it is logged, never raised, as `AuditTrail.record` does)."""
-        link = PatientLink(platform_id, fingerprint, iso_now())
+        link = PatientLink(platform_id, fingerprint, iso_now(), source_updated=source_updated)
         pipe = self._redis.pipeline(transaction=False)
         if audit is not None:
             audit.add_to(pipe)
-        pipe.hset(self._key, patient_id, PATIENT_LINK.encode(link))
+        pipe.hset(self._key, link_field(patient_id, seat), PATIENT_LINK.encode(link))
         try:
             with translate_redis_errors():
                 replies = pipe.execute(raise_on_error=False)
@@ -90,17 +117,19 @@ class PatientLinks:
                 with translate_redis_errors():
                     raise reply
 
-    def stop(self, patient_id: str, link: PatientLink, why: str) -> None:
+    def stop(self, patient_id: str, link: PatientLink, why: str, seat: str | None = None) -> None:
         """Record on `link` (read under the patient's lock) why the patient is no longer
         written. The fingerprint goes, so a patient back in good standing (a record
         corrected in Halaxy) is written again, and that write (`save`) clears `stopped`."""
-        stopped = PatientLink(link.platform_id, None, iso_now(), stopped=why)
+        stopped = PatientLink(
+            link.platform_id, None, iso_now(), stopped=why, source_updated=link.source_updated
+        )
         with translate_redis_errors():
-            self._redis.hset(self._key, patient_id, PATIENT_LINK.encode(stopped))
+            self._redis.hset(self._key, link_field(patient_id, seat), PATIENT_LINK.encode(stopped))
 
-    def mark_creating(self, patient_id: str) -> None:
+    def mark_creating(self, patient_id: str, seat: str | None = None) -> None:
         with translate_redis_errors():
-            self._redis.hset(self._key, patient_id, _creating())
+            self._redis.hset(self._key, link_field(patient_id, seat), _creating())
 
     def count(self) -> int:
         with translate_redis_errors():
@@ -116,6 +145,11 @@ class PatientLinks:
             busy="another worker is syncing this patient",
             renewer=self._renewer,
         )
+
+
+def link_field(patient_id: str, seat: str | None) -> str:
+    """The hash field of a patient's link in one account ('@' is in no Halaxy id)."""
+    return patient_id if seat is None else f"{patient_id}@{seat}"
 
 
 def _creating() -> bytes:

@@ -12,9 +12,11 @@ from shared.platforms.base import (
 )
 from shared.platforms.details import Gender, PatientDetails
 from shared.platforms.factory import platform_for
+from shared.platforms.http import GenderRefused
 
 __all__ = [
     "Gender",
+    "GenderRefused",
     "PatientDetails",
     "PlatformAccount",
     "PlatformKind",

@@ -16,6 +16,10 @@ class PlatformNotFound(Permanent):
     """The platform answered 404 for the resource."""
 
 
+class GenderRefused(Permanent):
+    """The platform refused a patient for their gender (one it cannot take, or none)."""
+
+
 def send(
     http: httpx.Client,
     platform: str,
