@@ -8,16 +8,28 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 import redis
 import structlog
 
 from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
+from shared.connections import Connection
 from shared.infra import BridgeError, JobQueue, Permanent, RateLimited, Settings, utcnow
-from shared.notes import job_for_note
+from shared.notes import (
+    PollCursors,
+    ProgramIntake,
+    UnroutedPrograms,
+    job_for_note,
+    physitrack_note_id,
+    poll_practitioner,
+    route_unrouted,
+)
 from shared.ops import upgrade_stored_data
 from shared.patients import SweepLog, due, sweep
+from shared.platforms import Physitrack
+from shared.telemetry import PROGRAM_EVENTS
 
 LEADER_TTL_SECONDS = 30  # renewed every tick: BRIDGE_SCHEDULER_TICK_SECONDS is at most 15
 
@@ -34,6 +46,10 @@ class Scheduler:
         self.maintenance = WorkerMaintenance(settings, runtime.redis)
         self.sweeps = SweepLog(runtime.redis, runtime.keys)
         self.sweep_every = timedelta(seconds=settings.reconcile_every_seconds)
+        self.poll_every = timedelta(seconds=settings.program_poll_every_seconds)
+        self.programs = ProgramIntake(runtime.outbox, self.queue)
+        self.unrouted = UnroutedPrograms(runtime.redis, runtime.keys, settings.fernet)
+        self.cursors = PollCursors(runtime.redis, runtime.keys)
         self.id = uuid.uuid4().hex[:12]
         self._upgraded = False
         self._leader = runtime.redis.lock(
@@ -61,11 +77,14 @@ class Scheduler:
         self._attempt("scheduler.maintenance_failed", self.maintenance.requeue_from_dead_workers)
         self.requeue_stalled_notes()
         self._attempt("notes.forget_expired_failed", self.runtime.outbox.forget_expired)
+        self._attempt("programs.route_failed", self.route_unrouted)
         for connection in self.runtime.connections.list():
             # Each connection's turn is short (reconcile.PAGES_PER_CALL); leadership is
             # renewed before each, so a tick over many clinics never outlasts it.
             if connection.enabled and self.is_leader():
                 self.sweep_if_due(connection.id)
+            if connection.enabled and connection.physitrack_practitioners and self.is_leader():
+                self.poll_programs(connection)
 
     @staticmethod
     def _attempt(failed: str, step: Callable[[], object]) -> None:
@@ -106,6 +125,56 @@ class Scheduler:
                 log.info("notes.requeued", count=len(stale), scheduler_id=self.id)
         except BridgeError as exc:
             log.warning("notes.requeue_failed", error=type(exc).__name__)
+
+    def route_unrouted(self) -> None:
+        """Write the kept Physitrack posts whose token a connection now knows; drop the ones
+        nobody claimed in time (`shared.notes.unrouted`)."""
+        routed = route_unrouted(
+            self.unrouted,
+            self.runtime.connections.list(),
+            lambda connection, callback: self.programs.accept(
+                connection.id, physitrack_note_id(connection, callback), callback
+            ),
+        )
+        if routed:
+            log.info("programs.routed", count=routed, scheduler_id=self.id)
+        self.unrouted.forget_old(utcnow())
+
+    def poll_programs(self, connection: Connection) -> None:
+        """Read each practitioner's new Physitrack events, once per poll interval, and record
+        a note for every program the webhook did not bring (`shared.notes.program_poll`)."""
+        now = utcnow()
+        for practitioner in connection.physitrack_practitioners:
+            who = practitioner.halaxy_practitioner
+            bound = log.bind(connection_id=connection.id, practitioner=who, scheduler_id=self.id)
+            try:
+                cursor = self.cursors.get(connection.id, who)
+                if cursor is not None and now - cursor.polled_at < self.poll_every:
+                    continue
+                source = self.runtime.services(connection.id).accounts.platforms.get(who)
+                if not isinstance(source, Physitrack):
+                    continue
+                result, moved = poll_practitioner(
+                    source,
+                    connection,
+                    practitioner,
+                    cursor,
+                    now,
+                    partial(self.programs.accept, connection.id),
+                    lambda note_id: self.runtime.outbox.get(connection.id, note_id) is not None,
+                )
+                self.cursors.save(connection.id, who, moved)
+            except RateLimited as exc:
+                bound.info("programs.poll_deferred", retry_after=exc.retry_after)
+                continue
+            except BridgeError as exc:
+                bound.warning("programs.poll_failed", error=type(exc).__name__, reason=str(exc))
+                continue
+            for outcome, count in result.counts().items():
+                if count:
+                    PROGRAM_EVENTS.labels(connection.id, outcome).inc(count)
+            if result.queued:
+                bound.info("programs.polled", **result.counts(), last_event_id=moved.last_event_id)
 
     def sweep_if_due(self, connection_id: str) -> None:
         bound = log.bind(connection_id=connection_id, scheduler_id=self.id)

@@ -25,6 +25,7 @@ from services.webhook_receiver.halaxy import halaxy_webhook
 from services.webhook_receiver.known_connections import KnownConnections
 from services.webhook_receiver.openapi import openapi
 from services.webhook_receiver.ops_page import ops_page
+from services.webhook_receiver.physitrack import physitrack_programs
 from services.webhook_receiver.programs import program_callback
 from services.webhook_receiver.responses import ApiError, error_response
 from shared.connections import ConnectionStore, KeyVerifier
@@ -40,7 +41,7 @@ from shared.infra import (
     load_settings,
     redis_client,
 )
-from shared.notes import NoteOutbox, NoteState, ProgramIntake
+from shared.notes import NoteOutbox, NoteState, ProgramIntake, UnroutedPrograms
 from shared.patients import EventIntake
 from shared.telemetry import MetricsPusher, Reused
 
@@ -111,6 +112,7 @@ def create_app(
         known=KnownConnections(async_client, connections),
         intake=intake or DramatiqEventIntake(async_client, keys),
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
+        unrouted=UnroutedPrograms(client, keys, settings.fernet),
         queue=queue,
         verify_key=verify_key or halaxy_key_verifier(settings, http),
         metrics=MetricsPusher(client, keys, settings.metrics_push_seconds),
@@ -136,6 +138,7 @@ def create_app(
     routes = [
         Route("/webhooks/halaxy/{connection_id}/{event}", halaxy_webhook, methods=["POST"]),
         Route("/webhooks/programs/{connection_id}", program_callback, methods=["POST"]),
+        Route("/webhooks/physitrack/programs", physitrack_programs, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics_endpoint, methods=["GET"]),

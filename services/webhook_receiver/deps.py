@@ -10,7 +10,7 @@ from starlette.requests import Request
 from services.webhook_receiver.known_connections import KnownConnections
 from shared.connections import ConnectionStore, KeyVerifier
 from shared.infra import AuditTrail, JobQueue, Settings
-from shared.notes import ProgramIntake
+from shared.notes import ProgramIntake, UnroutedPrograms
 from shared.patients import EventIntake
 from shared.telemetry import MetricsPusher, Reused
 
@@ -23,6 +23,7 @@ class Deps:
     known: KnownConnections  # the Halaxy webhook's view, on the event loop
     intake: EventIntake
     programs: ProgramIntake
+    unrouted: UnroutedPrograms  # Physitrack posts no connection could take
     queue: JobQueue
     verify_key: KeyVerifier
     metrics: MetricsPusher

@@ -226,6 +226,26 @@ def build_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/webhooks/physitrack/programs": {
+                "post": {
+                    "summary": "Physitrack's program PDF webhook: one URL for the deployment",
+                    "description": (
+                        "Physitrack's PDF-webhook body (therapy-platforms.md 2.1). api_key must "
+                        "be one of BRIDGE_PHYSITRACK_WEBHOOK_KEYS; token routes the post to the "
+                        "practitioner's connection. 200 with an empty body once the post is "
+                        "durable: its note queued, or, when no enabled connection knows the "
+                        "token, kept as an unrouted program for ops. 404 while no key is set."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ProgramCallback")}},
+                    },
+                    "responses": {
+                        "200": {"description": "taken: queued, or kept as unrouted"},
+                        **_errors(400, 401, 404, 413, 415, 422, 503),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "the process is alive",

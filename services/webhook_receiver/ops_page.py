@@ -147,7 +147,8 @@ refreshes every {REFRESH_SECONDS} s.</p>
 <h2>Totals</h2>
 <p id="totals">Dead letters: {escape(_text(data.get("dead_letters")))} ·
 Parked notes: {escape(_text(data.get("parked_notes")))} ·
-Failed notes: {escape(_text(data.get("failed_notes")))}</p>
+Failed notes: {escape(_text(data.get("failed_notes")))} ·
+Unrouted programs: {escape(_text(data.get("unrouted_programs")))}</p>
 <h2>Redis warnings</h2>
 <ul id="redis-warnings">{warning_items or "<li>none</li>"}</ul>
 <h2>Queues</h2>

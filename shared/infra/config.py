@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(default=None, alias="BRIDGE_SECRET_KEY")
     admin_token: SecretStr | None = Field(default=None, alias="BRIDGE_ADMIN_TOKEN")
     user_agent: str = Field(default="halaxy-bridge (ops@example.com)", alias="BRIDGE_USER_AGENT")
+    # The one `api_key` Physitrack support registers for the whole deployment, "the same for
+    # all your customers" (therapy-platforms.md 2.1); comma-separated, the first current, a
+    # second still accepted while a rotation is under way.
+    physitrack_webhook_keys: SecretStr | None = Field(
+        default=None, alias="BRIDGE_PHYSITRACK_WEBHOOK_KEYS"
+    )
     public_url: str = Field(default="http://127.0.0.1:8000", alias="BRIDGE_PUBLIC_URL")
     log_level: LogLevel = Field(default=LogLevel.INFO, alias="LOG_LEVEL")
     log_format: LogFormat = Field(default=LogFormat.JSON, alias="LOG_FORMAT")
@@ -68,6 +74,11 @@ class Settings(BaseSettings):
     )
     # A worker that sent Redis no command for this long is dead: the scheduler puts the
     # messages it held back on their queues. Idle workers poll at least every second.
+    # How often each Physitrack practitioner's events are read for programs the webhook missed
+    # (Physitrack retries a failed delivery once, 10 minutes later: therapy-platforms.md 2.2).
+    program_poll_every_seconds: float = Field(
+        default=300.0, ge=1, le=86_400, alias="BRIDGE_PROGRAM_POLL_EVERY_SECONDS"
+    )
     worker_heartbeat_timeout_seconds: float = Field(
         default=30.0, ge=2, le=600, alias="BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS"
     )
@@ -102,6 +113,25 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 24:
             raise ValueError("must be at least 24 characters (use a random token)")
         return value
+
+    @field_validator("physitrack_webhook_keys")
+    @classmethod
+    def _check_physitrack_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        keys = [key.strip() for key in value.get_secret_value().split(",")]
+        if len(keys) > 2:
+            raise ValueError("holds at most two keys: the current one, then the one retiring")
+        if any(len(key) < 24 or not key.isprintable() or " " in key for key in keys):
+            raise ValueError("each key must be at least 24 printable characters (random)")
+        return SecretStr(",".join(keys))
+
+    @property
+    def physitrack_keys(self) -> list[str]:
+        """The accepted Physitrack webhook `api_key`s, current first; none: endpoint off."""
+        if self.physitrack_webhook_keys is None:
+            return []
+        return self.physitrack_webhook_keys.get_secret_value().split(",")
 
     @field_validator("user_agent")
     @classmethod

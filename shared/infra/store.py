@@ -103,6 +103,15 @@ class Keys:
     def note_lock(self, connection_id: str, note_id: str) -> str:
         return f"{self.namespace}:lock:note:{connection_id}:{note_id}"
 
+    def unrouted_programs(self) -> str:
+        return f"{self.namespace}:programs:unrouted"
+
+    def unrouted_program_times(self) -> str:
+        return f"{self.namespace}:programs:unrouted:times"
+
+    def program_poll_cursors(self, connection_id: str) -> str:
+        return f"{self.namespace}:programs:cursor:{connection_id}"
+
     def parked_notes(self) -> str:
         return f"{self.namespace}:notes:parked"
 

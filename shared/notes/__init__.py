@@ -2,10 +2,18 @@
 the resolution of parked notes.
 """
 
-from shared.notes.callback import ProgramCallback, is_link_expired, note_id_for, parse_callback
+from shared.notes.callback import (
+    ProgramCallback,
+    is_link_expired,
+    note_id_for,
+    parse_callback,
+    physitrack_note_id,
+    program_note_id,
+)
 from shared.notes.intake import ProgramIntake, job_for_note
 from shared.notes.outbox import OFFSET_MAX, PAGE_DEFAULT, PAGE_MAX, NoteOutbox, NotesPage, NoteState
 from shared.notes.pdf_fetch import PdfFetcher, PdfRefused, Resolver, check_listed, system_resolver
+from shared.notes.program_poll import PollCursor, PollCursors, PollResult, poll_practitioner
 from shared.notes.resolution import (
     NoteNotWaiting,
     NoteStateConflict,
@@ -13,6 +21,12 @@ from shared.notes.resolution import (
     Waiting,
     find_waiting,
     resolve_note,
+)
+from shared.notes.unrouted import (
+    UnroutedPrograms,
+    UnroutedReason,
+    owner_of,
+    route_unrouted,
 )
 from shared.notes.writer import write_note
 
@@ -27,18 +41,28 @@ __all__ = [
     "NotesPage",
     "PdfFetcher",
     "PdfRefused",
+    "PollCursor",
+    "PollCursors",
+    "PollResult",
     "ProgramCallback",
     "ProgramIntake",
     "Resolution",
     "Resolver",
+    "UnroutedPrograms",
+    "UnroutedReason",
     "Waiting",
     "check_listed",
     "find_waiting",
     "is_link_expired",
     "job_for_note",
     "note_id_for",
+    "owner_of",
     "parse_callback",
+    "physitrack_note_id",
+    "poll_practitioner",
+    "program_note_id",
     "resolve_note",
+    "route_unrouted",
     "system_resolver",
     "write_note",
 ]

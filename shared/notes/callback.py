@@ -38,6 +38,9 @@ class ProgramCallback(BaseModel):
     date: Date
     date_iso: datetime
     updated: StrictBool
+    # Set by the events poll, which asks Physitrack for a fresh PDF (section 2.3): when that
+    # link was made, so its 24 hours count from then, and the file may not be there yet.
+    link_made_at: datetime | None = None
 
     @field_validator("patient_id")
     @classmethod
@@ -71,7 +74,7 @@ class ProgramCallback(BaseModel):
         return value
 
     def link_expires_at(self) -> datetime:
-        return self.date_iso + FILE_URL_LIFETIME
+        return (self.link_made_at or self.date_iso) + FILE_URL_LIFETIME
 
 
 def parse_callback(data: dict[str, Any]) -> ProgramCallback:
@@ -96,6 +99,50 @@ def note_id_for(connection_id: str, callback: ProgramCallback, webhook_id: str |
             ]
         )
     return "nt_" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def program_note_id(
+    connection_id: str,
+    practitioner: str,
+    patient_id: str,
+    program_name: str,
+    moment: datetime,
+    updated: bool,
+) -> str:
+    """The note's id for a Physitrack program, the same whether it arrives by the PDF webhook
+    or by the events poll, so the two give one note.
+
+    Neither names the other's ids: the webhook has no program id or access code, the event no
+    `date_iso` (therapy-platforms.md 2.1, 2.2). What both carry is the practitioner, the
+    patient, the program's name, whether it was assigned or updated, and its moment; the
+    moment is taken to the day (UTC), since the webhook's `date_iso` and the event's
+    `created` are not documented to be the same instant. One note per program, patient,
+    practitioner, kind and day: a second update of one program on one day adds no note."""
+    material = "|".join(
+        [
+            connection_id,
+            "physitrack-program",
+            practitioner,
+            patient_id,
+            " ".join(program_name.split()),
+            moment.astimezone(UTC).date().isoformat(),
+            "updated" if updated else "assigned",
+        ]
+    )
+    return "nt_" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def physitrack_note_id(connection: Connection, callback: ProgramCallback) -> str:
+    """`program_note_id` of a PDF-webhook post to a connection: the practitioner named by
+    their Halaxy PR- id (stable when their token is rotated), else by the token."""
+    practitioner = connection.practitioner_with_token(callback.token)
+    if practitioner is not None:
+        who = practitioner.halaxy_practitioner
+    else:
+        who = connection.practitioners.get(callback.token) or f"token:{callback.token}"
+    return program_note_id(
+        connection.id, who, callback.patient_id, callback.name, callback.date_iso, callback.updated
+    )
 
 
 def note_title(callback: ProgramCallback) -> str:

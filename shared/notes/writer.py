@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 import structlog
@@ -28,11 +28,12 @@ from shared.notes.callback import (
     note_body_parts,
 )
 from shared.notes.outbox import NoteOutbox, NoteState
-from shared.notes.pdf_fetch import FetchedPdf, PdfFetcher
+from shared.notes.pdf_fetch import FetchedPdf, PdfFetcher, PdfNotThere
 
 log = structlog.get_logger("halaxy_bridge.notes")
 
 B64_CHUNK = 3 * 64 * 1024  # a multiple of 3: chunks encode without padding in between
+PDF_MAKING = timedelta(minutes=30)  # how long a fresh link's missing file is "not made yet"
 
 
 class NoteOutcome(StrEnum):
@@ -87,6 +88,12 @@ def write_note(
         pdf = fetcher.fetch(
             callback.file_url, connection.allowed_pdf_hosts, connection.pdf_hosts is not None
         )
+    except PdfNotThere as exc:
+        if callback.link_made_at is not None and now - callback.link_made_at < PDF_MAKING:
+            # A link the events poll just asked for: Physitrack answers 202 and may still be
+            # making the file (therapy-platforms.md 2.3), so try again later.
+            raise Transient("the program PDF is not there yet") from exc
+        return _fail(outbox, connection, note_id, str(exc))
     except Permanent as exc:
         return _fail(outbox, connection, note_id, str(exc))
     try:

@@ -16,6 +16,7 @@ from shared.infra.jobs import QueueName
 from shared.infra.redis_health import check_redis
 from shared.infra.store import Keys, as_bytes, translate_redis_errors
 from shared.notes.outbox import NoteOutbox, NoteState
+from shared.notes.unrouted import count_unrouted
 from shared.ops.dead_letters import DeadLetterStore
 from shared.patients.reconcile import SweepLog
 from shared.telemetry.activity import Activity, read_activity, read_patient_outcomes
@@ -121,5 +122,7 @@ def status(
         "dead_letters": len(letters),
         "parked_notes": sum(parked.values()),
         "failed_notes": sum(failed.values()),
+        # Physitrack program posts no enabled connection knows the token of, kept for ops.
+        "unrouted_programs": count_unrouted(client, keys),
         "redis_warnings": check_redis(client),
     }

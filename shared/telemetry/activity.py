@@ -71,6 +71,8 @@ NOT_SYNCED = (
     "skipped_inactive",
     "skipped_deceased",
     "skipped_enquiry",
+    "skipped_stale",
+    "skipped_gender",
     "left_inactive",
     "left_deceased",
     "refused",

@@ -90,6 +90,13 @@ def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> It
         oldest.add_metric([queue["queue"]], queue["oldest_age_seconds"] or 0.0)
     yield messages
     yield oldest
+    unrouted = GaugeMetricFamily(
+        "halaxy_bridge_unrouted_programs",
+        "Physitrack program posts no enabled connection knows the token of: kept until a "
+        "practitioner with that token is added (halaxy-bridge programs unrouted).",
+    )
+    unrouted.add_metric([], snapshot.get("unrouted_programs", 0))
+    yield unrouted
 
     per_connection = {
         key: GaugeMetricFamily(name, documentation, labels=["connection_id"])

@@ -81,11 +81,20 @@ NOTES = Counter(
     ["connection_id", "outcome"],
     registry=REGISTRY,
 )
+PROGRAM_EVENTS = Counter(
+    "halaxy_bridge_program_events",
+    "Physitrack events read by the events poll, by outcome (queued: a note recorded; "
+    "duplicate: its note existed, from the webhook or an earlier poll; skipped_type: not a "
+    "program event; skipped_client: a client the bridge did not create; invalid).",
+    ["connection_id", "outcome"],
+    registry=REGISTRY,
+)
 PATIENT_OUTCOMES_NAME = "halaxy_bridge_patient_outcomes"
 PATIENT_OUTCOMES = Counter(
     PATIENT_OUTCOMES_NAME,
     "Patient syncs by outcome (created, updated, unchanged, skipped_inactive, skipped_deceased, "
-    "skipped_enquiry, left_inactive, left_deceased, refused) and, for refused, the reason code.",
+    "skipped_enquiry, skipped_stale, skipped_gender, left_inactive, left_deceased, refused) "
+    "and, for refused, the reason code.",
     ["connection_id", "outcome", "reason"],
     registry=REGISTRY,
 )

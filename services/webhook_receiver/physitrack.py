@@ -1,0 +1,119 @@
+"""`POST /webhooks/physitrack/programs`: the one Physitrack program endpoint of the deployment.
+
+Physitrack support registers one https URL and one `api_key` "the same for all your
+customers"; each post names its practitioner by `token` (therapy-platforms.md 2.1). The key is
+compared in constant time against BRIDGE_PHYSITRACK_WEBHOOK_KEYS (two during a rotation); the
+token routes the post to the connection and practitioner it belongs to.
+
+Physitrack counts any answer but 200 within 5 seconds as a failure, ignores the body, and
+retries once, 10 minutes later (2.2). So the answer is 200 with an empty body, and only once
+the post is durable: its note recorded and queued, or, when no enabled connection knows its
+token, the post kept as unrouted for ops (`shared.notes.unrouted`). Redis not taking it: 503.
+A wrong key: 401. A body that is not a program post: 422 naming the fields.
+"""
+
+from __future__ import annotations
+
+import orjson
+import structlog
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.webhook_receiver import metrics
+from services.webhook_receiver.deps import Deps, deps_of
+from services.webhook_receiver.requests import read_capped_body, require_json, secret_matches
+from services.webhook_receiver.responses import ApiError, unavailable
+from shared.connections import Connection
+from shared.infra import InvalidInput, StoreUnavailable, utcnow
+from shared.notes import (
+    PdfRefused,
+    ProgramCallback,
+    UnroutedReason,
+    check_listed,
+    is_link_expired,
+    owner_of,
+    parse_callback,
+    physitrack_note_id,
+)
+
+MAX_BODY = 16 * 1024
+EVENT = "physitrack-program"
+DEPLOYMENT = "deployment"  # the metrics' connection label for what no connection took
+
+log = structlog.get_logger("halaxy_bridge.receiver")
+
+
+async def physitrack_programs(request: Request) -> Response:
+    deps = deps_of(request)
+    try:
+        return await _take(deps, request)
+    except ApiError as exc:
+        metrics.rejected(DEPLOYMENT, EVENT, exc.code)
+        raise
+
+
+async def _take(deps: Deps, request: Request) -> Response:
+    accepted = deps.settings.physitrack_keys
+    if not accepted:
+        raise ApiError(404, "not_found", "the Physitrack endpoint is off: no webhook key is set")
+    require_json(request)
+    body = await read_capped_body(request, MAX_BODY)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    api_key = data.get("api_key") if isinstance(data, dict) else None
+    if not isinstance(api_key, str) or not secret_matches(api_key, accepted):
+        log.warning("physitrack.unauthorized")
+        raise ApiError(401, "unauthorized", "missing or wrong api_key")
+    try:
+        callback = parse_callback(data)
+    except InvalidInput as exc:
+        raise ApiError(422, "invalid", "; ".join([str(exc), *exc.problems])) from None
+    try:
+        return await run_in_threadpool(_route, deps, callback)
+    except StoreUnavailable:
+        log.error("physitrack.not_queued", reason="redis_unavailable")
+        raise unavailable() from None
+
+
+def _route(deps: Deps, callback: ProgramCallback) -> Response:
+    owner = owner_of(deps.connections.list(), callback.token)
+    if owner is None or not owner.enabled:
+        reason = (
+            UnroutedReason.UNKNOWN_TOKEN if owner is None else UnroutedReason.CONNECTION_DISABLED
+        )
+        kept = deps.unrouted.keep(callback, reason)
+        metrics.accepted(DEPLOYMENT, EVENT, 1, 0)
+        log.warning(
+            "physitrack.unrouted",
+            unrouted_id=kept,
+            reason=reason.value,
+            connection_id=None if owner is None else owner.id,
+        )
+        return Response(status_code=200)
+    _check_link(owner, callback)
+    note_id = physitrack_note_id(owner, callback)
+    result = deps.programs.accept(owner.id, note_id, callback)
+    metrics.accepted(owner.id, EVENT, len(result.accepted), len(result.duplicates))
+    log.info(
+        "physitrack.accepted",
+        connection_id=owner.id,
+        note_id=note_id,
+        duplicate=not result.accepted,
+    )
+    return Response(status_code=200)
+
+
+def _check_link(connection: Connection, callback: ProgramCallback) -> None:
+    """Refuse now what the worker would refuse later: a PDF host the connection does not
+    allow, or a link past its 24 hours (the events poll fetches a fresh one)."""
+    try:
+        check_listed(
+            callback.file_url, connection.allowed_pdf_hosts, connection.pdf_hosts is not None
+        )
+    except PdfRefused as exc:
+        raise ApiError(422, "invalid", f"file_url: {exc}") from None
+    if is_link_expired(callback, utcnow()):
+        raise ApiError(422, "invalid", "file_url: the PDF link expired (24 hours after date_iso)")
