@@ -71,8 +71,9 @@ def test_physitrack_client_deleted_since_is_created_again(
 def test_physitrack_find_by_external_id_pages_through_clients(
     physitrack_adapter: Physitrack, physitrack: FakePhysitrack
 ) -> None:
+    [key] = physitrack.api_keys
     for number in range(450):
-        physitrack.clients[number] = {"id": number, "external_id": f"x{number}"}
+        physitrack.add_client(key, external_id=f"x{number}")
     made = physitrack_adapter.upsert_patient(details(), None)
     assert physitrack_adapter.find_patient("1001") == made.platform_id
     assert physitrack_adapter.find_patient("nobody") is None
