@@ -54,6 +54,7 @@ def running_sandbox(
     physitrack.faults.latency = platform_latency
     app = Starlette(routes=[*halaxy.app().routes, *physitrack.app().routes])
     with ServerThread(app) as server:
+        physitrack.public_url = server.url
         yield Sandbox(
             halaxy=halaxy,
             physitrack=physitrack,

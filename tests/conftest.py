@@ -28,6 +28,7 @@ from starlette.applications import Starlette  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from services.sandbox.halaxy import FakeHalaxy  # noqa: E402
+from services.sandbox.physitrack import FakePhysitrack  # noqa: E402
 from services.webhook_receiver.app import create_app, halaxy_key_verifier  # noqa: E402
 from shared.connections import onboarding  # noqa: E402
 from shared.connections.model import Connection  # noqa: E402
@@ -90,6 +91,18 @@ def store(settings: Settings, redis_server_client: redis.Redis, keys: Keys) -> C
 @pytest.fixture
 def fake_halaxy() -> FakeHalaxy:
     return FakeHalaxy()
+
+
+@pytest.fixture
+def fake_physitrack() -> FakePhysitrack:
+    return FakePhysitrack()
+
+
+@pytest.fixture
+def physitrack_http(fake_physitrack: FakePhysitrack) -> Iterator[TestClient]:
+    """The fake Physitrack served in-process, at http://testserver."""
+    with TestClient(fake_physitrack.app()) as http:
+        yield http
 
 
 @pytest.fixture

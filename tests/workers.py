@@ -50,6 +50,7 @@ def sandbox() -> Iterator[Sandbox]:
         ServerThread(physitrack.app()) as p,
         ServerThread(rest.app()) as r,
     ):
+        physitrack.public_url = p.url
         yield Sandbox(halaxy, physitrack, rest, f"{h.url}/main", f"{p.url}/api/v2", r.url)
 
 

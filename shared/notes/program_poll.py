@@ -7,10 +7,15 @@ updated program's PDF (`…/programs/{access_code}/exercises?format=pdf`: 202 an
 and records the note in the same outbox under the same id the webhook would give it
 (`program_note_id`), so a program that arrives both ways is one note.
 
-A practitioner polled for the first time looks back `FIRST_LOOK_BACK` (the life of a webhook's
-link: anything older the webhook could not have delivered either), not through all history.
-The cursor moves only after every event up to it is recorded: a poll that fails halfway reads
-the same events again, and the outbox drops what it has already.
+The events API pages oldest first: the recorded exchange (jzntam/physitrack_api,
+get_all_events.yml) holds ids 2329-2529 on page 1 and 2530-2938 on page 2, with gaps (ids are
+shared by all practitioners). So the cursor keeps the page its last event was on as well, and a
+poll starts there, reads on while pages are full, and takes only ids above the cursor. A
+practitioner polled for the first time reads to the end and takes the events of the last
+`FIRST_LOOK_BACK` (the life of a webhook's link: anything older the webhook could not have
+delivered either), not all history. The cursor moves only after every event up to it is
+recorded: a poll that fails halfway reads the same events again, and the outbox drops what it
+has already.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from shared.notes.callback import (
     parse_callback,
     program_note_id,
 )
-from shared.platforms.physitrack import EventsPage, ProgramEvent
+from shared.platforms import EventsPage, ProgramEvent
 
 FIRST_LOOK_BACK = FILE_URL_LIFETIME
 MAX_PAGES = 25  # 5,000 events a poll; a longer backlog is read on by the next polls
@@ -45,6 +50,7 @@ POLLED = "events-api"  # what stands in a polled program's `api_key`: no post ca
 class PollCursor:
     last_event_id: int
     polled_at: datetime
+    page: int = 1  # the page the poll goes on from
 
 
 CURSOR = RecordCodec(PollCursor)
@@ -113,7 +119,7 @@ def poll_practitioner(
 ) -> tuple[PollResult, PollCursor]:
     """Record a note for each program event after `cursor`; the result and the new cursor."""
     result = PollResult()
-    events, highest = _new_events(source, cursor, now, result)
+    events, highest, page = _new_events(source, cursor, now, result)
     external_ids: dict[str, str | None] = {}
     for event in sorted(events, key=lambda e: e.event_id):
         if event.client_id not in external_ids:
@@ -153,36 +159,36 @@ def poll_practitioner(
         accept(note_id, callback)
         result.queued += 1
     last = max(highest or 0, cursor.last_event_id if cursor else 0)
-    return result, PollCursor(last, now)
+    return result, PollCursor(last, now, page)
 
 
 def _new_events(
     source: ProgramEvents, cursor: PollCursor | None, now: datetime, result: PollResult
-) -> tuple[list[ProgramEvent], int | None]:
+) -> tuple[list[ProgramEvent], int | None, int]:
     """The program events after the cursor (the first time: of the last `FIRST_LOOK_BACK`),
-    and the highest event id seen. Pages come newest first ([I], section 2.2: the stored
-    recordings show one page), so reading stops at the first page reaching the cursor."""
+    the highest event id seen, and the page to go on from next time."""
     since = now - FIRST_LOOK_BACK
     found: list[ProgramEvent] = []
     highest: int | None = None
-    for number in range(1, MAX_PAGES + 1):
+    first = cursor.page if cursor is not None else 1
+    number = first
+    for number in range(first, first + MAX_PAGES):
         page = source.events_page(number)
         result.pages += 1
-        result.skipped_type += page.skipped
         if page.highest_id is not None:
             highest = max(highest or 0, page.highest_id)
+        if cursor is None or (page.highest_id or 0) > cursor.last_event_id:
+            # Other types are counted on the page that first shows them (a close guess: a
+            # page read again may hold some seen before).
+            result.skipped_type += page.skipped
         for event in page.events:
             if cursor is not None and event.event_id <= cursor.last_event_id:
                 continue
             if cursor is None and event.created < since:
                 continue
             found.append(event)
-        if not page.full or _reached(page, cursor, since):
+        if not page.full:
             break
-    return found, highest
-
-
-def _reached(page: EventsPage, cursor: PollCursor | None, since: datetime) -> bool:
-    if cursor is not None:
-        return page.lowest_id is not None and page.lowest_id <= cursor.last_event_id
-    return any(event.created < since for event in page.events)
+    else:
+        number += 1  # stopped at the limit on a full page: the next poll reads on after it
+    return found, highest, number

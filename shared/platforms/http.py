@@ -17,7 +17,8 @@ class PlatformNotFound(Permanent):
 
 
 class GenderRefused(Permanent):
-    """The platform refused a patient for their gender (one it cannot take, or none)."""
+    """The platform refused the patient for its gender (Physitrack's 422 "gender is missing"
+    or "gender must be one of: m, f"): the record's gender has no value the platform takes."""
 
 
 def send(
@@ -28,8 +29,10 @@ def send(
     headers: dict[str, str],
     body: dict[str, Any] | None = None,
     params: dict[str, str] | None = None,
+    check: bool = True,
 ) -> httpx.Response:
-    """The platform's answer when it is a success; a bridge error otherwise."""
+    """The platform's answer when it is a success, a bridge error otherwise; with `check`
+    False, the answer whatever its status. `Transient` when no answer came."""
     try:
         response = http.request(
             method,
@@ -42,7 +45,8 @@ def send(
         raise Transient(f"{platform} {method} timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
         raise Transient(f"{platform} {method} failed ({type(exc).__name__})") from exc
-    raise_for_status(platform, response)
+    if check:
+        raise_for_status(platform, response)
     return response
 
 
@@ -66,6 +70,10 @@ def raise_for_status(platform: str, response: httpx.Response) -> None:
     said = f": {'; '.join(messages)}" if messages else ""
     if status == 429:
         raise RateLimited(f"{platform} rate limit", retry_after_seconds(response), "platform")
+    if status == 501:
+        # "Not implemented" will not pass by retrying (halaxy-api.md 7 likewise retries every
+        # 5xx except 501).
+        raise Permanent(f"{platform} answered 501 (not implemented){said}")
     if status in (408, 425) or status >= 500:
         raise Transient(f"{platform} answered {status}{said}")
     if status in (401, 403):
@@ -78,11 +86,15 @@ def raise_for_status(platform: str, response: httpx.Response) -> None:
     raise Permanent(f"{platform} refused the patient ({status}){said}")
 
 
-def json_object(platform: str, response: httpx.Response) -> dict[str, Any]:
+def json_body(platform: str, response: httpx.Response) -> Any:
     try:
-        body = orjson.loads(response.content)
+        return orjson.loads(response.content)
     except orjson.JSONDecodeError:
         raise Transient(f"{platform} answered with a body that is not JSON") from None
+
+
+def json_object(platform: str, response: httpx.Response) -> dict[str, Any]:
+    body = json_body(platform, response)
     if not isinstance(body, dict):
         raise Transient(f"{platform} answered with JSON that is not an object")
     return body

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from services.sandbox.samples import notification
 from shared.halaxy.notifications import NotificationError, parse_notification
+from tests.strategies import json_values
 
 BASE = "https://au-api.halaxy.com/main"
 
@@ -217,19 +218,6 @@ def test_bodies_that_are_not_notifications(body: bytes, code: str) -> None:
     with pytest.raises(NotificationError) as caught:
         parse(body)
     assert caught.value.code == code
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=20,
-)
 
 
 @given(st.binary(max_size=512))

@@ -3,6 +3,7 @@ Halaxy and platforms over HTTP, and real Redis."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -356,6 +357,8 @@ def test_every_patient_not_written_is_counted_per_connection_for_ops(
         "skipped_inactive": 1,
         "skipped_deceased": 1,
         "skipped_enquiry": 1,
+        "skipped_stale": 0,
+        "skipped_gender": 0,
         "left_inactive": 0,
         "left_deceased": 0,
         "refused": 2,
@@ -393,3 +396,36 @@ def test_every_patient_not_written_is_counted_per_connection_for_ops(
         assert "1974-13" not in text
         assert "1984-07-21" not in text
         assert "jane.citizen@example.com" not in text
+
+
+def test_an_older_patient_version_read_after_a_newer_one_never_overwrites_it(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any, renewer: LeaseRenewer
+) -> None:
+    """Two deliveries swapped: the newer version is written first, then a read returns the
+    older one (a lagging read, a delivery out of order). `meta.lastUpdated` orders them."""
+    newer_at = utcnow().replace(microsecond=0)
+    older_at = newer_at - timedelta(minutes=5)
+    sandbox.halaxy.patients["1001"] = patient_resource(
+        "1001", family="Newer", last_updated=newer_at.isoformat().replace("+00:00", "Z")
+    )
+    pipeline.send(conn, "patient-updated", "Patient", ["1001"])
+    pipeline.drain()
+    sandbox.halaxy.patients["1001"] = patient_resource(
+        "1001", family="Older", last_updated=older_at.isoformat().replace("+00:00", "Z")
+    )
+    pipeline.send(conn, "patient-updated", "Patient", ["1001"])
+    pipeline.drain()
+    assert only_client(sandbox, "1001")["last_name"] == "Newer"
+    assert pipeline.dead_letters() == []
+    link = PatientLinks(pipeline.redis, pipeline.keys, conn.id, renewer).get("1001")
+    assert link is not None
+    assert link.source_updated == newer_at.isoformat()
+    # A version newer still is written.
+    sandbox.halaxy.patients["1001"] = patient_resource(
+        "1001",
+        family="Newest",
+        last_updated=(newer_at + timedelta(minutes=1)).isoformat().replace("+00:00", "Z"),
+    )
+    pipeline.send(conn, "patient-updated", "Patient", ["1001"])
+    pipeline.drain()
+    assert only_client(sandbox, "1001")["last_name"] == "Newest"

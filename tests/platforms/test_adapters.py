@@ -19,7 +19,7 @@ from shared.connections.model import Connection
 from shared.infra.clock import utcnow
 from shared.infra.errors import Permanent, RateLimited, Transient
 from shared.patients.mapping import map_patient
-from shared.platforms import PatientDetails, PlatformKind
+from shared.platforms import GenderRefused, PatientDetails, PlatformKind
 from shared.platforms.physitrack import Physitrack
 from shared.platforms.rest import RestPlatform
 
@@ -71,8 +71,9 @@ def test_physitrack_client_deleted_since_is_created_again(
 def test_physitrack_find_by_external_id_pages_through_clients(
     physitrack_adapter: Physitrack, physitrack: FakePhysitrack
 ) -> None:
+    [key] = physitrack.api_keys
     for number in range(450):
-        physitrack.clients[number] = {"id": number, "external_id": f"x{number}"}
+        physitrack.add_client(key, external_id=f"x{number}")
     made = physitrack_adapter.upsert_patient(details(), None)
     assert physitrack_adapter.find_patient("1001") == made.platform_id
     assert physitrack_adapter.find_patient("nobody") is None
@@ -86,6 +87,7 @@ def test_physitrack_find_by_external_id_pages_through_clients(
         (503, Transient, "answered 503"),
         (429, RateLimited, "rate limit"),
         (422, Permanent, "refused the patient"),
+        (501, Permanent, "not implemented"),
     ],
 )
 def test_physitrack_errors(
@@ -109,6 +111,43 @@ def test_physitrack_validation_messages_and_bad_key(
     with pytest.raises(Permanent, match="check the connection's API key"):
         physitrack_adapter.upsert_patient(details(), None)
     assert physitrack.clients == {}
+
+
+@pytest.mark.parametrize(
+    ("gender", "sent"), [("male", "m"), ("female", "f"), ("other", None), ("unknown", None)]
+)
+def test_physitrack_sends_only_the_sex_the_record_says(
+    physitrack_adapter: Physitrack, gender: str, sent: str | None
+) -> None:
+    """therapy-platforms.md 1.4: `m` or `f` only (2018); nothing rather than a wrong one."""
+    assert physitrack_adapter.payload(details(gender=gender)).get("gender") == sent
+
+
+@pytest.mark.parametrize(
+    ("errors", "refusal"),
+    [
+        (["gender is missing"], GenderRefused),
+        (["Gender must be one of: m, f", "Email is invalid"], GenderRefused),
+        (["Email is invalid"], Permanent),
+    ],
+)
+def test_physitrack_refusing_the_gender_is_its_own_refusal(
+    physitrack_adapter: Physitrack,
+    physitrack: FakePhysitrack,
+    errors: list[str],
+    refusal: type[Exception],
+) -> None:
+    physitrack.reject_with = errors
+    with pytest.raises(Permanent, match=errors[0]) as refused:
+        physitrack_adapter.upsert_patient(details(), None)
+    assert type(refused.value) is refusal
+
+
+def test_physitrack_refuses_a_patient_without_gender_for_its_gender(
+    physitrack_adapter: Physitrack,
+) -> None:
+    with pytest.raises(GenderRefused, match="gender is missing"):
+        physitrack_adapter.upsert_patient(details(gender="other"), None)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""Tests of `services/sandbox/`: the fakes are held to the reference they stand for."""
