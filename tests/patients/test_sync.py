@@ -17,6 +17,7 @@ from shared.infra.clock import utcnow
 from shared.infra.store import LeaseRenewer
 from shared.ops.dead_letters import DeadLetterStore
 from shared.patients.links import PatientLinks
+from tests.helpers import audit_of
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 
@@ -219,7 +220,7 @@ def test_5xx_from_halaxy_and_the_platform_are_retried(
         ("no_birth_date", "birth year (birthDate) is missing"),
         ("halaxy_404", "Halaxy answered 404"),  # the fake has no Patient 1001
         ("platform_401", "check the connection's API key"),
-        ("platform_422", "gender is missing"),
+        ("platform_422", "mobile_phone is invalid"),
     ],
 )
 def test_permanent_problems_go_to_the_dead_letters_at_once(
@@ -231,7 +232,8 @@ def test_permanent_problems_go_to_the_dead_letters_at_once(
         sandbox.halaxy.patients["1001"] = patient_resource("1001")
         sandbox.physitrack.api_keys.clear()
     elif setup == "platform_422":
-        sandbox.halaxy.patients["1001"] = patient_resource("1001", gender="other")
+        sandbox.halaxy.patients["1001"] = patient_resource("1001")
+        sandbox.physitrack.reject_with = ["mobile_phone is invalid"]
     pipeline.send(conn, "patient-created", "Patient", ["1001"])
     pipeline.drain()
     [dead] = pipeline.dead_letters()
@@ -429,3 +431,26 @@ def test_an_older_patient_version_read_after_a_newer_one_never_overwrites_it(
     pipeline.send(conn, "patient-updated", "Patient", ["1001"])
     pipeline.drain()
     assert only_client(sandbox, "1001")["last_name"] == "Newest"
+
+
+def test_a_gender_the_platform_cannot_take_is_counted_not_dead_lettered_and_tried_again(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Any
+) -> None:
+    """The fake keeps the 2018 rule (gender required, m or f): a patient recorded as `other`
+    is sent without one, refused, counted as skipped_gender; once Halaxy's record changes,
+    the next Patient event creates them."""
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", gender="other")
+    pipeline.send(conn, "patient-created", "Patient", ["1001"])
+    pipeline.drain()
+    assert pipeline.dead_letters() == []
+    assert sandbox.physitrack.by_external_id("1001") == []
+    [refused] = [
+        r for r in sandbox.physitrack.requests if r["method"] == "POST" and r["status"] == 422
+    ]
+    assert refused["path"].endswith("/clients")
+    entries = audit_of(pipeline.store).entries(connection_id=conn.id)
+    assert any(e.outcome == "refused: gender" for e in entries)
+    sandbox.halaxy.patients["1001"] = patient_resource("1001", gender="female")
+    pipeline.send(conn, "patient-updated", "Patient", ["1001"])
+    pipeline.drain()
+    assert only_client(sandbox, "1001")["gender"] == "f"
