@@ -133,6 +133,17 @@ def assert_lacks(detail: str, withheld: frozenset[str]) -> None:
         assert (f"; {permission}: Halaxy answered 403" in detail) == (permission in withheld)
 
 
+def bearer_from(http: Any, key: str) -> dict[str, str]:
+    """The Authorization header of a fresh token for `key` (CLIENT_ID:CLIENT_SECRET), from the
+    fake Halaxy that `http` (a TestClient of its app) talks to."""
+    client_id, _, secret = key.partition(":")
+    token = http.post(
+        "/main/oauth/token",
+        json={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+    ).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
 def assert_key_checked(fake: FakeHalaxy, user_agent: str) -> None:
     """The fake Halaxy saw the onboarding key check and nothing else, each request with
     `user_agent`: a token, one Patient and one Appointment read, and the note that can never be

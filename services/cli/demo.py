@@ -169,7 +169,7 @@ def _run(serve: bool) -> None:
                 )
                 details = onboarding.setup_details(connection, settings.public_url)
                 timeline.say(
-                    f"connection {connection.id} added; Halaxy key checked (token, reads, note write)"
+                    f"connection {connection.id} added; its Halaxy key's permissions checked"
                 )
 
                 def step(event: str, write_method: str, what: str) -> None:

@@ -24,6 +24,7 @@ from services.sandbox.halaxy import (
     appointment_resource,
     patient_resource,
 )
+from tests.helpers import bearer_from
 
 BASE = "http://testserver/main"
 NOTE: dict[str, Any] = {
@@ -39,17 +40,8 @@ class Api:
     """A TestClient on the fake, holding a token of one key."""
 
     def __init__(self, http: TestClient, key: str) -> None:
-        client_id, _, secret = key.partition(":")
-        token = http.post(
-            "/main/oauth/token",
-            json={
-                "grant_type": "client_credentials",
-                "client_id": client_id,
-                "client_secret": secret,
-            },
-        ).json()["access_token"]
         self.http = http
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.headers = bearer_from(http, key)
 
     def get(self, path: str, **params: str) -> Any:
         return self.http.get(f"/main/{path}", params=params, headers=self.headers)
