@@ -15,6 +15,12 @@ from typing import Any
 import orjson
 import redis
 
+from services.sandbox.halaxy import (
+    APPOINTMENTS_RETRIEVE,
+    CLINICAL_NOTES_CREATE,
+    PATIENTS_RETRIEVE,
+    FakeHalaxy,
+)
 from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
 from shared.connections.model import Connection
@@ -107,6 +113,48 @@ def recorded_note(
     note_id = note_id_for(connection_id, callback, None)
     assert outbox.create(connection_id, note_id, callback)
     return note_id
+
+
+# The key permissions the onboarding check proves, in the order it names them; and the keys
+# to refuse: each permission withheld in turn, and all of them.
+CHECKED_PERMISSIONS = (PATIENTS_RETRIEVE, APPOINTMENTS_RETRIEVE, CLINICAL_NOTES_CREATE)
+WITHHELD = {
+    **{f"without {p}": frozenset({p}) for p in CHECKED_PERMISSIONS},
+    "without all": frozenset(CHECKED_PERMISSIONS),
+}
+
+
+def assert_lacks(detail: str, withheld: frozenset[str]) -> None:
+    """`detail` (an error as the CLI or the admin API gives it) names each withheld permission
+    in its sentence and in a problem of its own, and no other."""
+    named = [p for p in CHECKED_PERMISSIONS if p in withheld]
+    assert detail.startswith(f"the Halaxy key lacks: {', '.join(named)}; "), detail
+    for permission in CHECKED_PERMISSIONS:
+        assert (f"; {permission}: Halaxy answered 403" in detail) == (permission in withheld)
+
+
+def bearer_from(http: Any, key: str) -> dict[str, str]:
+    """The Authorization header of a fresh token for `key` (CLIENT_ID:CLIENT_SECRET), from the
+    fake Halaxy that `http` (a TestClient of its app) talks to."""
+    client_id, _, secret = key.partition(":")
+    token = http.post(
+        "/main/oauth/token",
+        json={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+    ).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_key_checked(fake: FakeHalaxy, user_agent: str) -> None:
+    """The fake Halaxy saw the onboarding key check and nothing else, each request with
+    `user_agent`: a token, one Patient and one Appointment read, and the note that can never be
+    stored, answered 422 and not stored."""
+    assert [(r.method, r.path, r.query, r.status, r.user_agent) for r in fake.requests] == [
+        ("POST", "/main/oauth/token", "", 200, user_agent),
+        ("GET", "/main/Patient", "_count=1", 200, user_agent),
+        ("GET", "/main/Appointment", "_count=1", 200, user_agent),
+        ("POST", "/main/DocumentReference", "", 422, user_agent),
+    ]
+    assert fake.notes == []
 
 
 def run_together(target: Callable[[], object], count: int, timeout: float | None = None) -> None:

@@ -13,7 +13,7 @@ import redis
 
 from services.cli.output import fail
 from shared.connections import Connection, ConnectionStore, KeyVerifier
-from shared.halaxy import fetch_token
+from shared.halaxy import key_verifier
 from shared.infra import (
     AlreadyConnected,
     AuditTrail,
@@ -88,15 +88,12 @@ def cli_context(as_json: bool) -> Iterator[CliContext]:
     client = redis_client(settings)
     http = httpx.Client(timeout=httpx.Timeout(15.0, connect=5.0))
 
-    def verify(base_url: str, client_id: str, client_secret: str) -> None:
-        fetch_token(http, base_url, client_id, client_secret, settings.user_agent)
-
     try:
         yield CliContext(
             settings=settings,
             redis=client,
             connections=ConnectionStore(client, Keys(settings.redis_namespace), fernet),
-            verify_key=verify,
+            verify_key=key_verifier(http, settings.user_agent),
         )
     except AlreadyConnected as exc:
         fail(as_json, "already_connected", str(exc))

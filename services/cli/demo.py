@@ -168,7 +168,9 @@ def _run(serve: bool) -> None:
                     "demo",
                 )
                 details = onboarding.setup_details(connection, settings.public_url)
-                timeline.say(f"connection {connection.id} added; Halaxy key verified by a token")
+                timeline.say(
+                    f"connection {connection.id} added; its Halaxy key's permissions checked"
+                )
 
                 def step(event: str, write_method: str, what: str) -> None:
                     """Send one webhook, wait for its platform write, print each hop in order."""

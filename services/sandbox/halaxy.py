@@ -3,15 +3,23 @@
 - Token endpoint (`/main/oauth/token`): JSON body only; 403 without `User-Agent` (Halaxy's
   gateway does that, section 2); answers `expires_in: 3600` although its tokens stop working
   after 15 minutes (the documented contradiction).
-- `GET /main/Patient/{id}`, `/main/Appointment/{id}`, `/main/Patient?...` (search, paged with
-  `link[next]`): absolute references, a given-only `usual` name before the `official` one, the
-  `patient-status` extension; 401 for an expired token, 404 OperationOutcome when unknown.
+- `GET /main/Patient/{id}`, `/main/Appointment/{id}`, and the searches `/main/Patient?...` and
+  `/main/Appointment?...` (`_count`, `page`; `_lastUpdated` for patients, `patient=Patient/{id}`
+  for appointments, a bare id answered 422 as section 4 reports): searchset Bundles with
+  `total` and `link[]` `self`, `next` while there are more and `last` (section 7), absolute
+  references, a given-only `usual` name before the `official` one, the `patient-status`
+  extension; 401 for an expired token, 404 OperationOutcome when unknown, 400 for a search
+  parameter it cannot read.
+- Key permissions (section 2): a key made with `add_key(withheld=...)` lacks those of
+  `PERMISSIONS`; a request that needs one is answered 403 with a `forbidden` OperationOutcome
+  naming it, before its body is looked at.
 - `POST /main/DocumentReference`: validated as section 6 describes (`docStatus`, a Patient
-  `subject` it knows, `description`, `content` in text/html only, `attachments` with an allowed
-  `contentType`, base64 `data` of at most 20 MB and a `title`; an `author` other than a
-  practice role PR-... gets 404 "Author not found"); kept in `notes`; `note_faults` can make it
-  answer 429 or 503 before storing, or store and then time out or answer 500 (the ambiguous
-  ends a retried POST would duplicate).
+  `subject` it knows, absolute or relative as `/main/Patient/123` (section 3), `description`,
+  `content` in text/html only, `attachments` with an allowed `contentType`, base64 `data` of at
+  most 20 MB and a `title`; `author` an array of at most one PractitionerRole reference, and a
+  role other than a practice role PR-... gets 404 "Author not found"); kept in `notes`;
+  `note_faults` can make it answer 429 or 503 before storing, or store and then time out or
+  answer 500 (the ambiguous ends a retried POST would duplicate).
 - A sliding-window limit of 500 requests a minute per key, with `x-ratelimit-limit` and
   `x-ratelimit-remaining`, and 429 with `retry-after` beyond it (section 7).
 - Every request is recorded (method, path, User-Agent, key) for tests to inspect; `faults`
@@ -24,14 +32,15 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 from starlette.applications import Starlette
@@ -46,6 +55,20 @@ STATUS_EXTENSION = "https://terminology.halaxy.com/StructureDefinition/patient-s
 TOKEN_LIFETIME = 15 * 60
 RATE_LIMIT = 500
 RATE_WINDOW = 60.0
+MAX_COUNT = 100
+
+# The labels of the key's permission toggles (halaxy-api.md section 2). Which one allows
+# creating clinical notes is unknown (section 9.6): the fake calls it "Clinical Notes ->
+# Create", after the pattern of the others.
+PATIENTS_RETRIEVE = "Patients -> Retrieve"
+APPOINTMENTS_RETRIEVE = "Appointments -> Retrieve"
+CLINICAL_NOTES_CREATE = "Clinical Notes -> Create"
+PERMISSIONS = frozenset({PATIENTS_RETRIEVE, APPOINTMENTS_RETRIEVE, CLINICAL_NOTES_CREATE})
+NEEDED = {
+    ("GET", "Patient"): PATIENTS_RETRIEVE,
+    ("GET", "Appointment"): APPOINTMENTS_RETRIEVE,
+    ("POST", "DocumentReference"): CLINICAL_NOTES_CREATE,
+}
 
 
 def operation_outcome(status: int, code: str, diagnostics: str) -> Response:
@@ -160,13 +183,26 @@ class FakeHalaxy:
     # them; they hold whole PDFs, so they are not kept by default).
     keep_note_bodies: bool = False
     note_bodies: list[bytes] = field(default_factory=list)
+    # Per client id, the permissions its key was made without.
+    withheld: dict[str, frozenset[str]] = field(default_factory=dict)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
 
-    def add_key(self, client_id: str | None = None, client_secret: str | None = None) -> str:
-        """Register an API key; returns it as the `CLIENT_ID:CLIENT_SECRET` string."""
+    def add_key(
+        self,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        *,
+        withheld: Iterable[str] = (),
+    ) -> str:
+        """Register an API key with every permission of `PERMISSIONS` but those `withheld`;
+        returns it as the `CLIENT_ID:CLIENT_SECRET` string."""
+        lacking = frozenset(withheld)
+        if unknown := lacking - PERMISSIONS:
+            raise ValueError(f"unknown permissions {sorted(unknown)}: not in {sorted(PERMISSIONS)}")
         client_id = client_id or "cid-" + secrets.token_hex(6)
         client_secret = client_secret or secrets.token_urlsafe(24)
         self.keys[client_id] = client_secret
+        self.withheld[client_id] = lacking
         return f"{client_id}:{client_secret}"
 
     def token_requests(self) -> list[RecordedRequest]:
@@ -178,6 +214,7 @@ class FakeHalaxy:
                 Route("/main/oauth/token", self._token, methods=["POST"]),
                 Route("/main/Patient", self._search_patients, methods=["GET"]),
                 Route("/main/Patient/{id}", self._read, methods=["GET"]),
+                Route("/main/Appointment", self._search_appointments, methods=["GET"]),
                 Route("/main/Appointment/{id}", self._read, methods=["GET"]),
                 Route("/main/DocumentReference", self._create_note, methods=["POST"]),
             ]
@@ -257,6 +294,9 @@ class FakeHalaxy:
     async def _search_patients(self, request: Request) -> Response:
         return await self._api(request, self._patient_page)
 
+    async def _search_appointments(self, request: Request) -> Response:
+        return await self._api(request, self._appointment_page)
+
     async def _api(self, request: Request, handler: Callable[[Request, str], Response]) -> Response:
         record = self._record(request, None)
         response = await self._api_response(request, record, handler)
@@ -291,6 +331,11 @@ class FakeHalaxy:
         )
         if fault is not None:
             return fault
+        needed = NEEDED.get((request.method, request.url.path.split("/")[2]))
+        if needed in self.withheld.get(issued.client_id, frozenset()):
+            return operation_outcome(
+                403, "forbidden", f"this API key does not have the permission {needed}"
+            )
         base = f"{request.url.scheme}://{request.url.netloc}/main"
         response = handler(request, base)
         response.headers.update(self._limit_headers(remaining))
@@ -319,19 +364,53 @@ class FakeHalaxy:
 
     def _patient_page(self, request: Request, base: str) -> Response:
         """A searchset page; `_lastUpdated=gt<time>` (or `ge`) filters on meta.lastUpdated."""
-        page = int(request.query_params.get("page", "1") or 1)
-        count = min(int(request.query_params.get("_count", self.page_size)), 100)
         since = request.query_params.get("_lastUpdated", "")
-        ids = [
-            i
-            for i in sorted(self.patients, key=lambda i: (len(i), i))
-            if _updated_after(self.patients[i], since)
-        ]
+        try:
+            after = _moment(since) if since else None
+        except ValueError:
+            return operation_outcome(400, "invalid", "_lastUpdated must be gt or ge a time")
+        ids = [i for i in _in_order(self.patients) if _updated_after(self.patients[i], after)]
+        extra = f"&_lastUpdated={quote(since)}" if since else ""
+        return self._page(request, base, "Patient", self.patients, ids, extra)
+
+    def _appointment_page(self, request: Request, base: str) -> Response:
+        """A searchset page; `patient=Patient/{id}` keeps that patient's appointments. A bare
+        id is answered 422: reference parameters need the `Type/id` form (section 4)."""
+        patient = request.query_params.get("patient")
+        ids = _in_order(self.appointments)
+        extra = ""
+        if patient is not None:
+            kind, _, patient_id = patient.partition("/")
+            if kind != "Patient" or not patient_id or "/" in patient_id:
+                return operation_outcome(422, "invalid", "patient must be Patient/{id}")
+            ids = [i for i in ids if _has_patient(self.appointments[i], patient_id)]
+            extra = f"&patient={quote(patient, safe='')}"
+        return self._page(request, base, "Appointment", self.appointments, ids, extra)
+
+    def _page(
+        self,
+        request: Request,
+        base: str,
+        resource_type: str,
+        store: dict[str, dict[str, Any]],
+        ids: list[str],
+        extra: str,
+    ) -> Response:
+        """One page of `ids` with `total` and the `self`, `next` and `last` links (section 7)."""
+        try:
+            count = min(int(request.query_params.get("_count", self.page_size)), MAX_COUNT)
+            page = int(request.query_params.get("page", "1") or 1)
+        except ValueError:
+            return operation_outcome(400, "invalid", "_count and page must be whole numbers")
+        if count < 1 or page < 1:
+            return operation_outcome(400, "invalid", "_count and page must be at least 1")
+        last = max(1, math.ceil(len(ids) / count))
         chunk = ids[(page - 1) * count : page * count]
-        query = f"_count={count}" + (f"&_lastUpdated={quote(since)}" if since else "")
-        links = [{"relation": "self", "url": f"{base}/Patient?{query}&page={page}"}]
-        if page * count < len(ids):
-            links.append({"relation": "next", "url": f"{base}/Patient?{query}&page={page + 1}"})
+        search = f"{base}/{resource_type}?_count={count}{extra}&page="
+        links = [{"relation": "self", "url": f"{search}{page}"}]
+        if page < last:
+            links.append({"relation": "next", "url": f"{search}{page + 1}"})
+        links.append({"relation": "last", "url": f"{search}{last}"})
         return fhir(
             {
                 "resourceType": "Bundle",
@@ -339,19 +418,40 @@ class FakeHalaxy:
                 "total": len(ids),
                 "link": links,
                 "entry": [
-                    {"fullUrl": f"{base}/Patient/{i}", "resource": self.patients[i]} for i in chunk
+                    {
+                        "fullUrl": f"{base}/{resource_type}/{i}",
+                        "resource": _absolute(store[i], base),
+                    }
+                    for i in chunk
                 ],
             }
         )
 
 
-def _updated_after(resource: dict[str, Any], since: str) -> bool:
-    if not since:
-        return True
+def _in_order(store: dict[str, Any]) -> list[str]:
+    return sorted(store, key=lambda i: (len(i), i))
+
+
+def _has_patient(appointment: dict[str, Any], patient_id: str) -> bool:
+    return any(
+        str((p.get("actor") or {}).get("reference", "")).endswith(f"/Patient/{patient_id}")
+        for p in appointment.get("participant") or []
+    )
+
+
+def _moment(since: str) -> tuple[str, datetime]:
+    """`gt` or `ge` and a time with its offset, from a `_lastUpdated` value; else ValueError."""
     prefix, moment = since[:2], datetime.fromisoformat(since[2:].replace("Z", "+00:00"))
+    if prefix not in ("gt", "ge") or moment.tzinfo is None:
+        raise ValueError(since)
+    return prefix, moment
+
+
+def _updated_after(resource: dict[str, Any], after: tuple[str, datetime] | None) -> bool:
     stamp = (resource.get("meta") or {}).get("lastUpdated")
-    if stamp is None:
+    if after is None or stamp is None:
         return True
+    prefix, moment = after
     updated = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     return updated > moment if prefix == "gt" else updated >= moment
 
@@ -375,15 +475,20 @@ def _note_problem(note: Any, base: str, patients: dict[str, Any]) -> Response | 
         return operation_outcome(422, "required", "docStatus must be preliminary or final")
     if not isinstance(note.get("description"), str) or not note["description"].strip():
         return operation_outcome(422, "required", "description is required")
-    subject = note.get("subject")
-    reference = subject.get("reference") if isinstance(subject, dict) else None
-    if not isinstance(reference, str) or not reference.startswith(f"{base}/Patient/"):
+    patient = _referenced(note.get("subject"), base, "Patient")
+    if patient is None:
         return operation_outcome(422, "required", "subject must reference a Patient")
-    if reference.rsplit("/", 1)[1] not in patients:
+    if patient not in patients:
         return operation_outcome(404, "not-found", "Patient not found")
-    for author in note.get("author") or []:
-        ref = author.get("reference", "") if isinstance(author, dict) else ""
-        if not str(ref).rsplit("/", 1)[-1].startswith("PR-"):
+    authors = [] if note.get("author") is None else note["author"]
+    # Halaxy documents one author; the live API took it as an array of one (section 6).
+    if not isinstance(authors, list) or len(authors) > 1:
+        return operation_outcome(422, "invalid", "author takes one PractitionerRole reference")
+    for author in authors:
+        role = _referenced(author, base, "PractitionerRole")
+        if role is None:
+            return operation_outcome(422, "invalid", "author must reference a PractitionerRole")
+        if not role.startswith("PR-"):
             return operation_outcome(404, "not-found", "Author not found")
     for item in note.get("content") or []:
         attachment = item.get("attachment") if isinstance(item, dict) else None
@@ -402,6 +507,19 @@ def _note_problem(note: Any, base: str, patients: dict[str, Any]) -> Response | 
             return operation_outcome(422, "invalid", "attachment data must be base64")
         if not data or len(data) > MAX_ATTACHMENT:
             return operation_outcome(422, "too-costly", "attachment data must be 1 byte to 20 MB")
+    return None
+
+
+def _referenced(value: Any, base: str, resource_type: str) -> str | None:
+    """The id a Reference names on this server, absolute or as `/main/Type/id`: the docs
+    write the relative form, real responses carry the absolute one (section 3)."""
+    reference = value.get("reference") if isinstance(value, dict) else None
+    if not isinstance(reference, str):
+        return None
+    for prefix in (f"{base}/{resource_type}/", f"{urlsplit(base).path}/{resource_type}/"):
+        found = reference.removeprefix(prefix)
+        if found != reference and found and "/" not in found:
+            return found
     return None
 
 

@@ -29,7 +29,7 @@ from services.webhook_receiver.physitrack import physitrack_programs
 from services.webhook_receiver.programs import program_callback
 from services.webhook_receiver.responses import ApiError, error_response
 from shared.connections import ConnectionStore, KeyVerifier
-from shared.halaxy import fetch_token
+from shared.halaxy import key_verifier
 from shared.infra import (
     ConfigError,
     JobQueue,
@@ -75,10 +75,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def halaxy_key_verifier(settings: Settings, http: httpx.Client) -> KeyVerifier:
-    def verify(base_url: str, client_id: str, client_secret: str) -> None:
-        fetch_token(http, base_url, client_id, client_secret, settings.user_agent)
-
-    return verify
+    return key_verifier(http, settings.user_agent)
 
 
 def create_app(

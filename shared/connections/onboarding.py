@@ -16,14 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from shared.connections import model as c
 from shared.connections.model import Connection, DocStatus, RetiredSecret
 from shared.connections.store import ConnectionStore, Refusal
+from shared.halaxy.auth import HalaxyAccount
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.infra.audit import AuditTrail
 from shared.infra.errors import AlreadyConnected, BridgeError, InvalidInput, Transient
 from shared.infra.validation import validated
 from shared.platforms import PlatformKind
 
-KeyVerifier = Callable[[str, str, str], None]
-"""Checks a Halaxy key (base URL, client id, client secret); raises a `BridgeError` if refused."""
+KeyVerifier = Callable[[HalaxyAccount], None]
+"""Checks a Halaxy key (`shared.halaxy.key_verifier`: a token, and the permissions to read
+Patients and Appointments and write notes). Raises `InvalidInput` naming what the key lacks,
+another `BridgeError` if the key is refused, `Transient` if Halaxy cannot answer now."""
 
 
 class ConnectionRequest(BaseModel):
@@ -403,7 +406,8 @@ def add_connection(
     audit: AuditTrail,
     by: str,
 ) -> Connection:
-    """Build, verify (unless `request.verify` is false) and store a new connection."""
+    """Build, verify (unless `request.verify` is false) and store a new connection. The
+    check (`KeyVerifier`) runs before anything is stored or audited."""
     connection = build_connection(request, now)
     if request.verify:
         _verify(verify_key, connection, "the Halaxy key could not be verified")
@@ -454,16 +458,15 @@ def apply_rotation(
 
 
 def _verify(verify_key: KeyVerifier, connection: Connection, message: str) -> None:
-    """Refused key: `InvalidInput`. Halaxy unreachable or failing: `Transient`, try later."""
+    """Refused key: `InvalidInput` (as the check words it when it names missing permissions).
+    Halaxy unreachable or failing: `Transient`, try later."""
     try:
-        verify_key(
-            connection.halaxy_base_url,
-            connection.halaxy_client_id,
-            connection.halaxy_client_secret.get_secret_value(),
-        )
+        verify_key(connection.halaxy_account)
     except Transient as exc:
         raise Transient(
             f"{message}: Halaxy did not answer ({exc}); try again, or add with --no-verify"
         ) from None
+    except InvalidInput:
+        raise
     except BridgeError as exc:
         raise InvalidInput(message, [str(exc)]) from None

@@ -34,6 +34,7 @@ from services.sandbox.physitrack import program_callback
 from shared.connections.model import Connection, DocStatus
 from shared.infra.clock import utcnow
 from shared.notes.callback import document_reference, note_body_parts, parse_callback
+from tests.helpers import bearer_from
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 BASE = "https://au-api.halaxy.com/main"
@@ -149,20 +150,10 @@ STATUSES = ["current", "contact", "claimant", "archived", "blocked", "deceased",
 
 def test_every_patient_the_sandbox_serves_is_a_fhir_patient() -> None:
     halaxy = FakeHalaxy(page_size=100)
-    credentials = halaxy.add_key()
-    client_id, _, secret = credentials.partition(":")
     for resource in sandbox_patients():
         halaxy.patients[resource["id"]] = resource
     with TestClient(halaxy.app(), headers={"User-Agent": "conformance"}) as http:
-        token = http.post(
-            "/main/oauth/token",
-            json={
-                "grant_type": "client_credentials",
-                "client_id": client_id,
-                "client_secret": secret,
-            },
-        ).json()["access_token"]
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = bearer_from(http, halaxy.add_key())
         for patient_id in halaxy.patients:
             served = http.get(f"/main/Patient/{patient_id}", headers=auth)
             assert served.status_code == 200

@@ -13,12 +13,15 @@ from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
 from shared.connections.model import Connection
+from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
 from shared.halaxy.client import HalaxyClient
 from shared.halaxy.rate_limit import HalaxyRateLimiter
 from shared.halaxy.tokens import TokenCache
 from shared.infra.config import Settings
 from shared.infra.errors import RateLimited, StoreUnavailable, Transient
 from shared.infra.store import Keys, LeaseRenewer, held_lease
+from tests.conftest import make_connection
 from tests.helpers import run_together
 
 BASE = "https://au-api.halaxy.com/main"
@@ -68,12 +71,15 @@ def test_many_threads_never_take_more_than_the_limit(
 
 @pytest.fixture
 def clients(
-    connection: Connection,
+    store: ConnectionStore,
+    verify_key: KeyVerifier,
     fake_halaxy: FakeHalaxy,
     redis_server_client: redis.Redis,
     settings: Settings,
     keys: Keys,
 ) -> Iterator[list[HalaxyClient]]:
+    # Added without the key check, so no request has used the key's window at the fake yet.
+    connection = make_connection(store, fake_halaxy, verify_key, verify=False)
     fake_halaxy.patients["42"] = patient_resource("42")
     with TestClient(fake_halaxy.app()) as http:
         built = []

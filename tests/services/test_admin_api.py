@@ -23,7 +23,15 @@ from services.sandbox.samples import notification
 from shared.connections.store import ConnectionStore
 from shared.infra.clock import utcnow
 from shared.infra.config import Settings
-from tests.helpers import EVENTS, PUBLIC_URL, SETUP_KEYS
+from tests.helpers import (
+    EVENTS,
+    PUBLIC_URL,
+    SETUP_KEYS,
+    WITHHELD,
+    assert_key_checked,
+    assert_lacks,
+    audit_of,
+)
 
 
 def admin_headers() -> dict[str, str]:
@@ -186,9 +194,21 @@ def test_create_verifies_the_halaxy_key(
     response = create(client, request_body(fake_halaxy.add_key()))
 
     assert response.status_code == 201, response.text
-    assert [(r.path, r.user_agent) for r in fake_halaxy.requests] == [
-        ("/main/oauth/token", settings.user_agent)
-    ]
+    assert_key_checked(fake_halaxy, settings.user_agent)
+
+
+@pytest.mark.parametrize("withheld", WITHHELD.values(), ids=WITHHELD.keys())
+def test_create_with_a_key_lacking_permissions_names_each_and_stores_nothing(
+    client: TestClient, fake_halaxy: FakeHalaxy, store: ConnectionStore, withheld: frozenset[str]
+) -> None:
+    response = create(client, request_body(fake_halaxy.add_key(withheld=withheld)))
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid"
+    assert_lacks(response.json()["detail"], withheld)
+    assert store.list() == []
+    assert audit_of(store).entries() == []
+    assert fake_halaxy.notes == []
 
 
 def test_create_with_verify_false_makes_no_token_request(
@@ -478,6 +498,25 @@ def test_rotate_halaxy_key_refused_leaves_the_connection_unchanged(
     assert response.status_code == 422
     assert "new Halaxy key could not be verified" in response.json()["detail"]
     assert store.get(created["id"]) == before
+
+
+@pytest.mark.parametrize("withheld", WITHHELD.values(), ids=WITHHELD.keys())
+def test_rotate_to_a_halaxy_key_lacking_permissions_leaves_the_connection_unchanged(
+    client: TestClient,
+    created: dict[str, Any],
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    withheld: frozenset[str],
+) -> None:
+    before = store.get(created["id"])
+    audited = audit_of(store).entries()
+
+    response = rotate(client, created["id"], {"halaxy_key": fake_halaxy.add_key(withheld=withheld)})
+
+    assert response.status_code == 422
+    assert_lacks(response.json()["detail"], withheld)
+    assert store.get(created["id"]) == before
+    assert audit_of(store).entries() == audited
 
 
 def test_rotate_halaxy_key_accepted_is_stored(

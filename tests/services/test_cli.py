@@ -29,7 +29,15 @@ from services.sandbox.samples import notification
 from services.sandbox.serve import ServerThread
 from shared.connections.store import ConnectionStore
 from shared.infra.config import Settings
-from tests.helpers import EVENTS, PUBLIC_URL, SETUP_KEYS
+from tests.helpers import (
+    EVENTS,
+    PUBLIC_URL,
+    SETUP_KEYS,
+    WITHHELD,
+    assert_key_checked,
+    assert_lacks,
+    audit_of,
+)
 
 USER_AGENT = "bridge-cli-tests (qa@example.test)"
 PLATFORM_URL = "https://au.physitrack.com/api/v2"
@@ -182,9 +190,7 @@ def test_add_json_prints_every_setup_value(
     assert details["signing_secret"] is None
     assert details["halaxy_base_url"] == halaxy_base
     # The key was checked against Halaxy once, with the configured User-Agent.
-    assert [(r.path, r.user_agent) for r in fake_halaxy.requests] == [
-        ("/main/oauth/token", USER_AGENT)
-    ]
+    assert_key_checked(fake_halaxy, USER_AGENT)
 
 
 def test_auth_header_from_add_authenticates_a_webhook(
@@ -281,6 +287,28 @@ def test_add_with_a_refused_halaxy_key_stores_nothing(
     assert "wrong-secret" not in result.output
     assert_nothing_stored(store, redis_server_client, settings)
     assert ok_json(invoke("list", "--json")) == {"connections": []}
+
+
+@pytest.mark.parametrize("withheld", WITHHELD.values(), ids=WITHHELD.keys())
+def test_add_with_a_key_lacking_permissions_names_each_and_stores_nothing(
+    invoke: Invoke,
+    fake_halaxy: FakeHalaxy,
+    halaxy_base: str,
+    store: ConnectionStore,
+    redis_server_client: redis.Redis,
+    settings: Settings,
+    withheld: frozenset[str],
+) -> None:
+    key = fake_halaxy.add_key(withheld=withheld)
+
+    result = invoke(*add_args(key, "--halaxy-base-url", halaxy_base, "--json"))
+
+    assert_clean_failure(result, exit_code=2)
+    error = orjson.loads(result.stderr)
+    assert error["error"] == "invalid"
+    assert_lacks(error["detail"], withheld)
+    assert fake_halaxy.notes == []
+    assert_nothing_stored(store, redis_server_client, settings)  # the audit trail too
 
 
 BAD_INPUTS = {
@@ -606,6 +634,28 @@ def test_rotate_halaxy_key_refused_leaves_the_connection_unchanged(
     assert store.get(added["id"]) == before
 
 
+@pytest.mark.parametrize("withheld", WITHHELD.values(), ids=WITHHELD.keys())
+def test_rotate_to_a_halaxy_key_lacking_permissions_leaves_the_connection_unchanged(
+    invoke: Invoke,
+    added: dict[str, Any],
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    withheld: frozenset[str],
+) -> None:
+    before = store.get(added["id"])
+    audited = audit_of(store).entries()
+
+    result = invoke(
+        "rotate", added["id"], f"--halaxy-key={fake_halaxy.add_key(withheld=withheld)}", "--json"
+    )
+
+    assert_clean_failure(result, exit_code=2)
+    assert_lacks(orjson.loads(result.stderr)["detail"], withheld)
+    assert store.get(added["id"]) == before
+    assert audit_of(store).entries() == audited
+    assert fake_halaxy.notes == []
+
+
 def test_rotate_halaxy_key_accepted_is_stored(
     invoke: Invoke, added: dict[str, Any], store: ConnectionStore, fake_halaxy: FakeHalaxy
 ) -> None:
@@ -620,9 +670,7 @@ def test_rotate_halaxy_key_accepted_is_stored(
     stored = store.get(added["id"])
     assert stored is not None
     assert stored.halaxy_client_secret.get_secret_value() == client_secret
-    assert [(r.path, r.user_agent) for r in fake_halaxy.requests] == [
-        ("/main/oauth/token", USER_AGENT)
-    ]
+    assert_key_checked(fake_halaxy, USER_AGENT)
 
 
 @pytest.mark.parametrize(
