@@ -12,6 +12,7 @@ import dramatiq
 import orjson
 import pytest
 import redis
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy
@@ -30,6 +31,8 @@ from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.store import Keys
 from tests.helpers import audit_of, auth
+
+PHYSITRACK_WEBHOOK_KEY = "pt-hook-sandbox-deployment-key-0001"
 
 
 @dataclass
@@ -51,6 +54,7 @@ def sandbox() -> Iterator[Sandbox]:
         ServerThread(rest.app()) as r,
     ):
         physitrack.public_url = p.url
+        physitrack.webhook_api_key = PHYSITRACK_WEBHOOK_KEY
         yield Sandbox(halaxy, physitrack, rest, f"{h.url}/main", f"{p.url}/api/v2", r.url)
 
 
@@ -137,7 +141,10 @@ def pipeline(
     verify_key: KeyVerifier,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Pipeline]:
-    settings = base_settings
+    # The one Physitrack webhook key of the deployment, as the sandbox Physitrack posts it.
+    settings = base_settings.model_copy(
+        update={"physitrack_webhook_keys": SecretStr(PHYSITRACK_WEBHOOK_KEY)}
+    )
     for actor_name in global_broker.get_declared_actors():
         # Retries back off from 15 s in production; tests wait milliseconds.
         options = global_broker.get_actor(actor_name).options

@@ -131,7 +131,9 @@ def patient_resource(
     return resource
 
 
-def appointment_resource(appointment_id: str, patient_id: str) -> dict[str, Any]:
+def appointment_resource(
+    appointment_id: str, patient_id: str, practitioner: str = "PR-1001"
+) -> dict[str, Any]:
     """An Appointment with a practitioner and a patient participant ({base} filled on GET)."""
     return {
         "resourceType": "Appointment",
@@ -140,7 +142,12 @@ def appointment_resource(appointment_id: str, patient_id: str) -> dict[str, Any]
         "start": "2026-11-21T09:00:00+10:00",
         "end": "2026-11-21T09:30:00+10:00",
         "participant": [
-            {"actor": {"reference": "{base}/PractitionerRole/PR-1001", "type": "PractitionerRole"}},
+            {
+                "actor": {
+                    "reference": f"{{base}}/PractitionerRole/{practitioner}",
+                    "type": "PractitionerRole",
+                }
+            },
             {"actor": {"reference": f"{{base}}/Patient/{patient_id}", "type": "Patient"}},
         ],
     }
