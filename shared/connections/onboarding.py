@@ -323,6 +323,11 @@ def setup_details(connection: Connection, public_url: str) -> dict[str, Any]:
             name: f"{base}/webhooks/halaxy/{connection.id}/{name}" for name in HALAXY_EVENTS
         },
         "program_webhook_url": f"{base}/webhooks/programs/{connection.id}",
+        "physitrack_webhook_url": (
+            f"{base}/webhooks/physitrack/programs"
+            if connection.platform is PlatformKind.PHYSITRACK
+            else None
+        ),
         "program_api_key": connection.program_api_key.get_secret_value(),
         "signing_secret": None if secret is None else secret.get_secret_value(),
     }
@@ -376,12 +381,27 @@ def rotation_steps(details: dict[str, Any], replaced: list[str]) -> str:
 
 
 def _program_webhook(details: dict[str, Any], new: str) -> list[str]:
+    lines: list[str] = []
     if details["platform"] == PlatformKind.PHYSITRACK.value:
-        # Physitrack's PDF-download webhook is registered by Physitrack support on request
-        # by email (therapy-platforms.md 2.1): the clinic has nothing to set in its account.
+        # Physitrack's PDF-download webhook is one URL and one api_key for the whole vendor,
+        # registered by Physitrack support on request by email; each post names its
+        # practitioner by token (therapy-platforms.md 2.1).
         lines = [
-            "Physitrack's PDF webhook is registered by Physitrack support, not by the clinic:",
-            f"email Physitrack support this URL and {new}api_key for this clinic:",
+            "Physitrack's PDF webhook is registered by Physitrack support, not by the clinic,",
+            "once for the whole deployment. If it is not registered yet, email Physitrack",
+            "support this URL and the deployment's api_key (BRIDGE_PHYSITRACK_WEBHOOK_KEYS, its",
+            "first key; docs/operations.md, Physitrack):",
+            "",
+            f"    URL:     {details['physitrack_webhook_url']}",
+            "",
+            "Then add each of the clinic's practitioners (their Physitrack token and API key;",
+            "--default for the one whose account takes patients with no practitioner):",
+            "",
+            f"    halaxy-bridge practitioners add {details['id']} --token TOKEN \\",
+            "      --halaxy-practitioner PR-... --api-key KEY [--default]",
+            "",
+            f"The connection's own URL and {new}api_key serve only a Physitrack registration",
+            "made for this clinic alone:",
         ]
     else:
         lines = [

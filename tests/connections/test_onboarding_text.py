@@ -55,7 +55,15 @@ def added_id(settings: Settings, platform: str = "physitrack") -> str:
 
 def test_the_runbook_says_what_the_cli_says() -> None:
     runbook = flat(RUNBOOK.read_text())
-    for phrase in (BY_SUPPORT, EMAIL_SUPPORT, NOT_NEW, "edit each of the eight existing"):
+    for phrase in (
+        BY_SUPPORT,
+        EMAIL_SUPPORT,
+        NOT_NEW,
+        "edit each of the eight existing",
+        "once for the whole deployment",
+        "/webhooks/physitrack/programs",
+        "halaxy-bridge practitioners add",
+    ):
         assert phrase in runbook, phrase
 
 
@@ -67,6 +75,10 @@ def test_adding_a_physitrack_connection_says_physitrack_support_registers_the_we
     assert BY_SUPPORT in text
     assert EMAIL_SUPPORT in text
     assert "in the therapy platform" not in text
+    # One URL for the deployment, and each practitioner added to the connection.
+    assert "https://bridge.example.test/webhooks/physitrack/programs" in text
+    assert "once for the whole deployment" in text
+    assert "halaxy-bridge practitioners add" in text
 
 
 def test_adding_a_rest_connection_says_to_set_it_in_the_platform(settings: Settings) -> None:
