@@ -22,6 +22,8 @@ import click
 # Each run has a namespace of its own, so two demos (or a demo and tests) never share queues.
 DEMO_NAMESPACE = f"hb-demo-{secrets.token_hex(4)}"
 PATIENT_ID = "1001"
+FIRST_PRACTITIONER = "PR-100001"
+SECOND_PRACTITIONER = "PR-100002"
 
 
 @dataclass
@@ -88,7 +90,12 @@ def _run(serve: bool) -> None:
     from shared.patients import EventIntake, job_for_event
 
     receiver_port = free_port()
-    settings = load_settings(BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{receiver_port}")
+    halaxy, physitrack = FakeHalaxy(), FakePhysitrack()
+    settings = load_settings(
+        BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{receiver_port}",
+        # The deployment's one Physitrack webhook key, as the sandbox Physitrack posts it.
+        BRIDGE_PHYSITRACK_WEBHOOK_KEYS=physitrack.webhook_api_key,
+    )
     client, async_client, broker, where = _redis_and_broker(settings, worker_broker)
     timeline = Timeline()
     click.echo(f"halaxy-bridge demo: queues and store on {where}")
@@ -122,7 +129,6 @@ def _run(serve: bool) -> None:
             )
             return result
 
-    halaxy, physitrack = FakeHalaxy(), FakePhysitrack()
     provide_runtime(broker, lambda: WorkerRuntime(settings, client))
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=20)
     worker.start()
@@ -132,6 +138,7 @@ def _run(serve: bool) -> None:
             ServerThread(physitrack.app()) as physitrack_server,
             httpx.Client(timeout=10) as http,
         ):
+            physitrack.public_url = physitrack_server.url
             verify = halaxy_key_verifier(settings, http)
             app = create_app(
                 settings,
@@ -230,16 +237,18 @@ def _run(serve: bool) -> None:
                     f"Physitrack holds 1 client for patient {PATIENT_ID}, writes {writes}, "
                     f"email updated: {changed}"
                 )
-                note = program_step(
-                    timeline,
-                    http,
-                    halaxy,
-                    physitrack,
-                    physitrack_server.url,
-                    details,
-                    queued,
+                second = practitioners_step(
+                    timeline, http, halaxy, physitrack, store, connection, details, settings
                 )
-                ok = changed and writes == ["POST", "PUT"] and note is not None
+                note = program_step(
+                    timeline, http, halaxy, physitrack, receiver.url, second, queued
+                )
+                ok = (
+                    changed
+                    and writes == ["POST", "PUT"]
+                    and note is not None
+                    and note["author"][0]["reference"].endswith(SECOND_PRACTITIONER)
+                )
                 if serve:
                     from services.sandbox.pdfs import make_pdf
 
@@ -269,47 +278,129 @@ def _run(serve: bool) -> None:
     raise SystemExit(0 if ok else 1)
 
 
+def practitioners_step(
+    timeline: Timeline,
+    http: Any,
+    halaxy: Any,
+    physitrack: Any,
+    store: Any,
+    connection: Any,
+    details: dict[str, Any],
+    settings: Any,
+) -> Any:
+    """Two Physitrack practitioners join the clinic, each with a key of their own; Halaxy books
+    the patient with the second, who then has the patient in their own account."""
+    import orjson
+
+    from services.sandbox.halaxy import appointment_resource
+    from services.sandbox.samples import notification
+    from shared.connections import roster
+    from shared.infra import AuditTrail, Keys, utcnow
+    from shared.platforms import Physitrack
+
+    def check_key(account: Any) -> None:
+        Physitrack(account, http, settings.user_agent).verify()
+
+    fakes = []
+    for role, default in ((FIRST_PRACTITIONER, True), (SECOND_PRACTITIONER, False)):
+        fake = physitrack.add_practitioner()
+        request = roster.parse_practitioner(
+            {
+                "token": fake.token,
+                "halaxy_practitioner": role,
+                "api_key": fake.api_key,
+                "default": default,
+            }
+        )
+        connection = roster.add_practitioner(
+            store,
+            check_key,
+            store.get(connection.id),
+            request,
+            utcnow(),
+            AuditTrail(store.redis, Keys(DEMO_NAMESPACE)),
+            "demo",
+        )
+        fakes.append(fake)
+    timeline.say(
+        f"practitioners {FIRST_PRACTITIONER} (default) and {SECOND_PRACTITIONER} added, each "
+        "with a Physitrack key of their own (checked against Physitrack)"
+    )
+    first, second = fakes
+    halaxy.appointments["A1"] = appointment_resource(
+        "A1", PATIENT_ID, practitioner=SECOND_PRACTITIONER
+    )
+    response = http.post(
+        details["webhook_urls"]["appointment-created"],
+        content=orjson.dumps(notification(connection.halaxy_base_url, "Appointment", ["A1"])),
+        headers={
+            "Authorization": details["halaxy_auth_header"],
+            "Content-Type": "application/json",
+        },
+    )
+    if response.status_code != 202:
+        raise click.ClickException(f"the receiver answered {response.status_code}: {response.text}")
+    wait_for(
+        lambda: physitrack.by_external_id(PATIENT_ID, second.api_key),
+        what=lambda: f"patient {PATIENT_ID} in {SECOND_PRACTITIONER}'s Physitrack account",
+    )
+    timeline.say(
+        f"Halaxy books patient {PATIENT_ID} with {SECOND_PRACTITIONER}: the worker created the "
+        f"client in {SECOND_PRACTITIONER}'s own Physitrack account; "
+        f"{FIRST_PRACTITIONER}'s account has "
+        f"{len(physitrack.by_external_id(PATIENT_ID, first.api_key))} client for the patient"
+    )
+    return second
+
+
 def program_step(
     timeline: Timeline,
     http: Any,
     halaxy: Any,
     physitrack: Any,
-    physitrack_url: str,
-    details: dict[str, Any],
+    receiver_url: str,
+    practitioner: Any,
     queued: list[Any],
 ) -> dict[str, Any] | None:
-    """A clinician assigns a program: the callback, the PDF, the note in Halaxy."""
-    from services.sandbox.pdfs import make_pdf
-    from services.sandbox.physitrack import program_callback
-
-    pdf = make_pdf("Knee Rehab Program")
-    file_url = physitrack_url + physitrack.publish_pdf(pdf)
-    body = program_callback(
-        api_key=details["program_api_key"], file_url=file_url, patient_id=PATIENT_ID
-    )
+    """The practitioner assigns a program: Physitrack posts to the deployment's one endpoint
+    (naming the practitioner by token), the bridge fetches the PDF and writes the note in
+    Halaxy, authored by that practitioner."""
     sent = time.monotonic()
-    response = http.post(details["program_webhook_url"], json=body)
+    assigned = physitrack.assign(
+        practitioner,
+        PATIENT_ID,
+        name="Knee Rehab Program",
+        deliver_to=f"{receiver_url}/webhooks/physitrack/programs",
+        http=http,
+    )
+    response = assigned.callback
     answered = time.monotonic()
-    if response.status_code != 202:
-        raise click.ClickException(f"the receiver answered {response.status_code}: {response.text}")
+    if response is None or response.status_code != 200:
+        detail = "nothing" if response is None else f"{response.status_code}: {response.text}"
+        raise click.ClickException(f"the receiver answered {detail}")
     note = wait_for(
         lambda: halaxy.notes[-1] if halaxy.notes else None,
         what=lambda: f"the note in Halaxy; PDF requests={len(physitrack.file_requests)}",
     )
     post = [r for r in halaxy.requests if r.path.endswith("DocumentReference")][-1]
     at, job = queued.pop()
+    author = note["author"][0]["reference"].rsplit("/", 1)[-1]
     hops = [
-        (sent, "Physitrack posts the program-assigned callback (Knee Rehab Program)"),
+        (
+            sent,
+            "Physitrack posts the program-assigned callback (Knee Rehab Program) to "
+            "/webhooks/physitrack/programs",
+        ),
         (at, f"receiver recorded the note and queued {job.actor}"),
-        (answered, f"receiver answered {response.status_code} {response.text}"),
+        (answered, f"receiver answered {response.status_code} (empty body)"),
         (
             physitrack.file_requests[-1]["received_at"],
-            f"worker fetched the program PDF ({len(pdf)} bytes)",
+            "worker fetched the program PDF",
         ),
         (
             post.received_at,
             f"worker posted the note to Halaxy: {note['id']} '{note['description']}', "
-            f"{note['docStatus']}, PDF attached",
+            f"{note['docStatus']}, PDF attached, authored by {author}",
         ),
     ]
     for moment, text in sorted(hops, key=lambda hop: hop[0]):
