@@ -31,7 +31,7 @@ from shared.infra.clock import utcnow
 from tests.helpers import BIN, wait_until
 from tests.procfile import Procfile
 from tests.redis_server import RedisServer
-from tests.workers import Sandbox
+from tests.workers import PHYSITRACK_WEBHOOK_KEY, Sandbox
 
 pytestmark = pytest.mark.system
 
@@ -72,6 +72,7 @@ class System:
     event_ids: set[str] = field(default_factory=set)
     note_ids: set[str] = field(default_factory=set)
     pdf_urls: set[str] = field(default_factory=set)
+    secrets: set[str] = field(default_factory=lambda: {PHYSITRACK_WEBHOOK_KEY})
     cli_output: list[str] = field(default_factory=list)
     began: float = field(default_factory=time.monotonic)
 
@@ -212,6 +213,8 @@ def system(
         "BRIDGE_RECONCILE_EVERY_SECONDS": "2",
         "BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS": "3",
         "BRIDGE_METRICS_PUSH_SECONDS": "0.5",
+        "BRIDGE_PHYSITRACK_WEBHOOK_KEYS": PHYSITRACK_WEBHOOK_KEY,
+        "BRIDGE_PROGRAM_POLL_EVERY_SECONDS": "1",
     }
     processes = procfile(env)
     built = System(processes, sandbox, env, f"http://127.0.0.1:{port}")
@@ -378,16 +381,93 @@ def test_the_procfile_processes_work_together_stage_after_stage(system: System) 
     assert len(halaxy.notes) == 2
     assert first_note != parked_note
 
+    physitrack_practitioners(system, connection_id)
+
     # The end: every process stops on SIGTERM within 10 s.
     for process in system.procfile.processes.values():
         process.stop(signal.SIGTERM, timeout=10.0)
     check_logs(system)
 
 
+def physitrack_practitioners(system: System, connection_id: str) -> None:
+    """10. Physitrack as it runs (issue 19): two practitioners with keys of their own, a
+    patient booked with one of them, a program by the deployment's one endpoint, one whose
+    callback never came (the scheduler's events poll writes it), and a post for a token no
+    connection knows yet (kept, then written once the practitioner is added)."""
+    halaxy, physitrack = system.sandbox.halaxy, system.sandbox.physitrack
+    first, second, later = (physitrack.add_practitioner() for _ in range(3))
+    for fake, role, default in ((first, "PR-5001", True), (second, "PR-5002", False)):
+        system.secrets.update({fake.token, fake.api_key})
+        system.cli_json(
+            "practitioners",
+            "add",
+            connection_id,
+            "--token",
+            fake.token,
+            "--halaxy-practitioner",
+            role,
+            "--api-key",
+            fake.api_key,
+            *(["--default"] if default else []),
+        )
+    listed = system.cli_json("practitioners", "list", connection_id)["practitioners"]
+    assert [p["halaxy_practitioner"] for p in listed] == ["PR-5001", "PR-5002"]
+    system.check_surface("practitioners added")
+
+    halaxy.appointments["7501"] = appointment_resource("7501", BOOKED, practitioner="PR-5002")
+    system.webhook("appointment-created", "Appointment", ["7501"])
+    wait_until(
+        lambda: physitrack.by_external_id(BOOKED, second.api_key), 30, "the patient in PR-5002's"
+    )
+    assert physitrack.by_external_id(BOOKED, first.api_key) == []
+    system.check_surface("booked with a practitioner")
+
+    endpoint = system.web + "/webhooks/physitrack/programs"
+    notes_before = len(halaxy.notes)
+    delivered = physitrack.assign(second, BOOKED, name="Hip Program", deliver_to=endpoint)
+    assert delivered.callback is not None
+    assert (delivered.callback.status_code, delivered.callback.content) == (200, b"")
+    system.pdf_urls.add(delivered.file_url)
+    dropped = physitrack.assign(second, BOOKED, name="Balance Program", drop=True)
+    system.pdf_urls.add(dropped.file_url)
+    wait_until(lambda: len(halaxy.notes) == notes_before + 2, 30, "both programs' notes")
+    authors = [n["author"][0]["reference"].rsplit("/", 1)[-1] for n in halaxy.notes[-2:]]
+    assert authors == ["PR-5002", "PR-5002"]
+    assert system.logged("scheduler", "programs.polled")
+    system.check_surface("program by callback and by the events poll")
+
+    physitrack.add_client(later.api_key, external_id=HOOKED, first_name="A", last_name="B")
+    system.secrets.update({later.token, later.api_key})
+    kept = physitrack.assign(later, HOOKED, name="Core Program", deliver_to=endpoint)
+    assert kept.callback is not None
+    assert kept.callback.status_code == 200
+    system.pdf_urls.add(kept.file_url)
+    [unrouted] = system.cli_json("programs", "unrouted")["unrouted"]
+    assert unrouted["reason"] == "unknown_token"
+    assert system.check_surface("unrouted program")["unrouted_programs"] == 1
+    system.cli_json(
+        "practitioners",
+        "add",
+        connection_id,
+        "--token",
+        later.token,
+        "--halaxy-practitioner",
+        "PR-5003",
+        "--api-key",
+        later.api_key,
+    )
+    wait_until(lambda: len(halaxy.notes) == notes_before + 3, 30, "the unrouted program's note")
+    wait_until(lambda: system.status()["unrouted_programs"] == 0, 30, "the post routed")
+    time.sleep(2)  # two poll intervals: the new practitioner's poll sees the same program
+    assert len(halaxy.notes) == notes_before + 3
+    assert system.check_surface("unrouted program written")["unrouted_programs"] == 0
+
+
 def check_logs(system: System) -> None:
     """Every line each process wrote is JSON (but Dramatiq's parent process's own lines), no
     patient detail or secret is anywhere in it, and every id in it is the real one."""
     secrets = {
+        *system.secrets,
         system.connection["halaxy_auth_header"].removeprefix("Bearer "),
         system.connection["program_api_key"],
         *system.sandbox.halaxy.keys.values(),
