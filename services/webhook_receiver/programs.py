@@ -22,7 +22,13 @@ from services.webhook_receiver.requests import read_capped_body, require_json, s
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
 from shared.connections import Connection
 from shared.infra import InvalidInput, StoreUnavailable, utcnow
-from shared.notes import PdfRefused, check_listed, is_link_expired, note_id_for, parse_callback
+from shared.notes import (
+    PdfRefused,
+    callback_note_id,
+    check_listed,
+    is_link_expired,
+    parse_callback,
+)
 
 MAX_BODY = 16 * 1024
 EVENT = "program"
@@ -74,7 +80,7 @@ async def _take(deps: Deps, connection: Connection, request: Request) -> Respons
         raise ApiError(422, "invalid", f"file_url: {exc}") from None
     if is_link_expired(callback, utcnow()):
         raise ApiError(422, "invalid", "file_url: the PDF link expired (24 hours after date_iso)")
-    note_id = note_id_for(connection.id, callback, webhook_id)
+    note_id = callback_note_id(connection, callback, webhook_id)
     try:
         result = await run_in_threadpool(deps.programs.accept, connection.id, note_id, callback)
     except StoreUnavailable:

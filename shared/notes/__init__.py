@@ -4,6 +4,7 @@ the resolution of parked notes.
 
 from shared.notes.callback import (
     ProgramCallback,
+    callback_note_id,
     is_link_expired,
     note_id_for,
     parse_callback,
@@ -51,6 +52,7 @@ __all__ = [
     "UnroutedPrograms",
     "UnroutedReason",
     "Waiting",
+    "callback_note_id",
     "check_listed",
     "find_waiting",
     "is_link_expired",

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from shared.connections.model import Connection
 from shared.infra.validation import validated
+from shared.platforms import PlatformKind
 
 FILE_URL_LIFETIME = timedelta(hours=24)
 PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -143,6 +144,17 @@ def physitrack_note_id(connection: Connection, callback: ProgramCallback) -> str
     return program_note_id(
         connection.id, who, callback.patient_id, callback.name, callback.date_iso, callback.updated
     )
+
+
+def callback_note_id(
+    connection: Connection, callback: ProgramCallback, webhook_id: str | None
+) -> str:
+    """The note's id for a post to a connection's own callback URL: a signed post's
+    `webhook-id`; a Physitrack post's `physitrack_note_id`, so that the events poll, which
+    finds the same program, gives the same note; else `note_id_for`."""
+    if webhook_id is None and connection.platform is PlatformKind.PHYSITRACK:
+        return physitrack_note_id(connection, callback)
+    return note_id_for(connection.id, callback, webhook_id)
 
 
 def note_title(callback: ProgramCallback) -> str:

@@ -21,7 +21,7 @@ import pytest
 import time_machine
 
 from services.sandbox.halaxy import appointment_resource, patient_resource
-from services.sandbox.physitrack import FakePractitioner
+from services.sandbox.physitrack import FakePractitioner, program_callback
 from services.scheduler.loop import Scheduler
 from services.workers.messaging import DramatiqJobQueue
 from services.workers.runtime import WorkerRuntime
@@ -243,3 +243,32 @@ def test_a_post_for_a_token_not_yet_added_is_kept_and_written_once_it_is(
     poll_all(pipeline, scheduler)
     pipeline.drain()
     assert len(sandbox.halaxy.notes) == 1
+
+
+def test_a_program_posted_to_a_clinics_own_url_and_found_by_the_poll_is_one_note(
+    pipeline: Pipeline, sandbox: Sandbox, clinics: list[Seat], scheduler: Scheduler
+) -> None:
+    """A clinic Physitrack registered on its own before (the per-connection URL) and the
+    events poll name the program by the same note id."""
+    seat = clinics[0]
+    book(pipeline, sandbox, seat, "9001")
+    pipeline.drain()
+    assigned = sandbox.physitrack.assign(seat.practitioner, "9001", name="Own URL", drop=True)
+    connection = pipeline.store.get(seat.connection.id)
+    assert connection is not None
+    response = pipeline.callback(
+        connection,
+        program_callback(
+            api_key=connection.program_api_key.get_secret_value(),
+            token=seat.practitioner.token,
+            patient_id="9001",
+            file_url=assigned.file_url,
+            name="Own URL",
+            when=assigned.created,
+        ),
+    )
+    assert response.status_code == 202
+    pipeline.drain()
+    poll_all(pipeline, scheduler)
+    pipeline.drain()
+    assert notes_by_patient_and_author(sandbox) == Counter({("9001", seat.role): 1})
