@@ -27,7 +27,12 @@ from services.webhook_receiver.openapi import openapi
 from services.webhook_receiver.ops_page import ops_page
 from services.webhook_receiver.programs import program_callback
 from services.webhook_receiver.responses import ApiError, error_response
-from shared.connections import ConnectionStore, KeyVerifier
+from shared.connections import (
+    ConnectionStore,
+    KeyVerifier,
+    PlatformKeyVerifier,
+    physitrack_key_verifier,
+)
 from shared.halaxy import fetch_token
 from shared.infra import (
     ConfigError,
@@ -88,6 +93,7 @@ def create_app(
     async_client: redis.asyncio.Redis | None = None,
     intake: EventIntake | None = None,
     verify_key: KeyVerifier | None = None,
+    verify_platform_key: PlatformKeyVerifier | None = None,
 ) -> Starlette:
     """The receiver, wired to Redis and the job queue (by default the Dramatiq broker).
 
@@ -113,6 +119,8 @@ def create_app(
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
         queue=queue,
         verify_key=verify_key or halaxy_key_verifier(settings, http),
+        verify_platform_key=verify_platform_key
+        or physitrack_key_verifier(http, settings.user_agent),
         metrics=MetricsPusher(client, keys, settings.metrics_push_seconds),
         audit=audit_trail(client, settings),
         scrapes=Reused(min(SCRAPE_REUSE_SECONDS, settings.metrics_push_seconds)),

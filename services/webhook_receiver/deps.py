@@ -8,7 +8,7 @@ import redis
 from starlette.requests import Request
 
 from services.webhook_receiver.known_connections import KnownConnections
-from shared.connections import ConnectionStore, KeyVerifier
+from shared.connections import ConnectionStore, KeyVerifier, PlatformKeyVerifier
 from shared.infra import AuditTrail, JobQueue, Settings
 from shared.notes import ProgramIntake
 from shared.patients import EventIntake
@@ -25,6 +25,7 @@ class Deps:
     programs: ProgramIntake
     queue: JobQueue
     verify_key: KeyVerifier
+    verify_platform_key: PlatformKeyVerifier  # a practitioner's Physitrack key
     metrics: MetricsPusher
     audit: AuditTrail
     scrapes: Reused  # /metrics bodies

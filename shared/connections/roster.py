@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared.connections import model as c
@@ -23,9 +24,20 @@ from shared.infra.audit import AuditTrail
 from shared.infra.errors import AlreadyConnected, BridgeError, InvalidInput, Transient
 from shared.infra.validation import validated
 from shared.platforms import PlatformAccount, PlatformKind
+from shared.platforms.physitrack import Physitrack
 
 PlatformKeyVerifier = Callable[[PlatformAccount], None]
 """Checks a platform account's credentials; raises a `BridgeError` if they are refused."""
+
+
+def physitrack_key_verifier(http: httpx.Client, user_agent: str) -> PlatformKeyVerifier:
+    """The check the CLI and the admin API make: an authenticated read of one page of the
+    practitioner's clients (a 401 refuses the key; no answer, a 5xx or a 429 is `Transient`)."""
+
+    def verify(account: PlatformAccount) -> None:
+        Physitrack(account, http, user_agent).verify()
+
+    return verify
 
 
 def _secret(value: SecretStr | None) -> SecretStr | None:

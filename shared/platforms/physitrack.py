@@ -76,6 +76,18 @@ class Physitrack:
         )
         return PlatformPatient(platform_id=_client_id(response), created=True)
 
+    def verify(self) -> None:
+        """Check the credentials with an authenticated read of one page of clients: a 401
+        is `Permanent` (refused), no answer, a 5xx or a 429 `Transient`."""
+        send(
+            self._http,
+            "Physitrack",
+            "GET",
+            f"{self._base}/clients",
+            self._headers,
+            params={"page": "1"},
+        )
+
     def find_patient(self, external_id: str) -> str | None:
         for page in range(1, MAX_PAGES + 1):
             response = send(
