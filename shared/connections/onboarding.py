@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared.connections import model as c
 from shared.connections.model import Connection, DocStatus, RetiredSecret
+from shared.connections.roster import token_refusal
 from shared.connections.store import ConnectionStore, Refusal
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.infra.audit import AuditTrail
@@ -407,9 +408,13 @@ def add_connection(
     connection = build_connection(request, now)
     if request.verify:
         _verify(verify_key, connection, "the Halaxy key could not be verified")
-    store.create(
-        connection, duplicate_refusal(platform_api_key=not request.allow_shared_platform_key)
-    )
+    refuse_duplicates = duplicate_refusal(platform_api_key=not request.allow_shared_platform_key)
+
+    def refuse(new: Connection, stored: Sequence[Connection]) -> None:
+        refuse_duplicates(new, stored)
+        token_refusal(new, stored)  # its --practitioner tokens: one connection's each
+
+    store.create(connection, refuse)
     audit.record(actor=by, action="connection.added", connection_id=connection.id)
     return connection
 

@@ -125,16 +125,28 @@ def with_practitioner(
     connection: Connection, practitioner: Practitioner, now: datetime
 ) -> Connection:
     """The connection with `practitioner` added (or put in place of the one with its PR- id);
-    a new default takes over from the old one."""
+    a new default takes over from the old one. A token the connection's author map gives the
+    same practitioner leaves the map: the record now names them (and authors their notes)."""
     if connection.platform is not PlatformKind.PHYSITRACK:
         raise InvalidInput("practitioners with their own accounts are for Physitrack connections")
+    token = practitioner.token.get_secret_value()
+    mapped = connection.practitioners.get(token)
+    if mapped is not None and mapped != practitioner.halaxy_practitioner:
+        raise InvalidInput(
+            f"this connection's practitioner map gives this token to {mapped}: a token names "
+            "one practitioner"
+        )
     others = [
         p.model_copy(update={"default": False}) if practitioner.default else p
         for p in connection.physitrack_practitioners
         if p.halaxy_practitioner != practitioner.halaxy_practitioner
     ]
     return connection.model_copy(
-        update={"physitrack_practitioners": (*others, practitioner), "updated_at": now}
+        update={
+            "physitrack_practitioners": (*others, practitioner),
+            "practitioners": {t: r for t, r in connection.practitioners.items() if t != token},
+            "updated_at": now,
+        }
     )
 
 
