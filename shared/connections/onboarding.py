@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared.connections import model as c
 from shared.connections.model import Connection, DocStatus, RetiredSecret
-from shared.connections.roster import token_refusal
+from shared.connections.roster import practitioner_rows, token_refusal
 from shared.connections.store import ConnectionStore, Refusal
 from shared.halaxy.events import HALAXY_EVENTS
 from shared.infra.audit import AuditTrail
@@ -301,6 +301,7 @@ def summary(connection: Connection) -> dict[str, Any]:
             {"token_ends_with": c.token_hint(token), "role": role}
             for token, role in sorted(connection.practitioners.items(), key=lambda kv: kv[1])
         ],
+        "physitrack_practitioners": practitioner_rows(connection),
         "pdf_hosts": list(connection.allowed_pdf_hosts),
         "doc_status": connection.doc_status.value,
         "signing": connection.signing_secret is not None,
