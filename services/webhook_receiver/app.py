@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.webhook_receiver import admin, health, ops
+from services.webhook_receiver import admin, health, ops, practitioners
 from services.webhook_receiver.access_log import ObserveRequests, turn_off_uvicorn_access_log
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
@@ -158,6 +158,26 @@ def create_app(
         ),
         Route(
             "/admin/connections/{connection_id}/rotate", admin.rotate_connection, methods=["POST"]
+        ),
+        Route(
+            "/admin/connections/{connection_id}/practitioners",
+            practitioners.list_practitioners,
+            methods=["GET"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/practitioners",
+            practitioners.add_practitioner,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/practitioners/{halaxy_practitioner}/rotate",
+            practitioners.rotate_practitioner,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/practitioners/{halaxy_practitioner}",
+            practitioners.remove_practitioner,
+            methods=["DELETE"],
         ),
         Route("/ops", ops_page, methods=["GET"]),
         Route("/ops/status", ops.ops_status, methods=["GET"]),

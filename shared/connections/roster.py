@@ -66,7 +66,7 @@ class PractitionerRequest(BaseModel):
     default: bool = Field(
         default=False, description="patients with no practitioner of their own go here"
     )
-    verify: bool = True
+    verify: bool = Field(default=True, description="check the key against Physitrack first")
 
     @field_validator("token", "api_key", "pms_key")
     @classmethod
@@ -79,11 +79,13 @@ class PractitionerRotation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    token: SecretStr | None = Field(default=None, max_length=256)
-    api_key: SecretStr | None = Field(default=None, max_length=512)
-    pms_key: SecretStr | None = Field(default=None, max_length=512)
-    default: bool | None = None
-    verify: bool = True
+    token: SecretStr | None = Field(default=None, description="a new token", max_length=256)
+    api_key: SecretStr | None = Field(default=None, description="a new API key", max_length=512)
+    pms_key: SecretStr | None = Field(
+        default=None, description="a new PMS key (PMS mode only)", max_length=512
+    )
+    default: bool | None = Field(default=None, description="make them the default, or not")
+    verify: bool = Field(default=True, description="check a new key against Physitrack first")
 
     @field_validator("token", "api_key", "pms_key")
     @classmethod

@@ -149,14 +149,18 @@ field_names = st.sampled_from(
 def test_any_body_is_a_practitioner_or_invalid_input_that_shows_no_value(
     data: dict[str, Any],
 ) -> None:
+    # Secrets marked with a character no message holds, so an echo is found, not a word of the
+    # message the generator happened to write.
+    marked: dict[str, str] = {}
+    for name in ("token", "api_key", "pms_key"):
+        if isinstance(data.get(name), str):
+            marked[name] = data[name] = "\u2603" + data[name]
     try:
         roster.new_practitioner(roster.parse_practitioner(data), utcnow())
     except InvalidInput as exc:
         said = "; ".join([str(exc), *exc.problems])
-        for name in ("token", "api_key", "pms_key"):
-            value = data.get(name)
-            if isinstance(value, str) and len(value) >= 4:
-                assert value not in said
+        for value in marked.values():
+            assert value.strip() not in said
 
 
 @given(st.dictionaries(field_names, json_values, max_size=6))
