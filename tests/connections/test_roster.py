@@ -27,7 +27,7 @@ from shared.connections.model import Connection
 from shared.connections.onboarding import KeyVerifier
 from shared.connections.roster import PlatformKeyVerifier, PractitionerRequest
 from shared.connections.store import ConnectionChangedMeanwhile, ConnectionStore
-from shared.infra.audit import AuditTrail
+from shared.infra.audit import AuditEntry, AuditTrail
 from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.errors import AlreadyConnected, InvalidInput, Permanent, Transient
@@ -105,6 +105,14 @@ def add(
 def secrets_in(practitioner: PractitionerRequest) -> list[str]:
     values = [practitioner.token, practitioner.api_key, practitioner.pms_key]
     return [v.get_secret_value() for v in values if v is not None]
+
+
+def assert_unchanged(
+    store: ConnectionStore, connection: Connection, audit: AuditTrail, before: list[AuditEntry]
+) -> None:
+    """A refused change: the connection stored as it was, and nothing audited."""
+    assert store.get(connection.id) == connection
+    assert audit.entries() == before
 
 
 def audit_text(audit: AuditTrail) -> str:
@@ -305,8 +313,7 @@ def test_a_key_physitrack_refuses_stores_nothing_and_audits_nothing(
 
     assert "401" in "; ".join(refused.value.problems)
     assert fields[wrong] not in "; ".join([str(refused.value), *refused.value.problems])
-    assert store.get(physitrack_connection.id) == physitrack_connection
-    assert audit.entries() == before
+    assert_unchanged(store, physitrack_connection, audit, before)
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
@@ -366,8 +373,7 @@ def test_a_token_another_connection_holds_is_refused_naming_it(
     assert refused.value.connection_id == holder.id
     assert holder.id in str(refused.value)
     assert token not in str(refused.value)
-    assert store.get(physitrack_connection.id) == physitrack_connection
-    assert audit.entries() == before
+    assert_unchanged(store, physitrack_connection, audit, before)
 
 
 def test_a_new_connection_mapping_a_token_a_practitioner_holds_is_refused(
@@ -577,8 +583,7 @@ def test_rotate_a_refused_key_changes_nothing(
     before = audit.entries()
     with pytest.raises(InvalidInput, match="Physitrack refused"):
         rotate(store, added, audit, verify=Verifier(Permanent("401")), check=True, api_key="k2")
-    assert store.get(added.id) == added
-    assert audit.entries() == before
+    assert_unchanged(store, added, audit, before)
 
 
 def test_rotate_to_a_token_another_connection_holds_is_refused(

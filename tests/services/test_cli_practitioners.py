@@ -28,6 +28,7 @@ from shared.connections.store import ConnectionStore
 from shared.infra.config import Settings
 from tests.conftest import make_connection
 from tests.helpers import audit_of
+from tests.services.test_admin_practitioners import ROW_KEYS
 from tests.services.test_cli import assert_clean_failure, ok_json, stored_values
 from tests.services.test_cli_bad_input import assert_one_line_error
 
@@ -343,15 +344,7 @@ def test_list_prints_rows_without_secrets(
     rows = ok_json(listed)["practitioners"]
     assert [r["halaxy_practitioner"] for r in rows] == ["PR-1", "PR-2"]
     assert [r["token_ends_with"] for r in rows] == [t[-4:] for t in tokens]
-    assert set(rows[0]) == {
-        "halaxy_practitioner",
-        "token_ends_with",
-        "auth",
-        "pms_name",
-        "default",
-        "added_at",
-        "rotated_at",
-    }
+    assert set(rows[0]) == ROW_KEYS
     assert listed_text.stdout.splitlines()[0].split() == [
         "PRACTITIONER",
         "TOKEN",
