@@ -33,6 +33,7 @@ from services.webhook_receiver.app import create_app, halaxy_key_verifier  # noq
 from shared.connections import onboarding  # noqa: E402
 from shared.connections.model import Connection  # noqa: E402
 from shared.connections.onboarding import KeyVerifier  # noqa: E402
+from shared.connections.roster import PlatformKeyVerifier, physitrack_key_verifier  # noqa: E402
 from shared.connections.store import ConnectionStore  # noqa: E402
 from shared.infra.clock import utcnow  # noqa: E402
 from shared.infra.config import Settings, load_settings  # noqa: E402
@@ -113,8 +114,20 @@ def verify_key(settings: Settings, fake_halaxy: FakeHalaxy) -> Iterator[KeyVerif
 
 
 @pytest.fixture
-def app(settings: Settings, verify_key: KeyVerifier) -> Starlette:
-    return create_app(settings, verify_key=verify_key)
+def verify_platform_key(
+    settings: Settings, fake_physitrack: FakePhysitrack
+) -> Iterator[PlatformKeyVerifier]:
+    """Checks practitioners' Physitrack keys against the fake Physitrack, whatever host the
+    connection's platform base URL names (its path must end in /api/v2)."""
+    with TestClient(fake_physitrack.app()) as http:
+        yield physitrack_key_verifier(http, settings.user_agent)
+
+
+@pytest.fixture
+def app(
+    settings: Settings, verify_key: KeyVerifier, verify_platform_key: PlatformKeyVerifier
+) -> Starlette:
+    return create_app(settings, verify_key=verify_key, verify_platform_key=verify_platform_key)
 
 
 @pytest.fixture

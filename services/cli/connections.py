@@ -8,6 +8,7 @@ import click
 
 from services.cli.context import cli_context
 from services.cli.output import emit, json_option, table
+from services.cli.practitioners import practitioner_table
 from shared.connections import onboarding, practitioner_map
 from shared.infra import utcnow
 
@@ -208,4 +209,10 @@ def rotate(
 
 
 def _describe(data: dict[str, Any]) -> str:
-    return "\n".join(f"{key:<18} {value}" for key, value in data.items())
+    rows = data.get("physitrack_practitioners") or []
+    lines = [
+        f"{key:<18} {value}" for key, value in data.items() if key != "physitrack_practitioners"
+    ]
+    if rows:
+        lines += ["Physitrack practitioners:", *practitioner_table(rows).splitlines()]
+    return "\n".join(lines)

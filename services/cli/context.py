@@ -1,4 +1,5 @@
-"""What a CLI command needs: settings, the connection store, a Halaxy key check."""
+"""What a CLI command needs: settings, the connection store, the Halaxy and Physitrack key
+checks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import httpx
 import redis
 
 from services.cli.output import fail
-from shared.connections import Connection, ConnectionStore, KeyVerifier
+from shared.connections import (
+    Connection,
+    ConnectionStore,
+    KeyVerifier,
+    PlatformKeyVerifier,
+    physitrack_key_verifier,
+)
 from shared.halaxy import key_verifier
 from shared.infra import (
     AlreadyConnected,
@@ -39,6 +46,7 @@ class CliContext:
     redis: redis.Redis
     connections: ConnectionStore
     verify_key: KeyVerifier
+    verify_platform_key: PlatformKeyVerifier  # a practitioner's Physitrack key
 
     @property
     def audit(self) -> AuditTrail:
@@ -94,6 +102,7 @@ def cli_context(as_json: bool) -> Iterator[CliContext]:
             redis=client,
             connections=ConnectionStore(client, Keys(settings.redis_namespace), fernet),
             verify_key=key_verifier(http, settings.user_agent),
+            verify_platform_key=physitrack_key_verifier(http, settings.user_agent),
         )
     except AlreadyConnected as exc:
         fail(as_json, "already_connected", str(exc))

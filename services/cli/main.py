@@ -13,6 +13,7 @@ from services.cli.dead_letters import dead_letters
 from services.cli.demo import demo
 from services.cli.notes import notes
 from services.cli.output import fail
+from services.cli.practitioners import practitioners
 from services.cli.programs import programs
 from services.cli.sandbox import sandbox
 from services.cli.scheduler import scheduler
@@ -61,6 +62,7 @@ cli.add_command(connections)
 cli.add_command(dead_letters)
 cli.add_command(demo)
 cli.add_command(notes)
+cli.add_command(practitioners)
 cli.add_command(programs)
 cli.add_command(sandbox)
 cli.add_command(scheduler)

@@ -81,7 +81,7 @@ async def call(function: Any, *args: Any) -> Any:
         raise ApiError(422, "invalid", "; ".join([str(exc), *exc.problems])) from None
 
 
-async def _existing(deps: Deps, connection_id: str) -> Connection:
+async def existing_connection(deps: Deps, connection_id: str) -> Connection:
     connection: Connection | None = await call(deps.connections.get, connection_id)
     if connection is None:
         raise ApiError(404, "unknown_connection", "no such connection")
@@ -113,13 +113,13 @@ def _add(deps: Deps, data: dict[str, Any]) -> Connection:
 
 async def show_connection(request: Request) -> Response:
     deps = authorize(request)
-    connection = await _existing(deps, request.path_params["connection_id"])
+    connection = await existing_connection(deps, request.path_params["connection_id"])
     return JSONResponse(onboarding.summary(connection))
 
 
 async def disable_connection(request: Request) -> Response:
     deps = authorize(request)
-    connection = await _existing(deps, request.path_params["connection_id"])
+    connection = await existing_connection(deps, request.path_params["connection_id"])
     disabled = await call(
         onboarding.disable_connection,
         deps.connections,
@@ -135,7 +135,7 @@ async def disable_connection(request: Request) -> Response:
 async def rotate_connection(request: Request) -> Response:
     deps = authorize(request)
     data = await json_object(request)
-    connection = await _existing(deps, request.path_params["connection_id"])
+    connection = await existing_connection(deps, request.path_params["connection_id"])
     rotation = await call(onboarding.parse_rotation, data)
     rotated = await call(
         onboarding.apply_rotation,

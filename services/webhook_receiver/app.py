@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.webhook_receiver import admin, health, ops
+from services.webhook_receiver import admin, health, ops, practitioners
 from services.webhook_receiver.access_log import ObserveRequests, turn_off_uvicorn_access_log
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
@@ -28,7 +28,12 @@ from services.webhook_receiver.ops_page import ops_page
 from services.webhook_receiver.physitrack import physitrack_programs
 from services.webhook_receiver.programs import program_callback
 from services.webhook_receiver.responses import ApiError, error_response
-from shared.connections import ConnectionStore, KeyVerifier
+from shared.connections import (
+    ConnectionStore,
+    KeyVerifier,
+    PlatformKeyVerifier,
+    physitrack_key_verifier,
+)
 from shared.halaxy import key_verifier
 from shared.infra import (
     ConfigError,
@@ -86,6 +91,7 @@ def create_app(
     async_client: redis.asyncio.Redis | None = None,
     intake: EventIntake | None = None,
     verify_key: KeyVerifier | None = None,
+    verify_platform_key: PlatformKeyVerifier | None = None,
 ) -> Starlette:
     """The receiver, wired to Redis and the job queue (by default the Dramatiq broker).
 
@@ -112,6 +118,8 @@ def create_app(
         unrouted=UnroutedPrograms(client, keys, settings.fernet),
         queue=queue,
         verify_key=verify_key or halaxy_key_verifier(settings, http),
+        verify_platform_key=verify_platform_key
+        or physitrack_key_verifier(http, settings.user_agent),
         metrics=MetricsPusher(client, keys, settings.metrics_push_seconds),
         audit=audit_trail(client, settings),
         scrapes=Reused(min(SCRAPE_REUSE_SECONDS, settings.metrics_push_seconds)),
@@ -150,6 +158,26 @@ def create_app(
         ),
         Route(
             "/admin/connections/{connection_id}/rotate", admin.rotate_connection, methods=["POST"]
+        ),
+        Route(
+            "/admin/connections/{connection_id}/practitioners",
+            practitioners.list_practitioners,
+            methods=["GET"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/practitioners",
+            practitioners.add_practitioner,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/practitioners/{halaxy_practitioner}/rotate",
+            practitioners.rotate_practitioner,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/practitioners/{halaxy_practitioner}",
+            practitioners.remove_practitioner,
+            methods=["DELETE"],
         ),
         Route("/ops", ops_page, methods=["GET"]),
         Route("/ops/status", ops.ops_status, methods=["GET"]),

@@ -8,7 +8,7 @@ import redis
 from starlette.requests import Request
 
 from services.webhook_receiver.known_connections import KnownConnections
-from shared.connections import ConnectionStore, KeyVerifier
+from shared.connections import ConnectionStore, KeyVerifier, PlatformKeyVerifier
 from shared.infra import AuditTrail, JobQueue, Settings
 from shared.notes import ProgramIntake, UnroutedPrograms
 from shared.patients import EventIntake
@@ -26,6 +26,7 @@ class Deps:
     unrouted: UnroutedPrograms  # Physitrack posts no connection could take
     queue: JobQueue
     verify_key: KeyVerifier
+    verify_platform_key: PlatformKeyVerifier  # a practitioner's Physitrack key
     metrics: MetricsPusher
     audit: AuditTrail
     scrapes: Reused  # /metrics bodies

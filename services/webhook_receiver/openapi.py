@@ -10,7 +10,12 @@ from starlette.responses import Response
 
 from services.webhook_receiver.ops import DeadLetterAction, NoteResolutionRequest, NotesQuery
 from services.webhook_receiver.responses import JSONResponse
-from shared.connections import ConnectionRequest, RotateRequest
+from shared.connections import (
+    ConnectionRequest,
+    PractitionerRequest,
+    PractitionerRotation,
+    RotateRequest,
+)
 from shared.halaxy import HALAXY_EVENTS
 from shared.notes import ProgramCallback
 
@@ -82,7 +87,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "malformed request (not JSON, bad Content-Length)",
         401: "missing or wrong credentials",
-        404: "unknown connection, event, note or route",
+        404: "unknown connection, event, note, practitioner or route",
         409: "what it would change changed meanwhile (connection_changed, note_state_changed): "
         "look at it again and retry; or another connection already uses these credentials "
         "(already_connected, naming it)",
@@ -133,6 +138,45 @@ CONNECTION_ID = {
     "required": True,
     "schema": {"type": "string"},
 }
+HALAXY_PRACTITIONER = {
+    "name": "halaxy_practitioner",
+    "in": "path",
+    "required": True,
+    "description": "the practitioner's Halaxy practice role, PR-…",
+    "schema": {"type": "string"},
+}
+PRACTITIONERS = {
+    "type": "object",
+    "required": ["connection_id", "practitioners"],
+    "properties": {
+        "connection_id": {"type": "string"},
+        "practitioners": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "description": "no secret: the token shows its last four characters only",
+                "required": [
+                    "halaxy_practitioner",
+                    "token_ends_with",
+                    "auth",
+                    "pms_name",
+                    "default",
+                    "added_at",
+                    "rotated_at",
+                ],
+                "properties": {
+                    "halaxy_practitioner": {"type": "string"},
+                    "token_ends_with": {"type": "string", "maxLength": 4},
+                    "auth": {"enum": ["api_key", "pms"]},
+                    "pms_name": {"type": ["string", "null"]},
+                    "default": {"type": "boolean"},
+                    "added_at": {"type": "string"},
+                    "rotated_at": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 # The /ops page: the admin token as Bearer, or as the Basic password (what a browser can send).
 PAGE_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}, {"adminBasic": []}]
@@ -146,6 +190,8 @@ def build_spec() -> dict[str, Any]:
         Accepted,
         ConnectionRequest,
         RotateRequest,
+        PractitionerRequest,
+        PractitionerRotation,
         ProgramCallback,
         DeadLetterAction,
         NoteResolutionRequest,
@@ -312,6 +358,59 @@ def build_spec() -> dict[str, Any]:
                     "parameters": [CONNECTION_ID],
                     "responses": {
                         "200": _json(ANY_OBJECT, "disabled"),
+                        **_errors(401, 404, 409, 503),
+                    },
+                }
+            },
+            "/admin/connections/{connection_id}/practitioners": {
+                "get": {
+                    "summary": "a Physitrack connection's practitioners (no secrets)",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [CONNECTION_ID],
+                    "responses": {
+                        "200": _json(PRACTITIONERS, "the practitioners"),
+                        **_errors(401, 404, 503),
+                    },
+                },
+                "post": {
+                    "summary": "add a practitioner; their key is checked against Physitrack "
+                    "unless verify is false (audited)",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [CONNECTION_ID],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("PractitionerRequest")}},
+                    },
+                    "responses": {
+                        "201": _json(PRACTITIONERS, "added; the connection's practitioners"),
+                        **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+                    },
+                },
+            },
+            "/admin/connections/{connection_id}/practitioners/{halaxy_practitioner}/rotate": {
+                "post": {
+                    "summary": "replace a practitioner's token or keys (a new key is checked), "
+                    "or their default (audited)",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [CONNECTION_ID, HALAXY_PRACTITIONER],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("PractitionerRotation")}},
+                    },
+                    "responses": {
+                        "200": _json(PRACTITIONERS, "rotated; the connection's practitioners"),
+                        **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/admin/connections/{connection_id}/practitioners/{halaxy_practitioner}": {
+                "delete": {
+                    "summary": "remove a practitioner: program posts with their token are no "
+                    "longer this connection's (audited)",
+                    "security": ADMIN_SECURITY,
+                    "parameters": [CONNECTION_ID, HALAXY_PRACTITIONER],
+                    "responses": {
+                        "200": _json(PRACTITIONERS, "removed; the connection's practitioners"),
                         **_errors(401, 404, 409, 503),
                     },
                 }

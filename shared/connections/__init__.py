@@ -3,7 +3,12 @@
 from shared.connections.model import Connection, practitioner_map
 from shared.connections.onboarding import ConnectionRequest, KeyVerifier, RotateRequest
 from shared.connections.practitioner import CONNECTION_ACCOUNT, PlatformSeat, Practitioner
-from shared.connections.roster import PlatformKeyVerifier, PractitionerRequest, PractitionerRotation
+from shared.connections.roster import (
+    PlatformKeyVerifier,
+    PractitionerRequest,
+    PractitionerRotation,
+    physitrack_key_verifier,
+)
 from shared.connections.store import ConnectionChangedMeanwhile, ConnectionStore
 
 __all__ = [
@@ -19,5 +24,6 @@ __all__ = [
     "PractitionerRequest",
     "PractitionerRotation",
     "RotateRequest",
+    "physitrack_key_verifier",
     "practitioner_map",
 ]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared.connections import model as c
 from shared.connections.model import Connection, DocStatus, RetiredSecret
+from shared.connections.roster import practitioner_rows, token_refusal
 from shared.connections.store import ConnectionStore, Refusal
 from shared.halaxy.auth import HalaxyAccount
 from shared.halaxy.events import HALAXY_EVENTS
@@ -303,6 +304,7 @@ def summary(connection: Connection) -> dict[str, Any]:
             {"token_ends_with": c.token_hint(token), "role": role}
             for token, role in sorted(connection.practitioners.items(), key=lambda kv: kv[1])
         ],
+        "physitrack_practitioners": practitioner_rows(connection),
         "pdf_hosts": list(connection.allowed_pdf_hosts),
         "doc_status": connection.doc_status.value,
         "signing": connection.signing_secret is not None,
@@ -431,9 +433,13 @@ def add_connection(
     connection = build_connection(request, now)
     if request.verify:
         _verify(verify_key, connection, "the Halaxy key could not be verified")
-    store.create(
-        connection, duplicate_refusal(platform_api_key=not request.allow_shared_platform_key)
-    )
+    refuse_duplicates = duplicate_refusal(platform_api_key=not request.allow_shared_platform_key)
+
+    def refuse(new: Connection, stored: Sequence[Connection]) -> None:
+        refuse_duplicates(new, stored)
+        token_refusal(new, stored)  # its --practitioner tokens: one connection's each
+
+    store.create(connection, refuse)
     audit.record(actor=by, action="connection.added", connection_id=connection.id)
     return connection
 

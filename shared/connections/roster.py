@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared.connections import model as c
@@ -23,9 +24,20 @@ from shared.infra.audit import AuditTrail
 from shared.infra.errors import AlreadyConnected, BridgeError, InvalidInput, Transient
 from shared.infra.validation import validated
 from shared.platforms import PlatformAccount, PlatformKind
+from shared.platforms.physitrack import Physitrack
 
 PlatformKeyVerifier = Callable[[PlatformAccount], None]
 """Checks a platform account's credentials; raises a `BridgeError` if they are refused."""
+
+
+def physitrack_key_verifier(http: httpx.Client, user_agent: str) -> PlatformKeyVerifier:
+    """The check the CLI and the admin API make: an authenticated read of one page of the
+    practitioner's clients (a 401 refuses the key; no answer, a 5xx or a 429 is `Transient`)."""
+
+    def verify(account: PlatformAccount) -> None:
+        Physitrack(account, http, user_agent).verify()
+
+    return verify
 
 
 def _secret(value: SecretStr | None) -> SecretStr | None:
@@ -54,7 +66,7 @@ class PractitionerRequest(BaseModel):
     default: bool = Field(
         default=False, description="patients with no practitioner of their own go here"
     )
-    verify: bool = True
+    verify: bool = Field(default=True, description="check the key against Physitrack first")
 
     @field_validator("token", "api_key", "pms_key")
     @classmethod
@@ -67,11 +79,13 @@ class PractitionerRotation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    token: SecretStr | None = Field(default=None, max_length=256)
-    api_key: SecretStr | None = Field(default=None, max_length=512)
-    pms_key: SecretStr | None = Field(default=None, max_length=512)
-    default: bool | None = None
-    verify: bool = True
+    token: SecretStr | None = Field(default=None, description="a new token", max_length=256)
+    api_key: SecretStr | None = Field(default=None, description="a new API key", max_length=512)
+    pms_key: SecretStr | None = Field(
+        default=None, description="a new PMS key (PMS mode only)", max_length=512
+    )
+    default: bool | None = Field(default=None, description="make them the default, or not")
+    verify: bool = Field(default=True, description="check a new key against Physitrack first")
 
     @field_validator("token", "api_key", "pms_key")
     @classmethod
@@ -113,16 +127,28 @@ def with_practitioner(
     connection: Connection, practitioner: Practitioner, now: datetime
 ) -> Connection:
     """The connection with `practitioner` added (or put in place of the one with its PR- id);
-    a new default takes over from the old one."""
+    a new default takes over from the old one. A token the connection's author map gives the
+    same practitioner leaves the map: the record now names them (and authors their notes)."""
     if connection.platform is not PlatformKind.PHYSITRACK:
         raise InvalidInput("practitioners with their own accounts are for Physitrack connections")
+    token = practitioner.token.get_secret_value()
+    mapped = connection.practitioners.get(token)
+    if mapped is not None and mapped != practitioner.halaxy_practitioner:
+        raise InvalidInput(
+            f"this connection's practitioner map gives this token to {mapped}: a token names "
+            "one practitioner"
+        )
     others = [
         p.model_copy(update={"default": False}) if practitioner.default else p
         for p in connection.physitrack_practitioners
         if p.halaxy_practitioner != practitioner.halaxy_practitioner
     ]
     return connection.model_copy(
-        update={"physitrack_practitioners": (*others, practitioner), "updated_at": now}
+        update={
+            "physitrack_practitioners": (*others, practitioner),
+            "practitioners": {t: r for t, r in connection.practitioners.items() if t != token},
+            "updated_at": now,
+        }
     )
 
 

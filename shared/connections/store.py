@@ -37,7 +37,7 @@ PRACTITIONER = RecordCodec(Practitioner)
 
 
 OPENED_KEPT = 512  # decrypted connections kept per process
-CREATE_ATTEMPTS = 20  # reads of every connection before an add gives up on a busy store
+CREATE_ATTEMPTS = 20  # reads of every connection before a checked write gives up on a busy store
 
 Refusal = Callable[[Connection, Sequence[Connection]], None]
 """Called with a connection about to be stored and every other stored one; raises to refuse.
@@ -89,25 +89,31 @@ class ConnectionStore:
     def replace(self, current: Connection, new: Connection, refuse: Refusal | None = None) -> None:
         """Store `new` in place of `current`, only if the stored record still is `current`:
         of two people rotating at once, each must not be shown a secret only one stored.
-        `refuse`, if given, sees every other stored connection, atomically as in `create`."""
+        `refuse`, if given, sees every other stored connection, atomically as in `create`: when
+        another connection changed meanwhile (two adds of one practitioner token to two
+        connections at once), it is read and checked again, so the later is refused by name."""
         key = self.keys.connection(current.id)
         changed = ConnectionChangedMeanwhile(
             f"connection {current.id} changed since it was read; look at it again and retry"
         )
-        with translate_redis_errors(), self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
-                record = pipe.get(key)
-                if record is None or self.open_record(as_bytes(record)) != current:
-                    raise changed
-                if refuse is not None:
-                    others = [c for c in self._watch_all(pipe) if c.id != current.id]
-                    refuse(new, others)
-                pipe.multi()
-                pipe.set(key, self._seal(new), xx=True)
-                pipe.execute()
-            except redis.WatchError:
-                raise changed from None
+        for _ in range(CREATE_ATTEMPTS):
+            with translate_redis_errors(), self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    record = pipe.get(key)
+                    if record is None or self.open_record(as_bytes(record)) != current:
+                        raise changed
+                    if refuse is not None:
+                        others = [c for c in self._watch_all(pipe) if c.id != current.id]
+                        refuse(new, others)
+                    pipe.multi()
+                    pipe.set(key, self._seal(new), xx=True)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    if refuse is None:  # only this record was watched: it changed
+                        raise changed from None
+        raise Transient("connections kept changing while this one was checked; try again")
 
     def seal_plain_practitioners(self, connection_id: str) -> bool:
         """Seal a practitioner map an earlier version stored in clear. False if there was

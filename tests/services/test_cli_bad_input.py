@@ -61,6 +61,16 @@ USES_REDIS: dict[Path_, list[str]] = {
     ("notes", "failed"): [],
     ("notes", "parked"): [],
     ("notes", "resolve"): ["nt_x", "--drop"],
+    ("practitioners", "add"): [
+        "cn_aaaaaaaaaaaa",
+        "--token=ptok-0123456789",
+        "--halaxy-practitioner=PR-1",
+        "--api-key=pt-key",
+        "--no-verify",
+    ],
+    ("practitioners", "list"): ["cn_aaaaaaaaaaaa"],
+    ("practitioners", "remove"): ["cn_aaaaaaaaaaaa", "PR-1", "--yes"],
+    ("practitioners", "rotate"): ["cn_aaaaaaaaaaaa", "PR-1", "--token=ptok-0123456789"],
     ("status",): [],
 }
 # Commands that do not stop for a Redis they cannot reach, on purpose.
@@ -77,6 +87,20 @@ TAKES_AN_ID: dict[Path_, list[str]] = {
     ("dead-letters", "purge"): [],
     ("dead-letters", "replay"): [],
     ("notes", "resolve"): ["--drop"],
+    ("practitioners", "add"): [
+        "--token=ptok-0123456789",
+        "--halaxy-practitioner=PR-1",
+        "--api-key=pt-key",
+        "--no-verify",
+    ],
+    ("practitioners", "list"): [],
+    ("practitioners", "remove"): ["--yes"],
+    ("practitioners", "rotate"): ["--token=ptok-0123456789"],
+}
+# Arguments after the id, for commands that take more than one.
+AFTER_THE_ID: dict[Path_, list[str]] = {
+    ("practitioners", "remove"): ["PR-1"],
+    ("practitioners", "rotate"): ["PR-1"],
 }
 
 
@@ -152,7 +176,7 @@ IDS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="
 @given(wrong_id=IDS)
 def test_a_wrong_id_is_one_line(settings: Settings, path: Path_, wrong_id: str) -> None:
     # `--` so an id that looks like a flag is still read as the id.
-    result = run(settings, [*path, *TAKES_AN_ID[path], "--", wrong_id])
+    result = run(settings, [*path, *TAKES_AN_ID[path], "--", wrong_id, *AFTER_THE_ID.get(path, [])])
 
     assert_one_line_error(result)
 

@@ -60,10 +60,11 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy
+from services.sandbox.physitrack import FakePhysitrack
 from services.sandbox.samples import notification
 from services.webhook_receiver.app import create_app
 from services.webhook_receiver.openapi import SPEC
-from shared.connections import onboarding
+from shared.connections import onboarding, roster
 from shared.connections.model import Connection
 from shared.connections.onboarding import KeyVerifier
 from shared.connections.store import ConnectionStore
@@ -269,6 +270,41 @@ def _apply_credentials(
             case.body["platform_base_url"] = "https://au.physitrack.com/api/v2"
 
 
+# The practitioner the "real" practitioner cases name: there before a rotate or a remove.
+FUZZ_PRACTITIONER = "PR-FUZZ1"
+
+
+def _aim_practitioner_case(
+    case: Any, mode: str | None, deps: Any, connection: Connection, physitrack: FakePhysitrack
+) -> None:
+    """Practitioner cases in the "real" mode: the practitioner of the path exists, and a key in
+    the body is one the fake Physitrack knows, so adds and rotations can succeed."""
+    if mode != "real" or not case.path.startswith("/admin/connections/{connection_id}/pract"):
+        return
+    params = case.path_parameters if case.path_parameters is not None else {}
+    if "halaxy_practitioner" in params:
+        params["halaxy_practitioner"] = FUZZ_PRACTITIONER
+        stored = deps.connections.get(connection.id)
+        if stored is not None and stored.practitioner(FUZZ_PRACTITIONER) is None:
+            there = {"halaxy_practitioner": FUZZ_PRACTITIONER, "api_key": physitrack.add_key()}
+            request = roster.parse_practitioner(
+                {**there, "token": "ptok-" + uuid.uuid4().hex, "verify": False}
+            )
+            roster.add_practitioner(
+                deps.connections,
+                deps.verify_platform_key,
+                stored,
+                request,
+                utcnow(),
+                deps.audit,
+                "fuzz",
+            )
+    if isinstance(case.body, dict) and "api_key" in case.body:
+        case.body["api_key"] = physitrack.add_key()
+    if isinstance(case.body, dict) and "halaxy_practitioner" in case.body:
+        case.body["halaxy_practitioner"] = f"PR-{uuid.uuid4().hex[:8]}"
+
+
 @SCHEMA.parametrize()
 @fuzz_settings(max_examples=200)
 def test_openapi_contract(
@@ -276,10 +312,12 @@ def test_openapi_contract(
     app: Starlette,
     connection: Connection,
     fake_halaxy: FakeHalaxy,
+    fake_physitrack: FakePhysitrack,
     log_watch: LogWatch,
 ) -> None:
     mode = case.headers.pop(MODE_HEADER, None) if case.headers else None
     _apply_credentials(case, mode, connection, fake_halaxy)
+    _aim_practitioner_case(case, mode, app.state.deps, connection, fake_physitrack)
     response = case.call(app=app)
     REQUESTS["test_openapi_contract"] += 1
     OUTCOMES[("test_openapi_contract", response.status_code, _error_code(response.content))] += 1
@@ -1267,6 +1305,7 @@ PATH_WORDS = [
     "connections",
     "disable",
     "rotate",
+    "practitioners",
     "openapi.json",
     "healthz",
     "readyz",
@@ -1286,6 +1325,9 @@ ROUTES = [
     "/admin/connections/{connection}",
     "/admin/connections/{connection}/disable",
     "/admin/connections/{connection}/rotate",
+    "/admin/connections/{connection}/practitioners",
+    "/admin/connections/{connection}/practitioners/{practitioner}",
+    "/admin/connections/{connection}/practitioners/{practitioner}/rotate",
 ]
 
 
@@ -1298,6 +1340,7 @@ def paths(draw: st.DrawFn, connection_id: str) -> str:
     path = draw(st.sampled_from(ROUTES))
     path = path.replace("{connection}", draw(st.sampled_from([connection_id]) | SAFE_ID))
     path = path.replace("{event}", draw(EVENT_NAMES | SAFE_ID))
+    path = path.replace("{practitioner}", draw(st.just("PR-1001") | SAFE_ID))
     bend = draw(st.sampled_from(["none", "none", "slash", "upper", "drop", "append", "double"]))
     if bend == "slash":
         path += "/"
