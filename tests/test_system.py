@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ from services.sandbox.physitrack import program_callback
 from services.sandbox.samples import notification
 from services.sandbox.serve import free_port
 from shared.infra.clock import utcnow
+from shared.notes.callback import program_note_id
 from tests.helpers import BIN, wait_until
 from tests.procfile import Procfile
 from tests.redis_server import RedisServer
@@ -123,6 +124,12 @@ class System:
         [note_id] = response.json()["accepted"]
         self.note_ids.add(note_id)
         return note_id
+
+    def expect_note(
+        self, connection_id: str, role: str, patient_id: str, name: str, when: datetime
+    ) -> None:
+        """A Physitrack program's note id, as both the webhook and the events poll give it."""
+        self.note_ids.add(program_note_id(connection_id, role, patient_id, name, when, False))
 
     # The ops side.
 
@@ -425,10 +432,12 @@ def physitrack_practitioners(system: System, connection_id: str) -> None:
     endpoint = system.web + "/webhooks/physitrack/programs"
     notes_before = len(halaxy.notes)
     delivered = physitrack.assign(second, BOOKED, name="Hip Program", deliver_to=endpoint)
+    system.expect_note(connection_id, "PR-5002", BOOKED, "Hip Program", delivered.created)
     assert delivered.callback is not None
     assert (delivered.callback.status_code, delivered.callback.content) == (200, b"")
     system.pdf_urls.add(delivered.file_url)
     dropped = physitrack.assign(second, BOOKED, name="Balance Program", drop=True)
+    system.expect_note(connection_id, "PR-5002", BOOKED, "Balance Program", dropped.created)
     system.pdf_urls.add(dropped.file_url)
     wait_until(lambda: len(halaxy.notes) == notes_before + 2, 30, "both programs' notes")
     authors = [n["author"][0]["reference"].rsplit("/", 1)[-1] for n in halaxy.notes[-2:]]
@@ -439,6 +448,7 @@ def physitrack_practitioners(system: System, connection_id: str) -> None:
     physitrack.add_client(later.api_key, external_id=HOOKED, first_name="A", last_name="B")
     system.secrets.update({later.token, later.api_key})
     kept = physitrack.assign(later, HOOKED, name="Core Program", deliver_to=endpoint)
+    system.expect_note(connection_id, "PR-5003", HOOKED, "Core Program", kept.created)
     assert kept.callback is not None
     assert kept.callback.status_code == 200
     system.pdf_urls.add(kept.file_url)
@@ -526,5 +536,7 @@ def check_ids(system: System, records: list[dict[str, Any]]) -> None:
     assert system.event_ids <= seen["event_id"]
     assert system.note_ids <= seen["note_id"]
     assert sweep_events == {"backfill", "reconcile"}
-    assert seen["docref_id"] == {system.sandbox.halaxy.notes[0]["id"]}  # the other: resolved by ops
+    # Every note the workers posted; the second was parked, and resolved by ops.
+    posted = [note["id"] for n, note in enumerate(system.sandbox.halaxy.notes) if n != 1]
+    assert seen["docref_id"] == set(posted)
     assert seen["connection_id"] == {system.connection["id"]}

@@ -104,8 +104,8 @@ def _text(data: dict[str, Any]) -> str:
         table(not_synced_rows(data["connections"]), NOT_SYNCED_COLUMNS),
         "",
         f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
-        f"   failed notes: {data['failed_notes']}"
-        f"   unrouted programs: {data['unrouted_programs']}",
+        f"   failed notes: {data['failed_notes']}",
+        f"unrouted programs: {data['unrouted_programs']}",
     ]
     for warning in data["redis_warnings"]:
         parts += textwrap.wrap(

@@ -348,6 +348,11 @@ class FakeHalaxy:
         response.headers.update(self._limit_headers(remaining))
         return response
 
+    def forget_requests(self) -> None:
+        """Start afresh: no request recorded, none counted in any key's rate window."""
+        self.requests.clear()
+        self._windows.clear()
+
     def _take_from_window(self, client_id: str) -> int:
         now = self.clock()
         window = self._windows.setdefault(client_id, deque())

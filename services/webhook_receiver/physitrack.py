@@ -14,7 +14,6 @@ A wrong key: 401. A body that is not a program post: 422 naming the fields.
 
 from __future__ import annotations
 
-import orjson
 import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,7 +21,7 @@ from starlette.responses import Response
 
 from services.webhook_receiver import metrics
 from services.webhook_receiver.deps import Deps, deps_of
-from services.webhook_receiver.requests import read_capped_body, require_json, secret_matches
+from services.webhook_receiver.programs import keyed_post
 from services.webhook_receiver.responses import ApiError, unavailable
 from shared.connections import Connection
 from shared.infra import InvalidInput, StoreUnavailable, utcnow
@@ -37,7 +36,6 @@ from shared.notes import (
     physitrack_note_id,
 )
 
-MAX_BODY = 16 * 1024
 EVENT = "physitrack-program"
 DEPLOYMENT = "deployment"  # the metrics' connection label for what no connection took
 
@@ -57,16 +55,7 @@ async def _take(deps: Deps, request: Request) -> Response:
     accepted = deps.settings.physitrack_keys
     if not accepted:
         raise ApiError(404, "not_found", "the Physitrack endpoint is off: no webhook key is set")
-    require_json(request)
-    body = await read_capped_body(request, MAX_BODY)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    api_key = data.get("api_key") if isinstance(data, dict) else None
-    if not isinstance(api_key, str) or not secret_matches(api_key, accepted):
-        log.warning("physitrack.unauthorized")
-        raise ApiError(401, "unauthorized", "missing or wrong api_key")
+    _, data = await keyed_post(request, accepted, log.bind(callback="physitrack-program"))
     try:
         callback = parse_callback(data)
     except InvalidInput as exc:
@@ -86,12 +75,8 @@ def _route(deps: Deps, callback: ProgramCallback) -> Response:
         )
         kept = deps.unrouted.keep(callback, reason)
         metrics.accepted(DEPLOYMENT, EVENT, 1, 0)
-        log.warning(
-            "physitrack.unrouted",
-            unrouted_id=kept,
-            reason=reason.value,
-            connection_id=None if owner is None else owner.id,
-        )
+        which = {} if owner is None else {"connection_id": owner.id}
+        log.warning("physitrack.unrouted", unrouted_id=kept, reason=reason.value, **which)
         return Response(status_code=200)
     _check_link(owner, callback)
     note_id = physitrack_note_id(owner, callback)

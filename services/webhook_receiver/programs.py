@@ -9,8 +9,11 @@ failure and retries only once, 10 minutes later (therapy-platforms.md section 2)
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import structlog
+import structlog.typing
 from standardwebhooks.webhooks import Webhook
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -55,18 +58,7 @@ async def program_callback(request: Request) -> Response:
 
 async def _take(deps: Deps, connection: Connection, request: Request) -> Response:
     bound = log.bind(connection_id=connection.id, callback="program-assigned")
-    require_json(request)
-    body = await read_capped_body(request, MAX_BODY)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    api_key = data.get("api_key") if isinstance(data, dict) else None
-    if not isinstance(api_key, str) or not secret_matches(
-        api_key, connection.program_api_keys(utcnow())
-    ):
-        bound.warning("callback.unauthorized")
-        raise ApiError(401, "unauthorized", "missing or wrong api_key for this connection")
+    body, data = await keyed_post(request, connection.program_api_keys(utcnow()), bound)
     webhook_id = _verified_webhook_id(connection, request, body)
     try:
         callback = parse_callback(data)
@@ -91,6 +83,25 @@ async def _take(deps: Deps, connection: Connection, request: Request) -> Respons
     return JSONResponse(
         {"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202
     )
+
+
+async def keyed_post(
+    request: Request, accepted: list[str], bound: structlog.typing.FilteringBoundLogger
+) -> tuple[bytes, Any]:
+    """The body of a program post and its JSON, once its `api_key` is one of `accepted`
+    (compared in constant time). The key is in the body, so a body that is not JSON is
+    refused (400) before the key is checked; what else is wrong is said only after."""
+    require_json(request)
+    body = await read_capped_body(request, MAX_BODY)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    api_key = data.get("api_key") if isinstance(data, dict) else None
+    if not isinstance(api_key, str) or not secret_matches(api_key, accepted):
+        bound.warning("callback.unauthorized")
+        raise ApiError(401, "unauthorized", "missing or wrong api_key")
+    return body, data
 
 
 def _verified_webhook_id(connection: Connection, request: Request, body: bytes) -> str | None:

@@ -60,7 +60,7 @@ def halaxy(
     clock: Clock,
 ) -> HalaxyClient:
     fake_halaxy.patients["42"] = patient_resource("42")
-    fake_halaxy.requests.clear()  # drop the key check made when the connection was added
+    fake_halaxy.forget_requests()  # the key check made when the connection was added
     return halaxy_client(connection, http, redis_server_client, settings)
 
 

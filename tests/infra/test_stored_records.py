@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from services.sandbox.physitrack import program_callback
 from shared.connections.model import Connection, DocStatus, RetiredSecret
+from shared.connections.practitioner import Practitioner
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AUDIT_FIELDS, AuditFields, AuditTrail
 from shared.infra.codec import RecordCodec
@@ -30,6 +31,8 @@ from shared.infra.errors import UnreadableRecord
 from shared.infra.store import Keys, as_bytes
 from shared.notes.callback import ProgramCallback, note_id_for, parse_callback
 from shared.notes.outbox import NOTE_RECORD, NoteOutbox, NoteRecord, NoteState
+from shared.notes.program_poll import CURSOR, PollCursor
+from shared.notes.unrouted import UnroutedPrograms, UnroutedReason
 from shared.ops.dead_letters import DEAD_LETTER, DeadLetter, DeadLetterStore
 from shared.patients.links import PATIENT_LINK, PatientLink
 from shared.patients.reconcile import (
@@ -69,7 +72,18 @@ sweep_progress = st.builds(
     counts,
     st.none() | st.lists(ids, max_size=5).map(tuple),
 )
-patient_links = st.builds(PatientLink, st.none() | ids, st.none() | text, iso_times, st.booleans())
+patient_links = st.builds(
+    PatientLink,
+    st.none() | ids,
+    st.none() | text,
+    iso_times,
+    st.booleans(),
+    st.none() | text,
+    st.none() | iso_times,
+)
+poll_cursors = st.builds(
+    PollCursor, st.integers(0, 2**53), moments, st.integers(min_value=1, max_value=2**31)
+)
 dead_letters = st.builds(
     DeadLetter,
     *[ids] * 6,
@@ -122,6 +136,20 @@ connections = st.builds(
     | st.builds(RetiredSecret, value=secrets_, valid_until=moments),
     retired_program_api_key=st.none()
     | st.builds(RetiredSecret, value=secrets_, valid_until=moments),
+    physitrack_practitioners=st.lists(
+        st.builds(
+            Practitioner,
+            halaxy_practitioner=ids,
+            token=secrets_,
+            api_key=secrets_,
+            pms_name=st.none() | text,
+            pms_key=st.none() | secrets_,
+            default=st.booleans(),
+            added_at=moments,
+            rotated_at=st.none() | moments,
+        ),
+        max_size=3,
+    ).map(tuple),
 )
 
 with_redis = settings(
@@ -144,8 +172,9 @@ def stored_json(client: redis.Redis, key: str, codec: RecordCodec[T], record: T)
         (SWEEP_PROGRESS, sweep_progress),
         (PATIENT_LINK, patient_links),
         (DEAD_LETTER, dead_letters),
+        (CURSOR, poll_cursors),
     ],
-    ids=["Sweep", "SweepProgress", "PatientLink", "DeadLetter"],
+    ids=["Sweep", "SweepProgress", "PatientLink", "DeadLetter", "PollCursor"],
 )
 def test_a_json_record_round_trips_through_redis(
     redis_server_client: redis.Redis,
@@ -223,6 +252,9 @@ def _secrets(connection: Connection) -> list[SecretStr]:
         for r in (connection.retired_webhook_secret, connection.retired_program_api_key)
         if r
     ]
+    for practitioner in connection.physitrack_practitioners:
+        found += [practitioner.token, practitioner.api_key]
+        found += [practitioner.pms_key] if practitioner.pms_key else []
     return found
 
 
@@ -251,6 +283,26 @@ def test_a_program_callback_round_trips_sealed_beside_its_note(
     redis_server_client.delete(keys.note("cn_codec", note_id))
     assert outbox.create("cn_codec", note_id, callback)
     assert outbox.callback("cn_codec", note_id) == callback
+
+
+@with_redis
+@given(callback=callbacks, reason=st.sampled_from(UnroutedReason))
+def test_an_unrouted_program_round_trips_sealed(
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    callback: ProgramCallback,
+    reason: UnroutedReason,
+) -> None:
+    kept = UnroutedPrograms(redis_server_client, keys, MultiFernet([Fernet(Fernet.generate_key())]))
+    for key in (keys.unrouted_programs(), keys.unrouted_program_times()):
+        redis_server_client.delete(key)
+    program_id = kept.keep(callback, reason)
+    [back] = kept.list()
+    assert (back.id, back.callback, back.reason) == (program_id, callback, reason)
+    assert back.reason is reason
+    raw = b"".join(bytes(v) for v in redis_server_client.hvals(keys.unrouted_programs()))
+    # Sealed: a token long enough not to turn up in base64 by chance is not in Redis in clear.
+    assert callback.token.encode() not in raw or len(callback.token) < 8
 
 
 # --- records as the previous release wrote them -------------------------------------------------

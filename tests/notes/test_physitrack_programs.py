@@ -29,6 +29,7 @@ from shared.connections import roster
 from shared.connections.model import Connection
 from shared.connections.onboarding import KeyVerifier
 from shared.infra.clock import utcnow
+from shared.notes.outbox import NoteOutbox
 from shared.platforms import Physitrack
 from shared.platforms.base import PlatformAccount
 from tests.helpers import audit_of
@@ -272,3 +273,41 @@ def test_a_program_posted_to_a_clinics_own_url_and_found_by_the_poll_is_one_note
     poll_all(pipeline, scheduler)
     pipeline.drain()
     assert notes_by_patient_and_author(sandbox) == Counter({("9001", seat.role): 1})
+
+
+def test_a_pdf_physitrack_is_still_making_is_fetched_once_it_is_there(
+    pipeline: Pipeline, sandbox: Sandbox, clinics: list[Seat], scheduler: Scheduler
+) -> None:
+    """The PDF endpoint answers 202 and a URL whose file may not exist yet (§2.3): the note
+    waits and retries, it does not fail."""
+    seat = clinics[0]
+    book(pipeline, sandbox, seat, "9101")
+    pipeline.drain()
+    poll_all(pipeline, scheduler)
+    sandbox.physitrack.pdf_ready_after_polls = 2
+    sandbox.physitrack.assign(seat.practitioner, "9101", name="Slow PDF", drop=True)
+    poll_all(pipeline, scheduler, after=scheduler.poll_every)
+    pipeline.drain()
+    assert notes_by_patient_and_author(sandbox) == Counter({("9101", seat.role): 1})
+    # Two answers of "not there yet", then the file.
+    assert len(sandbox.physitrack.file_requests) >= 3
+
+
+def test_a_program_for_a_patient_halaxy_does_not_have_ends_as_a_failed_note(
+    pipeline: Pipeline, sandbox: Sandbox, clinics: list[Seat]
+) -> None:
+    seat = clinics[0]
+    sandbox.physitrack.add_client(
+        seat.practitioner.api_key, external_id="9999", first_name="N", last_name="O"
+    )
+    assigned = sandbox.physitrack.assign(
+        seat.practitioner, "9999", deliver_to=ENDPOINT, http=pipeline.receiver
+    )
+    assert assigned.callback is not None
+    assert assigned.callback.status_code == 200
+    pipeline.drain()
+    assert sandbox.halaxy.notes == []
+    settings = pipeline.receiver.app.state.deps.settings
+    outbox = NoteOutbox(pipeline.redis, pipeline.keys, settings.fernet)
+    [failed] = [n for n in outbox.failed() if n.connection_id == seat.connection.id]
+    assert "no patient 9999" in failed.reason

@@ -6,6 +6,7 @@ Real Redis, a real Dramatiq worker (threads), the sandbox Halaxy and Physitrack 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,9 +39,19 @@ PATIENT = "1001"
 @pytest.fixture
 def conn(pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier) -> Connection:
     sandbox.halaxy.patients[PATIENT] = patient_resource(PATIENT)
+    # A practitioner token names one practitioner of one connection in the whole deployment
+    # (this run's connections share a namespace): each test's own.
     return sandbox_connection(
-        pipeline.store, sandbox, verify_key, practitioners={"pt-tok-9": "PR-2002"}
+        pipeline.store, sandbox, verify_key, practitioners={mapped_token(): "PR-2002"}
     )
+
+
+def mapped_token(connection: Connection | None = None) -> str:
+    """A token for the author map, unique per test; the one `connection` maps."""
+    if connection is not None:
+        [token] = connection.practitioners
+        return token
+    return f"pt-tok-{secrets.token_hex(6)}"
 
 
 @pytest.fixture
@@ -70,7 +81,7 @@ def test_an_assignment_becomes_one_note_in_halaxy_shaped_as_documented(
     when = utcnow().replace(microsecond=0) - timedelta(minutes=30)  # assigned half an hour ago
     day = when.date().isoformat()
     response = pipeline.callback(
-        conn, body(conn, publish(sandbox, pdf), token="pt-tok-9", when=when)
+        conn, body(conn, publish(sandbox, pdf), token=mapped_token(conn), when=when)
     )
     assert response.status_code == 202
     [note_id] = response.json()["accepted"]

@@ -49,6 +49,7 @@ def halaxy(
     settings: Settings,
     keys: Keys,
 ) -> Iterator[HalaxyClient]:
+    fake_halaxy.forget_requests()  # the key check made when the connection was added
     with TestClient(fake_halaxy.app()) as http:
         tokens = TokenCache(redis_server_client, keys, settings.fernet)
         yield HalaxyClient(connection.halaxy_account, http, tokens, settings.user_agent)

@@ -93,6 +93,7 @@ def test_the_status_table_fits_120_columns_and_never_says_none(
             "dead_letters": totals[0],
             "parked_notes": totals[1],
             "failed_notes": totals[2],
+            "unrouted_programs": totals[2],
             "redis_warnings": warnings,
         }
     )
@@ -152,6 +153,7 @@ def test_ages_are_read_against_the_time_of_the_status(settings: Settings) -> Non
             "dead_letters": 0,
             "parked_notes": 0,
             "failed_notes": 0,
+            "unrouted_programs": 0,
             "redis_warnings": [],
         }
     )

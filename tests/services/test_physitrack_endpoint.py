@@ -3,8 +3,10 @@ through the real app, real Redis and the real broker (messages queued, not run).
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -150,6 +152,11 @@ def test_an_unknown_token_is_kept_once_for_ops_and_answered_200(
     assert PDF_URL not in orjson.dumps(shown).decode()
     # Sealed at rest: neither the token nor the link is in Redis in clear.
     raw = b"".join(bytes(v) for v in redis_server_client.hvals(keys.unrouted_programs()))
+    # Every ops surface counts it.
+    admin = {"Authorization": f"Bearer {os.environ['BRIDGE_ADMIN_TOKEN']}"}
+    assert endpoint.get("/ops/status", headers=admin).json()["unrouted_programs"] == 1
+    assert "Unrouted programs: 1" in endpoint.get("/ops", headers=admin).text
+    assert "halaxy_bridge_unrouted_programs 1.0" in endpoint.get("/metrics", headers=admin).text
     assert b"unknown-token-1234" not in raw
     assert b"physitrackuploads" not in raw
     assert queued_messages(redis_server_client, keys) == []
@@ -169,6 +176,21 @@ def test_a_token_of_a_disabled_connection_is_kept_with_that_reason(
     assert post(endpoint, callback(token)).status_code == 200
     [kept] = unrouted(physitrack_settings, redis_server_client).list()
     assert kept.reason is UnroutedReason.CONNECTION_DISABLED
+    assert queued_messages(redis_server_client, keys) == []
+
+
+def test_an_expired_link_is_422_and_nothing_is_queued(
+    endpoint: TestClient,
+    store: ConnectionStore,
+    connection: Connection,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    token = "token-e-" + secrets.token_hex(8)
+    add_practitioner(store, connection, "PR-2001", token)
+    response = post(endpoint, callback(token, when=utcnow() - timedelta(hours=25)))
+    assert response.status_code == 422
+    assert "expired" in response.json()["detail"]
     assert queued_messages(redis_server_client, keys) == []
 
 
