@@ -25,7 +25,7 @@ def unrouted(as_json: bool) -> None:
     connection (`practitioners add`); the scheduler does it within one tick. No token, link
     or program name is shown: the last four characters of the token tell them apart."""
     with cli_context(as_json) as ctx:
-        kept = UnroutedPrograms(ctx.redis, ctx.connections.keys, ctx.settings.fernet).list()
+        kept = UnroutedPrograms(ctx.redis, ctx.connections.keys, ctx.settings.fernet).oldest_first()
         rows = [program.shown() for program in kept]
         emit(
             as_json,

@@ -7,28 +7,36 @@ import contextlib
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
-from functools import partial
+from datetime import datetime, timedelta
 
 import redis
 import structlog
+import structlog.typing
 
 from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
-from shared.connections import Connection
+from shared.connections import Connection, Practitioner
 from shared.infra import BridgeError, JobQueue, Permanent, RateLimited, Settings, utcnow
 from shared.notes import (
+    NoteRecord,
+    NoteState,
+    PollCursor,
     PollCursors,
+    PollHooks,
+    ProgramCallback,
+    ProgramClaims,
     ProgramIntake,
+    Taken,
     UnroutedPrograms,
+    failed_for_its_link,
+    forget_polled,
     job_for_note,
-    physitrack_note_id,
     poll_practitioner,
     route_unrouted,
 )
 from shared.ops import upgrade_stored_data
-from shared.patients import SweepLog, due, sweep
-from shared.platforms import Physitrack
+from shared.patients import PatientLinks, SweepLog, due, sweep
+from shared.platforms import Physitrack, ProgramEvent
 from shared.telemetry import PROGRAM_EVENTS
 
 LEADER_TTL_SECONDS = 30  # renewed every tick: BRIDGE_SCHEDULER_TICK_SECONDS is at most 15
@@ -48,6 +56,7 @@ class Scheduler:
         self.sweep_every = timedelta(seconds=settings.reconcile_every_seconds)
         self.poll_every = timedelta(seconds=settings.program_poll_every_seconds)
         self.programs = ProgramIntake(runtime.outbox, self.queue)
+        self.claims = ProgramClaims(runtime.redis, runtime.keys)
         self.unrouted = UnroutedPrograms(runtime.redis, runtime.keys, settings.fernet)
         self.cursors = PollCursors(runtime.redis, runtime.keys)
         self.id = uuid.uuid4().hex[:12]
@@ -129,52 +138,129 @@ class Scheduler:
     def route_unrouted(self) -> None:
         """Write the kept Physitrack posts whose token a connection now knows; drop the ones
         nobody claimed in time (`shared.notes.unrouted`)."""
+        now = utcnow()
         routed = route_unrouted(
             self.unrouted,
             self.runtime.connections.list(),
             lambda connection, callback: self.programs.accept(
-                connection.id, physitrack_note_id(connection, callback), callback
+                connection.id, self.claims.for_post(connection, callback), callback
             ),
+            now,
         )
         if routed:
             log.info("programs.routed", count=routed, scheduler_id=self.id)
-        self.unrouted.forget_old(utcnow())
+        self.unrouted.forget_old(now)
 
     def poll_programs(self, connection: Connection) -> None:
         """Read each practitioner's new Physitrack events, once per poll interval, and record
         a note for every program the webhook did not bring (`shared.notes.program_poll`)."""
         now = utcnow()
         for practitioner in connection.physitrack_practitioners:
+            if not self.is_leader():
+                return  # another scheduler leads now: it polls from the saved cursors
             who = practitioner.halaxy_practitioner
             bound = log.bind(connection_id=connection.id, practitioner=who, scheduler_id=self.id)
+            cursor: PollCursor | None = None
             try:
                 cursor = self.cursors.get(connection.id, who)
                 if cursor is not None and now - cursor.polled_at < self.poll_every:
                     continue
-                source = self.runtime.services(connection.id).accounts.platforms.get(who)
-                if not isinstance(source, Physitrack):
-                    continue
-                result, moved = poll_practitioner(
-                    source,
-                    connection,
-                    practitioner,
-                    cursor,
-                    now,
-                    partial(self.programs.accept, connection.id),
-                    lambda note_id: self.runtime.outbox.get(connection.id, note_id) is not None,
-                )
-                self.cursors.save(connection.id, who, moved)
-            except RateLimited as exc:
-                bound.info("programs.poll_deferred", retry_after=exc.retry_after)
-                continue
+                self._poll(connection, practitioner, cursor, now, bound)
             except BridgeError as exc:
-                bound.warning("programs.poll_failed", error=type(exc).__name__, reason=str(exc))
-                continue
-            for outcome, count in result.counts().items():
-                if count:
-                    PROGRAM_EVENTS.labels(connection.id, outcome).inc(count)
-            if result.queued:
-                bound.info("programs.polled", **result.counts(), last_event_id=moved.last_event_id)
+                event = "programs.poll_deferred" if isinstance(exc, RateLimited) else None
+                bound.warning(
+                    event or "programs.poll_failed", error=type(exc).__name__, reason=str(exc)
+                )
+                # Not again before the next interval, and never below the floor it had.
+                waited = (
+                    cursor.waited(now)
+                    if cursor is not None
+                    else PollCursor(0, now, 1, self._first_floor(practitioner))
+                )
+                with contextlib.suppress(BridgeError):
+                    self.cursors.save(connection.id, who, waited)
+
+    def _poll(
+        self,
+        connection: Connection,
+        practitioner: Practitioner,
+        cursor: PollCursor | None,
+        now: datetime,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        services = self.runtime.services(connection.id)
+        seat = connection.seat_key(practitioner)
+        source = services.accounts.platforms.get(seat)
+        if not isinstance(source, Physitrack):
+            return
+        first_floor = self._first_floor(practitioner) if cursor is None else None
+        result, moved = poll_practitioner(
+            source,
+            connection,
+            practitioner,
+            cursor,
+            now,
+            self._poll_hooks(connection, practitioner, services.links, seat),
+            first_floor,
+        )
+        self.cursors.save(connection.id, practitioner.halaxy_practitioner, moved)
+        forget_polled(self.unrouted, practitioner.token.get_secret_value(), now)
+        for outcome, count in result.counts().items():
+            if count:
+                PROGRAM_EVENTS.labels(connection.id, outcome).inc(count)
+        if result.queued or result.revived or result.refused:
+            bound.info("programs.polled", **result.counts(), last_event_id=moved.last_event_id)
+
+    def _first_floor(self, practitioner: Practitioner) -> datetime:
+        """Where a practitioner's first poll starts: when they were added, or the oldest post
+        kept for their token before that (its link may have expired: the poll gets a new one)."""
+        kept = self.unrouted.of_tokens([practitioner.token.get_secret_value()])
+        return min([practitioner.added_at, *(p.callback.date_iso for p in kept)])
+
+    def _poll_hooks(
+        self,
+        connection: Connection,
+        practitioner: Practitioner,
+        links: PatientLinks,
+        seat: str | None,
+    ) -> PollHooks:
+        outbox = self.runtime.outbox
+
+        def note_id(patient_id: str, event: ProgramEvent) -> str:
+            return self.claims.note_id(
+                connection.id,
+                practitioner.halaxy_practitioner,
+                patient_id,
+                event.program_name,
+                event.created,
+                event.updated,
+            )
+
+        def mendable(record: NoteRecord | None) -> bool:
+            return (
+                record is not None
+                and record.state is NoteState.FAILED
+                and failed_for_its_link(record.reason)
+            )
+
+        def known(note: str) -> bool:
+            record = outbox.get(connection.id, note)
+            return record is not None and not mendable(record)
+
+        def accept(note: str, callback: ProgramCallback) -> Taken:
+            if mendable(outbox.get(connection.id, note)) and outbox.renew(
+                connection.id, note, callback
+            ):
+                self.queue.enqueue([job_for_note(connection.id, note)])
+                return Taken.REVIVED
+            taken = self.programs.accept(connection.id, note, callback)
+            return Taken.QUEUED if taken.accepted else Taken.DUPLICATE
+
+        def owns(patient_id: str, client_id: str) -> bool:
+            link = links.get(patient_id, seat=seat)
+            return link is not None and link.platform_id == client_id
+
+        return PollHooks(note_id=note_id, known=known, accept=accept, owns=owns)
 
     def sweep_if_due(self, connection_id: str) -> None:
         bound = log.bind(connection_id=connection_id, scheduler_id=self.id)
@@ -207,6 +293,10 @@ class Scheduler:
         while not stop.is_set():
             self.tick()
             stop.wait(self.settings.scheduler_tick_seconds)
+        self.resign()
+
+    def resign(self) -> None:
+        """Give up the leadership, if held, so another scheduler takes over at once."""
         try:
             if self._leader.owned():
                 self._leader.release()

@@ -46,7 +46,13 @@ from shared.infra import (
     load_settings,
     redis_client,
 )
-from shared.notes import NoteOutbox, NoteState, ProgramIntake, UnroutedPrograms
+from shared.notes import (
+    NoteOutbox,
+    NoteState,
+    ProgramClaims,
+    ProgramIntake,
+    UnroutedPrograms,
+)
 from shared.patients import EventIntake
 from shared.telemetry import MetricsPusher, Reused
 
@@ -116,6 +122,7 @@ def create_app(
         intake=intake or DramatiqEventIntake(async_client, keys),
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
         unrouted=UnroutedPrograms(client, keys, settings.fernet),
+        claims=ProgramClaims(client, keys),
         queue=queue,
         verify_key=verify_key or halaxy_key_verifier(settings, http),
         verify_platform_key=verify_platform_key

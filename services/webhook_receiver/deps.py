@@ -10,7 +10,7 @@ from starlette.requests import Request
 from services.webhook_receiver.known_connections import KnownConnections
 from shared.connections import ConnectionStore, KeyVerifier, PlatformKeyVerifier
 from shared.infra import AuditTrail, JobQueue, Settings
-from shared.notes import ProgramIntake, UnroutedPrograms
+from shared.notes import ProgramClaims, ProgramIntake, UnroutedPrograms
 from shared.patients import EventIntake
 from shared.telemetry import MetricsPusher, Reused
 
@@ -24,6 +24,7 @@ class Deps:
     intake: EventIntake
     programs: ProgramIntake
     unrouted: UnroutedPrograms  # Physitrack posts no connection could take
+    claims: ProgramClaims  # one note id per Physitrack program, however it arrives
     queue: JobQueue
     verify_key: KeyVerifier
     verify_platform_key: PlatformKeyVerifier  # a practitioner's Physitrack key

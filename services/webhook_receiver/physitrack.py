@@ -33,7 +33,6 @@ from shared.notes import (
     is_link_expired,
     owner_of,
     parse_callback,
-    physitrack_note_id,
 )
 
 EVENT = "physitrack-program"
@@ -79,7 +78,7 @@ def _route(deps: Deps, callback: ProgramCallback) -> Response:
         log.warning("physitrack.unrouted", unrouted_id=kept, reason=reason.value, **which)
         return Response(status_code=200)
     _check_link(owner, callback)
-    note_id = physitrack_note_id(owner, callback)
+    note_id = deps.claims.for_post(owner, callback)
     result = deps.programs.accept(owner.id, note_id, callback)
     metrics.accepted(owner.id, EVENT, len(result.accepted), len(result.duplicates))
     log.info(

@@ -27,7 +27,6 @@ from shared.connections import Connection
 from shared.infra import InvalidInput, StoreUnavailable, utcnow
 from shared.notes import (
     PdfRefused,
-    callback_note_id,
     check_listed,
     is_link_expired,
     parse_callback,
@@ -72,11 +71,13 @@ async def _take(deps: Deps, connection: Connection, request: Request) -> Respons
         raise ApiError(422, "invalid", f"file_url: {exc}") from None
     if is_link_expired(callback, utcnow()):
         raise ApiError(422, "invalid", "file_url: the PDF link expired (24 hours after date_iso)")
-    note_id = callback_note_id(connection, callback, webhook_id)
     try:
+        note_id = await run_in_threadpool(
+            deps.claims.for_callback, connection, callback, webhook_id
+        )
         result = await run_in_threadpool(deps.programs.accept, connection.id, note_id, callback)
     except StoreUnavailable:
-        bound.error("callback.not_queued", reason="redis_unavailable", note_id=note_id)
+        bound.error("callback.not_queued", reason="redis_unavailable")
         raise unavailable() from None
     metrics.accepted(connection.id, EVENT, len(result.accepted), len(result.duplicates))
     bound.info("callback.accepted", note_id=note_id, duplicate=not result.accepted)

@@ -70,9 +70,7 @@ def sync_appointment(connection_id: str, resource_id: str, event: str, event_id:
                 booked=True,
                 booked_with=booked_with,
             ),
-            practitioners=[
-                p.halaxy_practitioner for p in services.connection.physitrack_practitioners
-            ],
+            practitioners=services.accounts.seats,
         )
         log.info("appointment.synced", outcome=outcome.value, patient_id=patient_id)
 

@@ -100,7 +100,9 @@ class WorkerRuntime:
             connection=connection,
             halaxy=HalaxyClient(connection.halaxy_account, http, self.tokens, ua, self.limiter),
             platform=platforms[CONNECTION_ACCOUNT],
-            accounts=PlatformAccounts(platforms, connection.default_seat().practitioner),
+            accounts=PlatformAccounts(
+                platforms, connection.default_seat().practitioner, connection.practitioner_seats()
+            ),
             links=PatientLinks(self.redis, self.keys, connection_id, self.renewer),
             pdfs=PdfFetcher(http, self.resolver),
         )

@@ -6,6 +6,7 @@ Pure model and validation. Storage lives in `shared.connections.store`.
 from __future__ import annotations
 
 import base64
+import hmac
 import re
 import secrets
 import string
@@ -112,29 +113,42 @@ class Connection(BaseModel):
         )
 
     def seats(self) -> list[PlatformSeat]:
-        """Every platform account of the connection: its own, then each practitioner's."""
+        """Every platform account of the connection: its own, then each practitioner's that
+        is not the same account (`seat_key`)."""
         return [
             PlatformSeat(CONNECTION_ACCOUNT, self.platform_account),
             *(
                 PlatformSeat(p.halaxy_practitioner, self._account_of(p))
                 for p in self.physitrack_practitioners
+                if self.seat_key(p) is not CONNECTION_ACCOUNT
             ),
         ]
 
-    def seat_of(self, halaxy_practitioner: str | None) -> PlatformSeat | None:
-        for seat in self.seats():
-            if seat.practitioner == halaxy_practitioner:
-                return seat
-        return None
+    def seat_key(self, practitioner: Practitioner) -> str | None:
+        """Which account's links the practitioner's patients are kept under: their own PR-
+        id, or `CONNECTION_ACCOUNT` when their credentials are the connection's own (every
+        Physitrack key is some practitioner's, therapy-platforms.md 1.3; the patients synced
+        under the connection's key before the practitioner was added are in their account
+        already, and must not be created there twice)."""
+        own = self.platform_account
+        theirs = self._account_of(practitioner)
+        same = (
+            _same_secret(own.api_key, theirs.api_key)
+            and own.pms_name == theirs.pms_name
+            and _same_secret(own.pms_key, theirs.pms_key)
+        )
+        return CONNECTION_ACCOUNT if same else practitioner.halaxy_practitioner
+
+    def practitioner_seats(self) -> dict[str, str | None]:
+        """Each practitioner's PR- id, to the seat key their patients are kept under."""
+        return {p.halaxy_practitioner: self.seat_key(p) for p in self.physitrack_practitioners}
 
     def default_seat(self) -> PlatformSeat:
         """Where a patient with no practitioner of their own goes: the default practitioner's
         account, else the connection's own."""
         for practitioner in self.physitrack_practitioners:
             if practitioner.default:
-                return PlatformSeat(
-                    practitioner.halaxy_practitioner, self._account_of(practitioner)
-                )
+                return PlatformSeat(self.seat_key(practitioner), self._account_of(practitioner))
         return PlatformSeat(CONNECTION_ACCOUNT, self.platform_account)
 
     def practitioner(self, halaxy_practitioner: str) -> Practitioner | None:
@@ -185,6 +199,12 @@ class Connection(BaseModel):
     def program_api_keys(self, now: datetime) -> list[str]:
         """The program-callback `api_key` values accepted at `now` (current first)."""
         return _live_secrets(self.program_api_key, self.retired_program_api_key, now)
+
+
+def _same_secret(one: SecretStr | None, other: SecretStr | None) -> bool:
+    if one is None or other is None:
+        return one is other
+    return hmac.compare_digest(one.get_secret_value().encode(), other.get_secret_value().encode())
 
 
 def _live_secrets(current: SecretStr, retired: RetiredSecret | None, now: datetime) -> list[str]:

@@ -109,6 +109,12 @@ class Keys:
     def unrouted_program_times(self) -> str:
         return f"{self.namespace}:programs:unrouted:times"
 
+    def unrouted_programs_of(self, token_digest: str) -> str:
+        return f"{self.namespace}:programs:unrouted:token:{token_digest}"
+
+    def program_moments(self, connection_id: str, program: str) -> str:
+        return f"{self.namespace}:programs:moments:{connection_id}:{program}"
+
     def program_poll_cursors(self, connection_id: str) -> str:
         return f"{self.namespace}:programs:cursor:{connection_id}"
 

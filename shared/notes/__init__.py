@@ -4,17 +4,31 @@ the resolution of parked notes.
 
 from shared.notes.callback import (
     ProgramCallback,
-    callback_note_id,
     is_link_expired,
     note_id_for,
     parse_callback,
-    physitrack_note_id,
     program_note_id,
 )
+from shared.notes.claims import ProgramClaims
 from shared.notes.intake import ProgramIntake, job_for_note
-from shared.notes.outbox import OFFSET_MAX, PAGE_DEFAULT, PAGE_MAX, NoteOutbox, NotesPage, NoteState
+from shared.notes.outbox import (
+    OFFSET_MAX,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    NoteOutbox,
+    NoteRecord,
+    NotesPage,
+    NoteState,
+)
 from shared.notes.pdf_fetch import PdfFetcher, PdfRefused, Resolver, check_listed, system_resolver
-from shared.notes.program_poll import PollCursor, PollCursors, PollResult, poll_practitioner
+from shared.notes.program_poll import (
+    PollCursor,
+    PollCursors,
+    PollHooks,
+    PollResult,
+    Taken,
+    poll_practitioner,
+)
 from shared.notes.resolution import (
     NoteNotWaiting,
     NoteStateConflict,
@@ -26,10 +40,11 @@ from shared.notes.resolution import (
 from shared.notes.unrouted import (
     UnroutedPrograms,
     UnroutedReason,
+    forget_polled,
     owner_of,
     route_unrouted,
 )
-from shared.notes.writer import write_note
+from shared.notes.writer import failed_for_its_link, write_note
 
 __all__ = [
     "OFFSET_MAX",
@@ -37,6 +52,7 @@ __all__ = [
     "PAGE_MAX",
     "NoteNotWaiting",
     "NoteOutbox",
+    "NoteRecord",
     "NoteState",
     "NoteStateConflict",
     "NotesPage",
@@ -44,23 +60,26 @@ __all__ = [
     "PdfRefused",
     "PollCursor",
     "PollCursors",
+    "PollHooks",
     "PollResult",
     "ProgramCallback",
+    "ProgramClaims",
     "ProgramIntake",
     "Resolution",
     "Resolver",
+    "Taken",
     "UnroutedPrograms",
     "UnroutedReason",
     "Waiting",
-    "callback_note_id",
     "check_listed",
+    "failed_for_its_link",
     "find_waiting",
+    "forget_polled",
     "is_link_expired",
     "job_for_note",
     "note_id_for",
     "owner_of",
     "parse_callback",
-    "physitrack_note_id",
     "poll_practitioner",
     "program_note_id",
     "resolve_note",

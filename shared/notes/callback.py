@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from shared.connections.model import Connection
 from shared.infra.validation import validated
-from shared.platforms import PlatformKind
 
 FILE_URL_LIFETIME = timedelta(hours=24)
 PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -110,15 +109,23 @@ def program_note_id(
     moment: datetime,
     updated: bool,
 ) -> str:
-    """The note's id for a Physitrack program, the same whether it arrives by the PDF webhook
-    or by the events poll, so the two give one note.
+    """A new note's id for a Physitrack program first seen at `moment` (to the second); a
+    later arrival of the same program near that moment takes the same id
+    (`shared.notes.claims`)."""
+    material = "|".join(
+        [
+            program_identity(connection_id, practitioner, patient_id, program_name, updated),
+            moment.astimezone(UTC).isoformat(timespec="seconds"),
+        ]
+    )
+    return "nt_" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
-    Neither names the other's ids: the webhook has no program id or access code, the event no
-    `date_iso` (therapy-platforms.md 2.1, 2.2). What both carry is the practitioner, the
-    patient, the program's name, whether it was assigned or updated, and its moment; the
-    moment is taken to the day (UTC), since the webhook's `date_iso` and the event's
-    `created` are not documented to be the same instant. One note per program, patient,
-    practitioner, kind and day: a second update of one program on one day adds no note."""
+
+def program_identity(
+    connection_id: str, practitioner: str, patient_id: str, program_name: str, updated: bool
+) -> str:
+    """What names one program's assignment (or update) apart from its moment: connection,
+    practitioner, patient, program name, kind. A digest: the parts are ids and a name."""
     material = "|".join(
         [
             connection_id,
@@ -126,35 +133,20 @@ def program_note_id(
             practitioner,
             patient_id,
             " ".join(program_name.split()),
-            moment.astimezone(UTC).date().isoformat(),
             "updated" if updated else "assigned",
         ]
     )
-    return "nt_" + hashlib.sha256(material.encode()).hexdigest()[:32]
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def physitrack_note_id(connection: Connection, callback: ProgramCallback) -> str:
-    """`program_note_id` of a PDF-webhook post to a connection: the practitioner named by
-    their Halaxy PR- id (stable when their token is rotated), else by the token."""
-    practitioner = connection.practitioner_with_token(callback.token)
+def practitioner_identity(connection: Connection, token: str) -> str:
+    """The practitioner a post's token names, for note ids: their Halaxy PR- id (stable when
+    the token is rotated, and the same whether they are a record or in the author map), else
+    the token itself (hashed into the id, never shown)."""
+    practitioner = connection.practitioner_with_token(token)
     if practitioner is not None:
-        who = practitioner.halaxy_practitioner
-    else:
-        who = connection.practitioners.get(callback.token) or f"token:{callback.token}"
-    return program_note_id(
-        connection.id, who, callback.patient_id, callback.name, callback.date_iso, callback.updated
-    )
-
-
-def callback_note_id(
-    connection: Connection, callback: ProgramCallback, webhook_id: str | None
-) -> str:
-    """The note's id for a post to a connection's own callback URL: a signed post's
-    `webhook-id`; a Physitrack post's `physitrack_note_id`, so that the events poll, which
-    finds the same program, gives the same note; else `note_id_for`."""
-    if webhook_id is None and connection.platform is PlatformKind.PHYSITRACK:
-        return physitrack_note_id(connection, callback)
-    return note_id_for(connection.id, callback, webhook_id)
+        return practitioner.halaxy_practitioner
+    return connection.practitioners.get(token) or f"token:{token}"
 
 
 def note_title(callback: ProgramCallback) -> str:

@@ -195,6 +195,20 @@ class NoteOutbox:
             )
         return bool(created)
 
+    def renew(self, connection_id: str, note_id: str, callback: ProgramCallback) -> bool:
+        """Queue again a failed note with a fresh callback (a new PDF link the events poll
+        asked for); False if the note is not failed (any more)."""
+        moved, _ = self.move(
+            connection_id,
+            note_id,
+            {NoteState.FAILED},
+            NoteState.QUEUED,
+            reason="",
+            link_expires_at=str(int(callback.link_expires_at().timestamp())),
+            callback=self._fernet.encrypt(CALLBACK.encode(callback)).decode(),
+        )
+        return moved
+
     def get(self, connection_id: str, note_id: str) -> NoteRecord | None:
         with translate_redis_errors():
             raw = self._redis.hgetall(self._keys.note(connection_id, note_id))

@@ -44,6 +44,8 @@ class PdfNotThere(Permanent):
     """The PDF host has no file at the link (404, or S3's 403 for a missing object): gone,
     or, for a link Physitrack made a moment ago, not made yet (therapy-platforms.md 2.3)."""
 
+    PREFIX = "the PDF host has no file at the link"
+
 
 class PdfRefused(Permanent):
     """The URL or the file breaks a rule; nothing was (or will be) fetched from it."""
@@ -204,7 +206,7 @@ class PdfFetcher:
         if status == 429 or status == 408 or status >= 500:
             raise Transient(f"the PDF host answered {status}")
         if status in (403, 404):
-            raise PdfNotThere(f"the PDF host answered {status} (the link may have expired)")
+            raise PdfNotThere(f"{PdfNotThere.PREFIX}: it answered {status} (the link expired?)")
         if status != 200:
             raise Permanent(f"the PDF host answered {status} (the link may have expired)")
         media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()

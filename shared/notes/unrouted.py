@@ -28,7 +28,7 @@ from shared.infra.clock import utcnow
 from shared.infra.codec import RecordCodec
 from shared.infra.errors import BridgeError
 from shared.infra.store import Keys, as_bytes, translate_redis_errors
-from shared.notes.callback import ProgramCallback
+from shared.notes.callback import ProgramCallback, is_link_expired
 
 log = structlog.get_logger("halaxy_bridge.notes")
 
@@ -92,6 +92,7 @@ class UnroutedPrograms:
         pipe = self._redis.pipeline(transaction=True)
         pipe.hsetnx(self._keys.unrouted_programs(), program.id, sealed)
         pipe.zadd(self._keys.unrouted_program_times(), {program.id: now.timestamp()}, nx=True)
+        pipe.sadd(self._token_index(callback.token), program.id)
         with translate_redis_errors():
             pipe.execute()
         return program.id
@@ -99,25 +100,26 @@ class UnroutedPrograms:
     def count(self) -> int:
         return count_unrouted(self._redis, self._keys)
 
-    def list(self, limit: int = LISTED_AT_MOST) -> list[UnroutedProgram]:
+    def oldest_first(self, limit: int = LISTED_AT_MOST) -> list[UnroutedProgram]:
         """The oldest first, at most `limit`; one that cannot be opened is left out (logged)."""
         with translate_redis_errors():
             members = self._redis.zrange(self._keys.unrouted_program_times(), 0, limit - 1)
-            ids = [as_bytes(member).decode() for member in cast(list[bytes], members)]
-            raws = self._redis.hmget(self._keys.unrouted_programs(), ids) if ids else []
-        found = []
-        for program_id, raw in zip(ids, raws, strict=True):
-            program = self._open(program_id, raw)
-            if program is not None:
-                found.append(program)
-        return found
+        return self._open_all([as_bytes(m).decode() for m in cast(list[bytes], members)])
 
-    def remove(self, program_id: str) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hdel(self._keys.unrouted_programs(), program_id)
-        pipe.zrem(self._keys.unrouted_program_times(), program_id)
+    def of_tokens(self, tokens: Sequence[str]) -> list[UnroutedProgram]:
+        """The kept posts naming any of `tokens` (an index per token: no other is opened)."""
+        if not tokens:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for token in tokens:
+            pipe.smembers(self._token_index(token))
         with translate_redis_errors():
-            pipe.execute()
+            found = pipe.execute()
+        ids = sorted({as_bytes(i).decode() for members in found for i in members})
+        return self._open_all(ids)
+
+    def remove(self, program: UnroutedProgram) -> None:
+        self._remove(program.id, program.callback.token)
 
     def forget_old(self, now: datetime) -> int:
         """Drop the posts kept longer than `KEPT_FOR`; how many."""
@@ -126,11 +128,35 @@ class UnroutedPrograms:
             old = self._redis.zrangebyscore(
                 self._keys.unrouted_program_times(), "-inf", cutoff, start=0, num=500
             )
-        for program_id in cast(list[bytes], old):
-            self.remove(as_bytes(program_id).decode())
-        if old:
-            log.warning("programs.unrouted_dropped", count=len(old), kept_days=KEPT_FOR.days)
-        return len(old)
+        ids = [as_bytes(i).decode() for i in cast(list[bytes], old)]
+        opened = {program.id: program for program in self._open_all(ids)}
+        for program_id in ids:
+            program = opened.get(program_id)
+            self._remove(program_id, None if program is None else program.callback.token)
+        if ids:
+            log.warning("programs.unrouted_dropped", count=len(ids), kept_days=KEPT_FOR.days)
+        return len(ids)
+
+    def _remove(self, program_id: str, token: str | None) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(self._keys.unrouted_programs(), program_id)
+        pipe.zrem(self._keys.unrouted_program_times(), program_id)
+        if token is not None:
+            pipe.srem(self._token_index(token), program_id)
+        with translate_redis_errors():
+            pipe.execute()
+
+    def _open_all(self, ids: list[str]) -> list[UnroutedProgram]:
+        if not ids:
+            return []
+        with translate_redis_errors():
+            raws = self._redis.hmget(self._keys.unrouted_programs(), ids)
+        found = []
+        for program_id, raw in zip(ids, raws, strict=True):
+            program = self._open(program_id, raw)
+            if program is not None:
+                found.append(program)
+        return sorted(found, key=lambda p: p.received_at)
 
     def _open(self, program_id: str, raw: bytes | str | None) -> UnroutedProgram | None:
         if raw is None:
@@ -140,6 +166,10 @@ class UnroutedPrograms:
         except (InvalidToken, BridgeError):
             log.warning("programs.unrouted_unreadable", unrouted_id=program_id)
             return None
+
+    def _token_index(self, token: str) -> str:
+        """The set of kept posts naming one token, keyed by the token's digest."""
+        return self._keys.unrouted_programs_of(hashlib.sha256(token.encode()).hexdigest()[:32])
 
 
 def count_unrouted(client: redis.Redis, keys: Keys) -> int:
@@ -161,18 +191,32 @@ Accept = Callable[[Connection, ProgramCallback], object]
 
 
 def route_unrouted(
-    unrouted: UnroutedPrograms, connections: Sequence[Connection], accept: Accept
+    unrouted: UnroutedPrograms, connections: Sequence[Connection], accept: Accept, now: datetime
 ) -> int:
     """Hand each kept post whose token an enabled connection now knows to `accept` (which
-    records and queues its note), then forget it; how many were routed. A failure leaves the
-    post kept for the next try."""
+    records and queues its note), then forget it; how many were routed. A post whose PDF link
+    has expired stays kept: its practitioner's first events poll reaches back to it and fetches
+    a fresh PDF (`forget_polled`). A failure leaves the post kept for the next try."""
     routed = 0
-    for program in unrouted.list():
-        owner = owner_of(connections, program.callback.token)
-        if owner is None or not owner.enabled:
+    for connection in connections:
+        if not connection.enabled:
             continue
-        accept(owner, program.callback)
-        unrouted.remove(program.id)
-        routed += 1
-        log.info("programs.unrouted_routed", unrouted_id=program.id, connection_id=owner.id)
+        for program in unrouted.of_tokens(connection.tokens()):
+            if is_link_expired(program.callback, now):
+                continue
+            accept(connection, program.callback)
+            unrouted.remove(program)
+            routed += 1
+            log.info(
+                "programs.unrouted_routed", unrouted_id=program.id, connection_id=connection.id
+            )
     return routed
+
+
+def forget_polled(unrouted: UnroutedPrograms, token: str, now: datetime) -> int:
+    """After a practitioner's events poll: their kept posts whose links expired were read
+    from the events (the poll's first floor reached back to them); forget them."""
+    gone = [p for p in unrouted.of_tokens([token]) if is_link_expired(p.callback, now)]
+    for program in gone:
+        unrouted.remove(program)
+    return len(gone)

@@ -34,6 +34,14 @@ log = structlog.get_logger("halaxy_bridge.notes")
 
 B64_CHUNK = 3 * 64 * 1024  # a multiple of 3: chunks encode without padding in between
 PDF_MAKING = timedelta(minutes=30)  # how long a fresh link's missing file is "not made yet"
+NO_CALLBACK = "the callback is no longer stored"
+LINK_EXPIRED = "the PDF link expired (24 hours) before it was fetched"
+
+
+def failed_for_its_link(reason: str) -> bool:
+    """A failure a fresh PDF link can mend (the events poll asks Physitrack for one): the link
+    expired, the file was gone, or the stored callback was."""
+    return reason in (NO_CALLBACK, LINK_EXPIRED) or reason.startswith(PdfNotThere.PREFIX)
 
 
 class NoteOutcome(StrEnum):
@@ -77,11 +85,9 @@ def write_note(
         )
     callback = outbox.callback(connection.id, note_id)
     if callback is None:
-        return _fail(outbox, connection, note_id, "the callback is no longer stored")
+        return _fail(outbox, connection, note_id, NO_CALLBACK)
     if is_link_expired(callback, now):
-        return _fail(
-            outbox, connection, note_id, "the PDF link expired (24 hours) before it was fetched"
-        )
+        return _fail(outbox, connection, note_id, LINK_EXPIRED)
     outbox.move(connection.id, note_id, {NoteState.QUEUED, NoteState.FETCHING}, NoteState.FETCHING)
     outbox.add_attempt(connection.id, note_id)
     try:

@@ -131,6 +131,12 @@ class PatientLinks:
         with translate_redis_errors():
             self._redis.hset(self._key, link_field(patient_id, seat), _creating())
 
+    def unmark_creating(self, patient_id: str, seat: str | None = None) -> None:
+        """Forget the `creating` marker of a create the platform refused (nothing was made):
+        under the patient's lock, like every write of a link."""
+        with translate_redis_errors():
+            self._redis.hdel(self._key, link_field(patient_id, seat))
+
     def count(self) -> int:
         with translate_redis_errors():
             return int(self._redis.hlen(self._key))

@@ -12,7 +12,7 @@ Only accounts the connection has are chosen: a PR- id with no practitioner recor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shared.connections.practitioner import referenced_practitioners
@@ -21,16 +21,20 @@ from shared.connections.practitioner import referenced_practitioners
 def accounts_for(
     patient: dict[str, Any],
     linked: Sequence[str | None],
-    known: Sequence[str | None],
+    seats: Mapping[str, str | None],
     default: str | None,
     booked_with: str | None = None,
 ) -> list[str | None]:
-    """The accounts (PR- ids; None: the connection's own) to write `patient` to, in order,
-    each once."""
+    """The accounts to write `patient` to, in order, each once: seat keys, a practitioner's PR-
+    id or None for the connection's own. `linked`: the seats the patient is in already;
+    `seats`: each practitioner's PR- id to their seat (a practitioner whose account is the
+    connection's own has that seat); `booked_with`: the PR- id of the practitioner an
+    appointment just booked the patient with."""
+    known = {None, *seats.values()}
     chosen: list[str | None] = [seat for seat in linked if seat in known]
-    if booked_with is not None and booked_with in known:
-        chosen.append(booked_with)
-    chosen.extend(pr for pr in general_practitioners(patient) if pr in known)
+    if booked_with is not None and booked_with in seats:
+        chosen.append(seats[booked_with])
+    chosen.extend(seats[pr] for pr in general_practitioners(patient) if pr in seats)
     if not chosen:
         chosen.append(default if default in known else None)
     return list(dict.fromkeys(chosen))

@@ -8,8 +8,8 @@ can see why a patient never arrived (`status`, `/ops`, `/metrics`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -72,6 +72,9 @@ class PlatformAccounts:
 
     platforms: Mapping[str | None, TherapyPlatform]
     default: str | None = CONNECTION_ACCOUNT
+    # Each practitioner's PR- id to the seat their patients are kept under
+    # (`Connection.practitioner_seats`).
+    seats: Mapping[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def only(cls, platform: TherapyPlatform) -> PlatformAccounts:
@@ -131,9 +134,7 @@ def _sync(
             if found is not Standing.ENQUIRY or not (booked or written):
                 return _not_written(links, patient_id, written, found)
             found = map_patient(resource, now)
-        seats = accounts_for(
-            resource, list(linked), list(accounts.platforms), accounts.default, booked_with
-        )
+        seats = accounts_for(resource, list(linked), accounts.seats, accounts.default, booked_with)
         version = last_updated(resource)
         outcomes = [
             _write(accounts.platforms[seat], links, audit, patient_id, found, seat, version)
@@ -196,6 +197,8 @@ def _write(
     except GenderRefused:
         # The platform takes no patient without a sex the record does not give (physitrack.py,
         # "Gender"): counted and left for the next change of the Patient, never dead-lettered.
+        if platform_id is None:
+            links.unmark_creating(patient_id, seat=seat)  # refused: nothing was created
         audit.record_write("platform.patient_write", links.connection_id, ids, "refused: gender")
         return SyncOutcome.SKIPPED_GENDER
     except Permanent as exc:
@@ -238,11 +241,13 @@ def sync_appointment(
     appointment_id: str,
     deleted: bool,
     sync: Callable[[str, str | None], SyncOutcome],
-    practitioners: Collection[str] = (),
+    practitioners: Mapping[str, str | None] | None = None,
 ) -> tuple[SyncOutcome, str | None]:
     """Make sure an appointment's patient is in the platform, in the account of the
-    appointment's practitioner when they have one of `practitioners` (PR- ids); a deletion
-    needs nothing. `sync(patient_id, booked_with)` syncs the patient."""
+    appointment's practitioner when they are one of `practitioners` (PR- id to seat,
+    `Connection.practitioner_seats`); a deletion needs nothing. `sync(patient_id,
+    booked_with)` syncs the patient, `booked_with` the practitioner's PR- id or None."""
+    practitioners = practitioners or {}
     if deleted:
         return SyncOutcome.NOTHING_TO_DO, None
     try:
@@ -256,11 +261,11 @@ def sync_appointment(
         (pr for pr in appointment_practitioners(appointment) if pr in practitioners), None
     )
     if booked_with is not None:
-        link = links.get(patient_id, seat=booked_with)
+        link = links.get(patient_id, seat=practitioners[booked_with])
         if link is not None and not link.creating:
             return SyncOutcome.ALREADY_SYNCED, patient_id
     else:
-        seats = [CONNECTION_ACCOUNT, *practitioners]
+        seats = list(dict.fromkeys([CONNECTION_ACCOUNT, *practitioners.values()]))
         if any(not link.creating for link in links.of_seats(patient_id, seats).values()):
             return SyncOutcome.ALREADY_SYNCED, patient_id
     return sync(patient_id, booked_with), patient_id

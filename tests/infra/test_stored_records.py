@@ -82,7 +82,11 @@ patient_links = st.builds(
     st.none() | iso_times,
 )
 poll_cursors = st.builds(
-    PollCursor, st.integers(0, 2**53), moments, st.integers(min_value=1, max_value=2**31)
+    PollCursor,
+    st.integers(0, 2**53),
+    moments,
+    st.integers(min_value=1, max_value=2**31),
+    st.none() | moments,
 )
 dead_letters = st.builds(
     DeadLetter,
@@ -297,7 +301,7 @@ def test_an_unrouted_program_round_trips_sealed(
     for key in (keys.unrouted_programs(), keys.unrouted_program_times()):
         redis_server_client.delete(key)
     program_id = kept.keep(callback, reason)
-    [back] = kept.list()
+    [back] = kept.oldest_first()
     assert (back.id, back.callback, back.reason) == (program_id, callback, reason)
     assert back.reason is reason
     raw = b"".join(bytes(v) for v in redis_server_client.hvals(keys.unrouted_programs()))

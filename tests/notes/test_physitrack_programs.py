@@ -29,7 +29,9 @@ from shared.connections import roster
 from shared.connections.model import Connection
 from shared.connections.onboarding import KeyVerifier
 from shared.infra.clock import utcnow
+from shared.infra.store import LeaseRenewer
 from shared.notes.outbox import NoteOutbox
+from shared.patients.links import PatientLinks
 from shared.platforms import Physitrack
 from shared.platforms.base import PlatformAccount
 from tests.helpers import audit_of
@@ -101,16 +103,19 @@ def book(pipeline: Pipeline, sandbox: Sandbox, seat: Seat, patient_id: str) -> N
 def scheduler(pipeline: Pipeline) -> Iterator[Scheduler]:
     settings = pipeline.receiver.app.state.deps.settings
     runtime = WorkerRuntime(settings)
-    yield Scheduler(settings, runtime, DramatiqJobQueue(pipeline.broker))
+    scheduler = Scheduler(settings, runtime, DramatiqJobQueue(pipeline.broker))
+    # Each `poll_all` stands for one poll interval (BRIDGE_PROGRAM_POLL_EVERY_SECONDS): the
+    # clock is not moved, so the workers' retry times stay real.
+    scheduler.poll_every = timedelta(0)
+    yield scheduler
+    scheduler.resign()  # the next test's scheduler leads at once
     runtime.close()
 
 
-def poll_all(pipeline: Pipeline, scheduler: Scheduler, after: timedelta = timedelta(0)) -> None:
-    """The scheduler's poll of every practitioner, `after` from now on the product's clock
-    (a practitioner is read once per BRIDGE_PROGRAM_POLL_EVERY_SECONDS)."""
-    with time_machine.travel(utcnow() + after, tick=True):
-        for connection in pipeline.store.list():
-            scheduler.poll_programs(connection)
+def poll_all(pipeline: Pipeline, scheduler: Scheduler) -> None:
+    """One poll interval: the scheduler reads every practitioner's events once."""
+    for connection in pipeline.store.list():
+        scheduler.poll_programs(connection)
 
 
 def notes_by_patient_and_author(sandbox: Sandbox) -> Counter[tuple[str, str]]:
@@ -179,7 +184,7 @@ def test_with_30_percent_of_callbacks_dropped_the_poll_recovers_every_program(
     pipeline.drain()
     delivered = len(sandbox.halaxy.notes)
     # One poll interval later: every practitioner's events read once.
-    poll_all(pipeline, scheduler, after=scheduler.poll_every)
+    poll_all(pipeline, scheduler)
     pipeline.drain()
     lost = sum((expected - notes_by_patient_and_author(sandbox)).values())
     doubled = sum((notes_by_patient_and_author(sandbox) - expected).values())
@@ -193,7 +198,7 @@ def test_with_30_percent_of_callbacks_dropped_the_poll_recovers_every_program(
     assert lost == 0
     assert doubled == 0
     # The next poll finds nothing new.
-    poll_all(pipeline, scheduler, after=2 * scheduler.poll_every)
+    poll_all(pipeline, scheduler)
     pipeline.drain()
     assert notes_by_patient_and_author(sandbox) == expected
 
@@ -286,7 +291,7 @@ def test_a_pdf_physitrack_is_still_making_is_fetched_once_it_is_there(
     poll_all(pipeline, scheduler)
     sandbox.physitrack.pdf_ready_after_polls = 2
     sandbox.physitrack.assign(seat.practitioner, "9101", name="Slow PDF", drop=True)
-    poll_all(pipeline, scheduler, after=scheduler.poll_every)
+    poll_all(pipeline, scheduler)
     pipeline.drain()
     assert notes_by_patient_and_author(sandbox) == Counter({("9101", seat.role): 1})
     # Two answers of "not there yet", then the file.
@@ -311,3 +316,89 @@ def test_a_program_for_a_patient_halaxy_does_not_have_ends_as_a_failed_note(
     outbox = NoteOutbox(pipeline.redis, pipeline.keys, settings.fernet)
     [failed] = [n for n in outbox.failed() if n.connection_id == seat.connection.id]
     assert "no patient 9999" in failed.reason
+
+
+def test_a_practitioner_whose_key_is_the_connections_own_gets_no_second_client(
+    pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier
+) -> None:
+    """Every Physitrack key is some practitioner's: a clinic onboarded with Dr X's key has
+    its patients in X's account already when X is added as a practitioner."""
+    fake = sandbox.physitrack.add_practitioner()
+    connection = sandbox_connection(
+        pipeline.store, sandbox, verify_key, platform_api_key=fake.api_key
+    )
+    sandbox.halaxy.patients["9201"] = patient_resource("9201")
+    pipeline.send(connection, "patient-created", "Patient", ["9201"])
+    pipeline.drain()
+    add(pipeline, connection, fake, "PR-4201")  # not default: the appointment routes to them
+    sandbox.halaxy.appointments["A9201"] = appointment_resource(
+        "A9201", "9201", practitioner="PR-4201"
+    )
+    pipeline.send(connection, "appointment-created", "Appointment", ["A9201"])
+    sandbox.halaxy.patients["9201"] = patient_resource("9201", family="Changed")
+    pipeline.send(connection, "patient-updated", "Patient", ["9201"])
+    pipeline.drain()
+    [client] = sandbox.physitrack.by_external_id("9201", fake.api_key)
+    assert client["last_name"] == "Changed"
+
+
+def test_a_kept_post_whose_link_expired_is_written_from_the_events_poll(
+    pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier, scheduler: Scheduler
+) -> None:
+    """Kept unrouted past its link's 24 hours: routing it would fail the note, so the first
+    poll of the practitioner, once added, reaches back to it and fetches a fresh PDF."""
+    connection = sandbox_connection(pipeline.store, sandbox, verify_key)
+    fake = sandbox.physitrack.add_practitioner()
+    sandbox.halaxy.patients["9301"] = patient_resource("9301")
+    with time_machine.travel(utcnow() - timedelta(hours=30), tick=True):
+        sandbox.physitrack.add_client(
+            fake.api_key, external_id="9301", first_name="J", last_name="C"
+        )
+        kept = sandbox.physitrack.assign(fake, "9301", deliver_to=ENDPOINT, http=pipeline.receiver)
+    assert kept.callback is not None
+    assert kept.callback.status_code == 200
+    assert scheduler.unrouted.count() == 1
+    add(pipeline, connection, fake, "PR-4301")
+    # The bridge did not make that client: link it as a sync would have (the clinic's patient).
+    current = pipeline.store.get(connection.id)
+    assert current is not None
+    PatientLinks(pipeline.redis, pipeline.keys, connection.id, LeaseRenewer()).save(
+        "9301", str(kept.client_id), "fingerprint", seat="PR-4301"
+    )
+    scheduler.route_unrouted()
+    assert scheduler.unrouted.count() == 1  # its link expired: not routed
+    poll_all(pipeline, scheduler)
+    pipeline.drain()
+    assert notes_by_patient_and_author(sandbox) == Counter({("9301", "PR-4301"): 1})
+    assert scheduler.unrouted.count() == 0
+
+
+def test_a_note_failed_for_its_pdf_link_is_mended_by_the_poll(
+    pipeline: Pipeline, sandbox: Sandbox, clinics: list[Seat], scheduler: Scheduler
+) -> None:
+    """The webhook's file was gone when the worker fetched it: the note failed. The poll asks
+    Physitrack for a fresh PDF and queues the same note again: one note, not none."""
+    seat = clinics[0]
+    book(pipeline, sandbox, seat, "9401")
+    pipeline.drain()
+    poll_all(pipeline, scheduler)
+    assigned = sandbox.physitrack.assign(seat.practitioner, "9401", name="Gone", drop=True)
+    body = program_callback(
+        api_key=sandbox.physitrack.webhook_api_key,
+        token=seat.practitioner.token,
+        patient_id="9401",
+        file_url=assigned.file_url.rsplit("/", 1)[0] + "/missing.pdf",
+        name="Gone",
+        when=assigned.created,
+    )
+    assert pipeline.receiver.post(ENDPOINT, json=body).status_code == 200
+    pipeline.drain()
+    settings = pipeline.receiver.app.state.deps.settings
+    outbox = NoteOutbox(pipeline.redis, pipeline.keys, settings.fernet)
+    assert [n.patient_id for n in outbox.failed() if n.connection_id == seat.connection.id] == [
+        "9401"
+    ]
+    poll_all(pipeline, scheduler)
+    pipeline.drain()
+    assert notes_by_patient_and_author(sandbox) == Counter({("9401", seat.role): 1})
+    assert [n for n in outbox.failed() if n.connection_id == seat.connection.id] == []

@@ -24,7 +24,8 @@ from shared.connections.onboarding import KeyVerifier
 from shared.connections.store import ConnectionStore
 from shared.infra.config import Settings
 from shared.infra.store import Keys
-from shared.notes.callback import callback_note_id, note_id_for, parse_callback
+from shared.notes.callback import note_id_for, parse_callback
+from shared.notes.claims import ProgramClaims
 from shared.notes.outbox import NoteOutbox, NoteState
 from tests.helpers import BIN, process_env, wait_until
 from tests.workers import Sandbox, sandbox_connection
@@ -87,7 +88,8 @@ def test_a_worker_killed_mid_post_leaves_the_note_parked_never_doubled(
     killed_at = time.monotonic()
 
     outbox = NoteOutbox(redis_server_client, Keys(settings.redis_namespace), settings.fernet)
-    note_id = callback_note_id(conn, parse_callback(payload), None)
+    claims = ProgramClaims(redis_server_client, Keys(settings.redis_namespace))
+    note_id = claims.for_callback(conn, parse_callback(payload), None)  # as the receiver did
     record = outbox.get(conn.id, note_id)
     assert record is not None
     assert record.state is NoteState.POSTING

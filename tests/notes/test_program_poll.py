@@ -1,6 +1,7 @@
 """The events poll on its own (shared/notes/program_poll.py): which events become notes, where
-the cursor goes, and that nothing is lost when a poll fails halfway. A stand-in event source
-serves pages as the recording shows them: oldest first, 200 to a full page."""
+the cursor goes, and that nothing is lost or written twice when a poll fails, when history is
+long, or when an event names a client the bridge did not make. A stand-in event source serves
+pages as the recording shows them: oldest first, 200 to a full page."""
 
 from __future__ import annotations
 
@@ -16,10 +17,18 @@ from pydantic import SecretStr
 from shared.connections.model import Connection
 from shared.connections.practitioner import Practitioner
 from shared.infra.clock import utcnow
-from shared.infra.errors import Transient
+from shared.infra.errors import Permanent, Transient
 from shared.notes.callback import ProgramCallback, program_note_id
-from shared.notes.program_poll import FIRST_LOOK_BACK, PollCursor, poll_practitioner
-from shared.platforms import EventsPage
+from shared.notes.program_poll import (
+    CLOCKS_APART,
+    MAX_PAGES,
+    PollCursor,
+    PollHooks,
+    PollResult,
+    Taken,
+    poll_practitioner,
+)
+from shared.platforms import EventsPage, ProgramEvent
 from shared.platforms.physitrack_events import PAGE_SIZE, parse_events_page
 from tests.strategies import json_values
 
@@ -28,7 +37,7 @@ from tests.strategies import json_values
 class Source:
     items: list[Any]
     externals: dict[str, str | None] = field(default_factory=dict)
-    fail_pdf_for: set[str] = field(default_factory=set)
+    refuse_pdf_for: dict[str, Exception] = field(default_factory=dict)
     pages_read: list[int] = field(default_factory=list)
 
     def events_page(self, page: int) -> EventsPage:
@@ -41,8 +50,8 @@ class Source:
         return self.externals.get(client_id, f"h{client_id}")
 
     def program_pdf_url(self, client_id: str, access_code: str) -> str:
-        if access_code in self.fail_pdf_for:
-            raise Transient("Physitrack answered 503")
+        if access_code in self.refuse_pdf_for:
+            raise self.refuse_pdf_for[access_code]
         return f"https://physitrackuploads.s3.amazonaws.com/pdfs/{access_code}.pdf"
 
 
@@ -59,18 +68,25 @@ def program(
     }
 
 
+ADDED = utcnow() - timedelta(days=2)
+
+
 @pytest.fixture
 def practitioner() -> Practitioner:
     return Practitioner(
         halaxy_practitioner="PR-1",
         token=SecretStr("practitioner-token-1"),
         api_key=SecretStr("key"),
-        added_at=utcnow(),
+        added_at=ADDED,
     )
 
 
 @pytest.fixture
 def connection(practitioner: Practitioner) -> Connection:
+    return clinic(practitioner)
+
+
+def clinic(practitioner: Practitioner) -> Connection:
     now = utcnow()
     return Connection(
         id="cn_test",
@@ -90,22 +106,54 @@ def connection(practitioner: Practitioner) -> Connection:
 
 
 class Recorder:
-    def __init__(self) -> None:
+    """The scheduler's side, in memory: note ids as the claims give a first arrival, the
+    outbox as a dict, and links saying the bridge made client N for patient hN."""
+
+    def __init__(self, not_ours: set[str] | None = None) -> None:
         self.notes: dict[str, ProgramCallback] = {}
+        self.not_ours = not_ours or set()
 
-    def accept(self, note_id: str, callback: ProgramCallback) -> None:
-        self.notes.setdefault(note_id, callback)
+    def hooks(self, connection: Connection) -> PollHooks:
+        def note_id(patient_id: str, event: ProgramEvent) -> str:
+            return program_note_id(
+                connection.id, "PR-1", patient_id, event.program_name, event.created, event.updated
+            )
 
-    def known(self, note_id: str) -> bool:
-        return note_id in self.notes
+        return PollHooks(
+            note_id=note_id,
+            known=self.notes.__contains__,
+            accept=self.accept,
+            owns=lambda patient_id, client_id: (
+                patient_id == f"h{client_id}" and client_id not in self.not_ours
+            ),
+        )
+
+    def accept(self, note_id: str, callback: ProgramCallback) -> Taken:
+        if note_id in self.notes:
+            return Taken.DUPLICATE
+        self.notes[note_id] = callback
+        return Taken.QUEUED
 
 
-def test_the_first_poll_takes_the_last_day_and_skips_what_is_not_a_program(
+def poll(
+    source: Source,
+    connection: Connection,
+    practitioner: Practitioner,
+    cursor: PollCursor | None,
+    now: datetime,
+    recorder: Recorder,
+) -> tuple[PollResult, PollCursor]:
+    return poll_practitioner(
+        source, connection, practitioner, cursor, now, recorder.hooks(connection)
+    )
+
+
+def test_the_first_poll_starts_when_the_practitioner_was_added_and_skips_other_types(
     connection: Connection, practitioner: Practitioner
 ) -> None:
     now = utcnow()
     items = [
-        program(1, now - FIRST_LOOK_BACK - timedelta(minutes=1)),  # older than any live link
+        program(1, ADDED - timedelta(minutes=6)),  # before the bridge knew the practitioner
         {"id": 2, "type": "new_client_created", "created": now.isoformat(), "data": {}},
         {"id": 3, "type": "some_future_type"},
         "not an event",
@@ -113,20 +161,21 @@ def test_the_first_poll_takes_the_last_day_and_skips_what_is_not_a_program(
         program(5, now - timedelta(minutes=1), kind="program_updated"),
     ]
     recorder = Recorder()
-    result, cursor = poll_practitioner(
-        Source(items), connection, practitioner, None, now, recorder.accept, recorder.known
-    )
+    result, cursor = poll(Source(items), connection, practitioner, None, now, recorder)
     assert [c.name for c in recorder.notes.values()] == ["Program 4", "Program 5"]
     assert [c.updated for c in recorder.notes.values()] == [False, True]
     assert result.counts() == {
         "queued": 2,
         "duplicate": 0,
+        "revived": 0,
         "skipped_type": 3,
         "skipped_client": 0,
         "invalid": 0,
+        "refused": 0,
     }
-    assert cursor == PollCursor(last_event_id=5, polled_at=now, page=1)
-    callback = recorder.notes[next(iter(recorder.notes))]
+    floor = ADDED - CLOCKS_APART
+    assert cursor == PollCursor(last_event_id=5, polled_at=now, page=1, not_before=floor)
+    callback = next(iter(recorder.notes.values()))
     assert callback.patient_id == "h7961"
     assert callback.token == "practitioner-token-1"
     assert callback.link_made_at == now  # its 24 hours count from the poll
@@ -138,15 +187,57 @@ def test_a_later_poll_goes_on_after_the_cursor_across_pages(
     now = utcnow()
     items = [program(i, now - timedelta(minutes=10)) for i in range(1, 451)]
     recorder = Recorder()
-    cursor = PollCursor(last_event_id=380, polled_at=now - timedelta(minutes=5), page=2)
+    cursor = PollCursor(380, now - timedelta(minutes=5), 2, ADDED)
     source = Source(items)
-    result, moved = poll_practitioner(
-        source, connection, practitioner, cursor, now, recorder.accept, recorder.known
-    )
+    result, moved = poll(source, connection, practitioner, cursor, now, recorder)
     assert source.pages_read == [2, 3]
     assert [c.name for c in recorder.notes.values()] == [f"Program {i}" for i in range(381, 451)]
-    assert moved == PollCursor(last_event_id=450, polled_at=now, page=3)
+    assert moved == PollCursor(450, now, 3, ADDED)
     assert result.queued == 70
+
+
+def test_a_long_history_read_over_several_polls_never_takes_programs_before_the_floor(
+    connection: Connection, practitioner: Practitioner
+) -> None:
+    """More pages than one poll reads: the second poll has a cursor, and the floor still
+    keeps a year-old program out (it would be written as new)."""
+    now = utcnow()
+    old = [program(i, now - timedelta(days=400)) for i in range(1, PAGE_SIZE * MAX_PAGES + 51)]
+    recent = program(PAGE_SIZE * MAX_PAGES + 51, now - timedelta(minutes=5))
+    source = Source([*old, recent])
+    recorder = Recorder()
+    first, cursor = poll(source, connection, practitioner, None, now, recorder)
+    assert (first.queued, cursor.page) == (0, MAX_PAGES)
+    second, _ = poll(source, connection, practitioner, cursor, now, recorder)
+    assert second.queued == 1
+    assert [c.name for c in recorder.notes.values()] == [f"Program {PAGE_SIZE * MAX_PAGES + 51}"]
+
+
+def test_a_cursor_page_that_no_longer_holds_its_event_is_read_again_from_page_one(
+    connection: Connection, practitioner: Practitioner
+) -> None:
+    """Old events purged (or pages in another order): the saved page would skip new ones."""
+    now = utcnow()
+    items = [program(i, now - timedelta(minutes=10)) for i in range(300, 320)]
+    source = Source(items)
+    recorder = Recorder()
+    cursor = PollCursor(305, now - timedelta(minutes=5), 3, ADDED)
+    result, moved = poll(source, connection, practitioner, cursor, now, recorder)
+    assert source.pages_read == [3, 1]
+    assert result.queued == 14
+    assert (moved.last_event_id, moved.page) == (319, 1)
+
+
+def test_a_program_physitrack_refuses_is_counted_and_passed_over(
+    connection: Connection, practitioner: Practitioner
+) -> None:
+    now = utcnow()
+    items = [program(i, now - timedelta(minutes=10)) for i in range(1, 4)]
+    source = Source(items, refuse_pdf_for={"code2": Permanent("Program ... does not exist")})
+    recorder = Recorder()
+    result, moved = poll(source, connection, practitioner, None, now, recorder)
+    assert (result.queued, result.refused) == (2, 1)
+    assert moved.last_event_id == 3  # one bad event never stops the practitioner's poll
 
 
 def test_a_poll_that_fails_halfway_keeps_its_cursor_and_the_next_writes_each_once(
@@ -155,52 +246,39 @@ def test_a_poll_that_fails_halfway_keeps_its_cursor_and_the_next_writes_each_onc
     now = utcnow()
     items = [program(i, now - timedelta(minutes=10)) for i in range(1, 6)]
     recorder = Recorder()
-    cursor = PollCursor(last_event_id=0, polled_at=now, page=1)
-    failing = Source(items, fail_pdf_for={"code4"})
+    cursor = PollCursor(0, now, 1, ADDED)
+    failing = Source(items, refuse_pdf_for={"code4": Transient("Physitrack answered 503")})
     with pytest.raises(Transient):
-        poll_practitioner(
-            failing, connection, practitioner, cursor, now, recorder.accept, recorder.known
-        )
+        poll(failing, connection, practitioner, cursor, now, recorder)
     assert len(recorder.notes) == 3  # recorded before the failure; the cursor was not moved
-    result, moved = poll_practitioner(
-        Source(items), connection, practitioner, cursor, now, recorder.accept, recorder.known
-    )
+    result, moved = poll(Source(items), connection, practitioner, cursor, now, recorder)
     assert (result.queued, result.duplicates) == (2, 3)
     assert len(recorder.notes) == 5
     assert moved.last_event_id == 5
 
 
-def test_a_client_the_bridge_did_not_create_is_skipped_and_counted(
+def test_a_client_the_bridge_did_not_make_for_that_patient_is_skipped(
     connection: Connection, practitioner: Practitioner
 ) -> None:
+    """Another system's external id could name a different Halaxy patient: no note in the
+    wrong record. Only a client the bridge linked to the patient counts."""
     now = utcnow()
-    items = [program(1, now, client="11"), program(2, now, client="12")]
-    recorder = Recorder()
-    source = Source(items, externals={"11": None, "12": "not a/halaxy id"})
-    result, _ = poll_practitioner(
-        source, connection, practitioner, None, now, recorder.accept, recorder.known
-    )
-    assert result.skipped_client == 2
+    items = [program(1, now, client="11"), program(2, now, client="12"), program(3, now, "13")]
+    recorder = Recorder(not_ours={"13"})
+    source = Source(items, externals={"11": None, "12": "not a/halaxy id", "13": "4242"})
+    result, _ = poll(source, connection, practitioner, None, now, recorder)
+    assert result.skipped_client == 3
     assert recorder.notes == {}
 
 
-def test_a_polled_program_has_the_note_id_its_callback_would_have(
+def test_a_pdf_link_on_a_host_the_connection_does_not_allow_is_not_recorded(
     connection: Connection, practitioner: Practitioner
 ) -> None:
-    now = utcnow().replace(microsecond=0)
+    listed = connection.model_copy(update={"pdf_hosts": ("pdfs.example.com",)})
+    now = utcnow()
     recorder = Recorder()
-    poll_practitioner(
-        Source([program(1, now)]),
-        connection,
-        practitioner,
-        None,
-        now,
-        recorder.accept,
-        recorder.known,
-    )
-    assert list(recorder.notes) == [
-        program_note_id(connection.id, "PR-1", "h7961", "Program 1", now, updated=False)
-    ]
+    result, _ = poll(Source([program(1, now)]), listed, practitioner, None, now, recorder)
+    assert (result.invalid, result.queued) == (1, 0)
 
 
 @given(items=st.lists(json_values, max_size=30))
@@ -209,15 +287,11 @@ def test_any_events_page_is_read_without_raising(items: list[Any]) -> None:
         halaxy_practitioner="PR-1",
         token=SecretStr("t" * 12),
         api_key=SecretStr("k"),
-        added_at=utcnow(),
+        added_at=ADDED,
     )
     now = utcnow()
-    connection = Connection.model_construct(id="cn_x")
+    connection = clinic(practitioner)
     recorder = Recorder()
-    result, cursor = poll_practitioner(
-        Source(items), connection, practitioner, None, now, recorder.accept, recorder.known
-    )
-    assert result.queued + result.skipped_type + result.skipped_client + result.invalid >= len(
-        recorder.notes
-    )
+    result, cursor = poll(Source(items), connection, practitioner, None, now, recorder)
+    assert result.queued == len(recorder.notes)
     assert cursor.last_event_id >= 0

@@ -144,7 +144,7 @@ def test_an_unknown_token_is_kept_once_for_ops_and_answered_200(
         response = post(endpoint, callback("unknown-token-1234"))
         assert response.status_code == 200
         assert response.content == b""
-    [kept] = unrouted(physitrack_settings, redis_server_client).list()
+    [kept] = unrouted(physitrack_settings, redis_server_client).oldest_first()
     assert kept.reason is UnroutedReason.UNKNOWN_TOKEN
     shown = kept.shown()
     assert shown["token_ends_with"] == "1234"
@@ -174,7 +174,7 @@ def test_a_token_of_a_disabled_connection_is_kept_with_that_reason(
     added = add_practitioner(store, connection, "PR-2001", token)
     onboarding.disable_connection(store, added, utcnow(), audit_of(store), "test")
     assert post(endpoint, callback(token)).status_code == 200
-    [kept] = unrouted(physitrack_settings, redis_server_client).list()
+    [kept] = unrouted(physitrack_settings, redis_server_client).oldest_first()
     assert kept.reason is UnroutedReason.CONNECTION_DISABLED
     assert queued_messages(redis_server_client, keys) == []
 
