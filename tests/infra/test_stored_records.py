@@ -269,7 +269,7 @@ callbacks = st.builds(
     file_url=printable,
     patient_id=st.from_regex(r"[A-Za-z0-9]{1,64}", fullmatch=True),
     name=printable.filter(str.strip),
-    token=printable,
+    token=printable.filter(str.strip),  # a token of spaces only is refused, as it must be
     updated=st.booleans(),
     when=st.datetimes(  # the years a callback may carry
         min_value=datetime(2000, 1, 2), max_value=datetime(2100, 12, 30), timezones=st.just(UTC)
