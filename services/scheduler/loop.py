@@ -209,7 +209,12 @@ class Scheduler:
             if count:
                 PROGRAM_EVENTS.labels(connection.id, outcome).inc(count)
         if result.queued or result.revived or result.refused:
-            bound.info("programs.polled", **result.counts(), last_event_id=moved.last_event_id)
+            bound.info(
+                "programs.polled",
+                **result.counts(),
+                pages=result.pages,
+                last_event_id=moved.last_event_id,
+            )
 
     def _first_floor(self, practitioner: Practitioner) -> datetime:
         """Where a practitioner's first poll starts: when they were added, or the oldest post

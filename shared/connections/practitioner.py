@@ -56,10 +56,6 @@ class PlatformSeat:
     practitioner: str | None
     account: PlatformAccount
 
-    @property
-    def label(self) -> str:
-        return self.practitioner or "connection"
-
 
 def practitioner_account(
     practitioner: Practitioner, kind: PlatformKind, base_url: str

@@ -197,19 +197,22 @@ def route_unrouted(
     records and queues its note), then forget it; how many were routed. A post whose PDF link
     has expired stays kept: its practitioner's first events poll reaches back to it and fetches
     a fresh PDF (`forget_polled`). A failure leaves the post kept for the next try."""
+    owners = {
+        token: connection
+        for connection in connections
+        if connection.enabled
+        for token in connection.tokens()
+    }
     routed = 0
-    for connection in connections:
-        if not connection.enabled:
+    # One look at the kept posts of every known token a tick, however many connections.
+    for program in unrouted.of_tokens(list(owners)):
+        if is_link_expired(program.callback, now):
             continue
-        for program in unrouted.of_tokens(connection.tokens()):
-            if is_link_expired(program.callback, now):
-                continue
-            accept(connection, program.callback)
-            unrouted.remove(program)
-            routed += 1
-            log.info(
-                "programs.unrouted_routed", unrouted_id=program.id, connection_id=connection.id
-            )
+        owner = owners[program.callback.token]
+        accept(owner, program.callback)
+        unrouted.remove(program)
+        routed += 1
+        log.info("programs.unrouted_routed", unrouted_id=program.id, connection_id=owner.id)
     return routed
 
 
