@@ -12,7 +12,7 @@ from shared.connections import ConnectionStore, KeyVerifier, PlatformKeyVerifier
 from shared.infra import AuditTrail, JobQueue, Settings
 from shared.notes import ProgramClaims, ProgramIntake, UnroutedPrograms
 from shared.patients import EventIntake
-from shared.telemetry import MetricsPusher, Reused
+from shared.telemetry import EventLog, MetricsPusher, Reused
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Deps:
     metrics: MetricsPusher
     audit: AuditTrail
     scrapes: Reused  # /metrics bodies
+    events: EventLog  # the per-event delivery log (/ops/events)
 
 
 def deps_of(request: Request) -> Deps:

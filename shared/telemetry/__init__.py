@@ -5,6 +5,7 @@ from shared.telemetry.attempts import (
     AttemptRecorder,
     Call,
     begin_attempt,
+    capability_url,
     end_attempt,
     note_result,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "MetricsPusher",
     "Reused",
     "begin_attempt",
+    "capability_url",
     "end_attempt",
     "exposition",
     "gauges",

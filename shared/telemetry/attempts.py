@@ -8,13 +8,16 @@ scheduler and the CLI make requests outside any job.
 
 A call is noted by its upstream, method, a route template and its status, never by its URL: a
 query string can carry a patient's details and a PDF link is a capability, so the route keeps
-only the path's words and puts `{id}` for every other segment (`/main/Patient/{id}`), and a
-request to any other host (a PDF host) has no route at all.
+only the path's words and puts `{id}` for every other segment (`/main/Patient/{id}`); a
+request to any other host, and any request made inside `capability_url` (the PDF download,
+wherever its host), has no route at all.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
@@ -57,6 +60,7 @@ class AttemptRecorder:
 
 
 _current: ContextVar[AttemptRecorder | None] = ContextVar("attempt_recorder", default=None)
+_capability: ContextVar[str | None] = ContextVar("attempt_capability_url", default=None)
 
 
 def begin_attempt() -> tuple[AttemptRecorder, Token[AttemptRecorder | None]]:
@@ -73,8 +77,23 @@ def note_call(upstream: str, method: str, path: str, status: int | None, seconds
     """Note a request in the open recorder, if any. `path` is reduced to a route template;
     pass "" for a host whose paths are not to be kept."""
     recorder = _current.get()
-    if recorder is not None:
-        recorder.add(Call(upstream, method.upper()[:10], route_of(path), status, round(seconds, 4)))
+    if recorder is None:
+        return
+    capability = _capability.get()
+    if capability is not None:
+        upstream, path = capability, ""
+    recorder.add(Call(upstream, method.upper()[:10], route_of(path), status, round(seconds, 4)))
+
+
+@contextmanager
+def capability_url(upstream: str) -> Iterator[None]:
+    """Requests sent inside go to a URL that is a capability (a PDF link): they are noted as
+    `upstream`, with no route, whatever host they go to."""
+    token = _capability.set(upstream)
+    try:
+        yield
+    finally:
+        _capability.reset(token)
 
 
 def note_result(result: str) -> None:
