@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.webhook_receiver import admin, health, ops, practitioners
+from services.webhook_receiver import admin, health, ops, ops_events, practitioners
 from services.webhook_receiver.access_log import ObserveRequests, turn_off_uvicorn_access_log
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
@@ -54,7 +54,7 @@ from shared.notes import (
     UnroutedPrograms,
 )
 from shared.patients import EventIntake
-from shared.telemetry import MetricsPusher, Reused
+from shared.telemetry import EventLog, EventLogLayout, MetricsPusher, Reused
 
 log = structlog.get_logger("halaxy_bridge.receiver")
 
@@ -114,13 +114,17 @@ def create_app(
 
     if queue is None:
         queue = DramatiqJobQueue(build_broker(settings, client))
+    events = EventLog(client, keys, settings.event_log_max_per_connection)
     deps = Deps(
         settings=settings,
         redis=client,
         connections=connections,
         known=KnownConnections(async_client, connections),
-        intake=intake or DramatiqEventIntake(async_client, keys),
-        programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
+        intake=intake
+        or DramatiqEventIntake(
+            async_client, keys, EventLogLayout(keys, settings.event_log_max_per_connection)
+        ),
+        programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue, events),
         unrouted=UnroutedPrograms(client, keys, settings.fernet),
         claims=ProgramClaims(client, keys),
         queue=queue,
@@ -130,6 +134,7 @@ def create_app(
         metrics=MetricsPusher(client, keys, settings.metrics_push_seconds),
         audit=audit_trail(client, settings),
         scrapes=Reused(min(SCRAPE_REUSE_SECONDS, settings.metrics_push_seconds)),
+        events=events,
     )
 
     @asynccontextmanager
@@ -194,6 +199,9 @@ def create_app(
         Route("/ops/notes/parked", ops.notes_listing(NoteState.PARKED), methods=["GET"]),
         Route("/ops/notes/failed", ops.notes_listing(NoteState.FAILED), methods=["GET"]),
         Route("/ops/notes/{note_id}/resolve", ops.resolve_waiting_note, methods=["POST"]),
+        Route("/ops/events", ops_events.list_events, methods=["GET"]),
+        # `path`: an event id may hold a `/` (Halaxy's `Subscription/x#3`), sent as %2F.
+        Route("/ops/events/{event_id:path}", ops_events.show_event, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
