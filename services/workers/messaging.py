@@ -10,7 +10,6 @@ from uuid import uuid4
 import dramatiq
 import redis
 import redis.asyncio
-import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
@@ -36,6 +35,7 @@ from shared.telemetry import (
     EventSource,
     LoggedEvent,
     MetricsPusher,
+    not_recorded,
 )
 
 # Maintenance runs on about this many commands in a million; idle workers poll every second,
@@ -86,6 +86,8 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
 # TTL in seconds, how many events, the event log's TTL, the connection id, `trim_log`'s record
 # prefix, attempts prefix, bound and oldest member, then five per event: message id, encoded
 # message, and the event log's record, status and index member ('' each when not logged).
+# It answers -1 (the connection changed: nothing done), or the positions (from 1) of the events
+# it queued and of those whose log record it could not write.
 # The HSET and RPUSH are what Dramatiq's own enqueue does (dramatiq/brokers/redis/dispatch.lua,
 # "enqueue"); tests/patients/test_intake.py checks that against RedisBroker.enqueue. The first
 # write is the SET, so a Redis refusing writes (out of memory) fails the script before it has
@@ -99,26 +101,25 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 local n = tonumber(ARGV[3])
 local accepted = {}
+local not_logged = {}
 for i = 1, n do
   local arg = 9 + (i - 1) * 5
   if redis.call('SET', KEYS[5 + i], '1', 'NX', 'EX', ARGV[2]) then
     redis.call('HSET', KEYS[3], ARGV[arg + 1], ARGV[arg + 2])
     redis.call('RPUSH', KEYS[2], ARGV[arg + 1])
     accepted[#accepted + 1] = i
-    if ARGV[arg + 3] ~= '' then
-      log_event(KEYS[4], KEYS[5], ARGV[5], KEYS[5 + n + i], ARGV[4],
-                ARGV[arg + 3], ARGV[arg + 4], ARGV[arg + 5])
+    if ARGV[arg + 3] ~= '' and log_event(KEYS[4], KEYS[5], ARGV[5], KEYS[5 + n + i], ARGV[4],
+                                         ARGV[arg + 3], ARGV[arg + 4], ARGV[arg + 5]) == 1 then
+      not_logged[#not_logged + 1] = i
     end
   end
 end
 if #accepted > 0 then
   trim_log(KEYS[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 end
-return accepted
+return {accepted, not_logged}
 """
 )
-
-log = structlog.get_logger("halaxy_bridge.receiver")
 
 
 class DramatiqEventIntake:
@@ -174,7 +175,10 @@ class DramatiqEventIntake:
             reply = await self._script(keys=keys, args=args)
         if reply == -1:
             raise ConnectionChanged(f"connection {connection_id} changed")
-        fresh = {int(position) - 1 for position in reply}
+        queued, not_logged = reply
+        for position in not_logged:  # queued all the same: only its log record is missing
+            not_recorded("RedisRefused", connection_id, changed[int(position) - 1].event_key)
+        fresh = {int(position) - 1 for position in queued}
         return IntakeResult(
             accepted=[item.event_key for n, item in enumerate(changed) if n in fresh],
             duplicates=[item.event_key for n, item in enumerate(changed) if n not in fresh],
@@ -197,12 +201,7 @@ class DramatiqEventIntake:
                 )
             )
         except Exception as exc:
-            log.warning(
-                "event_log.not_recorded",
-                connection_id=connection_id,
-                event_id=item.event_key,
-                error=type(exc).__name__,
-            )
+            not_recorded(type(exc).__name__, connection_id, item.event_key)
             return None
 
 

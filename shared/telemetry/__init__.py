@@ -37,6 +37,7 @@ from shared.telemetry.event_log import (
     EventStatus,
     EventView,
     LoggedEvent,
+    not_recorded,
     parse_query,
 )
 from shared.telemetry.http import MeteredClient, origin
@@ -77,6 +78,7 @@ __all__ = [
     "end_attempt",
     "exposition",
     "gauges",
+    "not_recorded",
     "note_result",
     "origin",
     "parse_query",

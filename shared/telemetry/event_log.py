@@ -229,13 +229,22 @@ local function log_failed(reply)
   return type(reply) == 'table' and reply.err ~= nil
 end
 -- Record one event, once: its record, its status, its place in its connection's index.
+-- 1 if a write failed (the caller logs it), else 0.
 local function log_event(index, connections, connection_id, record_key, ttl, record, status, member)
-  if redis.pcall('EXISTS', record_key) ~= 0 then return end
-  redis.pcall('HSET', record_key, 'record', record, 'status', status)
-  redis.pcall('EXPIRE', record_key, ttl)
-  redis.pcall('ZADD', index, 0, member)
-  redis.pcall('EXPIRE', index, ttl)
-  redis.pcall('SADD', connections, connection_id)
+  local exists = redis.pcall('EXISTS', record_key)
+  if log_failed(exists) then return 1 end
+  if exists ~= 0 then return 0 end
+  local failed = 0
+  for _, reply in ipairs({
+    redis.pcall('HSET', record_key, 'record', record, 'status', status),
+    redis.pcall('EXPIRE', record_key, ttl),
+    redis.pcall('ZADD', index, 0, member),
+    redis.pcall('EXPIRE', index, ttl),
+    redis.pcall('SADD', connections, connection_id),
+  }) do
+    if log_failed(reply) then failed = 1 end
+  end
+  return failed
 end
 -- Drop a connection's entries older than `oldest` (a member bound), then the oldest beyond
 -- `max`, each with its record and attempts (the last 40 characters of a member: its digest).
@@ -264,9 +273,9 @@ end
 RECEIVE = (
     LOG_FUNCTIONS
     + """
-log_event(KEYS[1], KEYS[2], ARGV[1], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+local failed = log_event(KEYS[1], KEYS[2], ARGV[1], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 trim_log(KEYS[1], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
-return 1
+return failed
 """
 )
 
@@ -365,7 +374,7 @@ class EventLog:
             logged = self.layout.logged(record, status)
             trim = self.layout.trim(record.connection_id, utcnow())
             with translate_redis_errors():
-                self._receive(
+                failed = self._receive(
                     keys=[trim.index, self._keys.event_log_connections(), logged.record_key],
                     args=[
                         record.connection_id,
@@ -380,7 +389,10 @@ class EventLog:
                     ],
                 )
         except Exception as exc:  # never the caller's failure
-            _not_recorded(exc, record.connection_id, record.event_id)
+            not_recorded(type(exc).__name__, record.connection_id, record.event_id)
+            return False
+        if failed:
+            not_recorded("RedisRefused", record.connection_id, record.event_id)
             return False
         return True
 
@@ -408,7 +420,7 @@ class EventLog:
                     ],
                 )
         except Exception as exc:
-            _not_recorded(exc, connection_id, event_id)
+            not_recorded(type(exc).__name__, connection_id, event_id)
             return False
         return bool(done)
 
@@ -612,12 +624,10 @@ def _attempts(raw: list[Any]) -> tuple[Attempt, ...]:
     return tuple(attempts)
 
 
-def _not_recorded(exc: Exception, connection_id: str, event_id: str) -> None:
+def not_recorded(error: str, connection_id: str, event_id: str) -> None:
+    """Log an event log write that failed (the event itself went on)."""
     log.warning(
-        "event_log.not_recorded",
-        connection_id=connection_id,
-        event_id=event_id,
-        error=type(exc).__name__,
+        "event_log.not_recorded", connection_id=connection_id, event_id=event_id, error=error
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+from structlog.testing import capture_logs
 
 from services.cli.main import cli
 from services.sandbox.faults import Faults
@@ -243,3 +244,23 @@ def test_a_program_the_poll_brings_is_logged_from_the_poll(
 
 def events_query(**raw: str) -> EventQuery:
     return parse_query(raw, utcnow())
+
+
+def test_a_log_write_that_fails_never_fails_the_webhook(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection, events: EventLog
+) -> None:
+    """Losing a log record is better than a 5xx for a durable event: the event is queued and
+    synced, and the lost record is logged."""
+    pipeline.redis.set(pipeline.keys.event_log_index(conn.id), "not a sorted set")
+    with capture_logs() as logs:
+        response = pipeline.send(conn, "patient-created", "Patient", ["1001"], event_ids=["ev-x"])
+        assert response.json()["accepted"] == ["ev-x"]
+        pipeline.drain()
+    assert len(sandbox.physitrack.by_external_id("1001")) == 1
+    assert {
+        (line["event"], line.get("event_id"), line.get("error"))
+        for line in logs
+        if line["event"] == "event_log.not_recorded"
+    } == {("event_log.not_recorded", "ev-x", "RedisRefused")}
+    # Its record was written before the index refused: found by its id, if not by a search.
+    assert only(events, "ev-x").status.state.value == "done"

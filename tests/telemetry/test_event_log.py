@@ -13,6 +13,7 @@ import redis
 import time_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from shared.infra.clock import utcnow
 from shared.infra.errors import InvalidInput
@@ -427,3 +428,14 @@ def test_time_ranges_take_iso_times_and_durations() -> None:
 )
 def test_a_call_keeps_its_route_never_its_ids_or_query(path: str, route: str) -> None:
     assert route_of(path) == route
+
+
+def test_a_write_redis_refuses_is_logged_and_reported(
+    log: EventLog, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    redis_server_client.set(keys.event_log_index("cn_aaaaaaaaaaaa"), "not a sorted set")
+    with capture_logs() as logs:
+        assert not log.received(record())
+    assert [(line["event"], line["error"]) for line in logs] == [
+        ("event_log.not_recorded", "RedisRefused")
+    ]
