@@ -24,8 +24,8 @@ form.search { display: flex; flex-wrap: wrap; gap: 0.6em 1.2em; align-items: fle
 form.search label { display: flex; flex-direction: column; font-weight: 600; }
 form.search input, form.search select { font: inherit; padding: 0.2em 0.3em; min-width: 10em; }
 form.search button { font: inherit; padding: 0.3em 1.2em; }
-td.id, code { font-family: ui-monospace, monospace; word-break: break-all; }
-td.time, time { white-space: nowrap; }
+td.id, code { font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
+td.time, time, td.word { white-space: nowrap; }
 .error { border: 2px solid #a40000; padding: 0.5em 1em; color: #a40000; }
 a:focus, button:focus, input:focus, select:focus { outline: 3px solid #1a5fb4; }
 dl.fields { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
@@ -132,12 +132,12 @@ def _row(view: EventView) -> str:
     shown = view.shown()
     cells = [
         f'<td class="time"><time>{escape(shown["received_at"])}</time></td>',
-        f'<td class="id">{escape(shown["connection_id"])}</td>',
-        f"<td>{escape(shown['event_type'])}</td>",
+        f'<td class="id word">{escape(shown["connection_id"])}</td>',
+        f'<td class="word">{escape(shown["event_type"])}</td>',
         f'<td class="id"><a href="{escape(event_href(view), quote=True)}">'
         f"{escape(shown['event_id'])}</a></td>",
         f'<td class="id">{escape(_text(shown["resource_id"]))}</td>',
-        f"<td>{_state(view)}</td>",
+        f'<td class="word">{_state(view)}</td>',
         f"<td>{escape(_text(shown['detail']))}</td>",
         f"<td>{len(view.attempts)}</td>",
         f'<td class="id">{escape(_text(shown["dead_letter_id"]))}</td>',

@@ -8,6 +8,7 @@ import base64
 import os
 from datetime import timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -17,9 +18,11 @@ import redis
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from services.cli.main import cli
+from services.sandbox.serve import ServerThread
 from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.store import Keys
@@ -35,6 +38,7 @@ from shared.telemetry.event_log import (
     EventState,
     EventStatus,
 )
+from tests.services.test_ops_page import Chromium, find_chromium
 
 TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -404,3 +408,24 @@ def test_a_browser_sees_a_bad_search_and_a_missing_event_on_the_page(
     missing = client.get("/ops/events/ev-none", headers=BROWSER)
     assert missing.status_code == 404
     assert "No such event" in missing.text
+
+
+@pytest.mark.slow
+def test_the_event_pages_in_headless_chromium(
+    events: EventLog, app: Starlette, tmp_path: Path
+) -> None:
+    """A real browser asks for HTML: it gets the search page, signed in by Basic auth, the
+    next page by its link's URL, and an event's page, all without a script."""
+    browser = Chromium(find_chromium(), tmp_path)
+    with ServerThread(app) as server:
+        signed_in = f"http://ops:{TOKEN}@127.0.0.1:{server.port}"
+        page = Page(browser.dump_dom(f"{signed_in}/ops/events?connection={A}&limit=5"))
+        assert page.scripts == 0
+        assert ODD_ID in page.cells
+        assert "ev-08" in page.cells
+        assert "ev-07" not in page.cells
+        following = Page(browser.dump_dom(signed_in + page.links["Next page"]))
+        assert "ev-07" in following.cells
+        shown = browser.dump_dom(f"{signed_in}/ops/events/ev-03?connection={A}")
+        assert 'id="dead-letter-id">m-dead-1<' in shown
+        assert "PatientNotUsable" in Page(shown).cells
