@@ -72,26 +72,36 @@ def replay(
     replayed = []
     for letter in letters:
         actor = ActorName(letter.actor.removesuffix("_bulk"))
-        queue.enqueue([Job(actor=actor, queue=QueueName.BULK, kwargs=letter.kwargs)])
+        # Logged before the enqueue: a worker may run the job before this thread goes on.
+        _log_replay(events, letter, queued=True)
+        try:
+            queue.enqueue([Job(actor=actor, queue=QueueName.BULK, kwargs=letter.kwargs)])
+        except Exception:
+            _log_replay(events, letter, queued=False)
+            raise
         store.remove(letter.id)
         _audit(audit, by, "dead_letter.replayed", letter)
-        if events is not None:
-            _log_replay(events, letter)
         replayed.append(letter.id)
     return replayed
 
 
-def _log_replay(events: EventLog, letter: DeadLetter) -> None:
+def _log_replay(events: EventLog | None, letter: DeadLetter, *, queued: bool) -> None:
+    """The letter's event, if logged: queued again by the replay, or still dead if the replay
+    could not be queued."""
     connection_id, event_id = letter.kwargs.get("connection_id"), letter.kwargs.get("event_id")
-    if not isinstance(connection_id, str) or not isinstance(event_id, str):
+    if events is None or not isinstance(connection_id, str) or not isinstance(event_id, str):
         return
     now = utcnow()
-    events.attempted(
-        connection_id,
-        event_id,
-        Attempt(now, AttemptOutcome.REPLAYED, "dead-letters replay", detail=letter.id),
-        EventStatus(EventState.QUEUED, now, detail="replayed"),
-    )
+    if queued:
+        events.attempted(
+            connection_id,
+            event_id,
+            Attempt(now, AttemptOutcome.REPLAYED, "dead-letters replay", detail=letter.id),
+            EventStatus(EventState.QUEUED, now, detail="replayed"),
+        )
+    else:
+        still = EventStatus(EventState.DEAD, now, letter.id, detail="the replay was not queued")
+        events.attempted(connection_id, event_id, None, still)
 
 
 def purge(
