@@ -5,6 +5,7 @@ malformed cursors and time ranges refused, and a connection's erasure leaving no
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -439,3 +440,25 @@ def test_a_write_redis_refuses_is_logged_and_reported(
     assert [(line["event"], line["error"]) for line in logs] == [
         ("event_log.not_recorded", "RedisRefused")
     ]
+
+
+def test_paging_through_many_records_of_many_connections(
+    redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    log = fresh_log(redis_server_client, keys, read_batch=50)
+    now = utcnow()
+    connections = [f"cn_many{n:08d}" for n in range(6)]
+    for n in range(600):
+        # Whole seconds apart in threes: ties inside each connection and across them.
+        at = now - timedelta(seconds=n // 3)
+        log.received(record(f"ev-{n}", connections[n % 6], at, resource_id=str(n % 4)))
+    seen: list[str] = []
+    query = EventQuery(limit=37, resource_id="1")
+    while True:
+        page = log.search(query)
+        seen += [view.position for view in page.events]
+        if page.next_cursor is None:
+            break
+        query = replace(query, cursor=decode_cursor(page.next_cursor))
+    assert len(seen) == len(set(seen)) == 150
+    assert seen == sorted(seen, reverse=True)
