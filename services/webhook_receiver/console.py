@@ -148,7 +148,7 @@ async def dead_letters_page(request: Request) -> Response:
             letter.error_class,
             letter.reason,
             str(letter.attempts),
-            letter.failed_at,
+            tag("time", letter.failed_at),
             post_form(signer, REPLAY_PATH, "Replay", {"ids": letter.id}),
         ]
         for letter in letters[::-1][:SHOWN_LETTERS]  # the newest first
@@ -302,9 +302,13 @@ def _confirm_replay(
         for x in batch
     )
     happens: list[object] = [
-        f"{_letters_said(len(batch))} {filters.said()} will be queued again as bulk work and "
-        "leave the dead-letter list:",
-        tag("ul", listed, id="replay-ids"),
+        join(
+            [
+                f"{_letters_said(len(batch))} {filters.said()} will be queued again as bulk "
+                "work and leave the dead-letter list:",
+                tag("ul", listed, id="replay-ids"),
+            ]
+        )
     ]
     if len(letters) > len(batch):
         happens.append(
@@ -352,7 +356,7 @@ def notes_page(state: NoteState) -> Handler:
                 note.title,
                 str(note.attempts),
                 note.reason,
-                note.updated_at,
+                tag("time", note.updated_at),
                 _resolve_forms(signer, note, waiting),
             ]
             for note in found.notes

@@ -41,6 +41,7 @@ form.filters label { margin-right: 1em; }
 .done { border-left: 4px solid #1a7f37; padding-left: 1em; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 button { cursor: pointer; }
+time, td:first-child { white-space: nowrap; }
 """
 NAV = [
     ("/ops", "status"),
@@ -51,7 +52,16 @@ NAV = [
 
 
 class Markup(str):
-    """HTML these helpers built: inserted as it is. Any other `str` is escaped."""
+    """HTML these helpers built: inserted as it is. Any other `str` is escaped, also when it
+    is added to a `Markup` (`markup + text` escapes the text, as markupsafe does)."""
+
+    __slots__ = ()
+
+    def __add__(self, other: str) -> Markup:
+        return Markup(str.__add__(self, html(other)))
+
+    def __radd__(self, other: str) -> Markup:
+        return Markup(str.__add__(html(other), self))
 
 
 def html(value: object) -> Markup:
