@@ -20,15 +20,19 @@ from starlette.applications import Starlette
 from services.sandbox.serve import ServerThread
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 __all__ = [
     "BROWSER_TIMEOUT",
     "Chromium",
     "Recorder",
+    "SeenPosts",
     "ServerThread",
     "find_chromium",
     "playwright_chromium",
+    "post_status",
+    "serving",
+    "signed_in",
     "stop",
     "wait_for",
 ]
@@ -151,3 +155,52 @@ def playwright_chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+class SeenPosts:
+    """ASGI wrapper keeping, of every POST it passes on, the path and the headers that tell
+    where a form came from."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.posts: list[dict[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            seen = {k: headers.get(k, "") for k in ("origin", "sec-fetch-site", "content-type")}
+            self.posts.append({"path": scope["path"], **seen})
+        await self.app(scope, receive, send)
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[tuple[str, SeenPosts]]:
+    """`app` served on a loopback port: its base URL, and the POSTs it received."""
+    seen = SeenPosts(app)
+    with ServerThread(seen) as server:
+        yield server.url, seen
+
+
+PAGE_TIMEOUT_MS = 15_000
+
+
+@contextmanager
+def signed_in(browser: Browser, password: str, username: str = "ops") -> Iterator[Page]:
+    """A page in a fresh browser context that answers the console's Basic-auth challenge with
+    `password` (an admin token)."""
+    context = browser.new_context(http_credentials={"username": username, "password": password})
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def post_status(page: Page, click: Callable[[], None]) -> int:
+    """Run `click` (a button's `.click`), and the HTTP status of the form post it made, once
+    the page it led to has loaded."""
+    with page.expect_response(lambda r: r.request.method == "POST") as answered:
+        click()
+    status: int = answered.value.status
+    page.wait_for_load_state()
+    return status

@@ -29,10 +29,8 @@ from services.webhook_receiver.csrf import (
     issue_token,
 )
 from services.webhook_receiver.forms import Form
-from services.webhook_receiver.pages import (
-    Typed,
-    confirmation_page,
-)
+from services.webhook_receiver.pages import Typed, confirmation_page, table
+from services.webhook_receiver.pages import page as whole_page
 from services.webhook_receiver.responses import ApiError
 from shared.connections.model import Connection
 from shared.infra.clock import utcnow
@@ -827,3 +825,17 @@ def test_a_typed_confirmation_asks_for_the_text_and_refuses_anything_else() -> N
             Form([("confirmed", "yes"), *wrong]).confirmed(typed)
         assert (caught.value.status, caught.value.code) == (422, "confirmation_mismatch")
     assert Form([("confirmed", "yes"), ("typed_confirmation", "cn_abc123")]).confirmed(typed)
+
+
+# --- Escaping ---------------------------------------------------------------------------------
+
+
+@given(cells=st.lists(st.text(max_size=40), min_size=1, max_size=4), title=st.text(max_size=30))
+def test_any_text_in_a_page_stays_text(cells: list[str], title: str) -> None:
+    html = bytes(whole_page(title, table("t", ["a"] * len(cells), [cells])).body).decode()
+    parsed = Page(html)
+    # HTMLParser folds "\r\n" and "\r" as a browser does; nothing else of the text changes.
+    expected = [c.replace("\r\n", "\n").replace("\r", "\n") for c in cells]
+    assert parsed.rows("t") == [expected]
+    assert [f.action for f in parsed.forms] == []
+    assert "<script" not in html.lower().replace("&lt;script", "")

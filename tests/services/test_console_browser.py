@@ -23,7 +23,14 @@ from shared.connections.model import Connection
 from shared.infra.store import Keys
 from shared.notes.outbox import NoteOutbox, NoteState
 from shared.ops.dead_letters import DeadLetterStore
-from tests.browser import ServerThread, playwright_chromium
+from tests.browser import (
+    SeenPosts,
+    ServerThread,
+    playwright_chromium,
+    post_status,
+    serving,
+    signed_in,
+)
 from tests.helpers import queued_messages
 from tests.services.test_console import audit, letter, parked_note
 
@@ -33,22 +40,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
-TIMEOUT_MS = 15_000
-
-
-class SeenPosts:
-    """ASGI wrapper keeping the headers that matter of every POST it passes on."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.app = app
-        self.posts: list[dict[str, str]] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-            seen = {k: headers.get(k, "") for k in ("origin", "sec-fetch-site", "content-type")}
-            self.posts.append({"path": scope["path"], **seen})
-        await self.app(scope, receive, send)
 
 
 @pytest.fixture(scope="module")
@@ -59,27 +50,14 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def served(app: Starlette) -> Iterator[tuple[str, SeenPosts]]:
-    seen = SeenPosts(app)
-    with ServerThread(seen) as server:
-        yield server.url, seen
+    with serving(app) as (url, seen):
+        yield url, seen
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(http_credentials={"username": "ops", "password": TOKEN})
-    context.set_default_timeout(TIMEOUT_MS)
-    opened = context.new_page()
-    yield opened
-    context.close()
-
-
-def post_status(page: Page, click: Any) -> int:
-    """Click (`click()`), and the status of the form post it made."""
-    with page.expect_response(lambda r: r.request.method == "POST") as answered:
-        click()
-    status: int = answered.value.status
-    page.wait_for_load_state()
-    return status
+    with signed_in(browser, TOKEN) as opened:
+        yield opened
 
 
 def test_replay_one_dead_letter(
