@@ -194,6 +194,7 @@ def create_app(
         Route("/ops/notes/parked", ops.notes_listing(NoteState.PARKED), methods=["GET"]),
         Route("/ops/notes/failed", ops.notes_listing(NoteState.FAILED), methods=["GET"]),
         Route("/ops/notes/{note_id}/resolve", ops.resolve_waiting_note, methods=["POST"]),
+        Route("/ops/programs/unrouted", ops.list_unrouted_programs, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
