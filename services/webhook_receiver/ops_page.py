@@ -47,8 +47,8 @@ QUEUES = [queue.value for queue in QueueName]
 ATTENTION = "⚠ needs attention"
 DOWN = "✖"
 OK = "✔"
-PAUSED = "⏸ paused"
-DISABLED = "⏻ disabled"
+PAUSED = "‖ paused"
+DISABLED = "⊘ disabled"
 
 DEAD_LETTERS_URL = "/ops/dead-letters"
 PARKED_URL = "/ops/notes/parked"
@@ -114,6 +114,7 @@ class Column:
     title: str
     numeric: bool = False
     description: str = ""  # the header's tooltip
+    wrap: bool = False  # words that may wrap (a cell is one line otherwise)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def _table(table_id: str, label: str, columns: list[Column], rows: list[Row]) ->
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="num">{html}</td>' if column.numeric else f"<td>{html}</td>"
+            f"<td{_cell_class(column)}>{html}</td>"
             for column, html in zip(columns[1:], row.cells, strict=False)
         )
         kind = f' class="{row.kind}"' if row.kind else ""
@@ -144,14 +145,27 @@ def _table(table_id: str, label: str, columns: list[Column], rows: list[Row]) ->
     )
 
 
+def _cell_class(column: Column) -> str:
+    if column.numeric:
+        return ' class="num"'
+    return ' class="wrap"' if column.wrap else ""
+
+
 def _column_header(column: Column) -> str:
     numeric = ' class="num"' if column.numeric else ""
     tip = f' title="{esc(column.description)}"' if column.description else ""
     return f'<th scope="col"{numeric}{tip}>{esc(column.title)}</th>'
 
 
+SYMBOLS = ("⚠", "✖", "✔", "‖", "⊘")
+
+
 def _marker(text: str) -> str:
-    return f'<span class="marker">{esc(text)}</span>'
+    """A row's state in words, each symbol kept on one line with the word after it."""
+    shown = esc(text)
+    for symbol in SYMBOLS:
+        shown = shown.replace(f"{symbol} ", f"{symbol}&nbsp;")
+    return f'<span class="marker">{shown}</span>'
 
 
 # --- Sections ----------------------------------------------------------------------------------
@@ -233,7 +247,7 @@ def _kind_state(part: dict[str, Any], scheduler: bool) -> tuple[str, str]:
 def _liveness(data: dict[str, Any]) -> str:
     columns = [
         Column("process"),
-        Column("state"),
+        Column("state", wrap=True),
         Column("alive", numeric=True),
         Column("last heartbeat"),
         Column("at"),
@@ -262,7 +276,7 @@ def _liveness(data: dict[str, Any]) -> str:
     instance_columns = [
         Column("instance"),
         Column("process"),
-        Column("state"),
+        Column("state", wrap=True),
         Column("role"),
         Column("host"),
         Column("pid", numeric=True),
@@ -323,7 +337,7 @@ def _old(queue: str, age: Any) -> bool:
 def _queues(data: dict[str, Any]) -> str:
     columns = [
         Column("queue"),
-        Column("state"),
+        Column("state", wrap=True),
         Column("ready", True, "in the queue, not taken by a worker yet"),
         Column("taken", True, "taken by a worker: running, or waiting in its prefetch"),
         Column("delayed", True, "waiting out a retry's backoff or a deferral"),
@@ -373,15 +387,14 @@ def _age(seconds: Any) -> str:
 
 
 def _connection_columns(paused: bool) -> list[Column]:
+    """What needs a person first (it fits 1280 px); times, switches and links after."""
     columns = [
         Column("name"),
         Column("id"),
-        Column("state"),
-        Column("enabled"),
-        *([Column("paused")] if paused else []),
-        Column("last event received"),
-        Column("last success"),
-        Column("failures (1 h)", True),
+        Column("state", wrap=True),
+        Column("dead letters", True),
+        Column("parked notes", True),
+        Column("failed notes", True),
     ]
     for queue in QUEUES:
         columns += [
@@ -389,12 +402,14 @@ def _connection_columns(paused: bool) -> list[Column]:
             Column(f"{queue} oldest", True, f"how long its oldest due {queue} message waited"),
         ]
     columns += [
-        Column("dead letters", True),
-        Column("parked notes", True),
-        Column("failed notes", True),
-        Column("events"),
+        Column("failures (1 h)", True),
+        Column("last event received"),
+        Column("last success"),
         Column("last sweep"),
         Column("sweep kind"),
+        Column("enabled"),
+        *([Column("paused")] if paused else []),
+        Column("events"),
     ]
     return columns
 
@@ -428,14 +443,13 @@ def _connection(row: dict[str, Any], paused_column: bool) -> Row:
         markers.append(DISABLED)
     state = " · ".join(markers) if markers else f"{OK} ok"
     scoped = {"connection": cid_text} if cid_text else {}
+    name = _text(row.get("name"))
     cells = [
         _text(cid),
         _marker(state),
-        _text(row.get("enabled")),
-        *([_text(row.get("paused"))] if paused_column else []),
-        moment(row.get("last_event_at")),
-        moment(row.get("last_success_at")),
-        _text(row.get("failures_last_hour")),
+        _count(row.get("dead_letters"), DEAD_LETTERS_URL, f"dead letters of {name}", **scoped),
+        _count(row.get("parked_notes"), PARKED_URL, "parked notes: the list"),
+        _count(row.get("failed_notes"), FAILED_URL, "failed notes: the list"),
     ]
     for queue in QUEUES:
         counts = _dict(queues.get(queue))
@@ -445,14 +459,15 @@ def _connection(row: dict[str, Any], paused_column: bool) -> Row:
         if _number(queued) is not None and _number(delayed) is not None:
             shown = f'<span title="{esc(f"{_text(delayed)} delayed")}">{shown}</span>'
         cells += [shown, _age(counts.get("oldest_age_seconds"))]
-    name = _text(row.get("name"))
     cells += [
-        _count(row.get("dead_letters"), DEAD_LETTERS_URL, f"dead letters of {name}", **scoped),
-        _count(row.get("parked_notes"), PARKED_URL, "parked notes: the list"),
-        _count(row.get("failed_notes"), FAILED_URL, "failed notes: the list"),
-        link("events", EVENTS_URL, f"events of {name}", **scoped) if cid_text else MISSING,
+        _text(row.get("failures_last_hour")),
+        moment(row.get("last_event_at")),
+        moment(row.get("last_success_at")),
         moment(row.get("last_sweep")),
         _text(row.get("last_sweep_kind")),
+        _text(row.get("enabled")),
+        *([_text(row.get("paused"))] if paused_column else []),
+        link("events", EVENTS_URL, f"events of {name}", **scoped) if cid_text else MISSING,
     ]
     return Row(kind, name, cells)
 

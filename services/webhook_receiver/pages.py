@@ -54,8 +54,9 @@ th, td { border: 1px solid #c8c8c8; padding: 0.3em 0.6em; text-align: left; whit
 thead th { background: #eef0f3; position: sticky; top: 0; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 th[scope="row"] { font-weight: 600; white-space: normal; min-width: 10em; max-width: 22em; }
+td.wrap { white-space: normal; min-width: 9em; max-width: 18em; }
 time { white-space: nowrap; }
-.marker { font-weight: 600; white-space: nowrap; }
+.marker { font-weight: 600; }
 tr.attention > * { background: #fde2e1; }
 tr.attention > :first-child { box-shadow: inset 4px 0 0 #b3261e; }
 tr.down > * { background: #f9d3d0; }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -111,6 +112,7 @@ class Page(HTMLParser):
     def handle_data(self, data: str) -> None:
         if not self._in_cell:
             return
+        data = data.replace("\xa0", " ")  # a marker's symbol is kept with its word
         if self._in_head:
             self.titles[self._table][-1] += data
         else:
@@ -292,7 +294,7 @@ def test_render_shows_a_dash_for_what_is_missing_and_highlights_old_or_dead_queu
     attention, cells = page.row("connections", "Partial")
     assert attention == "attention"
     assert page.cell("connections", "Partial", "state") == (
-        "⚠ needs attention: parked notes · ⏻ disabled"
+        "⚠ needs attention: parked notes · ⊘ disabled"
     )
     assert cells[1] == "—"  # no id
     assert page.cell("connections", "Partial", "enabled") == "no"
@@ -501,7 +503,7 @@ def test_paused_is_a_column_only_when_the_status_has_it() -> None:
     page = Page(render({"connections": [{**row, "paused": True}, {"id": "cn_q", "name": "Q"}]}))
     assert page.cell("connections", "Paused Clinic", "paused") == "yes"
     assert page.row("connections", "Paused Clinic")[0] == "paused"
-    assert page.cell("connections", "Paused Clinic", "state") == "⏸ paused"
+    assert page.cell("connections", "Paused Clinic", "state") == "‖ paused"
     assert page.cell("connections", "Q", "paused") == "—"
 
 
@@ -752,6 +754,10 @@ def test_the_page_in_headless_chromium(
         assert page.cell("queues", "live", "ready") == "0"
         assert page.cell("queues", "bulk", "ready") == "1"
         assert page.cell("connections", name, "bulk queued") == "1"
+        assert page.cell_links("connections", name, "dead letters") == [
+            f"/ops/dead-letters?connection={connection.id}"
+        ]
+        assert page.cell("liveness", "Workers", "state") == "✖ none seen in the last day"
         assert len(recorder.pages(401)) == 1  # the challenge, then the page
         assert len(recorder.pages(200)) == 1
 
@@ -774,3 +780,114 @@ def test_the_page_in_headless_chromium(
         assert refreshed, recorder.answers
         assert 9 <= loads[1] - loads[0] <= 15, loads
         print(f"\n/ops in chromium: {len(loads)} loads, {loads[1] - loads[0]:.1f} s apart")
+
+
+MEASURE = """<script>
+window.addEventListener("load", function () {  // the window has the focus by then
+  var body = document.body, table = document.getElementById("connections");
+  var set = function (name, value) { body.setAttribute("data-" + name, String(value)); };
+  set("viewport", window.innerWidth);
+  set("page-width", document.documentElement.scrollWidth);
+  set("table-width", table.scrollWidth);
+  set("region-width", table.parentElement.clientWidth);
+  var lines = 0;
+  document.querySelectorAll("td time").forEach(function (t) {
+    lines = Math.max(lines, t.getClientRects().length);
+  });
+  set("time-lines", lines);
+  var skip = document.querySelector("a.skip");
+  set("skip-hidden", skip.getBoundingClientRect().right <= 0);
+  skip.focus();
+  set("skip-shown", skip.getBoundingClientRect().left >= 0);
+  var count = document.querySelector("#connections td a");
+  count.focus();
+  var drawn = getComputedStyle(count);
+  set("focus-outline", drawn.outlineStyle + " " + drawn.outlineWidth);
+});
+</script>"""
+
+
+def wide_status() -> dict[str, Any]:
+    """Many clinics with long names and large counts: wider than a 1280 px window."""
+    seen = "2030-01-02T03:04:05+00:00"
+    connections = [
+        {
+            "id": f"cn_{n:012d}",
+            "name": f"The Long Established Physiotherapy and Hand Therapy Clinic number {n}",
+            "enabled": n % 3 != 0,
+            "paused": n % 4 == 0,
+            "last_event_at": seen,
+            "last_success_at": seen,
+            "failures_last_hour": 1234,
+            "last_sweep": seen,
+            "last_sweep_kind": "reconcile",
+            "dead_letters": 12345 * n,
+            "parked_notes": n,
+            "failed_notes": 0,
+            "queues": {
+                q: {"queued": 987654, "delayed": 1234, "oldest_age_seconds": 4000.0}
+                for q in ("live", "bulk")
+            },
+        }
+        for n in range(12)
+    ]
+    instance = {
+        "instance": "0f4e6c1a-2b3d-4e5f-8a9b-0c1d2e3f4a5b",
+        "role": "worker",
+        "host": "halaxy-bridge-worker-7f9c6d5b8-x2x4q",
+        "pid": 12345,
+        "started_at": seen,
+        "last_seen_at": seen,
+        "seen_seconds_ago": 2.0,
+        "alive": True,
+        "fresh_for_seconds": 30.0,
+        "dramatiq_seen_seconds_ago": 1.0,
+    }
+    live = {"alive": 2, "last_seen_at": seen, "seen_seconds_ago": 2.0, "instances": [instance]}
+    return {
+        "generated_at": seen,
+        "connections": connections,
+        "queues": [{"queue": "live", "depth": 10**6, "oldest_age_seconds": 10.0}],
+        "workers": live,
+        "scheduler": {**live, "leader": "abc123def456", "instances": []},
+        "dead_letters": 10**6,
+    }
+
+
+@pytest.mark.slow
+def test_the_page_fits_1280_pixels_and_its_wide_tables_scroll_in_their_own_box(
+    tmp_path: Path,
+) -> None:
+    """Measured by Chromium itself: a copy of the page with a script added (the real page runs
+    none), served without the CSP so that the script may run."""
+    browser = Chromium(find_chromium(), tmp_path)
+    html = render(wide_status()).replace("</body>", MEASURE + "</body>")
+
+    async def measured(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        headers = [(b"content-type", b"text/html; charset=utf-8")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": html.encode()})
+
+    with ServerThread(measured) as server:
+        process = browser.start(
+            "--window-size=1280,900", "--virtual-time-budget=2000", "--dump-dom", server.url
+        )
+        try:
+            dom, _ = process.communicate(timeout=BROWSER_TIMEOUT)
+        finally:
+            stop(process)
+    found = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', dom.split("<body", 1)[1].split(">", 1)[0]))
+    print(f"\n/ops at 1280 px: {found}")
+    assert int(found["viewport"]) == 1280
+    assert int(found["page-width"]) <= 1280  # the page itself never scrolls sideways
+    assert int(found["table-width"]) > int(found["region-width"])  # the table scrolls in its box
+    assert found["time-lines"] == "1"  # no time wraps
+    assert (found["skip-hidden"], found["skip-shown"]) == ("true", "true")
+    style, width = found["focus-outline"].split()
+    assert style == "solid"
+    assert float(width.removesuffix("px")) >= 2
