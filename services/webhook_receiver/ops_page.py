@@ -13,6 +13,7 @@ in words), not by colour alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 
 from starlette.requests import Request
@@ -24,19 +25,19 @@ from services.webhook_receiver.pages import (
     MISSING,
     SECURITY_HEADERS,
     STYLE,
+    Markup,
+    document,
     duration,
-    esc,
-    html_page,
-    link,
     moment,
     page,
+    url,
 )
 from shared.infra import QueueName, iso_now
 from shared.ops import not_synced_rows
 
 __all__ = ["SECURITY_HEADERS", "STYLE", "ops_page", "render"]
 
-TITLE = "halaxy-bridge ops"
+TITLE = "Status"
 REFRESH_SECONDS = 10
 # A queue's oldest message waiting longer than this needs a look: the alerts' thresholds
 # (QueueOldestMessageTooOld). A connection's row uses the live one.
@@ -61,7 +62,23 @@ async def ops_page(request: Request) -> Response:
     # role: viewer
     deps = authorize(request, browser=True)
     data = await current_status(deps)
-    return html_page(TITLE, body(data), current="/ops", refresh_seconds=REFRESH_SECONDS)
+    return page(TITLE, Markup(body(data)), refresh_seconds=REFRESH_SECONDS, current="/ops")
+
+
+def esc(value: Any) -> str:
+    """Any value as escaped text, quotes included (safe in an attribute too)."""
+    return escape(str(value), quote=True)
+
+
+def link(text_html: str, path: str, label: str | None = None, **query: str) -> str:
+    """A link around already escaped text; `label` names it for a screen reader when the text
+    alone (a count) would not."""
+    named = f' aria-label="{esc(label)}"' if label else ""
+    return f'<a href="{esc(url(path, **query))}"{named}>{text_html}</a>'
+
+
+def when(value: Any) -> str:
+    return str(moment(value))
 
 
 # --- Reading a status that may be partial ----------------------------------------------------
@@ -268,7 +285,7 @@ def _liveness(data: dict[str, Any]) -> str:
                     _marker(marker) if marker != MISSING else MISSING,
                     _text(part.get("alive")),
                     f"{duration(ago)} ago" if _number(ago) is not None else MISSING,
-                    moment(part.get("last_seen_at")),
+                    when(part.get("last_seen_at")),
                 ],
             )
         )
@@ -320,7 +337,7 @@ def _instance(process: str, row: dict[str, Any]) -> Row:
             _text(row.get("role")),
             _text(row.get("host")),
             _text(row.get("pid")),
-            moment(row.get("started_at")),
+            when(row.get("started_at")),
             f"{duration(ago)} ago" if _number(ago) is not None else MISSING,
             (f"{duration(dramatiq)} ago" if _number(dramatiq) is not None else MISSING)
             if "dramatiq_seen_seconds_ago" in row
@@ -461,9 +478,9 @@ def _connection(row: dict[str, Any], paused_column: bool) -> Row:
         cells += [shown, _age(counts.get("oldest_age_seconds"))]
     cells += [
         _text(row.get("failures_last_hour")),
-        moment(row.get("last_event_at")),
-        moment(row.get("last_success_at")),
-        moment(row.get("last_sweep")),
+        when(row.get("last_event_at")),
+        when(row.get("last_success_at")),
+        when(row.get("last_sweep")),
         _text(row.get("last_sweep_kind")),
         _text(row.get("enabled")),
         *([_text(row.get("paused"))] if paused_column else []),
@@ -537,8 +554,7 @@ def body(data: dict[str, Any]) -> str:
     data = _dict(data)
     generated = data.get("generated_at") or iso_now()
     return (
-        f"<h1>{esc(TITLE)}</h1>"
-        f'<p>Status at <span id="generated-at">{moment(generated)}</span>; '
+        f'<p>Status at <span id="generated-at">{when(generated)}</span>; '
         f"refreshes every {REFRESH_SECONDS} s. What the colours and markers mean: "
         '<a href="#legend-heading">the legend</a>.</p>'
         + _totals(data)
@@ -553,4 +569,4 @@ def body(data: dict[str, Any]) -> str:
 
 def render(data: dict[str, Any]) -> str:
     """The whole page for a status dict; any key may be missing."""
-    return page(TITLE, body(data), current="/ops", refresh_seconds=REFRESH_SECONDS)
+    return document(TITLE, Markup(body(data)), refresh_seconds=REFRESH_SECONDS, current="/ops")

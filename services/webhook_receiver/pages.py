@@ -1,61 +1,72 @@
-"""What every HTML page of the operator console shares: the security headers, the stylesheet,
-the navigation bar, and small pieces (times, durations, links) rendered the same everywhere.
+"""The console's HTML: one layout, tables, forms that post, confirmation, result and error pages.
 
-`page(title, body_html)` is a whole document: skip link, navigation, then `body_html` inside
-`<main>`. Pages run no script (the CSP is `default-src 'none'`); whatever a page puts in
-`body_html` it must have escaped (`esc`), as every helper here does.
+No script anywhere (the CSP is `default-src 'none'`), every value escaped here, once: callers
+hand in text, and `Markup` only for HTML built by these helpers. A form that changes something
+is a `<form method="post">` carrying a CSRF token (`services.webhook_receiver.forms`).
+
+Every page has the same chrome (`document`): a skip link, the console's navigation, then the
+title and the body in `<main>`; focus is drawn plainly; times read the same everywhere
+(`moment`: compact UTC, the full ISO time in `<time datetime>` and its tooltip).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from starlette.responses import HTMLResponse
 
+# `form-action 'self'`: a form may post only back to the bridge; `frame-ancestors 'none'`
+# (with X-Frame-Options) keeps the buttons out of another site's frame. `Referrer-Policy:
+# same-origin`, not `no-referrer`: under `no-referrer` a browser sends `Origin: null` with a
+# form post, and the console refuses a post whose origin it cannot see as its own.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
-NAV = [
-    ("/ops", "Status"),
-    ("/ops/events", "Events"),
-    ("/ops/dead-letters", "Dead letters"),
-    ("/ops/notes/parked", "Parked notes"),
-]
-MISSING = "—"
-# Colours pass WCAG AA against their backgrounds; every highlighted row or cell also says in
-# words (and a symbol) what it means, so nothing relies on colour alone.
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1b1b1b; background: #fff; }
-main { padding: 0.5em 1.5em 2em; max-width: 100%; box-sizing: border-box; }
-h1 { font-size: 1.5em; margin: 0.6em 0 0.2em; }
-h2 { font-size: 1.2em; margin: 1.4em 0 0.4em; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; }
+main { display: block; margin: 0 1.5em 2em; max-width: 110em; }
+nav a { margin-right: 1em; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+form.inline { display: inline-block; margin: 0 0.3em 0.3em 0; }
+form.filters label { margin-right: 1em; }
+.error { border-left: 4px solid #a40000; padding-left: 1em; }
+.warning { color: #a40000; }
+.done { border-left: 4px solid #1a7f37; padding-left: 1em; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+button { cursor: pointer; }
+time, td:first-child { white-space: nowrap; }
 a { color: #0b4f9c; }
-a:focus-visible, .scroll:focus-visible, summary:focus-visible {
+a:focus-visible, button:focus-visible, input:focus-visible, .scroll:focus-visible {
   outline: 3px solid #c25e00; outline-offset: 2px;
 }
 .skip { position: absolute; left: -10000px; top: 0; background: #fff; padding: 0.5em 1em; }
 .skip:focus { left: 0.5em; z-index: 1; }
-nav.console { background: #1f2d3d; padding: 0.4em 1.5em; }
+nav.console { background: #1f2d3d; padding: 0.5em 1.5em; margin-bottom: 0.5em; }
 nav.console ul { list-style: none; margin: 0; padding: 0; display: flex; flex-wrap: wrap; }
 nav.console li { margin-right: 1.4em; }
-nav.console a { color: #fff; text-decoration: none; padding: 0.2em 0; display: inline-block; }
-nav.console a:hover, nav.console a[aria-current="page"] { text-decoration: underline; }
+nav.console a { color: #fff; margin: 0; }
+nav.console a[aria-current="page"] { font-weight: 600; }
 nav.console a:focus-visible { outline-color: #ffb454; }
 .scroll { overflow-x: auto; max-width: 100%; margin-bottom: 1em; }
-table { border-collapse: collapse; }
-th, td { border: 1px solid #c8c8c8; padding: 0.3em 0.6em; text-align: left; white-space: nowrap; }
-thead th { background: #eef0f3; position: sticky; top: 0; }
+.scroll table { margin-bottom: 0.2em; }
+.scroll th, .scroll td { white-space: nowrap; }
+thead th { background: #eef0f3; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 th[scope="row"] { font-weight: 600; white-space: normal; min-width: 10em; max-width: 22em; }
 td.wrap { white-space: normal; min-width: 9em; max-width: 18em; }
-time { white-space: nowrap; }
 .marker { font-weight: 600; }
 tr.attention > * { background: #fde2e1; }
 tr.attention > :first-child { box-shadow: inset 4px 0 0 #b3261e; }
@@ -73,85 +84,135 @@ tr.off > :first-child { box-shadow: inset 4px 0 0 #6b6b6b; }
 .swatch.ok { background: #fff; }
 dl.legend { display: grid; grid-template-columns: max-content 1fr; gap: 0.3em 1em; }
 dl.legend dd { margin: 0; }
-.warning { color: #8c1d18; }
-.totals { display: flex; flex-wrap: wrap; gap: 0.4em 1.6em; padding: 0; list-style: none; }
+.totals { display: flex; flex-wrap: wrap; padding: 0; list-style: none; }
+.totals li { margin-right: 1.6em; }
 """
+NAV = [
+    ("/ops", "status"),
+    ("/ops/events", "events"),
+    ("/ops/dead-letters", "dead letters"),
+    ("/ops/notes/parked", "parked notes"),
+    ("/ops/notes/failed", "failed notes"),
+]
 
 
-def esc(value: Any) -> str:
-    """Any value as escaped text, quotes included (safe in an attribute too)."""
-    return escape(str(value), quote=True)
+class Markup(str):
+    """HTML these helpers built: inserted as it is. Any other `str` is escaped, also when it
+    is added to a `Markup` (`markup + text` escapes the text, as markupsafe does)."""
+
+    __slots__ = ()
+
+    def __add__(self, other: str) -> Markup:
+        return Markup(str.__add__(self, html(other)))
+
+    def __radd__(self, other: str) -> Markup:
+        return Markup(str.__add__(html(other), self))
 
 
-def nav(current: str | None = None) -> str:
-    items = []
-    for href, label in NAV:
-        here = ' aria-current="page"' if href == current else ""
-        items.append(f'<li><a href="{esc(href)}"{here}>{esc(label)}</a></li>')
-    return f'<nav class="console" aria-label="Operator console"><ul>{"".join(items)}</ul></nav>'
+def html(value: object) -> Markup:
+    """`value` as HTML: itself when it is `Markup`, else its text escaped."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(escape("—" if value is None else str(value)))
 
 
-def page(
-    title: str, body_html: str, *, current: str | None = None, refresh_seconds: int | None = None
+def join(parts: Iterable[object]) -> Markup:
+    return Markup("".join(html(part) for part in parts))
+
+
+def tag(element: str, content: object = "", /, **attributes: str | None) -> Markup:
+    """`<element attributes>content</element>`; an attribute whose value is None is left out, a
+    trailing underscore is dropped (`class_`), and `_` in a name becomes `-`."""
+    attrs = "".join(
+        f' {key.rstrip("_").replace("_", "-")}="{escape(value)}"'
+        for key, value in attributes.items()
+        if value is not None
+    )
+    return Markup(f"<{element}{attrs}>{html(content)}</{element}>")
+
+
+def url(path: str, **query: str | None) -> str:
+    """`path` with the query parameters that have a value."""
+    given = {k: v for k, v in query.items() if v}
+    return f"{quote(path, safe='/')}?{urlencode(given)}" if given else quote(path, safe="/")
+
+
+def link(path: str, text: object, **query: str | None) -> Markup:
+    return tag("a", text, href=url(path, **query))
+
+
+def nav(current: str | None = None) -> Markup:
+    """The console's links; the one of the page shown marked as current."""
+    items = join(
+        tag("li", tag("a", text, href=href, aria_current="page" if href == current else None))
+        for href, text in NAV
+    )
+    return tag("nav", tag("ul", items), class_="console", aria_label="Operator console")
+
+
+def document(
+    title: str, body: object, *, refresh_seconds: int | None = None, current: str | None = None
 ) -> str:
-    """A whole console page: `body_html` (already escaped) under the shared chrome."""
+    """A whole console page as text: skip link, navigation, then the title and the body in
+    `<main>`; `refresh_seconds` has the browser load it again by itself."""
     refresh = (
         f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">\n' if refresh_seconds else ""
     )
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-{refresh}<title>{esc(title)}</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<a class="skip" href="#main">Skip to content</a>
-<header>{nav(current)}</header>
-<main id="main" tabindex="-1">
-{body_html}
-</main>
-</body>
-</html>
-"""
+    return (
+        "<!doctype html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"{refresh}<title>{escape(title)} · halaxy-bridge</title>\n<style>{STYLE}</style>\n"
+        "</head>\n<body>\n"
+        '<a class="skip" href="#main">Skip to content</a>\n'
+        f"<header>{nav(current)}</header>\n"
+        f'<main id="main" tabindex="-1">\n<h1>{escape(title)}</h1>\n{html(body)}\n</main>\n'
+        "</body>\n</html>\n"
+    )
 
 
-def html_page(
+def page(
     title: str,
-    body_html: str,
+    body: object,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
     *,
-    status_code: int = 200,
-    current: str | None = None,
     refresh_seconds: int | None = None,
+    current: str | None = None,
 ) -> HTMLResponse:
-    """`page` as a response, with the security headers."""
-    html = page(title, body_html, current=current, refresh_seconds=refresh_seconds)
-    return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
+    """A whole console page (`document`) as a response, with the security headers."""
+    text = document(title, body, refresh_seconds=refresh_seconds, current=current)
+    return HTMLResponse(text, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
 
 
-def moment(value: Any) -> str:
-    """An ISO 8601 time as `2026-05-01 09:30Z` (UTC, never wrapping), the full value in its
-    `datetime` and `title`; anything else as text, escaped."""
-    if not isinstance(value, str) or not value:
-        return MISSING if value is None or value == "" else esc(value)
+MISSING = "—"  # a value not known
+
+
+def moment(value: Any) -> Markup:
+    """An ISO 8601 time as `2026-05-01 09:30Z` (UTC, never wrapping), the full time in its
+    `datetime` and tooltip; a dash for nothing; anything else as text."""
+    if value is None or value == "":
+        return Markup(MISSING)
+    if not isinstance(value, str):
+        return html(value)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        return esc(value)
+        return html(value)
     if parsed.tzinfo is None:
-        return esc(value)
+        return html(value)
     utc = parsed.astimezone(UTC)
     full = utc.isoformat(timespec="seconds")
-    return f'<time datetime="{esc(full)}" title="{esc(full)}">{utc:%Y-%m-%d %H:%M}Z</time>'
+    return tag("time", f"{utc:%Y-%m-%d %H:%M}Z", datetime=full, title=full)
 
 
 def duration(seconds: Any) -> str:
-    """A number of seconds as a person reads it: 42s, 5m 01s, 3h 05m, 2d 03h; escaped."""
+    """A number of seconds as a person reads it: 42s, 5m 01s, 3h 05m, 2d 03h (a dash for
+    what is not a finite number)."""
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        return MISSING if seconds is None else esc(seconds)
+        return MISSING
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        return esc(seconds)
+        return MISSING
     whole = int(max(0.0, float(seconds)))
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
@@ -165,15 +226,178 @@ def duration(seconds: Any) -> str:
     return f"{secs}s"
 
 
-def href(path: str, **query: str) -> str:
-    """A console URL with its query (each value percent-encoded), ready for an attribute."""
-    if not query:
-        return esc(quote(path))
-    return esc(f"{quote(path)}?{urlencode(query)}")
+def table(
+    table_id: str, columns: Sequence[str], rows: Iterable[Sequence[object]], empty: str = "none"
+) -> Markup:
+    """A table whose cells are text (escaped) or `Markup` (forms, links)."""
+    head = join(tag("th", column) for column in columns)
+    body = [join(tag("td", cell) for cell in row) for row in rows]
+    lines = [tag("tr", row) for row in body] or [
+        Markup(f'<tr><td colspan="{len(columns)}">{escape(empty)}</td></tr>')
+    ]
+    return tag(
+        "table", join([tag("thead", tag("tr", head)), tag("tbody", join(lines))]), id=table_id
+    )
 
 
-def link(text_html: str, path: str, label: str | None = None, **query: str) -> str:
-    """A link around already escaped text; `label` names it for a screen reader when the text
-    alone (a count) would not."""
-    named = f' aria-label="{esc(label)}"' if label else ""
-    return f'<a href="{href(path, **query)}"{named}>{text_html}</a>'
+Fields = Mapping[str, str | Sequence[str]]
+
+
+class TokenSource(Protocol):
+    """Gives the CSRF token for a form that posts to `action` (`forms.FormSigner`)."""
+
+    def token(self, action: str) -> str: ...
+
+
+def hidden(fields: Fields) -> Markup:
+    """Hidden inputs; a sequence value gives one input per item (a list, such as ids)."""
+    return join(
+        Markup(f'<input type="hidden" name="{escape(name)}" value="{escape(item)}">')
+        for name, value in fields.items()
+        for item in ([value] if isinstance(value, str) else value)
+    )
+
+
+def text_input(name: str, label: str, value: str | None = None, **attributes: str) -> Markup:
+    """A labelled text field."""
+    extra = "".join(f' {k.replace("_", "-")}="{escape(v)}"' for k, v in attributes.items())
+    field = Markup(
+        f'<input type="text" name="{escape(name)}" value="{escape(value or "")}"'
+        f' aria-label="{escape(label)}"{extra}>'
+    )
+    return tag("label", join([label + " ", field]))
+
+
+def post_form(
+    signer: TokenSource,
+    action: str,
+    button: str,
+    fields: Fields | None = None,
+    inputs: object = "",
+    class_: str = "inline",
+    button_name: str | None = None,
+) -> Markup:
+    """A form that posts `fields` (and the `inputs` HTML) to `action` with its CSRF token:
+    one button. `action` is the path (unquoted) the handler checks the token against."""
+    token = hidden({"csrf_token": signer.token(action)})
+    content = join(
+        [
+            token,
+            hidden(fields or {}),
+            html(inputs),
+            tag("button", button, type="submit", name=button_name),
+        ]
+    )
+    return tag("form", content, method="post", action=quote(action, safe="/"), class_=class_)
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A confirmation that asks the person to type `text` (e.g. a connection id) before the
+    confirm button does anything: for what cannot be undone and is done to the wrong thing
+    easily."""
+
+    text: str
+    label: str = "Type {text} to confirm"
+
+
+CONFIRMED = "confirmed"
+TYPED = "typed_confirmation"
+
+
+def confirmation_page(
+    signer: TokenSource,
+    *,
+    title: str,
+    happens: Sequence[object],
+    action: str,
+    fields: Fields,
+    button: str,
+    back: str,  # an href, from `url`
+    warning: str | None = None,
+    typed: Typed | None = None,
+) -> HTMLResponse:
+    """What will happen (each line of `happens`: counts, ids), and one button that posts
+    `fields` again to `action`, confirmed. Nothing has changed when this page shows."""
+    items = join(tag("li", line) for line in happens)
+    extra: object = ""
+    if typed is not None:
+        label = typed.label.format(text=typed.text)
+        extra = tag(
+            "p",
+            tag(
+                "label",
+                join(
+                    [
+                        html(label) + Markup(": "),
+                        Markup(
+                            f'<input type="text" name="{TYPED}" required autocomplete="off" '
+                            f'spellcheck="false" aria-label="{escape(label)}">'
+                        ),
+                    ]
+                ),
+            ),
+        )
+    form = post_form(
+        signer, action, button, {**fields, CONFIRMED: "yes"}, inputs=extra, class_="confirm"
+    )
+    body = join(
+        [
+            tag("p", "Nothing has changed yet. This will happen when you confirm:"),
+            tag("ul", items, id="what-happens"),
+            tag("p", warning, class_="warning") if warning else "",
+            form,
+            tag("p", tag("a", "Cancel and go back", href=back)),
+        ]
+    )
+    return page(title, body)
+
+
+def result_page(
+    title: str, done: Sequence[object], links: Sequence[tuple[str, str]]
+) -> HTMLResponse:
+    """What an action did, and where to go next (`links`: (href, text), hrefs from `url`)."""
+    body = join(
+        [
+            tag("ul", join(tag("li", line) for line in done), id="result", class_="done"),
+            tag("p", join(tag("a", text, href=href) + Markup(" ") for href, text in links)),
+        ]
+    )
+    return page(title, body)
+
+
+def error_page(
+    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+) -> HTMLResponse:
+    """A refusal as a browser shows it: the reason in the body, and nothing changed."""
+    body = join(
+        [
+            tag(
+                "div",
+                join(
+                    [
+                        tag("p", detail, id="reason"),
+                        tag("p", join(["Error ", tag("code", code), f" (HTTP {status})."])),
+                    ]
+                ),
+                class_="error",
+            ),
+            tag("p", "Nothing was changed."),
+            tag("p", link("/ops", "Back to the status page")),
+        ]
+    )
+    return page(TITLES.get(status, "Error"), body, status=status, headers=headers)
+
+
+TITLES = {
+    400: "Bad request",
+    401: "Sign-in needed",
+    403: "Refused",
+    404: "Not found",
+    405: "Not allowed",
+    409: "Changed meanwhile",
+    413: "Too large",
+    415: "Wrong kind of request",
+    422: "Not acceptable",
+    503: "Unavailable",
+}
