@@ -230,8 +230,8 @@ def _totals(data: dict[str, Any]) -> str:
         ("Unrouted programs", data.get("unrouted_programs"), UNROUTED_URL),
     ]
     shown = "".join(
-        f"<li>{esc(name)}: {_count(value, url, f'{name}: the list')}</li>"
-        for name, value, url in items
+        f"<li>{esc(name)}: {_count(value, path, f'{name}: the list')}</li>"
+        for name, value, path in items
     )
     unlisted = data.get("dead_letters_unlisted")
     note = (

@@ -28,15 +28,14 @@ class TrackQueued(dramatiq.Middleware):
         failure here is logged and the enqueue goes on (Redis is most likely failing it too):
         the work matters more than its count, which misses that one message."""
         connection_id = _connection(message)
-        if connection_id is None:
+        redis_id = message.options.get("redis_message_id")  # set by Redis brokers only
+        if connection_id is None or redis_id is None:
             return
         eta = message.options.get("eta")
         # Due when enqueued, or at its eta when delayed (a retry's backoff, a deferral).
         due = eta / 1000 if delay is not None and isinstance(eta, int | float) else epoch_seconds()
         try:
-            self.queued.add(
-                connection_id, message.queue_name, message.options["redis_message_id"], due
-            )
+            self.queued.add(connection_id, message.queue_name, redis_id, due)
         except Exception as exc:
             log.warning("queued.not_added", message_id=message.message_id, error=type(exc).__name__)
 
