@@ -20,8 +20,8 @@ from shared.ops import status as gather
 WIDTH = 120  # the text fits a terminal this wide
 NAME_LEAST = 12  # a name gets the room the other columns leave, at least this much
 
-QUEUE_COLUMNS = ["queue", "depth", "delayed", "dead", "oldest", "per_minute"]
-QUEUE_HEADERS = {"oldest": "oldest waiting", "per_minute": "done a minute"}
+QUEUE_COLUMNS = ["queue", "depth", "taken", "delayed", "queued", "dead", "oldest", "per_minute"]
+QUEUE_HEADERS = {"depth": "ready", "oldest": "oldest waiting", "per_minute": "done a minute"}
 CONNECTION_COLUMNS = [
     "id",
     "enabled",
@@ -85,6 +85,54 @@ def _queue_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 NOT_SYNCED_COLUMNS = ["id", "outcome", "reason", "count"]
+QUEUED_COLUMNS = [
+    "id",
+    "live_queued",
+    "live_delayed",
+    "live_oldest",
+    "bulk_queued",
+    "bulk_delayed",
+    "bulk_oldest",
+]
+QUEUED_HEADERS = {
+    f"{queue}_{part}": f"{queue} {title}"
+    for queue in ("live", "bulk")
+    for part, title in (("queued", "queued"), ("delayed", "delayed"), ("oldest", "oldest due"))
+}
+
+
+def _queued_rows(connections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The connections with unfinished messages: how many per queue, how many of those
+    delayed, and how long the oldest due one has waited."""
+    rows = []
+    for row in connections:
+        queues = row.get("queues") or {}
+        if not any(counts.get("queued") for counts in queues.values()):
+            continue
+        shown: dict[str, Any] = {"id": row["id"]}
+        for queue, counts in queues.items():
+            age = counts.get("oldest_age_seconds")
+            shown[f"{queue}_queued"] = counts.get("queued")
+            shown[f"{queue}_delayed"] = counts.get("delayed")
+            shown[f"{queue}_oldest"] = None if age is None else span(age)
+        rows.append(shown)
+    return rows
+
+
+def _liveness(name: str, part: dict[str, Any] | None, now: datetime) -> str:
+    """One line: how many alive (and which scheduler leads), and when one was last seen."""
+    if part is None:
+        return f"{name}: not reported"
+    last = part.get("last_seen_at")
+    if last is None:
+        return f"{name}: NONE SEEN in the last day"
+    seen = f"last heartbeat {ago(last, now)}"
+    if not part["alive"]:
+        return f"{name}: NONE ALIVE ({seen})"
+    text = f"{name}: {part['alive']} alive"
+    if "leader" in part:
+        text += f", leader {part['leader']}" if part["leader"] else ", NO LEADER"
+    return f"{text} ({seen})"
 
 
 def _text(data: dict[str, Any]) -> str:
@@ -96,9 +144,15 @@ def _text(data: dict[str, Any]) -> str:
     parts = [
         f"halaxy-bridge status at {data['generated_at']}",
         "",
+        _liveness("workers", data.get("workers"), now),
+        _liveness("scheduler", data.get("scheduler"), now),
+        "",
         table([_queue_row(row) for row in data["queues"]], QUEUE_COLUMNS, QUEUE_HEADERS),
         "",
         table(connections, CONNECTION_COLUMNS, CONNECTION_HEADERS),
+        "",
+        "queued per connection (unfinished messages; oldest due: how long it has waited):",
+        table(_queued_rows(data["connections"]), QUEUED_COLUMNS, QUEUED_HEADERS),
         "",
         "patients not synced:",
         table(not_synced_rows(data["connections"]), NOT_SYNCED_COLUMNS),
@@ -126,8 +180,9 @@ def _gather(ctx: CliContext) -> dict[str, Any]:
 @click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @json_option
 def status(watch: bool, interval: float, as_json: bool) -> None:
-    """Queue depths, ages and throughput; per connection its last event, last success,
-    failures in the last hour, dead letters, parked notes, last sweep, and the patients not
+    """Workers and scheduler alive (from their heartbeats); queue depths, ages and
+    throughput; per connection its last event, last success, failures in the last hour, dead
+    letters, parked notes, last sweep, its unfinished messages per queue, and the patients not
     written (skipped, left as they were, or refused by reason)."""
     with cli_context(as_json) as ctx:
         if not watch:

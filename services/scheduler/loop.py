@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,7 +19,16 @@ import structlog.typing
 from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
 from shared.connections import Connection, Practitioner
-from shared.infra import BridgeError, JobQueue, Permanent, RateLimited, Settings, utcnow
+from shared.infra import (
+    BridgeError,
+    JobQueue,
+    Permanent,
+    RateLimited,
+    Settings,
+    epoch_seconds,
+    iso_now,
+    utcnow,
+)
 from shared.notes import (
     NoteRecord,
     NoteState,
@@ -34,12 +46,16 @@ from shared.notes import (
     poll_practitioner,
     route_unrouted,
 )
-from shared.ops import upgrade_stored_data
+from shared.ops import Heartbeat, Heartbeats, Kind, QueuedMessages, Role, upgrade_stored_data
 from shared.patients import PatientLinks, SweepLog, due, sweep
 from shared.platforms import Physitrack, ProgramEvent
 from shared.telemetry import PROGRAM_EVENTS
 
 LEADER_TTL_SECONDS = 30  # renewed every tick: BRIDGE_SCHEDULER_TICK_SECONDS is at most 15
+# A scheduler writes its heartbeat whenever it checks its leadership (each tick, and before
+# each connection's turn), at most this often; one not seen for LEADER_TTL_SECONDS is gone, as
+# its lease would be.
+BEAT_SECONDS = 2.0
 
 log = structlog.get_logger("halaxy_bridge.scheduler")
 
@@ -60,13 +76,23 @@ class Scheduler:
         self.unrouted = UnroutedPrograms(runtime.redis, runtime.keys, settings.fernet)
         self.cursors = PollCursors(runtime.redis, runtime.keys)
         self.id = uuid.uuid4().hex[:12]
+        self.heartbeats = Heartbeats(runtime.redis, runtime.keys, Kind.SCHEDULER)
+        self.queued = QueuedMessages(runtime.redis, runtime.keys)
+        self._started_at = iso_now()
+        self._last_beat: tuple[Role, float] | None = None  # (role, monotonic time)
         self._upgraded = False
         self._leader = runtime.redis.lock(
             runtime.keys.scheduler_leader(), timeout=LEADER_TTL_SECONDS, thread_local=False
         )
 
     def is_leader(self) -> bool:
-        """Keep, or try to take, the leadership; only the leader does anything."""
+        """Keep, or try to take, the leadership; only the leader does anything. Says so in
+        this scheduler's heartbeat."""
+        leads = self._lead()
+        self.beat(Role.LEADER if leads else Role.STANDBY)
+        return leads
+
+    def _lead(self) -> bool:
         try:
             if self._leader.owned():
                 self._leader.reacquire()
@@ -78,6 +104,30 @@ class Scheduler:
             log.warning("scheduler.redis_unavailable", scheduler_id=self.id)
             return False
 
+    def beat(self, role: Role) -> None:
+        """Write the heartbeat: when its role changed, or BEAT_SECONDS after the last one."""
+        now = time.monotonic()
+        if self._last_beat is not None:
+            last_role, at = self._last_beat
+            if last_role is role and now - at < BEAT_SECONDS:
+                return
+        fresh_for = max(float(LEADER_TTL_SECONDS), 2 * self.settings.scheduler_tick_seconds)
+        heartbeat = Heartbeat(
+            instance=self.id,
+            role=role,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            seen_at=epoch_seconds(),
+            fresh_for=fresh_for,
+        )
+        try:
+            self.heartbeats.beat(heartbeat)
+        except BridgeError as exc:
+            log.warning("scheduler.heartbeat_failed", error=type(exc).__name__)
+            return
+        self._last_beat = (role, now)
+
     def tick(self) -> None:
         if not self.is_leader():
             return
@@ -87,6 +137,7 @@ class Scheduler:
         self.requeue_stalled_notes()
         self._attempt("notes.forget_expired_failed", self.runtime.outbox.forget_expired)
         self._attempt("programs.route_failed", self.route_unrouted)
+        self._attempt("queued.prune_failed", self.prune_queued)
         for connection in self.runtime.connections.list():
             # Each connection's turn is short (reconcile.PAGES_PER_CALL); leadership is
             # renewed before each, so a tick over many clinics never outlasts it.
@@ -102,6 +153,13 @@ class Scheduler:
             step()
         except BridgeError as exc:
             log.warning(failed, error=type(exc).__name__)
+
+    def prune_queued(self) -> None:
+        """Drop the counted messages that are no longer queued (`QueuedMessages.prune`)."""
+        ids = [connection.id for connection in self.runtime.connections.list()]
+        gone = self.queued.prune(ids, epoch_seconds())
+        if gone:
+            log.info("queued.pruned", count=gone, scheduler_id=self.id)
 
     def upgrade_stored_data(self) -> None:
         """What an earlier version stored, brought up to date once (`shared.ops.upgrade`);
@@ -301,9 +359,12 @@ class Scheduler:
         self.resign()
 
     def resign(self) -> None:
-        """Give up the leadership, if held, so another scheduler takes over at once."""
+        """Give up the leadership, if held, so another scheduler takes over at once; and the
+        heartbeat: a scheduler stopped cleanly is gone, not dead."""
         try:
             if self._leader.owned():
                 self._leader.release()
         except redis.exceptions.RedisError:  # Redis is away: the lease lapses by itself
             log.warning("scheduler.redis_unavailable", scheduler_id=self.id)
+        with contextlib.suppress(BridgeError):
+            self.heartbeats.stop(self.id)

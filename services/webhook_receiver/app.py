@@ -207,6 +207,7 @@ def create_app(
         Route("/ops/notes/parked", console.notes(NoteState.PARKED), methods=["GET"]),
         Route("/ops/notes/failed", console.notes(NoteState.FAILED), methods=["GET"]),
         Route("/ops/notes/{note_id}/resolve", console.resolve_note_route, methods=["POST"]),
+        Route("/ops/programs/unrouted", ops.list_unrouted_programs, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -435,7 +435,8 @@ def build_spec() -> dict[str, Any]:
             },
             "/ops/status": {
                 "get": {
-                    "summary": "queues, connections (last sweep), dead letters, parked notes",
+                    "summary": "queues, connections (last sweep, queued messages), dead letters, "
+                    "parked notes, workers and schedulers alive",
                     "security": ADMIN_SECURITY,
                     "responses": {"200": _json(ANY_OBJECT, "status"), **_errors(401, 503)},
                 }
@@ -510,6 +511,17 @@ def build_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _json(ANY_OBJECT, "the settled note"),
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/ops/programs/unrouted": {
+                "get": {
+                    "summary": "Physitrack program posts no enabled connection knows the token "
+                    "of, oldest first: ids and times, never the token, link or program name",
+                    "security": ADMIN_SECURITY,
+                    "responses": {
+                        "200": _json(ANY_OBJECT, "unrouted program posts"),
+                        **_errors(401, 503),
                     },
                 }
             },

@@ -20,10 +20,11 @@ from shared.infra import (
     PipelinedScript,
     QueueName,
     Settings,
+    epoch_seconds,
     redis_client,
     translate_redis_errors,
 )
-from shared.ops import DeadLetterStore
+from shared.ops import DeadLetterStore, Heartbeats, Kind, QueuedMessages
 from shared.patients import SEEN_TTL, ConnectionChanged, event_digest, job_for_event
 from shared.telemetry import MetricsPusher
 
@@ -54,7 +55,9 @@ def build_broker(
 def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Redis) -> None:
     """What every broker of ours needs beyond Dramatiq's defaults."""
     from services.workers.dead_letter_middleware import RecordDeadLetters
+    from services.workers.heartbeat import WorkerHeartbeat
     from services.workers.job_metrics import JobMetrics, PushMetrics
+    from services.workers.queued import TrackQueued
 
     broker.add_middleware(CurrentMessage())  # lets log lines name the message and attempt
     keys = Keys(settings.redis_namespace)
@@ -62,27 +65,34 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     # Before Retries in the list, so its "after" hooks (run in reverse) see Retries' verdict.
     broker.add_middleware(JobMetrics(), before=Retries)
     broker.add_middleware(PushMetrics(MetricsPusher(client, keys, settings.metrics_push_seconds)))
+    # Each connection's unfinished messages per queue, for status and /metrics.
+    broker.add_middleware(TrackQueued(QueuedMessages(client, keys)))
+    # Only a worker (the `dramatiq` command) boots; the brokers that only enqueue never beat.
+    heartbeats = Heartbeats(client, keys, Kind.WORKER)
+    broker.add_middleware(WorkerHeartbeat(heartbeats, settings.worker_heartbeat_timeout_seconds))
     for queue in QueueName:
         broker.declare_queue(queue.value)
 
 
-# KEYS: the connection record, the queue's id list, the queue's message hash, then one seen
-# key per event. ARGV: the record the caller authenticated against, the seen TTL in seconds,
-# then a (message id, encoded message) pair per event. The HSET and RPUSH are what Dramatiq's
-# own enqueue does (dramatiq/brokers/redis/dispatch.lua, "enqueue"); tests/patients/test_intake.py
-# checks that against RedisBroker.enqueue. The first write is the SET, so a Redis
-# refusing writes (out of memory) fails the script before it has changed anything.
+# KEYS: the connection record, the queue's id list, the queue's message hash, the connection's
+# set of queued messages (`shared.ops.queued`), then one seen key per event. ARGV: the record
+# the caller authenticated against, the seen TTL in seconds, now (epoch seconds), then a
+# (message id, encoded message) pair per event. The HSET and RPUSH are what Dramatiq's own
+# enqueue does (dramatiq/brokers/redis/dispatch.lua, "enqueue"); tests/patients/test_intake.py
+# checks that against RedisBroker.enqueue. The first write is the SET, so a Redis refusing
+# writes (out of memory) fails the script before it has changed anything.
 INTAKE_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
 local accepted = {}
-for i = 4, #KEYS do
-  local arg = 3 + (i - 4) * 2
+for i = 5, #KEYS do
+  local arg = 4 + (i - 5) * 2
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[2]) then
     redis.call('HSET', KEYS[3], ARGV[arg], ARGV[arg + 1])
     redis.call('RPUSH', KEYS[2], ARGV[arg])
-    accepted[#accepted + 1] = i - 3
+    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[arg])
+    accepted[#accepted + 1] = i - 4
   end
 end
 return accepted
@@ -108,8 +118,13 @@ class DramatiqEventIntake:
             self._keys.connection(connection_id),
             self._keys.dramatiq_queue(queue),
             self._keys.dramatiq_messages(queue),
+            self._keys.queued_messages(connection_id, queue),
         ]
-        args: list[bytes | str | int] = [record, int(SEEN_TTL.total_seconds())]
+        args: list[bytes | str | int | float] = [
+            record,
+            int(SEEN_TTL.total_seconds()),
+            epoch_seconds(),
+        ]
         for item in changed:
             keys.append(self._keys.seen_event(connection_id, event_digest(item.event_key)))
             job = job_for_event(connection_id, event, item)

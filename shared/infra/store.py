@@ -180,6 +180,22 @@ class Keys:
         """The hash of a queue's encoded messages by id, as Dramatiq's Redis broker keeps it."""
         return f"{self.dramatiq_queue(queue_name)}.msgs"
 
+    def dramatiq_heartbeats(self) -> str:
+        """Dramatiq's broker ids by the time of their last command, in milliseconds."""
+        return f"{self.dramatiq_namespace()}:__heartbeats__"
+
+    def heartbeats(self, kind: str) -> str:
+        """The last heartbeat of each worker or scheduler (`kind`) instance, by instance id."""
+        return f"{self.namespace}:heartbeats:{kind}"
+
+    def heartbeat_times(self, kind: str) -> str:
+        return f"{self.namespace}:heartbeats:{kind}:by-time"
+
+    def queued_messages(self, connection_id: str, queue_name: str) -> str:
+        """The connection's unfinished messages in a queue (its delay queue included): Redis
+        message id -> when it is (or was) due, in epoch seconds."""
+        return f"{self.namespace}:queued:{connection_id}:{queue_name}"
+
 
 REFUSING = tuple(
     getattr(redis.exceptions, name)

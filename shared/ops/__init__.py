@@ -1,6 +1,9 @@
-"""What the people who run the bridge use: dead letters and replay, status, stored upgrades."""
+"""What the people who run the bridge use: dead letters and replay, status, liveness, queued
+messages per connection, stored upgrades."""
 
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore, iso
+from shared.ops.liveness import Heartbeat, Heartbeats, Kind, Role
+from shared.ops.queued import QueuedMessages
 from shared.ops.replay import parse_since
 from shared.ops.status import not_synced_rows, status
 from shared.ops.upgrade import upgrade_stored_data
@@ -8,6 +11,11 @@ from shared.ops.upgrade import upgrade_stored_data
 __all__ = [
     "DeadLetter",
     "DeadLetterStore",
+    "Heartbeat",
+    "Heartbeats",
+    "Kind",
+    "QueuedMessages",
+    "Role",
     "iso",
     "not_synced_rows",
     "parse_since",

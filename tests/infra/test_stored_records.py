@@ -34,6 +34,7 @@ from shared.notes.outbox import NOTE_RECORD, NoteOutbox, NoteRecord, NoteState
 from shared.notes.program_poll import CURSOR, PollCursor
 from shared.notes.unrouted import UnroutedPrograms, UnroutedReason
 from shared.ops.dead_letters import DEAD_LETTER, DeadLetter, DeadLetterStore
+from shared.ops.liveness import HEARTBEAT, Heartbeat, Heartbeats, Kind, Role
 from shared.patients.links import PATIENT_LINK, PatientLink
 from shared.patients.reconcile import (
     SWEEP,
@@ -384,3 +385,30 @@ def test_an_unreadable_connection_never_names_a_practitioner_token() -> None:
         RecordCodec(Connection).load(record)
     assert "pt-token-SECRET" not in str(caught.value)
     assert "practitioners.[key]" in str(caught.value)
+
+
+heartbeats = st.builds(
+    Heartbeat,
+    ids,
+    st.sampled_from(Role),
+    text,
+    st.integers(min_value=0, max_value=2**31),
+    iso_times,
+    st.floats(min_value=0, max_value=2**40, allow_nan=False),
+    st.floats(min_value=0, max_value=86_400, allow_nan=False),
+)
+
+
+@with_redis
+@given(record=heartbeats)
+def test_a_heartbeat_round_trips_through_its_store(
+    redis_server_client: redis.Redis, keys: Keys, record: Heartbeat
+) -> None:
+    """Written and read by `Heartbeats` (a JSON value in a hash), its role an enum."""
+    beats = Heartbeats(redis_server_client, keys, Kind.SCHEDULER)
+    redis_server_client.delete(keys.heartbeats(Kind.SCHEDULER.value))
+    beats.beat(record)
+    [back] = beats.read(now=record.seen_at)
+    assert back == record
+    assert back.role is record.role
+    assert stored_json(redis_server_client, f"{keys.namespace}:codec", HEARTBEAT, record) == record
