@@ -12,6 +12,7 @@ import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
+from shared.connections import PausedConnections
 from shared.halaxy import ChangedResource, HalaxyEvent
 from shared.infra import (
     IntakeResult,
@@ -54,6 +55,7 @@ def build_broker(
 def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Redis) -> None:
     """What every broker of ours needs beyond Dramatiq's defaults."""
     from services.workers.dead_letter_middleware import RecordDeadLetters
+    from services.workers.holding import HoldPausedConnections
     from services.workers.job_metrics import JobMetrics, PushMetrics
 
     broker.add_middleware(CurrentMessage())  # lets log lines name the message and attempt
@@ -62,6 +64,8 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     # Before Retries in the list, so its "after" hooks (run in reverse) see Retries' verdict.
     broker.add_middleware(JobMetrics(), before=Retries)
     broker.add_middleware(PushMetrics(MetricsPusher(client, keys, settings.metrics_push_seconds)))
+    # A paused connection's messages are held, not run (services/workers/holding.py).
+    broker.add_middleware(HoldPausedConnections(PausedConnections(client, keys)))
     for queue in QueueName:
         broker.declare_queue(queue.value)
 

@@ -180,6 +180,14 @@ class Keys:
         """The hash of a queue's encoded messages by id, as Dramatiq's Redis broker keeps it."""
         return f"{self.dramatiq_queue(queue_name)}.msgs"
 
+    def paused_connections(self) -> str:
+        """The paused connections: a hash, connection id -> when and by whom."""
+        return f"{self.namespace}:connections:paused"
+
+    def held_messages(self, connection_id: str) -> str:
+        """The messages of a paused connection that workers set aside, in the order held."""
+        return f"{self.namespace}:held:{connection_id}"
+
 
 REFUSING = tuple(
     getattr(redis.exceptions, name)

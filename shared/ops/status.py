@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import redis
 
+from shared.connections.pause import PausedConnections
 from shared.connections.store import ConnectionStore
 from shared.infra.clock import epoch_seconds
 from shared.infra.jobs import QueueName
@@ -26,6 +27,10 @@ def iso(unix_time: float | None) -> str | None:
     if unix_time is None:
         return None
     return datetime.fromtimestamp(unix_time, UTC).isoformat(timespec="seconds")
+
+
+def _moment(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds")
 
 
 def queue_status(
@@ -91,9 +96,12 @@ def status(
     letters = DeadLetterStore(client, keys).list()
     parked = outbox.per_connection(NoteState.PARKED)
     failed = outbox.per_connection(NoteState.FAILED)
+    stored = connections.list()
+    holding = PausedConnections(client, keys).holding(c.id for c in stored)
     rows = []
-    for connection in connections.list():
+    for connection in stored:
         last = sweeps.last(connection.id)
+        held = holding[connection.id]
         rows.append(
             {
                 "id": connection.id,
@@ -113,6 +121,12 @@ def status(
                 # refused (by reason code), since the namespace began.
                 "patients_not_synced": patients.not_synced(connection.id),
                 "patients_refused": patients.refused(connection.id),
+                # Paused: webhooks are taken and kept, nothing is processed; `held_messages`
+                # are what workers set aside meanwhile (released in order by a resume).
+                "paused": held.is_paused,
+                "paused_at": _moment(None if held.paused is None else held.paused.paused_at),
+                "held_messages": held.held,
+                "oldest_held_at": _moment(held.oldest_held_at),
             }
         )
     return {
