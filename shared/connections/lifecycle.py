@@ -8,7 +8,7 @@ erasure of everything the bridge holds for a clinic) is `shared.ops.offboarding`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -114,19 +114,38 @@ def edited(
             "say what to change: name, author, practitioners, PDF hosts or platform base URL"
         )
     changes: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def check(field: str, value: Callable[[], Any]) -> Any:
+        try:
+            return value()
+        except InvalidInput as exc:
+            problems.append(f"{field}: {exc}")
+            return None
+
     if "name" in given and request.name is not None:
         changes["name"] = request.name
     if "author" in given:
         author = request.author
-        changes["default_author"] = None if author is None else c.practitioner_role(author)
+        changes["default_author"] = (
+            None if author is None else check("author", lambda: c.practitioner_role(author))
+        )
     if "practitioners" in given:
-        changes["practitioners"] = _mapped(connection, request.practitioners)
+        changes["practitioners"] = check(
+            "practitioners", lambda: _mapped(connection, request.practitioners)
+        )
     if "pdf_hosts" in given:
         hosts = request.pdf_hosts
-        changes["pdf_hosts"] = None if hosts is None else c.pdf_host_list(",".join(hosts))
+        changes["pdf_hosts"] = (
+            None if hosts is None else check("pdf_hosts", lambda: c.pdf_host_list(",".join(hosts)))
+        )
     if "platform_base_url" in given and request.platform_base_url is not None:
-        url = c.service_url(request.platform_base_url, "platform base URL")
-        changes["platform_base_url"] = url
+        url = request.platform_base_url
+        changes["platform_base_url"] = check(
+            "platform_base_url", lambda: c.service_url(url, "platform base URL")
+        )
+    if problems:
+        raise InvalidInput("the edit is invalid", problems)
     changed = [name for name in EDITABLE if name in changes]
     changed = [name for name in changed if getattr(connection, name) != changes[name]]
     if not changed:
