@@ -8,6 +8,7 @@ as a failure. A resume puts the held messages back on their queues (`shared.conn
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import dramatiq
@@ -33,3 +34,20 @@ class HoldPausedConnections(dramatiq.Middleware):
         if self.pauses.hold(connection_id, q_name(message.queue_name), message.encode(), released):
             message.options[HELD] = True
             raise SkipMessage(f"connection {connection_id} is paused: message held")
+
+
+class HeldIsNotAWarning(logging.Filter):
+    """Dramatiq logs every skipped message at WARNING; a held one is expected while its
+    connection is paused (one per webhook), so its line says so, at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        held = bool(args) and bool(getattr(args[0], "options", {}).get(HELD))
+        if record.msg == "Message %s was skipped." and held:
+            record.msg = "Message %s was held: its connection is paused."
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# Dramatiq's worker threads log their skipped messages on this logger.
+logging.getLogger("dramatiq.worker.WorkerThread").addFilter(HeldIsNotAWarning())

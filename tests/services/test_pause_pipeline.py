@@ -7,6 +7,8 @@ failure. Resumed: what was held is processed in the order it came, then new work
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 from services.cli.main import cli
 from services.sandbox.halaxy import patient_resource
 from services.scheduler.loop import Scheduler
+from services.workers.holding import HELD, HeldIsNotAWarning
 from services.workers.runtime import WorkerRuntime
 from shared.connections import PausedConnections, lifecycle
 from shared.connections.model import Connection
@@ -219,3 +222,30 @@ def test_status_shows_the_pause_and_what_is_held(
     lines = [line for line in text.stdout.splitlines() if line.startswith(conn.id)]
     assert any(" paused " in line for line in lines)  # the connections table's state
     assert any(line.split()[-4:-2] == ["ago", "1"] for line in lines), text.stdout  # held: 1
+
+
+def test_a_held_message_is_logged_as_held_not_as_a_warning() -> None:
+    class Message:
+        def __init__(self, options: dict[str, object]) -> None:
+            self.options = options
+
+    held, other = (
+        logging.LogRecord(
+            "dramatiq.worker.WorkerThread",
+            logging.WARNING,
+            "",
+            0,
+            "Message %s was skipped.",
+            (Message(options),),
+            None,
+        )
+        for options in ({HELD: True}, {})
+    )
+    for record in (held, other):
+        assert HeldIsNotAWarning().filter(record)
+
+    assert (held.levelno, held.getMessage().endswith("held: its connection is paused.")) == (
+        logging.INFO,
+        True,
+    )
+    assert (other.levelno, other.getMessage().endswith("was skipped.")) == (logging.WARNING, True)
