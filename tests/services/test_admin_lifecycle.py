@@ -273,6 +273,7 @@ def test_pause_keeps_webhooks_answered_and_resume_lifts_it(
     paused = call(client, "POST", url(made["id"], "/pause"))
     taken = post_webhook(client, made["id"], made["halaxy_auth_header"])
     shown = client.get("/ops/status", headers=admin_headers()).json()
+    metrics = client.get("/metrics", headers=admin_headers()).text
     resumed = call(client, "POST", url(made["id"], "/resume"))
 
     assert paused.status_code == 200
@@ -280,6 +281,8 @@ def test_pause_keeps_webhooks_answered_and_resume_lifts_it(
     assert taken.status_code == 202
     [row] = [r for r in shown["connections"] if r["id"] == made["id"]]
     assert row["paused"] is True
+    assert f'halaxy_bridge_connection_paused{{connection_id="{made["id"]}"}} 1.0' in metrics
+    assert f'halaxy_bridge_connection_held_messages{{connection_id="{made["id"]}"}} 0.0' in metrics
     assert resumed.status_code == 200
     assert (resumed.json()["paused"], resumed.json()["changed"]) == (False, True)
     assert resumed.json()["still_held"] == 0
