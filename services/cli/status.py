@@ -24,7 +24,7 @@ QUEUE_COLUMNS = ["queue", "depth", "taken", "delayed", "queued", "dead", "oldest
 QUEUE_HEADERS = {"depth": "ready", "oldest": "oldest waiting", "per_minute": "done a minute"}
 CONNECTION_COLUMNS = [
     "id",
-    "enabled",
+    "state",
     "last_event",
     "last_success",
     "failures",
@@ -35,7 +35,6 @@ CONNECTION_COLUMNS = [
     "name",
 ]
 CONNECTION_HEADERS = {
-    "enabled": "on",
     "last_event": "last event",
     "last_success": "last ok",
     "failures": "fails/1h",
@@ -67,7 +66,8 @@ def _connection_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
         sweep += f" ({row['last_sweep_kind']})"
     return {
         **row,
-        "enabled": "yes" if row["enabled"] else "no",
+        # Off (disabled) wins: a paused connection that is also disabled takes nothing in.
+        "state": "off" if not row["enabled"] else "paused" if row["paused"] else "on",
         "last_event": ago(row["last_event_at"], now),
         "last_success": ago(row["last_success_at"], now),
         "failures": row["failures_last_hour"],
@@ -135,6 +135,25 @@ def _liveness(name: str, part: dict[str, Any] | None, now: datetime) -> str:
     return f"{text} ({seen})"
 
 
+HELD_COLUMNS = ["id", "paused_since", "held", "oldest_held"]
+
+
+def _held_rows(data: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """The paused connections, and any still releasing what it held (a resume under way)."""
+    return [
+        {
+            "id": row["id"],
+            "paused_since": ago(row["paused_at"], now) if row["paused"] else "not paused",
+            "held": row["held_messages"],
+            "oldest_held": None
+            if row["oldest_held_at"] is None
+            else ago(row["oldest_held_at"], now),
+        }
+        for row in data["connections"]
+        if row["paused"] or row["held_messages"]
+    ]
+
+
 def _text(data: dict[str, Any]) -> str:
     now = datetime.fromisoformat(data["generated_at"])
     connections = [_connection_row(row, now) for row in data["connections"]]
@@ -156,6 +175,9 @@ def _text(data: dict[str, Any]) -> str:
         "",
         "patients not synced:",
         table(not_synced_rows(data["connections"]), NOT_SYNCED_COLUMNS),
+        "",
+        "paused (webhooks kept, nothing processed until resumed) and held messages:",
+        table(_held_rows(data, now), HELD_COLUMNS),
         "",
         f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
         f"   failed notes: {data['failed_notes']}",
@@ -181,9 +203,10 @@ def _gather(ctx: CliContext) -> dict[str, Any]:
 @json_option
 def status(watch: bool, interval: float, as_json: bool) -> None:
     """Workers and scheduler alive (from their heartbeats); queue depths, ages and
-    throughput; per connection its last event, last success, failures in the last hour, dead
-    letters, parked notes, last sweep, its unfinished messages per queue, and the patients not
-    written (skipped, left as they were, or refused by reason)."""
+    throughput; per connection whether it is paused and how many messages it holds, its last
+    event, last success, failures in the last hour, dead letters, parked notes, last sweep,
+    its unfinished messages per queue, and the patients not written (skipped, left as they
+    were, or refused by reason)."""
     with cli_context(as_json) as ctx:
         if not watch:
             data = _gather(ctx)

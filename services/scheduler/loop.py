@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
@@ -18,7 +19,7 @@ import structlog.typing
 
 from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
-from shared.connections import Connection, Practitioner
+from shared.connections import Connection, PausedConnections, Practitioner
 from shared.infra import (
     BridgeError,
     JobQueue,
@@ -49,13 +50,17 @@ from shared.notes import (
 from shared.ops import Heartbeat, Heartbeats, Kind, QueuedMessages, Role, upgrade_stored_data
 from shared.patients import PatientLinks, SweepLog, due, sweep
 from shared.platforms import Physitrack, ProgramEvent
-from shared.telemetry import PROGRAM_EVENTS
+from shared.telemetry import PROGRAM_EVENTS, forget_series_of_gone_connections
 
 LEADER_TTL_SECONDS = 30  # renewed every tick: BRIDGE_SCHEDULER_TICK_SECONDS is at most 15
 # A scheduler writes its heartbeat whenever it checks its leadership (each tick, and before
 # each connection's turn), at most this often; one not seen for LEADER_TTL_SECONDS is gone, as
 # its lease would be.
 BEAT_SECONDS = 2.0
+# Held messages a tick releases at most per connection (batches of RELEASE_BATCH): a long
+# list is released over several ticks, each short enough to keep the leadership.
+RELEASE_BATCHES_A_TICK = 20
+FORGET_SERIES_EVERY_SECONDS = 600
 
 log = structlog.get_logger("halaxy_bridge.scheduler")
 
@@ -75,6 +80,8 @@ class Scheduler:
         self.claims = ProgramClaims(runtime.redis, runtime.keys)
         self.unrouted = UnroutedPrograms(runtime.redis, runtime.keys, settings.fernet)
         self.cursors = PollCursors(runtime.redis, runtime.keys)
+        self.pauses = PausedConnections(runtime.redis, runtime.keys)
+        self._series_checked_at = -math.inf
         self.id = uuid.uuid4().hex[:12]
         self.heartbeats = Heartbeats(runtime.redis, runtime.keys, Kind.SCHEDULER)
         self.queued = QueuedMessages(runtime.redis, runtime.keys)
@@ -138,7 +145,12 @@ class Scheduler:
         self._attempt("notes.forget_expired_failed", self.runtime.outbox.forget_expired)
         self._attempt("programs.route_failed", self.route_unrouted)
         self._attempt("queued.prune_failed", self.prune_queued)
+        self._attempt("held.release_failed", self.release_held)
+        self._attempt("metrics.forget_failed", self.forget_series_of_gone_connections)
+        paused = self.paused_ids()
         for connection in self.runtime.connections.list():
+            if paused is None or connection.id in paused:
+                continue  # paused (or not known to be running): its sweeps and polls wait
             # Each connection's turn is short (reconcile.PAGES_PER_CALL); leadership is
             # renewed before each, so a tick over many clinics never outlasts it.
             if connection.enabled and self.is_leader():
@@ -181,12 +193,53 @@ class Scheduler:
                 scheduler_id=self.id,
             )
 
+    def paused_ids(self) -> set[str] | None:
+        """The paused connections; None when Redis cannot say (then none is swept or polled)."""
+        try:
+            return self.pauses.paused_ids()
+        except BridgeError as exc:
+            log.warning("scheduler.pauses_unreadable", error=type(exc).__name__)
+            return None
+
+    def release_held(self) -> None:
+        """Release what is still held of each connection that is no longer paused: a resume
+        that stopped part-way (a crash, Redis away) is finished here, so nothing stays held."""
+        stored = [c.id for c in self.runtime.connections.list()]
+        for connection_id, holding in self.pauses.holding(stored).items():
+            if holding.held and not holding.is_paused and self.is_leader():
+                released = self.pauses.release(connection_id, max_batches=RELEASE_BATCHES_A_TICK)
+                if released:
+                    log.info(
+                        "held.released",
+                        connection_id=connection_id,
+                        count=released,
+                        scheduler_id=self.id,
+                    )
+
+    def forget_series_of_gone_connections(self) -> None:
+        """Now and then, erase the metric series of connections that are no longer stored: an
+        offboarding erases its clinic's series, and this catches a count a worker pushed just
+        after it (a job of that clinic that was running at that moment)."""
+        now = time.monotonic()
+        if now - self._series_checked_at < FORGET_SERIES_EVERY_SECONDS:
+            return
+        self._series_checked_at = now
+        forgotten = forget_series_of_gone_connections(
+            self.runtime.redis,
+            self.runtime.keys,
+            lambda: {c.id for c in self.runtime.connections.list()},
+        )
+        if forgotten:
+            log.info("metrics.series_forgotten", count=forgotten, scheduler_id=self.id)
+
     def requeue_stalled_notes(self) -> None:
         """Queue again the notes not settled that nothing has moved for a while: their job
         may be lost (`NoteOutbox.stalled`). A duplicate message is harmless: one worker per
-        note, compare-and-set moves, and a note found in `posting` is parked."""
+        note, compare-and-set moves, and a note found in `posting` is parked. A paused
+        connection's notes wait for its resume (their messages are held, not lost)."""
         try:
-            stale = self.runtime.outbox.stalled()
+            paused = self.pauses.paused_ids()
+            stale = [(c, n) for c, n in self.runtime.outbox.stalled() if c not in paused]
             if stale:
                 self.queue.enqueue([job_for_note(c, n) for c, n in stale])
                 log.info("notes.requeued", count=len(stale), scheduler_id=self.id)
@@ -197,9 +250,10 @@ class Scheduler:
         """Write the kept Physitrack posts whose token a connection now knows; drop the ones
         nobody claimed in time (`shared.notes.unrouted`)."""
         now = utcnow()
+        paused = self.pauses.paused_ids()  # a paused connection's kept posts wait for it
         routed = route_unrouted(
             self.unrouted,
-            self.runtime.connections.list(),
+            [c for c in self.runtime.connections.list() if c.id not in paused],
             lambda connection, callback: self.programs.accept(
                 connection.id, self.claims.for_post(connection, callback), callback
             ),

@@ -199,6 +199,19 @@ def create_app(
             practitioners.remove_practitioner,
             methods=["DELETE"],
         ),
+        Route("/admin/connections/{connection_id}", admin.edit_connection, methods=["PATCH"]),
+        Route(
+            "/admin/connections/{connection_id}/enable", admin.enable_connection, methods=["POST"]
+        ),
+        Route("/admin/connections/{connection_id}/pause", admin.pause_connection, methods=["POST"]),
+        Route(
+            "/admin/connections/{connection_id}/resume", admin.resume_connection, methods=["POST"]
+        ),
+        Route(
+            "/admin/connections/{connection_id}/offboard",
+            admin.offboard_connection,
+            methods=["POST"],
+        ),
         Route("/ops", ops_page, methods=["GET"]),
         Route("/ops/status", ops.ops_status, methods=["GET"]),
         Route("/ops/dead-letters", console.dead_letters, methods=["GET"]),

@@ -12,6 +12,7 @@ import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
+from shared.connections import PausedConnections
 from shared.halaxy import ChangedResource, HalaxyEvent
 from shared.infra import (
     IntakeResult,
@@ -56,6 +57,7 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     """What every broker of ours needs beyond Dramatiq's defaults."""
     from services.workers.dead_letter_middleware import RecordDeadLetters
     from services.workers.heartbeat import WorkerHeartbeat
+    from services.workers.holding import HoldPausedConnections
     from services.workers.job_metrics import JobMetrics, PushMetrics
     from services.workers.queued import TrackQueued
 
@@ -70,6 +72,8 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     # Only a worker (the `dramatiq` command) boots; the brokers that only enqueue never beat.
     heartbeats = Heartbeats(client, keys, Kind.WORKER)
     broker.add_middleware(WorkerHeartbeat(heartbeats, settings.worker_heartbeat_timeout_seconds))
+    # A paused connection's messages are held, not run (services/workers/holding.py).
+    broker.add_middleware(HoldPausedConnections(PausedConnections(client, keys)))
     for queue in QueueName:
         broker.declare_queue(queue.value)
 

@@ -196,6 +196,14 @@ class Keys:
         message id -> when it is (or was) due, in epoch seconds."""
         return f"{self.namespace}:queued:{connection_id}:{queue_name}"
 
+    def paused_connections(self) -> str:
+        """The paused connections: a hash, connection id -> when and by whom."""
+        return f"{self.namespace}:connections:paused"
+
+    def held_messages(self, connection_id: str) -> str:
+        """The messages of a paused connection that workers set aside, in the order held."""
+        return f"{self.namespace}:held:{connection_id}"
+
 
 REFUSING = tuple(
     getattr(redis.exceptions, name)

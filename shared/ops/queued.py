@@ -87,6 +87,15 @@ class QueuedMessages:
         with translate_redis_errors():
             self._redis.zrem(key, message_id)
 
+    def forget(self, connection_id: str) -> int:
+        """Drop the connection's sets (its offboarding); how many there were."""
+        with translate_redis_errors():
+            return int(
+                self._redis.delete(
+                    *(self._keys.queued_messages(connection_id, q.value) for q in QueueName)
+                )
+            )
+
     def read(self, connection_ids: Iterable[str], now: float) -> dict[str, dict[str, Queued]]:
         """connection id -> queue name -> its count, in one round trip."""
         pairs = [(c, q.value) for c in connection_ids for q in QueueName]

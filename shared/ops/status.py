@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import redis
 
+from shared.connections.pause import PausedConnections
 from shared.connections.store import ConnectionStore
 from shared.infra.clock import epoch_seconds
 from shared.infra.jobs import QueueName
@@ -30,6 +31,10 @@ def iso(unix_time: float | None) -> str | None:
     if unix_time is None:
         return None
     return datetime.fromtimestamp(unix_time, UTC).isoformat(timespec="seconds")
+
+
+def _moment(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds")
 
 
 def queue_status(
@@ -126,9 +131,11 @@ def status(
     failed = outbox.per_connection(NoteState.FAILED)
     listed = connections.list()
     queued = QueuedMessages(client, keys).read([c.id for c in listed], now)
+    holding = PausedConnections(client, keys).holding(c.id for c in listed)
     rows = []
     for connection in listed:
         last = sweeps.last(connection.id)
+        held = holding[connection.id]
         rows.append(
             {
                 "id": connection.id,
@@ -153,6 +160,12 @@ def status(
                 "queues": {
                     queue: count.shown(now) for queue, count in queued[connection.id].items()
                 },
+                # Paused: webhooks are taken and kept, nothing is processed; `held_messages`
+                # are what workers set aside meanwhile (released in order by a resume).
+                "paused": held.is_paused,
+                "paused_at": _moment(None if held.paused is None else held.paused.paused_at),
+                "held_messages": held.held,
+                "oldest_held_at": _moment(held.oldest_held_at),
             }
         )
     listed_ids = {c.id for c in listed}

@@ -14,6 +14,7 @@ from shared.telemetry.definitions import (
     WEBHOOK_REJECTIONS,
     WEBHOOK_REQUESTS,
 )
+from shared.telemetry.forget import forget_connection_series, forget_series_of_gone_connections
 from shared.telemetry.http import MeteredClient, origin
 from shared.telemetry.push import MetricsPusher
 
@@ -32,6 +33,8 @@ __all__ = [
     "MetricsPusher",
     "Reused",
     "exposition",
+    "forget_connection_series",
+    "forget_series_of_gone_connections",
     "gauges",
     "origin",
     "totals",

@@ -46,6 +46,14 @@ PER_CONNECTION = {
         "halaxy_bridge_reconcile_lag_seconds",
         "Seconds since the connection's last reconcile sweep started.",
     ),
+    "paused": (
+        "halaxy_bridge_connection_paused",
+        "1 while the connection is paused: its webhooks are kept, nothing of it is processed.",
+    ),
+    "held_messages": (
+        "halaxy_bridge_connection_held_messages",
+        "Messages of the connection set aside by workers while it is paused, to run on resume.",
+    ),
 }
 
 
@@ -123,6 +131,8 @@ def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> It
         if row["last_sweep"] is not None:
             lag = max(0.0, now - _unix(row["last_sweep"]))
             per_connection["reconcile_lag"].add_metric(labels, lag)
+        per_connection["paused"].add_metric(labels, 1 if row["paused"] else 0)
+        per_connection["held_messages"].add_metric(labels, row["held_messages"])
     yield from per_connection.values()
 
 

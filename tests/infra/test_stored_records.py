@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from services.sandbox.physitrack import program_callback
 from shared.connections.model import Connection, DocStatus, RetiredSecret
+from shared.connections.pause import HELD_MESSAGE, PAUSE_RECORD, HeldMessage, PauseRecord
 from shared.connections.practitioner import Practitioner
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AUDIT_FIELDS, AuditFields, AuditTrail
@@ -412,3 +413,30 @@ def test_a_heartbeat_round_trips_through_its_store(
     assert back == record
     assert back.role is record.role
     assert stored_json(redis_server_client, f"{keys.namespace}:codec", HEARTBEAT, record) == record
+
+
+# --- a paused connection: its pause record and the messages held meanwhile --------------------
+
+
+@with_redis
+@given(
+    record=st.builds(PauseRecord, paused_at=moments, by=text),
+    held=st.lists(st.builds(HeldMessage, held_at=moments, queue=ids, message=text), max_size=4),
+)
+def test_a_pause_and_the_held_messages_round_trip_through_redis(
+    redis_server_client: redis.Redis, keys: Keys, record: PauseRecord, held: list[HeldMessage]
+) -> None:
+    """As `PausedConnections` keeps them: the pause in a hash, the held messages in a list."""
+    redis_server_client.delete(keys.paused_connections(), keys.held_messages("cn_x"))
+    redis_server_client.hset(keys.paused_connections(), "cn_x", PAUSE_RECORD.encode(record))
+    for message in held:
+        redis_server_client.rpush(keys.held_messages("cn_x"), HELD_MESSAGE.encode(message))
+
+    raw = redis_server_client.hget(keys.paused_connections(), "cn_x")
+    assert raw is not None
+    assert PAUSE_RECORD.decode(as_bytes(raw)) == record
+    back = [
+        HELD_MESSAGE.decode(as_bytes(r))
+        for r in redis_server_client.lrange(keys.held_messages("cn_x"), 0, -1)
+    ]
+    assert back == held

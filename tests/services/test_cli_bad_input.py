@@ -51,8 +51,13 @@ USES_REDIS: dict[Path_, list[str]] = {
         "--platform-api-key=pt-key",
         "--no-verify",
     ],
-    ("connections", "disable"): ["cn_aaaaaaaaaaaa"],
+    ("connections", "disable"): ["cn_aaaaaaaaaaaa", "--yes"],
+    ("connections", "edit"): ["cn_aaaaaaaaaaaa", "--name=Clinic"],
+    ("connections", "enable"): ["cn_aaaaaaaaaaaa"],
     ("connections", "list"): [],
+    ("connections", "offboard"): ["cn_aaaaaaaaaaaa", "--yes"],
+    ("connections", "pause"): ["cn_aaaaaaaaaaaa"],
+    ("connections", "resume"): ["cn_aaaaaaaaaaaa"],
     ("connections", "rotate"): ["cn_aaaaaaaaaaaa", "--webhook-secret"],
     ("connections", "show"): ["cn_aaaaaaaaaaaa"],
     ("dead-letters", "list"): [],
@@ -82,7 +87,12 @@ REDIS_OPTIONAL = {
 }
 # The id each command takes, and what stands in for the rest of a valid invocation.
 TAKES_AN_ID: dict[Path_, list[str]] = {
-    ("connections", "disable"): [],
+    ("connections", "disable"): ["--yes"],
+    ("connections", "edit"): ["--name=Clinic"],
+    ("connections", "enable"): [],
+    ("connections", "offboard"): ["--yes"],
+    ("connections", "pause"): [],
+    ("connections", "resume"): [],
     ("connections", "rotate"): ["--webhook-secret"],
     ("connections", "show"): [],
     ("dead-letters", "purge"): [],
@@ -246,6 +256,11 @@ WRONG_TEXT_VALUES: list[tuple[Path_, list[str]]] = [
     (("connections", "add"), ["--practitioner=tok=EP-1"]),
     (("connections", "add"), ["--author=someone"]),
     (("connections", "add"), ["--platform-base-url=ftp://x"]),
+    (("connections", "edit"), ["--author=someone"]),
+    (("connections", "edit"), ["--pdf-hosts=,,"]),
+    (("connections", "edit"), ["--practitioner=tok=EP-1"]),
+    (("connections", "edit"), ["--platform-base-url=ftp://x"]),
+    (("connections", "edit"), ["--name=\n"]),
     (("notes", "resolve"), ["--by", "\n"]),
 ]
 

@@ -66,6 +66,10 @@ def connection_rows(draw: st.DrawFn) -> dict[str, Any]:
             }
             for queue in ("live", "bulk")
         },
+        "paused": draw(st.booleans()),
+        "paused_at": draw(moments()),
+        "held_messages": draw(COUNTS),
+        "oldest_held_at": draw(moments()),
     }
 
 
@@ -176,6 +180,10 @@ def test_ages_are_read_against_the_time_of_the_status(settings: Settings) -> Non
         "failed_notes": 0,
         "patients_not_synced": dict.fromkeys(NOT_SYNCED, 0),
         "patients_refused": {},
+        "paused": False,
+        "paused_at": None,
+        "held_messages": 0,
+        "oldest_held_at": None,
     }
     text = _text(
         {
