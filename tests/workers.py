@@ -140,7 +140,10 @@ def pipeline(
     redis_server_client: redis.Redis,
     verify_key: KeyVerifier,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Pipeline]:
+    """With `indirect` parametrization, the parameter is the worker's thread count (one: jobs
+    run one at a time, in queue order)."""
     # The one Physitrack webhook key of the deployment, as the sandbox Physitrack posts it.
     settings = base_settings.model_copy(
         update={"physitrack_webhook_keys": SecretStr(PHYSITRACK_WEBHOOK_KEY)}
@@ -155,7 +158,8 @@ def pipeline(
     for key in redis_server_client.scan_iter(match=f"{keys.dramatiq_namespace()}:*XQ*"):
         redis_server_client.delete(key)
     provide_runtime(global_broker, partial(WorkerRuntime, settings))
-    worker = dramatiq.Worker(global_broker, worker_threads=4, worker_timeout=50)
+    threads = getattr(request, "param", 4)
+    worker = dramatiq.Worker(global_broker, worker_threads=threads, worker_timeout=50)
     worker.start()
     try:
         with TestClient(create_app(settings, verify_key=verify_key)) as receiver:

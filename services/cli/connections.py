@@ -1,4 +1,5 @@
-"""`halaxy-bridge connections add|list|show|disable|rotate`."""
+"""`halaxy-bridge connections add|list|show|disable|rotate`, and the lifecycle after `add`
+(`services/cli/lifecycle.py`: enable, edit, pause, resume, offboard)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 import click
 
 from services.cli.context import cli_context
-from services.cli.output import emit, json_option, table
+from services.cli.lifecycle import LIFECYCLE, needs_yes
+from services.cli.output import emit, json_option, one_line, table
 from services.cli.practitioners import practitioner_table
 from shared.connections import onboarding, practitioner_map
 from shared.infra import utcnow
@@ -134,12 +136,22 @@ def show(connection_id: str, reveal: bool, as_json: bool) -> None:
 
 @connections.command("disable")
 @click.argument("connection_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed with --json).")
 @json_option
-def disable(connection_id: str, as_json: bool) -> None:
-    """Disable a connection: its webhooks are answered 404 from now on."""
+def disable(connection_id: str, yes: bool, as_json: bool) -> None:
+    """Disable a connection: its webhooks are answered 404 from now on (asks first)."""
+    needs_yes(as_json, yes, "disable")
     with cli_context(as_json) as ctx:
+        connection = ctx.connection(connection_id)
+        if not yes:
+            click.confirm(
+                f"Disable connection {connection.id} ({one_line(connection.name)})? Its webhooks "
+                "will be answered 404 until it is enabled again",
+                abort=True,
+                err=True,
+            )
         disabled = onboarding.disable_connection(
-            ctx.connections, ctx.connection(connection_id), utcnow(), ctx.audit, ctx.user
+            ctx.connections, connection, utcnow(), ctx.audit, ctx.user
         )
         data = onboarding.summary(disabled)
         emit(as_json, data, f"Connection {disabled.id} is disabled.")
@@ -216,3 +228,7 @@ def _describe(data: dict[str, Any]) -> str:
     if rows:
         lines += ["Physitrack practitioners:", *practitioner_table(rows).splitlines()]
     return "\n".join(lines)
+
+
+for _command in LIFECYCLE:
+    connections.add_command(_command)

@@ -20,11 +20,11 @@ from shared.ops import status as gather
 WIDTH = 120  # the text fits a terminal this wide
 NAME_LEAST = 12  # a name gets the room the other columns leave, at least this much
 
-QUEUE_COLUMNS = ["queue", "depth", "delayed", "dead", "oldest", "per_minute"]
-QUEUE_HEADERS = {"oldest": "oldest waiting", "per_minute": "done a minute"}
+QUEUE_COLUMNS = ["queue", "depth", "taken", "delayed", "queued", "dead", "oldest", "per_minute"]
+QUEUE_HEADERS = {"depth": "ready", "oldest": "oldest waiting", "per_minute": "done a minute"}
 CONNECTION_COLUMNS = [
     "id",
-    "enabled",
+    "state",
     "last_event",
     "last_success",
     "failures",
@@ -35,7 +35,6 @@ CONNECTION_COLUMNS = [
     "name",
 ]
 CONNECTION_HEADERS = {
-    "enabled": "on",
     "last_event": "last event",
     "last_success": "last ok",
     "failures": "fails/1h",
@@ -67,7 +66,8 @@ def _connection_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
         sweep += f" ({row['last_sweep_kind']})"
     return {
         **row,
-        "enabled": "yes" if row["enabled"] else "no",
+        # Off (disabled) wins: a paused connection that is also disabled takes nothing in.
+        "state": "off" if not row["enabled"] else "paused" if row["paused"] else "on",
         "last_event": ago(row["last_event_at"], now),
         "last_success": ago(row["last_success_at"], now),
         "failures": row["failures_last_hour"],
@@ -85,6 +85,73 @@ def _queue_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 NOT_SYNCED_COLUMNS = ["id", "outcome", "reason", "count"]
+QUEUED_COLUMNS = [
+    "id",
+    "live_queued",
+    "live_delayed",
+    "live_oldest",
+    "bulk_queued",
+    "bulk_delayed",
+    "bulk_oldest",
+]
+QUEUED_HEADERS = {
+    f"{queue}_{part}": f"{queue} {title}"
+    for queue in ("live", "bulk")
+    for part, title in (("queued", "queued"), ("delayed", "delayed"), ("oldest", "oldest due"))
+}
+
+
+def _queued_rows(connections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The connections with unfinished messages: how many per queue, how many of those
+    delayed, and how long the oldest due one has waited."""
+    rows = []
+    for row in connections:
+        queues = row.get("queues") or {}
+        if not any(counts.get("queued") for counts in queues.values()):
+            continue
+        shown: dict[str, Any] = {"id": row["id"]}
+        for queue, counts in queues.items():
+            age = counts.get("oldest_age_seconds")
+            shown[f"{queue}_queued"] = counts.get("queued")
+            shown[f"{queue}_delayed"] = counts.get("delayed")
+            shown[f"{queue}_oldest"] = None if age is None else span(age)
+        rows.append(shown)
+    return rows
+
+
+def _liveness(name: str, part: dict[str, Any] | None, now: datetime) -> str:
+    """One line: how many alive (and which scheduler leads), and when one was last seen."""
+    if part is None:
+        return f"{name}: not reported"
+    last = part.get("last_seen_at")
+    if last is None:
+        return f"{name}: NONE SEEN in the last day"
+    seen = f"last heartbeat {ago(last, now)}"
+    if not part["alive"]:
+        return f"{name}: NONE ALIVE ({seen})"
+    text = f"{name}: {part['alive']} alive"
+    if "leader" in part:
+        text += f", leader {part['leader']}" if part["leader"] else ", NO LEADER"
+    return f"{text} ({seen})"
+
+
+HELD_COLUMNS = ["id", "paused_since", "held", "oldest_held"]
+
+
+def _held_rows(data: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """The paused connections, and any still releasing what it held (a resume under way)."""
+    return [
+        {
+            "id": row["id"],
+            "paused_since": ago(row["paused_at"], now) if row["paused"] else "not paused",
+            "held": row["held_messages"],
+            "oldest_held": None
+            if row["oldest_held_at"] is None
+            else ago(row["oldest_held_at"], now),
+        }
+        for row in data["connections"]
+        if row["paused"] or row["held_messages"]
+    ]
 
 
 def _text(data: dict[str, Any]) -> str:
@@ -96,12 +163,21 @@ def _text(data: dict[str, Any]) -> str:
     parts = [
         f"halaxy-bridge status at {data['generated_at']}",
         "",
+        _liveness("workers", data.get("workers"), now),
+        _liveness("scheduler", data.get("scheduler"), now),
+        "",
         table([_queue_row(row) for row in data["queues"]], QUEUE_COLUMNS, QUEUE_HEADERS),
         "",
         table(connections, CONNECTION_COLUMNS, CONNECTION_HEADERS),
         "",
+        "queued per connection (unfinished messages; oldest due: how long it has waited):",
+        table(_queued_rows(data["connections"]), QUEUED_COLUMNS, QUEUED_HEADERS),
+        "",
         "patients not synced:",
         table(not_synced_rows(data["connections"]), NOT_SYNCED_COLUMNS),
+        "",
+        "paused (webhooks kept, nothing processed until resumed) and held messages:",
+        table(_held_rows(data, now), HELD_COLUMNS),
         "",
         f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
         f"   failed notes: {data['failed_notes']}",
@@ -126,9 +202,11 @@ def _gather(ctx: CliContext) -> dict[str, Any]:
 @click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @json_option
 def status(watch: bool, interval: float, as_json: bool) -> None:
-    """Queue depths, ages and throughput; per connection its last event, last success,
-    failures in the last hour, dead letters, parked notes, last sweep, and the patients not
-    written (skipped, left as they were, or refused by reason)."""
+    """Workers and scheduler alive (from their heartbeats); queue depths, ages and
+    throughput; per connection whether it is paused and how many messages it holds, its last
+    event, last success, failures in the last hour, dead letters, parked notes, last sweep,
+    its unfinished messages per queue, and the patients not written (skipped, left as they
+    were, or refused by reason)."""
     with cli_context(as_json) as ctx:
         if not watch:
             data = _gather(ctx)

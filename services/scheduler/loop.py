@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -15,7 +19,7 @@ import structlog.typing
 
 from services.workers.messaging import DramatiqJobQueue, WorkerMaintenance, build_broker
 from services.workers.runtime import WorkerRuntime
-from shared.connections import Connection, Practitioner
+from shared.connections import Connection, PausedConnections, Practitioner
 from shared.infra import (
     BridgeError,
     IntakeResult,
@@ -23,6 +27,8 @@ from shared.infra import (
     Permanent,
     RateLimited,
     Settings,
+    epoch_seconds,
+    iso_now,
     utcnow,
 )
 from shared.notes import (
@@ -43,7 +49,7 @@ from shared.notes import (
     route_unrouted,
     unrouted_id,
 )
-from shared.ops import upgrade_stored_data
+from shared.ops import Heartbeat, Heartbeats, Kind, QueuedMessages, Role, upgrade_stored_data
 from shared.patients import PatientLinks, SweepLog, due, sweep
 from shared.platforms import Physitrack, ProgramEvent
 from shared.telemetry import (
@@ -53,9 +59,18 @@ from shared.telemetry import (
     EventSource,
     EventState,
     EventStatus,
+    forget_series_of_gone_connections,
 )
 
 LEADER_TTL_SECONDS = 30  # renewed every tick: BRIDGE_SCHEDULER_TICK_SECONDS is at most 15
+# A scheduler writes its heartbeat whenever it checks its leadership (each tick, and before
+# each connection's turn), at most this often; one not seen for LEADER_TTL_SECONDS is gone, as
+# its lease would be.
+BEAT_SECONDS = 2.0
+# Held messages a tick releases at most per connection (batches of RELEASE_BATCH): a long
+# list is released over several ticks, each short enough to keep the leadership.
+RELEASE_BATCHES_A_TICK = 20
+FORGET_SERIES_EVERY_SECONDS = 600
 
 log = structlog.get_logger("halaxy_bridge.scheduler")
 
@@ -76,14 +91,26 @@ class Scheduler:
         self.claims = ProgramClaims(runtime.redis, runtime.keys)
         self.unrouted = UnroutedPrograms(runtime.redis, runtime.keys, settings.fernet)
         self.cursors = PollCursors(runtime.redis, runtime.keys)
+        self.pauses = PausedConnections(runtime.redis, runtime.keys)
+        self._series_checked_at = -math.inf
         self.id = uuid.uuid4().hex[:12]
+        self.heartbeats = Heartbeats(runtime.redis, runtime.keys, Kind.SCHEDULER)
+        self.queued = QueuedMessages(runtime.redis, runtime.keys)
+        self._started_at = iso_now()
+        self._last_beat: tuple[Role, float] | None = None  # (role, monotonic time)
         self._upgraded = False
         self._leader = runtime.redis.lock(
             runtime.keys.scheduler_leader(), timeout=LEADER_TTL_SECONDS, thread_local=False
         )
 
     def is_leader(self) -> bool:
-        """Keep, or try to take, the leadership; only the leader does anything."""
+        """Keep, or try to take, the leadership; only the leader does anything. Says so in
+        this scheduler's heartbeat."""
+        leads = self._lead()
+        self.beat(Role.LEADER if leads else Role.STANDBY)
+        return leads
+
+    def _lead(self) -> bool:
         try:
             if self._leader.owned():
                 self._leader.reacquire()
@@ -95,6 +122,30 @@ class Scheduler:
             log.warning("scheduler.redis_unavailable", scheduler_id=self.id)
             return False
 
+    def beat(self, role: Role) -> None:
+        """Write the heartbeat: when its role changed, or BEAT_SECONDS after the last one."""
+        now = time.monotonic()
+        if self._last_beat is not None:
+            last_role, at = self._last_beat
+            if last_role is role and now - at < BEAT_SECONDS:
+                return
+        fresh_for = max(float(LEADER_TTL_SECONDS), 2 * self.settings.scheduler_tick_seconds)
+        heartbeat = Heartbeat(
+            instance=self.id,
+            role=role,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            seen_at=epoch_seconds(),
+            fresh_for=fresh_for,
+        )
+        try:
+            self.heartbeats.beat(heartbeat)
+        except BridgeError as exc:
+            log.warning("scheduler.heartbeat_failed", error=type(exc).__name__)
+            return
+        self._last_beat = (role, now)
+
     def tick(self) -> None:
         if not self.is_leader():
             return
@@ -104,7 +155,13 @@ class Scheduler:
         self.requeue_stalled_notes()
         self._attempt("notes.forget_expired_failed", self.runtime.outbox.forget_expired)
         self._attempt("programs.route_failed", self.route_unrouted)
+        self._attempt("queued.prune_failed", self.prune_queued)
+        self._attempt("held.release_failed", self.release_held)
+        self._attempt("metrics.forget_failed", self.forget_series_of_gone_connections)
+        paused = self.paused_ids()
         for connection in self.runtime.connections.list():
+            if paused is None or connection.id in paused:
+                continue  # paused (or not known to be running): its sweeps and polls wait
             # Each connection's turn is short (reconcile.PAGES_PER_CALL); leadership is
             # renewed before each, so a tick over many clinics never outlasts it.
             if connection.enabled and self.is_leader():
@@ -119,6 +176,13 @@ class Scheduler:
             step()
         except BridgeError as exc:
             log.warning(failed, error=type(exc).__name__)
+
+    def prune_queued(self) -> None:
+        """Drop the counted messages that are no longer queued (`QueuedMessages.prune`)."""
+        ids = [connection.id for connection in self.runtime.connections.list()]
+        gone = self.queued.prune(ids, epoch_seconds())
+        if gone:
+            log.info("queued.pruned", count=gone, scheduler_id=self.id)
 
     def upgrade_stored_data(self) -> None:
         """What an earlier version stored, brought up to date once (`shared.ops.upgrade`);
@@ -140,12 +204,53 @@ class Scheduler:
                 scheduler_id=self.id,
             )
 
+    def paused_ids(self) -> set[str] | None:
+        """The paused connections; None when Redis cannot say (then none is swept or polled)."""
+        try:
+            return self.pauses.paused_ids()
+        except BridgeError as exc:
+            log.warning("scheduler.pauses_unreadable", error=type(exc).__name__)
+            return None
+
+    def release_held(self) -> None:
+        """Release what is still held of each connection that is no longer paused: a resume
+        that stopped part-way (a crash, Redis away) is finished here, so nothing stays held."""
+        stored = [c.id for c in self.runtime.connections.list()]
+        for connection_id, holding in self.pauses.holding(stored).items():
+            if holding.held and not holding.is_paused and self.is_leader():
+                released = self.pauses.release(connection_id, max_batches=RELEASE_BATCHES_A_TICK)
+                if released:
+                    log.info(
+                        "held.released",
+                        connection_id=connection_id,
+                        count=released,
+                        scheduler_id=self.id,
+                    )
+
+    def forget_series_of_gone_connections(self) -> None:
+        """Now and then, erase the metric series of connections that are no longer stored: an
+        offboarding erases its clinic's series, and this catches a count a worker pushed just
+        after it (a job of that clinic that was running at that moment)."""
+        now = time.monotonic()
+        if now - self._series_checked_at < FORGET_SERIES_EVERY_SECONDS:
+            return
+        self._series_checked_at = now
+        forgotten = forget_series_of_gone_connections(
+            self.runtime.redis,
+            self.runtime.keys,
+            lambda: {c.id for c in self.runtime.connections.list()},
+        )
+        if forgotten:
+            log.info("metrics.series_forgotten", count=forgotten, scheduler_id=self.id)
+
     def requeue_stalled_notes(self) -> None:
         """Queue again the notes not settled that nothing has moved for a while: their job
         may be lost (`NoteOutbox.stalled`). A duplicate message is harmless: one worker per
-        note, compare-and-set moves, and a note found in `posting` is parked."""
+        note, compare-and-set moves, and a note found in `posting` is parked. A paused
+        connection's notes wait for its resume (their messages are held, not lost)."""
         try:
-            stale = self.runtime.outbox.stalled()
+            paused = self.pauses.paused_ids()
+            stale = [(c, n) for c, n in self.runtime.outbox.stalled() if c not in paused]
             if stale:
                 self.queue.enqueue([job_for_note(c, n) for c, n in stale])
                 log.info("notes.requeued", count=len(stale), scheduler_id=self.id)
@@ -156,7 +261,13 @@ class Scheduler:
         """Write the kept Physitrack posts whose token a connection now knows; drop the ones
         nobody claimed in time (`shared.notes.unrouted`)."""
         now = utcnow()
-        routed = route_unrouted(self.unrouted, self.runtime.connections.list(), self._route, now)
+        paused = self.pauses.paused_ids()  # a paused connection's kept posts wait for it
+        routed = route_unrouted(
+            self.unrouted,
+            [c for c in self.runtime.connections.list() if c.id not in paused],
+            self._route,
+            now,
+        )
         if routed:
             log.info("programs.routed", count=routed, scheduler_id=self.id)
         self.unrouted.forget_old(now)
@@ -326,9 +437,12 @@ class Scheduler:
         self.resign()
 
     def resign(self) -> None:
-        """Give up the leadership, if held, so another scheduler takes over at once."""
+        """Give up the leadership, if held, so another scheduler takes over at once; and the
+        heartbeat: a scheduler stopped cleanly is gone, not dead."""
         try:
             if self._leader.owned():
                 self._leader.release()
         except redis.exceptions.RedisError:  # Redis is away: the lease lapses by itself
             log.warning("scheduler.redis_unavailable", scheduler_id=self.id)
+        with contextlib.suppress(BridgeError):
+            self.heartbeats.stop(self.id)

@@ -1,7 +1,9 @@
-"""`/admin/connections`: create, list, show, disable and rotate, behind BRIDGE_ADMIN_TOKEN."""
+"""`/admin/connections`: create, list, show, disable and rotate, behind BRIDGE_ADMIN_TOKEN; and
+the lifecycle after create: enable, edit (PATCH), pause, resume, offboard."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -19,8 +21,15 @@ from services.webhook_receiver.requests import (
     secret_matches,
 )
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
-from shared.connections import Connection, ConnectionChangedMeanwhile, onboarding
+from shared.connections import (
+    Connection,
+    ConnectionChangedMeanwhile,
+    PausedConnections,
+    lifecycle,
+    onboarding,
+)
 from shared.infra import AlreadyConnected, InvalidInput, StoreUnavailable, Transient, utcnow
+from shared.ops import confirmed, offboard, standard_erasures
 
 MAX_BODY = 64 * 1024
 ADMIN_API = "admin-api"  # who acts, in the audit trail: everyone shares the admin token
@@ -149,3 +158,115 @@ async def rotate_connection(request: Request) -> Response:
     )
     log.info("connection.rotated", connection_id=connection.id, actor=ADMIN_API)
     return JSONResponse(onboarding.setup_details(rotated, deps.settings.public_url))
+
+
+# --- the lifecycle after add: enable, edit, pause, resume, offboard ---------------------------
+
+
+def _holding(deps: Deps, connection: Connection, **extra: Any) -> dict[str, Any]:
+    """The connection as `show` answers it, with its pause and held messages."""
+    held = PausedConnections(deps.redis, deps.connections.keys).holding([connection.id])
+    return {
+        **onboarding.summary(connection),
+        "paused": held[connection.id].is_paused,
+        "held_messages": held[connection.id].held,
+        **extra,
+    }
+
+
+async def _optional_object(request: Request) -> dict[str, Any]:
+    """A JSON object body, or `{}` when the request has no body at all."""
+    if "content-type" not in request.headers:
+        if await read_capped_body(request, MAX_BODY):
+            require_json(request)  # a body that does not say it is JSON: 415
+        return {}
+    return await json_object(request)
+
+
+async def enable_connection(request: Request) -> Response:
+    # role: operator
+    deps = authorize(request)
+    data = await _optional_object(request)
+    connection = await existing_connection(deps, request.path_params["connection_id"])
+    wanted = await call(lifecycle.parse_enable, data)
+    enabled = await call(
+        partial(
+            lifecycle.enable_connection,
+            allow_shared_platform_key=wanted.allow_shared_platform_key,
+        ),
+        deps.connections,
+        connection,
+        utcnow(),
+        deps.audit,
+        ADMIN_API,
+    )
+    log.info("connection.enabled", connection_id=connection.id, actor=ADMIN_API)
+    return JSONResponse(
+        await call(partial(_holding, changed=not connection.enabled), deps, enabled)
+    )
+
+
+async def edit_connection(request: Request) -> Response:
+    # role: operator
+    deps = authorize(request)
+    data = await json_object(request)
+    connection = await existing_connection(deps, request.path_params["connection_id"])
+    edit = await call(lifecycle.parse_edit, data)
+    updated, changed = await call(
+        lifecycle.edit_connection,
+        deps.connections,
+        connection,
+        edit,
+        utcnow(),
+        deps.audit,
+        ADMIN_API,
+    )
+    log.info("connection.edited", connection_id=connection.id, changed=changed, actor=ADMIN_API)
+    return JSONResponse(await call(partial(_holding, changed=changed), deps, updated))
+
+
+async def pause_connection(request: Request) -> Response:
+    # role: operator
+    deps = authorize(request)
+    connection = await existing_connection(deps, request.path_params["connection_id"])
+    pauses = PausedConnections(deps.redis, deps.connections.keys)
+    changed = await call(
+        lifecycle.pause_connection, pauses, connection, utcnow(), deps.audit, ADMIN_API
+    )
+    log.info("connection.paused", connection_id=connection.id, actor=ADMIN_API)
+    return JSONResponse(await call(partial(_holding, changed=changed), deps, connection))
+
+
+async def resume_connection(request: Request) -> Response:
+    # role: operator
+    deps = authorize(request)
+    connection = await existing_connection(deps, request.path_params["connection_id"])
+    pauses = PausedConnections(deps.redis, deps.connections.keys)
+    resumed = await call(lifecycle.resume_connection, pauses, connection, deps.audit, ADMIN_API)
+    log.info(
+        "connection.resumed",
+        connection_id=connection.id,
+        released=resumed.released,
+        actor=ADMIN_API,
+    )
+    shown = partial(
+        _holding,
+        changed=resumed.was_paused,
+        released=resumed.released,
+        still_held=resumed.still_held,
+    )
+    return JSONResponse(await call(shown, deps, connection))
+
+
+async def offboard_connection(request: Request) -> Response:
+    # role: admin
+    deps = authorize(request)
+    data = await json_object(request)
+    connection = await existing_connection(deps, request.path_params["connection_id"])
+    await call(confirmed, data, connection.id)
+    erasures = standard_erasures(deps.connections, deps.settings.fernet)
+    done = await call(
+        offboard, deps.connections, connection, erasures, utcnow(), deps.audit, ADMIN_API
+    )
+    log.info("connection.offboarded", connection_id=connection.id, actor=ADMIN_API)
+    return JSONResponse(done.shown())

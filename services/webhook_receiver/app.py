@@ -212,6 +212,19 @@ def create_app(
             practitioners.remove_practitioner,
             methods=["DELETE"],
         ),
+        Route("/admin/connections/{connection_id}", admin.edit_connection, methods=["PATCH"]),
+        Route(
+            "/admin/connections/{connection_id}/enable", admin.enable_connection, methods=["POST"]
+        ),
+        Route("/admin/connections/{connection_id}/pause", admin.pause_connection, methods=["POST"]),
+        Route(
+            "/admin/connections/{connection_id}/resume", admin.resume_connection, methods=["POST"]
+        ),
+        Route(
+            "/admin/connections/{connection_id}/offboard",
+            admin.offboard_connection,
+            methods=["POST"],
+        ),
         Route("/ops", ops_page, methods=["GET"]),
         Route("/ops/status", ops.ops_status, methods=["GET"]),
         Route("/ops/dead-letters", console.dead_letters, methods=["GET"]),
@@ -220,6 +233,7 @@ def create_app(
         Route("/ops/notes/parked", console.notes(NoteState.PARKED), methods=["GET"]),
         Route("/ops/notes/failed", console.notes(NoteState.FAILED), methods=["GET"]),
         Route("/ops/notes/{note_id}/resolve", console.resolve_note_route, methods=["POST"]),
+        Route("/ops/programs/unrouted", ops.list_unrouted_programs, methods=["GET"]),
         Route("/ops/events", ops_events.list_events, methods=["GET"]),
         # `path`: an event id may hold a `/` (Halaxy's `Subscription/x#3`), sent as %2F.
         Route("/ops/events/{event_id:path}", ops_events.show_event, methods=["GET"]),

@@ -46,6 +46,7 @@ STATE_MEANINGS = {
     EventState.DROPPED: "its connection was disabled, or the note dropped by a person",
     EventState.UNROUTED: "a Physitrack post no enabled connection knows the token of: kept",
     EventState.ROUTED: "an unrouted post a connection has taken since: see its note",
+    EventState.HELD: "its connection is paused: kept, and run once it is resumed",
 }
 ROW_COLUMNS = (
     "received at",

@@ -12,12 +12,15 @@ from services.webhook_receiver.ops import DeadLetterAction, NoteResolutionReques
 from services.webhook_receiver.responses import JSONResponse
 from shared.connections import (
     ConnectionRequest,
+    EditRequest,
+    EnableRequest,
     PractitionerRequest,
     PractitionerRotation,
     RotateRequest,
 )
 from shared.halaxy import HALAXY_EVENTS
 from shared.notes import ProgramCallback
+from shared.ops import OffboardRequest
 
 
 class ErrorBody(BaseModel):
@@ -135,7 +138,7 @@ EVENT_SEARCH_PARAMETERS = [
     (
         "state",
         "queued, retrying, done, skipped-unchanged, skipped, dead, parked, failed, "
-        "dropped, unrouted, routed",
+        "dropped, unrouted, routed, held",
     ),
     ("event", "an event id (a Halaxy event's, or a program's note id)"),
     ("resource", "a Halaxy resource id (a program's: the patient's)"),
@@ -262,7 +265,7 @@ def build_spec() -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     admin_errors = _errors(401, 503)
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "halaxy-bridge receiver", "version": "1"},
         "components": {
@@ -492,7 +495,8 @@ def build_spec() -> dict[str, Any]:
             },
             "/ops/status": {
                 "get": {
-                    "summary": "queues, connections (last sweep), dead letters, parked notes",
+                    "summary": "queues, connections (last sweep, queued messages), dead letters, "
+                    "parked notes, workers and schedulers alive",
                     "security": ADMIN_SECURITY,
                     "responses": {"200": _json(ANY_OBJECT, "status"), **_errors(401, 503)},
                 }
@@ -616,6 +620,17 @@ def build_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/ops/programs/unrouted": {
+                "get": {
+                    "summary": "Physitrack program posts no enabled connection knows the token "
+                    "of, oldest first: ids and times, never the token, link or program name",
+                    "security": ADMIN_SECURITY,
+                    "responses": {
+                        "200": _json(ANY_OBJECT, "unrouted program posts"),
+                        **_errors(401, 503),
+                    },
+                }
+            },
             "/admin/connections/{connection_id}/rotate": {
                 "post": {
                     "summary": "rotate secrets; old generated secrets stay valid for grace_hours",
@@ -632,6 +647,80 @@ def build_spec() -> dict[str, Any]:
                 }
             },
         },
+    }
+    _add_lifecycle(spec)
+    return spec
+
+
+def _add_lifecycle(spec: dict[str, Any]) -> None:
+    """The connection's lifecycle after create: enable, edit, pause, resume, offboard."""
+    schemas = spec["components"]["schemas"]
+    for model in (EditRequest, EnableRequest, OffboardRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    paths = spec["paths"]
+    paths["/admin/connections/{connection_id}"]["patch"] = {
+        "summary": "edit the name, practitioner map, author, PDF hosts or platform base URL "
+        "(a JSON merge patch: null clears the author, restores the default PDF hosts, or "
+        "removes a practitioner token); the id and webhook URLs stay (audited)",
+        "security": ADMIN_SECURITY,
+        "parameters": [CONNECTION_ID],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("EditRequest")}},
+        },
+        "responses": {
+            "200": _json(ANY_OBJECT, "edited: the connection, and `changed` (field names)"),
+            **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+        },
+    }
+    paths["/admin/connections/{connection_id}/enable"] = {
+        "post": {
+            "summary": "enable a disabled connection again, same id, URLs and secrets; refused "
+            "if another enabled connection took its credentials meanwhile (audited)",
+            "security": ADMIN_SECURITY,
+            "parameters": [CONNECTION_ID],
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": _ref("EnableRequest")}},
+            },
+            "responses": {
+                "200": _json(ANY_OBJECT, "enabled: the connection"),
+                **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+            },
+        }
+    }
+    for verb, summary in (
+        ("pause", "pause: webhooks are still taken and kept, nothing is processed (audited)"),
+        ("resume", "resume: what was held is processed first, in order, then new work (audited)"),
+    ):
+        paths[f"/admin/connections/{{connection_id}}/{verb}"] = {
+            "post": {
+                "summary": summary,
+                "security": ADMIN_SECURITY,
+                "parameters": [CONNECTION_ID],
+                "responses": {
+                    "200": _json(ANY_OBJECT, "the connection, paused and held_messages"),
+                    **_errors(401, 404, 503),
+                },
+            }
+        }
+    paths["/admin/connections/{connection_id}/offboard"] = {
+        "post": {
+            "summary": "erase everything the bridge holds for the clinic; the body confirms "
+            "it with the connection id; one audit record of the erasure is left",
+            "security": ADMIN_SECURITY,
+            "parameters": [CONNECTION_ID],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("OffboardRequest")}},
+            },
+            "responses": {
+                "200": _json(ANY_OBJECT, "offboarded: what was erased, and how much"),
+                **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+            },
+        }
     }
 
 

@@ -26,6 +26,7 @@ from shared.notes import (
     NoteState,
     NoteStateConflict,
     Resolution,
+    UnroutedPrograms,
     Waiting,
     find_waiting,
     resolve_note,
@@ -216,3 +217,17 @@ async def resolve_waiting_note(request: Request) -> Response:
         return settled.shown()
 
     return JSONResponse(await call(resolve))
+
+
+async def list_unrouted_programs(request: Request) -> Response:
+    """`GET /ops/programs/unrouted`, as `programs unrouted --json`: what the /ops page's count
+    of unrouted programs links to."""
+    # role: viewer
+    deps = authorize(request)
+
+    def unrouted() -> dict[str, Any]:
+        kept = UnroutedPrograms(deps.redis, _keys(deps), deps.settings.fernet).oldest_first()
+        rows = [program.shown() for program in kept]
+        return {"unrouted": rows, "count": len(rows)}
+
+    return JSONResponse(await call(unrouted))

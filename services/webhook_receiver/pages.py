@@ -3,14 +3,19 @@
 No script anywhere (the CSP is `default-src 'none'`), every value escaped here, once: callers
 hand in text, and `Markup` only for HTML built by these helpers. A form that changes something
 is a `<form method="post">` carrying a CSRF token (`services.webhook_receiver.forms`).
+
+Every page has the same chrome (`document`): a skip link, the console's navigation, then the
+title and the body in `<main>`; focus is drawn plainly; times read the same everywhere
+(`moment`: compact UTC, the full ISO time in `<time datetime>` and its tooltip).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html import escape
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from starlette.responses import HTMLResponse
@@ -29,7 +34,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 110em; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; }
+main { display: block; margin: 0 1.5em 2em; max-width: 110em; }
 nav a { margin-right: 1em; }
 table { border-collapse: collapse; margin-bottom: 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
@@ -42,9 +48,48 @@ form.filters label { margin-right: 1em; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 button { cursor: pointer; }
 time, td:first-child { white-space: nowrap; }
+a { color: #0b4f9c; }
+a:focus-visible, button:focus-visible, input:focus-visible, .scroll:focus-visible {
+  outline: 3px solid #c25e00; outline-offset: 2px;
+}
+.skip { position: absolute; left: -10000px; top: 0; background: #fff; padding: 0.5em 1em; }
+.skip:focus { left: 0.5em; z-index: 1; }
+nav.console { background: #1f2d3d; padding: 0.5em 1.5em; margin-bottom: 0.5em; }
+nav.console ul { list-style: none; margin: 0; padding: 0; display: flex; flex-wrap: wrap; }
+nav.console li { margin-right: 1.4em; }
+nav.console a { color: #fff; margin: 0; }
+nav.console a[aria-current="page"] { font-weight: 600; }
+nav.console a:focus-visible { outline-color: #ffb454; }
+.scroll { overflow-x: auto; max-width: 100%; margin-bottom: 1em; }
+.scroll table { margin-bottom: 0.2em; }
+.scroll th, .scroll td { white-space: nowrap; }
+thead th { background: #eef0f3; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+th[scope="row"] { font-weight: 600; white-space: normal; min-width: 10em; max-width: 22em; }
+td.wrap { white-space: normal; min-width: 9em; max-width: 18em; }
+.marker { font-weight: 600; }
+tr.attention > * { background: #fde2e1; }
+tr.attention > :first-child { box-shadow: inset 4px 0 0 #b3261e; }
+tr.down > * { background: #f9d3d0; }
+tr.down > :first-child { box-shadow: inset 4px 0 0 #7a1712; }
+tr.paused > * { background: #fff1c2; }
+tr.paused > :first-child { box-shadow: inset 4px 0 0 #8a6100; }
+tr.off > * { background: #eeeeee; color: #4a4a4a; }
+tr.off > :first-child { box-shadow: inset 4px 0 0 #6b6b6b; }
+.swatch { display: inline-block; padding: 0.1em 0.5em; border: 1px solid #c8c8c8; }
+.swatch.attention { background: #fde2e1; box-shadow: inset 4px 0 0 #b3261e; }
+.swatch.down { background: #f9d3d0; box-shadow: inset 4px 0 0 #7a1712; }
+.swatch.paused { background: #fff1c2; box-shadow: inset 4px 0 0 #8a6100; }
+.swatch.off { background: #eeeeee; box-shadow: inset 4px 0 0 #6b6b6b; }
+.swatch.ok { background: #fff; }
+dl.legend { display: grid; grid-template-columns: max-content 1fr; gap: 0.3em 1em; }
+dl.legend dd { margin: 0; }
+.totals { display: flex; flex-wrap: wrap; padding: 0; list-style: none; }
+.totals li { margin-right: 1.6em; }
 """
 NAV = [
     ("/ops", "status"),
+    ("/ops/events", "events"),
     ("/ops/dead-letters", "dead letters"),
     ("/ops/notes/parked", "parked notes"),
     ("/ops/notes/failed", "failed notes"),
@@ -96,18 +141,89 @@ def link(path: str, text: object, **query: str | None) -> Markup:
     return tag("a", text, href=url(path, **query))
 
 
-def page(
-    title: str, body: object, status: int = 200, headers: Mapping[str, str] | None = None
-) -> HTMLResponse:
-    """A whole console page: the navigation, the title, the body."""
-    nav = join(link(href, text) for href, text in NAV)
-    text = (
+def nav(current: str | None = None) -> Markup:
+    """The console's links; the one of the page shown marked as current."""
+    items = join(
+        tag("li", tag("a", text, href=href, aria_current="page" if href == current else None))
+        for href, text in NAV
+    )
+    return tag("nav", tag("ul", items), class_="console", aria_label="Operator console")
+
+
+def document(
+    title: str, body: object, *, refresh_seconds: int | None = None, current: str | None = None
+) -> str:
+    """A whole console page as text: skip link, navigation, then the title and the body in
+    `<main>`; `refresh_seconds` has the browser load it again by itself."""
+    refresh = (
+        f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">\n' if refresh_seconds else ""
+    )
+    return (
         "<!doctype html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{escape(title)} · halaxy-bridge</title>\n<style>{STYLE}</style>\n</head>\n"
-        f"<body>\n<nav>{nav}</nav>\n<h1>{escape(title)}</h1>\n{html(body)}\n</body>\n</html>\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"{refresh}<title>{escape(title)} · halaxy-bridge</title>\n<style>{STYLE}</style>\n"
+        "</head>\n<body>\n"
+        '<a class="skip" href="#main">Skip to content</a>\n'
+        f"<header>{nav(current)}</header>\n"
+        f'<main id="main" tabindex="-1">\n<h1>{escape(title)}</h1>\n{html(body)}\n</main>\n'
+        "</body>\n</html>\n"
     )
+
+
+def page(
+    title: str,
+    body: object,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    *,
+    refresh_seconds: int | None = None,
+    current: str | None = None,
+) -> HTMLResponse:
+    """A whole console page (`document`) as a response, with the security headers."""
+    text = document(title, body, refresh_seconds=refresh_seconds, current=current)
     return HTMLResponse(text, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+MISSING = "—"  # a value not known
+
+
+def moment(value: Any) -> Markup:
+    """An ISO 8601 time as `2026-05-01 09:30Z` (UTC, never wrapping), the full time in its
+    `datetime` and tooltip; a dash for nothing; anything else as text."""
+    if value is None or value == "":
+        return Markup(MISSING)
+    if not isinstance(value, str):
+        return html(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return html(value)
+    if parsed.tzinfo is None:
+        return html(value)
+    utc = parsed.astimezone(UTC)
+    full = utc.isoformat(timespec="seconds")
+    return tag("time", f"{utc:%Y-%m-%d %H:%M}Z", datetime=full, title=full)
+
+
+def duration(seconds: Any) -> str:
+    """A number of seconds as a person reads it: 42s, 5m 01s, 3h 05m, 2d 03h (a dash for
+    what is not a finite number)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return MISSING
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return MISSING
+    whole = int(max(0.0, float(seconds)))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
 
 
 def table(

@@ -25,6 +25,7 @@ from typing import Any
 import dramatiq
 import structlog
 
+from services.workers.holding import HELD
 from services.workers.job_metrics import outcome_of
 from shared.halaxy import HALAXY_EVENTS
 from shared.infra import ActorName, utcnow
@@ -111,7 +112,22 @@ class RecordEventAttempts(dramatiq.Middleware):
         self._record(message, event, at, time.perf_counter() - clock, recorder, outcome, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        self._end()
+        started = self._end()
+        event = event_of(message)
+        if started is None or event is None or not message.options.get(HELD):
+            return
+        # Held, not run: its connection is paused (`holding.HoldPausedConnections`).
+        at = started[0]
+        connection_id, event_id = event
+        attempt = Attempt(
+            at=at,
+            outcome=AttemptOutcome.HELD,
+            actor=message.actor_name,
+            detail="connection paused",
+            message_id=message.message_id,
+        )
+        status = EventStatus(EventState.HELD, utcnow(), detail="connection paused")
+        self._events.attempted(connection_id, event_id, attempt, status)
 
     def _end(self) -> tuple[datetime, float, AttemptRecorder] | None:
         started = getattr(self._local, "attempt", None)

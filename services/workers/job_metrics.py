@@ -9,6 +9,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 
+from services.workers.holding import HELD
 from shared.infra import epoch_seconds
 from shared.telemetry import JOB_DURATION, JOBS, LAST_SUCCESS, MetricsPusher
 
@@ -58,7 +59,8 @@ class JobMetrics(dramatiq.Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._local.started = None
-        _count(message, "skipped")
+        # A paused connection's message set aside (`holding`) is neither a failure nor done.
+        _count(message, "held" if message.options.get(HELD) else "skipped")
 
 
 def _count(message: Any, outcome: str) -> str:

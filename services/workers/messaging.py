@@ -13,6 +13,7 @@ import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
+from shared.connections import PausedConnections
 from shared.halaxy import ChangedResource, HalaxyEvent
 from shared.infra import (
     IntakeResult,
@@ -21,11 +22,12 @@ from shared.infra import (
     PipelinedScript,
     QueueName,
     Settings,
+    epoch_seconds,
     redis_client,
     translate_redis_errors,
     utcnow,
 )
-from shared.ops import DeadLetterStore
+from shared.ops import DeadLetterStore, Heartbeats, Kind, QueuedMessages
 from shared.patients import SEEN_TTL, ConnectionChanged, event_digest, job_for_event
 from shared.telemetry import (
     LOG_FUNCTIONS,
@@ -66,7 +68,10 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     """What every broker of ours needs beyond Dramatiq's defaults."""
     from services.workers.dead_letter_middleware import RecordDeadLetters
     from services.workers.event_attempts import RecordEventAttempts
+    from services.workers.heartbeat import WorkerHeartbeat
+    from services.workers.holding import HoldPausedConnections
     from services.workers.job_metrics import JobMetrics, PushMetrics
+    from services.workers.queued import TrackQueued
 
     broker.add_middleware(CurrentMessage())  # lets log lines name the message and attempt
     keys = Keys(settings.redis_namespace)
@@ -76,14 +81,22 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     events = EventLog(client, keys, settings.event_log_max_per_connection)
     broker.add_middleware(RecordEventAttempts(events), before=Retries)
     broker.add_middleware(PushMetrics(MetricsPusher(client, keys, settings.metrics_push_seconds)))
+    # Each connection's unfinished messages per queue, for status and /metrics.
+    broker.add_middleware(TrackQueued(QueuedMessages(client, keys)))
+    # Only a worker (the `dramatiq` command) boots; the brokers that only enqueue never beat.
+    heartbeats = Heartbeats(client, keys, Kind.WORKER)
+    broker.add_middleware(WorkerHeartbeat(heartbeats, settings.worker_heartbeat_timeout_seconds))
+    # A paused connection's messages are held, not run (services/workers/holding.py).
+    broker.add_middleware(HoldPausedConnections(PausedConnections(client, keys)))
     for queue in QueueName:
         broker.declare_queue(queue.value)
 
 
 # KEYS: the connection record, the queue's id list, the queue's message hash, the connection's
-# event log index and the set of connections with a log, then one seen key per event, then one
-# event log record key per event. ARGV: the record the caller authenticated against, the seen
-# TTL in seconds, how many events, the event log's TTL, the connection id, `trim_log`'s record
+# set of queued messages (`shared.ops.queued`), the connection's event log index and the set
+# of connections with a log, then one seen key per event, then one event log record key per
+# event. ARGV: the record the caller authenticated against, the seen TTL in seconds, now (epoch
+# seconds), how many events, the event log's TTL, the connection id, `trim_log`'s record
 # prefix, attempts prefix, bound and oldest member, then five per event: message id, encoded
 # message, and the event log's record, status and index member ('' each when not logged).
 # It answers -1 (the connection changed: nothing done), or the positions (from 1) of the events
@@ -99,23 +112,24 @@ INTAKE_SCRIPT = (
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 local accepted = {}
 local not_logged = {}
 for i = 1, n do
-  local arg = 9 + (i - 1) * 5
-  if redis.call('SET', KEYS[5 + i], '1', 'NX', 'EX', ARGV[2]) then
+  local arg = 10 + (i - 1) * 5
+  if redis.call('SET', KEYS[6 + i], '1', 'NX', 'EX', ARGV[2]) then
     redis.call('HSET', KEYS[3], ARGV[arg + 1], ARGV[arg + 2])
     redis.call('RPUSH', KEYS[2], ARGV[arg + 1])
+    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[arg + 1])
     accepted[#accepted + 1] = i
-    if ARGV[arg + 3] ~= '' and log_event(KEYS[4], KEYS[5], ARGV[5], KEYS[5 + n + i], ARGV[4],
+    if ARGV[arg + 3] ~= '' and log_event(KEYS[5], KEYS[6], ARGV[6], KEYS[6 + n + i], ARGV[5],
                                          ARGV[arg + 3], ARGV[arg + 4], ARGV[arg + 5]) == 1 then
       not_logged[#not_logged + 1] = i
     end
   end
 end
 if #accepted > 0 then
-  trim_log(KEYS[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+  trim_log(KEYS[5], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 end
 return {accepted, not_logged}
 """
@@ -147,12 +161,14 @@ class DramatiqEventIntake:
             self._keys.connection(connection_id),
             self._keys.dramatiq_queue(queue),
             self._keys.dramatiq_messages(queue),
+            self._keys.queued_messages(connection_id, queue),
             trim.index,
             self._keys.event_log_connections(),
         ]
-        args: list[bytes | str | int] = [
+        args: list[bytes | str | int | float] = [
             record,
             int(SEEN_TTL.total_seconds()),
+            epoch_seconds(),
             len(changed),
             self._events.ttl_seconds,
             connection_id,

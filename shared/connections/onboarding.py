@@ -72,9 +72,7 @@ class ConnectionRequest(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not value.strip() or not value.isprintable():
-            raise ValueError("must be printable text")
-        return value.strip()
+        return clinic_name(value)
 
     @field_validator("platform_api_key")
     @classmethod
@@ -85,6 +83,13 @@ class ConnectionRequest(BaseModel):
     @classmethod
     def _pms_key(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _stripped_secret(value)
+
+
+def clinic_name(value: str) -> str:
+    """A connection's name as `add` and `edit` take it: printable text, stripped."""
+    if not value.strip() or not value.isprintable():
+        raise ValueError("must be printable text")
+    return value.strip()
 
 
 def build_connection(request: ConnectionRequest, now: datetime) -> Connection:

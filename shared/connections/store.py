@@ -115,6 +115,28 @@ class ConnectionStore:
                         raise changed from None
         raise Transient("connections kept changing while this one was checked; try again")
 
+    def delete(self, current: Connection) -> None:
+        """Erase the connection's record and its place in the index (offboarding), only if
+        the stored record still is `current`: a connection enabled again meanwhile is kept."""
+        key = self.keys.connection(current.id)
+        with translate_redis_errors(), self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                record = pipe.get(key)
+                if record is None or self.open_record(as_bytes(record)) != current:
+                    raise ConnectionChangedMeanwhile(
+                        f"connection {current.id} changed since it was read; look at it again "
+                        "and retry"
+                    )
+                pipe.multi()
+                pipe.delete(key)
+                pipe.srem(self.keys.connection_index(), current.id)
+                pipe.execute()
+            except redis.WatchError:
+                raise ConnectionChangedMeanwhile(
+                    f"connection {current.id} changed since it was read; look at it again and retry"
+                ) from None
+
     def seal_plain_practitioners(self, connection_id: str) -> bool:
         """Seal a practitioner map an earlier version stored in clear. False if there was
         none, or if the record changed meanwhile (whoever saved it sealed it)."""

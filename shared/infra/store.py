@@ -180,6 +180,30 @@ class Keys:
         """The hash of a queue's encoded messages by id, as Dramatiq's Redis broker keeps it."""
         return f"{self.dramatiq_queue(queue_name)}.msgs"
 
+    def dramatiq_heartbeats(self) -> str:
+        """Dramatiq's broker ids by the time of their last command, in milliseconds."""
+        return f"{self.dramatiq_namespace()}:__heartbeats__"
+
+    def heartbeats(self, kind: str) -> str:
+        """The last heartbeat of each worker or scheduler (`kind`) instance, by instance id."""
+        return f"{self.namespace}:heartbeats:{kind}"
+
+    def heartbeat_times(self, kind: str) -> str:
+        return f"{self.namespace}:heartbeats:{kind}:by-time"
+
+    def queued_messages(self, connection_id: str, queue_name: str) -> str:
+        """The connection's unfinished messages in a queue (its delay queue included): Redis
+        message id -> when it is (or was) due, in epoch seconds."""
+        return f"{self.namespace}:queued:{connection_id}:{queue_name}"
+
+    def paused_connections(self) -> str:
+        """The paused connections: a hash, connection id -> when and by whom."""
+        return f"{self.namespace}:connections:paused"
+
+    def held_messages(self, connection_id: str) -> str:
+        """The messages of a paused connection that workers set aside, in the order held."""
+        return f"{self.namespace}:held:{connection_id}"
+
     def event_log_of(self, connection_id: str) -> str:
         """Every key of a connection's event log starts with this (its erasure scans for it)."""
         return f"{self.namespace}:event-log:{connection_id}:"

@@ -40,6 +40,7 @@ from shared.telemetry.event_log import (
     not_recorded,
     parse_query,
 )
+from shared.telemetry.forget import forget_connection_series, forget_series_of_gone_connections
 from shared.telemetry.http import MeteredClient, origin
 from shared.telemetry.push import MetricsPusher
 
@@ -77,6 +78,8 @@ __all__ = [
     "capability_url",
     "end_attempt",
     "exposition",
+    "forget_connection_series",
+    "forget_series_of_gone_connections",
     "gauges",
     "not_recorded",
     "note_result",

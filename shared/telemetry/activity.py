@@ -17,6 +17,8 @@ from shared.telemetry.definitions import (
 from shared.telemetry.push import read_field, sample_field
 
 FAILED = frozenset({"retried", "dead"})
+# A paused connection's message set aside by a worker: it will run after the resume.
+NOT_PROCESSED = frozenset({"held"})
 THROUGHPUT_MINUTES = 5
 
 
@@ -55,7 +57,7 @@ def read_activity(client: redis.Redis, keys: Keys, now: float, recent: bool = Tr
         recent = minute > this_minute - THROUGHPUT_MINUTES
         for raw, value in counts.items():
             name, labels = read_field(as_bytes(raw))
-            if name != jobs_total:
+            if name != jobs_total or labels["outcome"] in NOT_PROCESSED:
                 continue
             jobs = round(float(value))
             activity.processed_last_hour[labels["connection_id"]] += jobs

@@ -1,11 +1,13 @@
 """The receiver's `/metrics`: the totals every process pushed to Redis, and gauges read from
-Redis at scrape time (queues, dead letters, parked notes, each connection's last event)."""
+Redis at scrape time (queues, dead letters, parked notes, each connection's last event and
+unfinished messages, the workers and schedulers alive)."""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -19,6 +21,7 @@ from shared.infra.store import Keys, as_bytes, translate_redis_errors
 from shared.telemetry.definitions import LAST_EVENT_NAME, LAST_SUCCESS_NAME, REGISTRY
 from shared.telemetry.push import read_field
 
+QUEUE_STATES = (("ready", "depth"), ("taken", "taken"), ("delayed", "delayed"), ("dead", "dead"))
 SUFFIX_ORDER = {"_bucket": 0, "_count": 1, "_sum": 2, "_total": 0}
 PER_CONNECTION = {
     "dead_letters": ("halaxy_bridge_dead_letters", "Dead letters kept for replay."),
@@ -42,6 +45,14 @@ PER_CONNECTION = {
     "reconcile_lag": (
         "halaxy_bridge_reconcile_lag_seconds",
         "Seconds since the connection's last reconcile sweep started.",
+    ),
+    "paused": (
+        "halaxy_bridge_connection_paused",
+        "1 while the connection is paused: its webhooks are kept, nothing of it is processed.",
+    ),
+    "held_messages": (
+        "halaxy_bridge_connection_held_messages",
+        "Messages of the connection set aside by workers while it is paused, to run on resume.",
     ),
 }
 
@@ -76,7 +87,9 @@ def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> It
     """Gauges from a `shared.ops.status.status` snapshot."""
     messages = GaugeMetricFamily(
         "halaxy_bridge_queue_messages",
-        "Messages in a queue, by state (ready, delayed, dead).",
+        "Messages in a queue, by state (ready: not taken yet; taken: by a worker, running or "
+        "prefetched; delayed: a retry's backoff or a deferral; dead: the bridge's dead letters "
+        "of that queue, the same count as halaxy_bridge_dead_letters summed).",
         labels=["queue", "state"],
     )
     oldest = GaugeMetricFamily(
@@ -85,8 +98,8 @@ def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> It
         labels=["queue"],
     )
     for queue in snapshot["queues"]:
-        for state, column in (("ready", "depth"), ("delayed", "delayed"), ("dead", "dead")):
-            messages.add_metric([queue["queue"], state], queue[column])
+        for state, column in QUEUE_STATES:
+            messages.add_metric([queue["queue"], state], queue.get(column, 0))
         oldest.add_metric([queue["queue"]], queue["oldest_age_seconds"] or 0.0)
     yield messages
     yield oldest
@@ -97,6 +110,9 @@ def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> It
     )
     unrouted.add_metric([], snapshot.get("unrouted_programs", 0))
     yield unrouted
+
+    yield from liveness_gauges(snapshot)
+    yield from connection_queue_gauges(snapshot["connections"])
 
     per_connection = {
         key: GaugeMetricFamily(name, documentation, labels=["connection_id"])
@@ -115,7 +131,64 @@ def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> It
         if row["last_sweep"] is not None:
             lag = max(0.0, now - _unix(row["last_sweep"]))
             per_connection["reconcile_lag"].add_metric(labels, lag)
+        per_connection["paused"].add_metric(labels, 1 if row["paused"] else 0)
+        per_connection["held_messages"].add_metric(labels, row["held_messages"])
     yield from per_connection.values()
+
+
+def liveness_gauges(snapshot: dict[str, Any]) -> Iterator[Metric]:
+    """How many workers and schedulers are alive, and when the last of each was seen."""
+    workers = snapshot.get("workers") or {}
+    scheduler = snapshot.get("scheduler") or {}
+    alive = GaugeMetricFamily(
+        "halaxy_bridge_workers_alive",
+        "Worker processes whose heartbeat is fresh (BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS).",
+    )
+    alive.add_metric([], workers.get("alive", 0))
+    yield alive
+    schedulers = GaugeMetricFamily(
+        "halaxy_bridge_schedulers_alive",
+        "Scheduler processes whose heartbeat is fresh, by role (leader: holds the lease and "
+        "does the work; standby: waits to take over).",
+        labels=["role"],
+    )
+    roles = Counter(row.get("role") for row in scheduler.get("instances", []) if row.get("alive"))
+    for role in ("leader", "standby"):
+        schedulers.add_metric([role], roles[role])
+    yield schedulers
+    for name, part, what in (
+        ("halaxy_bridge_worker_last_seen_timestamp_seconds", workers, "worker"),
+        ("halaxy_bridge_scheduler_last_seen_timestamp_seconds", scheduler, "scheduler"),
+    ):
+        last_seen = GaugeMetricFamily(
+            name, f"Unix time of the latest heartbeat of any {what} (none in a day: no sample)."
+        )
+        if part.get("last_seen_at"):
+            last_seen.add_metric([], _unix(part["last_seen_at"]))
+        yield last_seen
+
+
+def connection_queue_gauges(rows: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each connection's unfinished messages per queue, and how long its oldest due one waited."""
+    messages = GaugeMetricFamily(
+        "halaxy_bridge_connection_queue_messages",
+        "The connection's unfinished messages in a queue, by state (due: ready, or taken by a "
+        "worker; delayed: a retry's backoff or a deferral).",
+        labels=["connection_id", "queue", "state"],
+    )
+    oldest = GaugeMetricFamily(
+        "halaxy_bridge_connection_oldest_message_age_seconds",
+        "How long the connection's oldest due message in the queue has waited (0 when none).",
+        labels=["connection_id", "queue"],
+    )
+    for row in rows:
+        for queue, counts in (row.get("queues") or {}).items():
+            delayed = counts.get("delayed", 0)
+            messages.add_metric([row["id"], queue, "due"], counts.get("queued", 0) - delayed)
+            messages.add_metric([row["id"], queue, "delayed"], delayed)
+            oldest.add_metric([row["id"], queue], counts.get("oldest_age_seconds") or 0.0)
+    yield messages
+    yield oldest
 
 
 def _unix(moment: str) -> float:

@@ -33,7 +33,8 @@ WEBHOOK_REJECTIONS = Counter(
 JOBS_NAME = "halaxy_bridge_jobs"
 JOBS = Counter(
     JOBS_NAME,
-    "Jobs that ran, by outcome (succeeded, retried, deferred, dead, dropped).",
+    "Jobs that ran, by outcome (succeeded, retried, deferred, dead, dropped; held: a paused "
+    "connection's message set aside; skipped).",
     ["actor", "queue", "connection_id", "outcome"],
     registry=REGISTRY,
 )

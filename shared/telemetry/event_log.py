@@ -8,7 +8,8 @@ Ids and outcomes only: no patient detail, no URL, no message text a remote syste
 States (a closed set; `EventState`):
 
     queued ──▶ done | skipped-unchanged | skipped | parked | failed | dropped
-       │ ▲
+       │ ▲ ▲
+       │ │ └── held (its connection paused; back when resumed)
        ▼ │ (replay)
     retrying ──▶ dead          unrouted ──▶ routed (a Physitrack post no connection knew yet)
 
@@ -90,6 +91,7 @@ class EventState(StrEnum):
     DROPPED = "dropped"  # its connection was disabled or gone, or a person dropped the note
     UNROUTED = "unrouted"  # a Physitrack post no enabled connection knows the token of: kept
     ROUTED = "routed"  # an unrouted post taken by a connection since: its note is `note_id`
+    HELD = "held"  # its connection is paused: its job is kept, and runs once it is resumed
 
 
 class EventSource(StrEnum):
@@ -108,6 +110,7 @@ class AttemptOutcome(StrEnum):
     DROPPED = "dropped"  # the connection was disabled or gone when the job ran
     REPLAYED = "replayed"  # a person queued its dead letter again
     RESOLVED = "resolved"  # a person settled its parked or failed note
+    HELD = "held"  # not run: its connection is paused (run again once it is resumed)
 
 
 @dataclass(frozen=True)
@@ -441,6 +444,27 @@ class EventLog:
                 deleted += int(self._redis.unlink(*batch))
         log.info("event_log.erased", connection_id=connection_id, keys_deleted=deleted)
         return deleted
+
+    def erase_events(self, connection_id: str, event_ids: Sequence[str]) -> int:
+        """Remove these events of one connection's log (or of `UNROUTED`): records, attempts
+        and index entries; how many records were there."""
+        erased = 0
+        for event_id in event_ids:
+            digest = event_digest(event_id)
+            record_key = self._keys.event_log_record(connection_id, digest)
+            with translate_redis_errors():
+                raw = self._redis.hget(record_key, "record")
+                pipe = self._redis.pipeline(transaction=True)
+                if raw is not None:
+                    try:
+                        member = index_member(EVENT_RECORD.decode(as_bytes(raw)))
+                        pipe.zrem(self._keys.event_log_index(connection_id), member)
+                    except UnreadableRecord:
+                        pass  # its index entry goes with the next trim
+                pipe.delete(record_key, self._keys.event_log_attempts(connection_id, digest))
+                pipe.execute()
+            erased += raw is not None
+        return erased
 
     # Reads.
 

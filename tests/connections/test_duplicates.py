@@ -164,7 +164,7 @@ def test_a_disabled_connection_does_not_hold_its_credentials(
     first = added_id(add(settings, key, platform_key))
     disabled = CliRunner().invoke(
         cli,
-        ["connections", "disable", first],
+        ["connections", "disable", first, "--yes"],
         env={"BRIDGE_REDIS_NAMESPACE": settings.redis_namespace},
     )
     assert disabled.exit_code == 0, disabled.output

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from services.sandbox.physitrack import program_callback
 from shared.connections.model import Connection, DocStatus, RetiredSecret
+from shared.connections.pause import HELD_MESSAGE, PAUSE_RECORD, HeldMessage, PauseRecord
 from shared.connections.practitioner import Practitioner
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AUDIT_FIELDS, AuditFields, AuditTrail
@@ -36,6 +37,7 @@ from shared.notes.outbox import NOTE_RECORD, NoteOutbox, NoteRecord, NoteState
 from shared.notes.program_poll import CURSOR, PollCursor
 from shared.notes.unrouted import UnroutedPrograms, UnroutedReason
 from shared.ops.dead_letters import DEAD_LETTER, DeadLetter, DeadLetterStore
+from shared.ops.liveness import HEARTBEAT, Heartbeat, Heartbeats, Kind, Role
 from shared.patients.links import PATIENT_LINK, PatientLink
 from shared.patients.reconcile import (
     SWEEP,
@@ -400,6 +402,60 @@ def test_an_unreadable_connection_never_names_a_practitioner_token() -> None:
         RecordCodec(Connection).load(record)
     assert "pt-token-SECRET" not in str(caught.value)
     assert "practitioners.[key]" in str(caught.value)
+
+
+heartbeats = st.builds(
+    Heartbeat,
+    ids,
+    st.sampled_from(Role),
+    text,
+    st.integers(min_value=0, max_value=2**31),
+    iso_times,
+    st.floats(min_value=0, max_value=2**40, allow_nan=False),
+    st.floats(min_value=0, max_value=86_400, allow_nan=False),
+)
+
+
+@with_redis
+@given(record=heartbeats)
+def test_a_heartbeat_round_trips_through_its_store(
+    redis_server_client: redis.Redis, keys: Keys, record: Heartbeat
+) -> None:
+    """Written and read by `Heartbeats` (a JSON value in a hash), its role an enum."""
+    beats = Heartbeats(redis_server_client, keys, Kind.SCHEDULER)
+    redis_server_client.delete(keys.heartbeats(Kind.SCHEDULER.value))
+    beats.beat(record)
+    [back] = beats.read(now=record.seen_at)
+    assert back == record
+    assert back.role is record.role
+    assert stored_json(redis_server_client, f"{keys.namespace}:codec", HEARTBEAT, record) == record
+
+
+# --- a paused connection: its pause record and the messages held meanwhile --------------------
+
+
+@with_redis
+@given(
+    record=st.builds(PauseRecord, paused_at=moments, by=text),
+    held=st.lists(st.builds(HeldMessage, held_at=moments, queue=ids, message=text), max_size=4),
+)
+def test_a_pause_and_the_held_messages_round_trip_through_redis(
+    redis_server_client: redis.Redis, keys: Keys, record: PauseRecord, held: list[HeldMessage]
+) -> None:
+    """As `PausedConnections` keeps them: the pause in a hash, the held messages in a list."""
+    redis_server_client.delete(keys.paused_connections(), keys.held_messages("cn_x"))
+    redis_server_client.hset(keys.paused_connections(), "cn_x", PAUSE_RECORD.encode(record))
+    for message in held:
+        redis_server_client.rpush(keys.held_messages("cn_x"), HELD_MESSAGE.encode(message))
+
+    raw = redis_server_client.hget(keys.paused_connections(), "cn_x")
+    assert raw is not None
+    assert PAUSE_RECORD.decode(as_bytes(raw)) == record
+    back = [
+        HELD_MESSAGE.decode(as_bytes(r))
+        for r in redis_server_client.lrange(keys.held_messages("cn_x"), 0, -1)
+    ]
+    assert back == held
 
 
 # The event log: a record and its status in a hash, attempts in a list, written by the log's

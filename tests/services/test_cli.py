@@ -519,7 +519,7 @@ def test_list_is_empty_at_first(invoke: Invoke) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["show"], ["show", "--reveal"], ["disable"], ["rotate", "--webhook-secret"]],
+    [["show"], ["show", "--reveal"], ["disable", "--yes"], ["rotate", "--webhook-secret"]],
     ids=["show", "show-reveal", "disable", "rotate"],
 )
 def test_unknown_connection_exits_4(invoke: Invoke, args: list[str]) -> None:
@@ -541,7 +541,7 @@ def test_disable_makes_webhooks_404_like_an_unknown_connection(
     header = added["halaxy_auth_header"]
     assert post_webhook(client, added, header).status_code == 202
 
-    disabled = ok_json(invoke("disable", added["id"], "--json"))
+    disabled = ok_json(invoke("disable", added["id"], "--yes", "--json"))
 
     assert disabled["id"] == added["id"]
     assert disabled["enabled"] is False
@@ -554,7 +554,7 @@ def test_disable_makes_webhooks_404_like_an_unknown_connection(
     assert gone.json()["error"] == "unknown_connection"
     [row] = ok_json(invoke("list", "--json"))["connections"]
     assert row["enabled"] is False
-    text = invoke("disable", added["id"])
+    text = invoke("disable", added["id"], "--yes")
     assert text.exit_code == 0
     assert "disabled" in text.stdout
 

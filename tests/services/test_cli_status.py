@@ -6,6 +6,7 @@ import string
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,8 +16,10 @@ from services.cli.status import WIDTH, _text
 from services.sandbox.halaxy import FakeHalaxy
 from shared.connections.onboarding import KeyVerifier
 from shared.connections.store import ConnectionStore
-from shared.infra.clock import utcnow
+from shared.infra.clock import epoch_seconds, utcnow
 from shared.infra.config import Settings
+from shared.infra.store import Keys
+from shared.ops.queued import QueuedMessages
 from shared.ops.status import iso
 from shared.patients.mapping import Refusal
 from shared.patients.reconcile import SweepKind
@@ -55,6 +58,18 @@ def connection_rows(draw: st.DrawFn) -> dict[str, Any]:
         "failed_notes": draw(COUNTS),
         "patients_not_synced": {outcome: draw(COUNTS) for outcome in NOT_SYNCED},
         "patients_refused": draw(st.dictionaries(st.sampled_from(Refusal), COUNTS, max_size=3)),
+        "queues": {
+            queue: {
+                "queued": draw(COUNTS),
+                "delayed": draw(COUNTS),
+                "oldest_age_seconds": draw(st.none() | st.floats(0, 10**8, allow_nan=False)),
+            }
+            for queue in ("live", "bulk")
+        },
+        "paused": draw(st.booleans()),
+        "paused_at": draw(moments()),
+        "held_messages": draw(COUNTS),
+        "oldest_held_at": draw(moments()),
     }
 
 
@@ -64,7 +79,9 @@ def queue_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
         {
             "queue": name,
             "depth": draw(COUNTS),
+            "taken": draw(COUNTS),
             "delayed": draw(COUNTS),
+            "queued": draw(COUNTS),
             "dead": draw(COUNTS),
             "oldest_age_seconds": draw(st.none() | st.floats(0, 10**8, allow_nan=False)),
             "throughput_per_minute": draw(st.floats(0, 10**5, allow_nan=False)),
@@ -73,17 +90,34 @@ def queue_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
     ]
 
 
+@st.composite
+def liveness(draw: st.DrawFn, scheduler: bool) -> dict[str, Any]:
+    seen = draw(moments())
+    part: dict[str, Any] = {
+        "alive": 0 if seen is None else draw(st.integers(0, 1000)),
+        "last_seen_at": seen,
+        "instances": [],
+    }
+    if scheduler:
+        part["leader"] = draw(st.none() | st.text(string.hexdigits, min_size=12, max_size=12))
+    return part
+
+
 @given(
     connections=st.lists(connection_rows(), max_size=4),
     queues=queue_rows(),
     totals=st.tuples(COUNTS, COUNTS, COUNTS),
     warnings=st.lists(st.text(alphabet=string.ascii_lowercase + " ", max_size=400), max_size=2),
+    workers=liveness(scheduler=False),
+    scheduler=liveness(scheduler=True),
 )
 def test_the_status_table_fits_120_columns_and_never_says_none(
     connections: list[dict[str, Any]],
     queues: list[dict[str, Any]],
     totals: tuple[int, int, int],
     warnings: list[str],
+    workers: dict[str, Any],
+    scheduler: dict[str, Any],
 ) -> None:
     text = _text(
         {
@@ -95,6 +129,8 @@ def test_the_status_table_fits_120_columns_and_never_says_none(
             "failed_notes": totals[2],
             "unrouted_programs": totals[2],
             "redis_warnings": warnings,
+            "workers": workers,
+            "scheduler": scheduler,
         }
     )
 
@@ -144,6 +180,10 @@ def test_ages_are_read_against_the_time_of_the_status(settings: Settings) -> Non
         "failed_notes": 0,
         "patients_not_synced": dict.fromkeys(NOT_SYNCED, 0),
         "patients_refused": {},
+        "paused": False,
+        "paused_at": None,
+        "held_messages": 0,
+        "oldest_held_at": None,
     }
     text = _text(
         {
@@ -162,3 +202,82 @@ def test_ages_are_read_against_the_time_of_the_status(settings: Settings) -> Non
     assert "42s ago" in line
     assert "3h ago" in line
     assert "2d ago (backfill)" in line
+
+
+def liveness_lines(workers: dict[str, Any] | None, scheduler: dict[str, Any] | None) -> list[str]:
+    now = utcnow().replace(microsecond=0)
+    data: dict[str, Any] = {
+        "generated_at": now.isoformat(),
+        "queues": [],
+        "connections": [],
+        "dead_letters": 0,
+        "parked_notes": 0,
+        "failed_notes": 0,
+        "unrouted_programs": 0,
+        "redis_warnings": [],
+    }
+    if workers is not None:
+        data["workers"] = workers
+    if scheduler is not None:
+        data["scheduler"] = scheduler
+    lines = _text(data).splitlines()
+    return [line for line in lines if line.startswith(("workers:", "scheduler:"))]
+
+
+def test_liveness_lines_say_none_seen_none_alive_or_how_many_and_who_leads() -> None:
+    now = utcnow().replace(microsecond=0)
+    seen = (now - timedelta(minutes=12)).isoformat()
+    never = {"alive": 0, "last_seen_at": None, "instances": []}
+    assert liveness_lines(never, {**never, "leader": None}) == [
+        "workers: NONE SEEN in the last day",
+        "scheduler: NONE SEEN in the last day",
+    ]
+    dead = {"alive": 0, "last_seen_at": seen, "instances": []}
+    assert liveness_lines(dead, {**dead, "leader": None}) == [
+        "workers: NONE ALIVE (last heartbeat 12m ago)",
+        "scheduler: NONE ALIVE (last heartbeat 12m ago)",
+    ]
+    fresh = (now - timedelta(seconds=3)).isoformat()
+    up = {"alive": 2, "last_seen_at": fresh, "instances": []}
+    assert liveness_lines(up, {**up, "alive": 1, "leader": "abc123"}) == [
+        "workers: 2 alive (last heartbeat 3s ago)",
+        "scheduler: 1 alive, leader abc123 (last heartbeat 3s ago)",
+    ]
+    assert liveness_lines(up, {**up, "alive": 1, "leader": None})[1] == (
+        "scheduler: 1 alive, NO LEADER (last heartbeat 3s ago)"
+    )
+    # A status from before heartbeats.
+    assert liveness_lines(None, None) == ["workers: not reported", "scheduler: not reported"]
+
+
+def test_status_lists_the_connections_with_queued_messages(
+    settings: Settings,
+    store: ConnectionStore,
+    fake_halaxy: FakeHalaxy,
+    verify_key: KeyVerifier,
+    redis_server_client: redis.Redis,
+    keys: Keys,
+) -> None:
+    busy = make_connection(store, fake_halaxy, verify_key, name="Busy")
+    idle = make_connection(store, fake_halaxy, verify_key, name="Idle")
+    queued = QueuedMessages(redis_server_client, keys)
+    now = epoch_seconds()
+    queued.add(busy.id, "live", "m-1", now - 125)
+    queued.add(busy.id, "bulk.DQ", "m-2", now + 60)  # delayed: not due yet
+
+    result = CliRunner().invoke(
+        cli, ["status"], env={"BRIDGE_REDIS_NAMESPACE": settings.redis_namespace}
+    )
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index(
+        "queued per connection (unfinished messages; oldest due: how long it has waited):"
+    )
+    assert lines[start + 1].split() == [
+        "ID", "LIVE", "QUEUED", "LIVE", "DELAYED", "LIVE", "OLDEST", "DUE",
+        "BULK", "QUEUED", "BULK", "DELAYED", "BULK", "OLDEST", "DUE",
+    ]  # fmt: skip
+    assert lines[start + 2].split() == [busy.id, "1", "0", "2m", "1", "1", "—"]
+    assert idle.id not in "\n".join(lines[start:])
+    assert "workers: NONE SEEN in the last day" in lines

@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 
 from services.cli.main import cli
 from services.sandbox.serve import ServerThread
+from services.webhook_receiver.ops_page import SECURITY_HEADERS
 from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.store import Keys
@@ -46,7 +47,7 @@ BROWSER = {
     "Authorization": "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode(),
     "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
 }
-CSP = "default-src 'none'; style-src 'unsafe-inline'"
+CSP = SECURITY_HEADERS["Content-Security-Policy"]
 A, B = "cn_aaaaaaaaaaaa", "cn_bbbbbbbbbbbb"
 ODD_ID = 'Subscription/<b>"x"</b>#3'  # a Halaxy event id may be any text: escaped everywhere
 
