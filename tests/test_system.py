@@ -189,7 +189,7 @@ class System:
         for path, headers in (
             ("/ops", ADMIN),
             ("/ops/status", ADMIN),
-            ("/metrics", {}),
+            ("/metrics", ADMIN),
             ("/readyz", {}),
         ):
             response = httpx.get(self.web + path, headers=headers, timeout=30)

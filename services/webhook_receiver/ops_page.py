@@ -1,7 +1,8 @@
 """`GET /ops`: what `/ops/status` answers, as a small read-only HTML page that refreshes itself.
 
-Behind BRIDGE_ADMIN_TOKEN like the rest of `/ops`: as a Bearer token, or, since a browser
-cannot send a Bearer header when it navigates, as the password of HTTP Basic auth (any user).
+For any named admin (the viewer role) like the rest of `/ops`: their token as a Bearer token,
+or, since a browser cannot send a Bearer header when it navigates, as the password of HTTP
+Basic auth (any user name); BRIDGE_ADMIN_TOKEN too, as the bootstrap admin.
 Every value is escaped (connection names are operator input); the page runs no script.
 """
 
@@ -17,7 +18,7 @@ from starlette.responses import HTMLResponse, Response
 from services.webhook_receiver.admin import authorize
 from services.webhook_receiver.ops import current_status
 from shared.infra import iso_now
-from shared.ops import not_synced_rows
+from shared.ops import Role, not_synced_rows
 
 REFRESH_SECONDS = 10
 OLD_AGE_SECONDS = 300
@@ -67,7 +68,7 @@ tr.attention td { background: #fde2e1; }
 
 
 async def ops_page(request: Request) -> Response:
-    deps = authorize(request, browser=True)
+    deps = authorize(request, Role.VIEWER, browser=True)
     return HTMLResponse(render(await current_status(deps)), headers=SECURITY_HEADERS)
 
 
