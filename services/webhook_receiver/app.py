@@ -18,12 +18,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.webhook_receiver import admin, health, ops, practitioners
+from services.webhook_receiver import admin, console, health, ops, pages, practitioners
 from services.webhook_receiver.access_log import ObserveRequests, turn_off_uvicorn_access_log
 from services.webhook_receiver.auth import Authenticate, audit_refusal
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
 from services.webhook_receiver.known_connections import KnownConnections
+from services.webhook_receiver.negotiation import wants_html
 from services.webhook_receiver.openapi import openapi
 from services.webhook_receiver.ops_page import ops_page
 from services.webhook_receiver.physitrack import physitrack_programs
@@ -71,16 +72,28 @@ HTTP_ERROR_CODES = {
 }
 
 
+# A browser that asks for a page here gets a refusal as a page, with the reason in its body.
+CONSOLE_PATHS = ("/ops", "/admin")
+
+
+def _refusal(
+    request: Request, status: int, code: str, detail: str, headers: dict[str, str] | None
+) -> Response:
+    if request.url.path.startswith(CONSOLE_PATHS) and wants_html(request):
+        return pages.error_page(status, code, detail, headers)
+    return error_response(status, code, detail, headers)
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     await audit_refusal(request, exc)
-    return error_response(exc.status, exc.code, exc.detail, exc.headers)
+    return _refusal(request, exc.status, exc.code, exc.detail, exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = HTTP_ERROR_CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    return _refusal(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -193,12 +206,12 @@ def create_app(
         ),
         Route("/ops", ops_page, methods=["GET"]),
         Route("/ops/status", ops.ops_status, methods=["GET"]),
-        Route("/ops/dead-letters", ops.list_dead_letters, methods=["GET"]),
-        Route("/ops/dead-letters/replay", ops.replay_dead_letters, methods=["POST"]),
+        Route("/ops/dead-letters", console.dead_letters, methods=["GET"]),
+        Route("/ops/dead-letters/replay", console.replay_dead_letters, methods=["POST"]),
         Route("/ops/dead-letters/purge", ops.purge_dead_letters, methods=["POST"]),
-        Route("/ops/notes/parked", ops.notes_listing(NoteState.PARKED), methods=["GET"]),
-        Route("/ops/notes/failed", ops.notes_listing(NoteState.FAILED), methods=["GET"]),
-        Route("/ops/notes/{note_id}/resolve", ops.resolve_waiting_note, methods=["POST"]),
+        Route("/ops/notes/parked", console.notes(NoteState.PARKED), methods=["GET"]),
+        Route("/ops/notes/failed", console.notes(NoteState.FAILED), methods=["GET"]),
+        Route("/ops/notes/{note_id}/resolve", console.resolve_note_route, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

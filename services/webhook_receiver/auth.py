@@ -9,7 +9,7 @@ caller's role is below the one the handler needs. The caller is kept on `request
 and `actor(request)` is their name, for the audit trail.
 
 A refused action (any method but GET, HEAD and OPTIONS; a 401 or 403 from any handler under
-those paths, including one that checks something else, such as a form's CSRF token) is
+those paths, unless the handler audited it itself, as the console's forms do) is
 recorded in the audit trail as `access.refused` under the name of whoever was refused: the
 caller, or the owner of the revoked or expired token presented. A request with no credential
 or an unknown token names nobody: it is logged, not audited, so whoever can reach the port
@@ -159,6 +159,8 @@ def actor(request: Request) -> str:
 async def audit_refusal(request: Request, exc: ApiError) -> None:
     """Record a refused action (see the module's docstring); called for every `ApiError`."""
     if exc.status not in (401, 403) or request.method in READS:
+        return
+    if getattr(request.state, "refusal_audited", False):  # the console's forms audit their own
         return
     if not guarded(request.url.path):
         return

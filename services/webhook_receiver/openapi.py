@@ -88,7 +88,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "malformed request (not JSON, bad Content-Length)",
         401: "missing or wrong credentials; for an admin token: missing, unknown, revoked or "
         "expired (the detail says which)",
-        403: "the admin's role does not allow this (the detail names the role needed)",
+        403: "the admin's role does not allow this (the detail names the role needed); or a "
+        "console form refused: its CSRF token is missing, forged or expired, or another site "
+        "sent it (application/x-www-form-urlencoded posts only)",
         404: "unknown connection, event, note, practitioner or route",
         409: "what it would change changed meanwhile (connection_changed, note_state_changed): "
         "look at it again and retry; or another connection already uses these credentials "
@@ -182,6 +184,10 @@ PRACTITIONERS = {
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 # The /ops page: the admin token as Bearer, or as the Basic password (what a browser can send).
 PAGE_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}, {"adminBasic": []}]
+# The console's forms post to these API routes too (form-urlencoded, with a CSRF token):
+# services/webhook_receiver/forms.py. The JSON API answers 403 only for a role too low
+# (`with_roles` adds it to every operation above viewer).
+FORM_REFUSAL = {"replay": (403,), "purge": ()}
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
 
@@ -478,7 +484,7 @@ def build_spec() -> dict[str, Any]:
                         },
                         "responses": {
                             "200": _json(ANY_OBJECT, f"{verb}ed"),
-                            **_errors(400, 401, 413, 415, 422, 503),
+                            **_errors(400, 401, *FORM_REFUSAL[verb], 413, 415, 422, 503),
                         },
                     }
                 }
@@ -517,7 +523,7 @@ def build_spec() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(ANY_OBJECT, "the settled note"),
-                        **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                     },
                 }
             },

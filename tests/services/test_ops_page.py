@@ -6,15 +6,9 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import signal
-import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -23,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy
-from services.sandbox.serve import ServerThread, free_port
+from services.sandbox.serve import free_port
 from services.webhook_receiver.app import create_app
 from services.webhook_receiver.ops_page import render
 from shared.connections.model import Connection
@@ -34,15 +28,14 @@ from shared.infra.jobs import ActorName, Job, QueueName
 from shared.infra.store import Keys
 from shared.ops.admins import Role
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore
+from tests.browser import Chromium, Recorder, ServerThread, find_chromium, stop, wait_for
 from tests.conftest import make_connection
 from tests.helpers import named_admin
 from tests.ops.test_dead_letters import LETTER
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
 CHALLENGE = 'Basic realm="halaxy-bridge ops", charset="UTF-8"'
 CSP = "default-src 'none'; style-src 'unsafe-inline'"
-BROWSER_TIMEOUT = 60
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -264,104 +257,6 @@ def test_503_when_redis_is_unreachable(settings: Settings, verify_key: KeyVerifi
 
 
 # --- In a real browser ------------------------------------------------------------------------
-
-
-class Recorder:
-    """ASGI wrapper noting (monotonic time, method, path, status) of every answer."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.app = app
-        self.answers: list[tuple[float, str, str, int]] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def noting(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                answer = (time.monotonic(), scope["method"], scope["path"], message["status"])
-                self.answers.append(answer)
-            await send(message)
-
-        await self.app(scope, receive, noting)
-
-    def pages(self, status: int) -> list[float]:
-        return [
-            t for t, method, path, s in self.answers if (method, path, s) == ("GET", "/ops", status)
-        ]
-
-
-def find_chromium() -> str:
-    """Chromium, installed by scripts/ensure_tools.sh if missing and possible; else skip."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        subprocess.run(["sh", str(ROOT / "scripts/ensure_tools.sh")], check=False, timeout=240)
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("no chromium: install the Debian package (scripts/ensure_tools.sh as root)")
-    return found
-
-
-class Chromium:
-    def __init__(self, binary: str, profiles: Path) -> None:
-        self.binary = binary
-        self.profiles = profiles
-        self._runs = 0
-
-    def command(self, *args: str) -> list[str]:
-        self._runs += 1
-        return [
-            self.binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--no-first-run",
-            f"--user-data-dir={self.profiles / f'profile-{self._runs}'}",
-            *args,
-        ]
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.command(*args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-
-    def dump_dom(self, url: str) -> str:
-        process = self.start("--dump-dom", url)
-        try:
-            out, _ = process.communicate(timeout=BROWSER_TIMEOUT)
-        finally:
-            stop(process)
-        assert process.returncode == 0, process.returncode
-        return out
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    """End this Chromium and its helper processes (its own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    elif process.stdout is not None:
-        process.stdout.close()
-
-
-def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @pytest.mark.slow

@@ -28,7 +28,10 @@ from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.store import Keys
 from shared.ops.admins import AdminStore, Role
+from shared.ops.dead_letters import DeadLetterStore
 from tests.helpers import bearer, named_admin
+from tests.services.test_console import BROWSER, ORIGIN, HtmlForm, Page, letter, refusal, submit
+from tests.services.test_console import basic as console_basic
 
 BOOTSTRAP = os.environ["BRIDGE_ADMIN_TOKEN"]
 MISSING = "missing admin credential: send Authorization: Bearer <token>"
@@ -299,3 +302,52 @@ def test_any_authorization_header_is_a_clear_401_never_a_crash(
         if len(header) >= 8:
             assert header not in response.json()["detail"]
     assert refusals(redis_server_client, keys) == []
+
+
+# --- the console's forms ----------------------------------------------------------------------
+
+
+def test_a_viewer_sees_the_console_but_cannot_act_and_each_refusal_is_audited_once(
+    client: TestClient, connection: Connection, redis_server_client: redis.Redis, keys: Keys
+) -> None:
+    letters = DeadLetterStore(redis_server_client, keys)
+    letters.add(letter(connection.id, "m-1"))
+    as_vera = {
+        **BROWSER,
+        "Authorization": console_basic(named_admin(redis_server_client, keys, "vera", Role.VIEWER)),
+    }
+    as_oscar = {
+        **BROWSER,
+        "Authorization": console_basic(
+            named_admin(redis_server_client, keys, "oscar", Role.OPERATOR)
+        ),
+    }
+    sent = {"Origin": ORIGIN, "Sec-Fetch-Site": "same-origin"}
+
+    def replay_form(headers: dict[str, str]) -> HtmlForm:
+        page = client.get("/ops/dead-letters", headers=headers)
+        assert page.status_code == 200, page.text
+        return Page(page.text).form("Replay", "/ops/dead-letters/replay")
+
+    vera_form = replay_form(as_vera)
+    refused = submit(client, vera_form, headers={**as_vera, **sent})
+    assert "needs the operator role; vera has the viewer role" in refusal(refused, 403, "forbidden")
+    # The operator with the viewer's form: its CSRF token is bound to another credential.
+    forged = submit(client, vera_form, headers={**as_oscar, **sent})
+    assert forged.status_code == 403
+    assert [x.id for x in letters.list()] == ["m-1"]
+
+    done = submit(client, replay_form(as_oscar), headers={**as_oscar, **sent})
+
+    assert done.status_code == 200, done.text
+    assert letters.list() == []
+    trail = [
+        (e.actor, e.action, e.outcome)
+        for e in audit(redis_server_client, keys).entries()
+        if e.actor in ("vera", "oscar")
+    ]
+    assert trail == [
+        ("vera", "access.refused", "refused: needs the operator role"),
+        ("oscar", "console.refused", "csrf_invalid"),
+        ("oscar", "dead_letter.replayed", "ok"),
+    ]
