@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from services.webhook_receiver import admin, console, health, ops, pages, practitioners
 from services.webhook_receiver.access_log import ObserveRequests, turn_off_uvicorn_access_log
+from services.webhook_receiver.auth import Authenticate, audit_refusal
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
 from services.webhook_receiver.known_connections import KnownConnections
@@ -54,6 +55,7 @@ from shared.notes import (
     ProgramIntake,
     UnroutedPrograms,
 )
+from shared.ops import AdminStore
 from shared.patients import EventIntake
 from shared.telemetry import MetricsPusher, Reused
 
@@ -84,6 +86,7 @@ def _refusal(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    await audit_refusal(request, exc)
     return _refusal(request, exc.status, exc.code, exc.detail, exc.headers)
 
 
@@ -127,6 +130,7 @@ def create_app(
 
     if queue is None:
         queue = DramatiqJobQueue(build_broker(settings, client))
+    audit = audit_trail(client, settings)
     deps = Deps(
         settings=settings,
         redis=client,
@@ -141,8 +145,9 @@ def create_app(
         verify_platform_key=verify_platform_key
         or physitrack_key_verifier(http, settings.user_agent),
         metrics=MetricsPusher(client, keys, settings.metrics_push_seconds),
-        audit=audit_trail(client, settings),
+        audit=audit,
         scrapes=Reused(min(SCRAPE_REUSE_SECONDS, settings.metrics_push_seconds)),
+        admins=AdminStore(client, keys, audit, settings.admin_token),
     )
 
     @asynccontextmanager
@@ -230,7 +235,7 @@ def create_app(
             Exception: _unexpected,
         },
         lifespan=lifespan,
-        middleware=[Middleware(ObserveRequests)],
+        middleware=[Middleware(ObserveRequests), Middleware(Authenticate)],
     )
     app.state.deps = deps
     return app

@@ -1,7 +1,8 @@
 """`GET /ops`: what `/ops/status` answers, as a small read-only HTML page that refreshes itself.
 
-Behind BRIDGE_ADMIN_TOKEN like the rest of `/ops`: as a Bearer token, or, since a browser
-cannot send a Bearer header when it navigates, as the password of HTTP Basic auth (any user).
+For any named admin (the viewer role) like the rest of `/ops`: their token as a Bearer token,
+or, since a browser cannot send a Bearer header when it navigates, as the password of HTTP
+Basic auth (any user name); BRIDGE_ADMIN_TOKEN too, as the bootstrap admin.
 Every value is escaped (connection names are operator input); the page runs no script. It
 reads any status, an older bridge's or a partial one: a key missing, or of another type, is
 shown as "—".
@@ -33,7 +34,7 @@ from services.webhook_receiver.pages import (
     url,
 )
 from shared.infra import QueueName, iso_now
-from shared.ops import not_synced_rows
+from shared.ops import Role, not_synced_rows
 
 __all__ = ["SECURITY_HEADERS", "STYLE", "ops_page", "render"]
 
@@ -59,8 +60,7 @@ UNROUTED_URL = "/ops/programs/unrouted"
 
 
 async def ops_page(request: Request) -> Response:
-    # role: viewer
-    deps = authorize(request, browser=True)
+    deps = authorize(request, Role.VIEWER, browser=True)
     data = await current_status(deps)
     return page(TITLE, Markup(body(data)), refresh_seconds=REFRESH_SECONDS, current="/ops")
 
