@@ -14,6 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.webhook_receiver import connection_actions as actions
+
 # `authorize` and `actor` live in `auth`; handlers import them from here, as they always have.
 from services.webhook_receiver.auth import actor as actor
 from services.webhook_receiver.auth import authorize as authorize
@@ -23,12 +25,11 @@ from services.webhook_receiver.responses import ApiError, JSONResponse, unavaila
 from shared.connections import (
     Connection,
     ConnectionChangedMeanwhile,
-    PausedConnections,
     lifecycle,
     onboarding,
 )
 from shared.infra import AlreadyConnected, InvalidInput, StoreUnavailable, Transient, utcnow
-from shared.ops import Role, confirmed, offboard, standard_erasures
+from shared.ops import Role, confirmed
 
 MAX_BODY = 64 * 1024
 
@@ -102,15 +103,7 @@ async def show_connection(request: Request) -> Response:
 async def disable_connection(request: Request) -> Response:
     deps = authorize(request, Role.OPERATOR)
     connection = await existing_connection(deps, request.path_params["connection_id"])
-    disabled = await call(
-        onboarding.disable_connection,
-        deps.connections,
-        connection,
-        utcnow(),
-        deps.audit,
-        actor(request),
-    )
-    log.info("connection.disabled", connection_id=connection.id, actor=actor(request))
+    disabled = await call(actions.disable, deps, connection, actor(request))
     return JSONResponse(onboarding.summary(disabled))
 
 
@@ -138,11 +131,11 @@ async def rotate_connection(request: Request) -> Response:
 
 def _holding(deps: Deps, connection: Connection, **extra: Any) -> dict[str, Any]:
     """The connection as `show` answers it, with its pause and held messages."""
-    held = PausedConnections(deps.redis, deps.connections.keys).holding([connection.id])
+    held = actions.holding(deps, connection)
     return {
         **onboarding.summary(connection),
-        "paused": held[connection.id].is_paused,
-        "held_messages": held[connection.id].held,
+        "paused": held.is_paused,
+        "held_messages": held.held,
         **extra,
     }
 
@@ -162,17 +155,11 @@ async def enable_connection(request: Request) -> Response:
     connection = await existing_connection(deps, request.path_params["connection_id"])
     wanted = await call(lifecycle.parse_enable, data)
     enabled = await call(
-        partial(
-            lifecycle.enable_connection,
-            allow_shared_platform_key=wanted.allow_shared_platform_key,
-        ),
-        deps.connections,
+        partial(actions.enable, allow_shared_platform_key=wanted.allow_shared_platform_key),
+        deps,
         connection,
-        utcnow(),
-        deps.audit,
         actor(request),
     )
-    log.info("connection.enabled", connection_id=connection.id, actor=actor(request))
     return JSONResponse(
         await call(partial(_holding, changed=not connection.enabled), deps, enabled)
     )
@@ -201,27 +188,14 @@ async def edit_connection(request: Request) -> Response:
 async def pause_connection(request: Request) -> Response:
     deps = authorize(request, Role.OPERATOR)
     connection = await existing_connection(deps, request.path_params["connection_id"])
-    pauses = PausedConnections(deps.redis, deps.connections.keys)
-    changed = await call(
-        lifecycle.pause_connection, pauses, connection, utcnow(), deps.audit, actor(request)
-    )
-    log.info("connection.paused", connection_id=connection.id, actor=actor(request))
+    changed = await call(actions.pause, deps, connection, actor(request))
     return JSONResponse(await call(partial(_holding, changed=changed), deps, connection))
 
 
 async def resume_connection(request: Request) -> Response:
     deps = authorize(request, Role.OPERATOR)
     connection = await existing_connection(deps, request.path_params["connection_id"])
-    pauses = PausedConnections(deps.redis, deps.connections.keys)
-    resumed = await call(
-        lifecycle.resume_connection, pauses, connection, deps.audit, actor(request)
-    )
-    log.info(
-        "connection.resumed",
-        connection_id=connection.id,
-        released=resumed.released,
-        actor=actor(request),
-    )
+    resumed = await call(actions.resume, deps, connection, actor(request))
     shown = partial(
         _holding,
         changed=resumed.was_paused,
@@ -236,9 +210,5 @@ async def offboard_connection(request: Request) -> Response:
     data = await json_object(request)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     await call(confirmed, data, connection.id)
-    erasures = standard_erasures(deps.connections, deps.settings.fernet)
-    done = await call(
-        offboard, deps.connections, connection, erasures, utcnow(), deps.audit, actor(request)
-    )
-    log.info("connection.offboarded", connection_id=connection.id, actor=actor(request))
+    done = await call(actions.erase, deps, connection, actor(request))
     return JSONResponse(done.shown())

@@ -18,7 +18,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.webhook_receiver import admin, console, health, ops, pages, practitioners
+from services.webhook_receiver import (
+    admin,
+    console,
+    console_connections,
+    health,
+    ops,
+    pages,
+    practitioners,
+)
 from services.webhook_receiver.access_log import ObserveRequests, turn_off_uvicorn_access_log
 from services.webhook_receiver.auth import Authenticate, audit_refusal
 from services.webhook_receiver.deps import Deps
@@ -178,7 +186,7 @@ def create_app(
         Route("/admin/connections/{connection_id}", admin.show_connection, methods=["GET"]),
         Route(
             "/admin/connections/{connection_id}/disable",
-            admin.disable_connection,
+            console_connections.disable_route,
             methods=["POST"],
         ),
         Route(
@@ -206,15 +214,23 @@ def create_app(
         ),
         Route("/admin/connections/{connection_id}", admin.edit_connection, methods=["PATCH"]),
         Route(
-            "/admin/connections/{connection_id}/enable", admin.enable_connection, methods=["POST"]
+            "/admin/connections/{connection_id}/enable",
+            console_connections.enable_route,
+            methods=["POST"],
         ),
-        Route("/admin/connections/{connection_id}/pause", admin.pause_connection, methods=["POST"]),
         Route(
-            "/admin/connections/{connection_id}/resume", admin.resume_connection, methods=["POST"]
+            "/admin/connections/{connection_id}/pause",
+            console_connections.pause_route,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/resume",
+            console_connections.resume_route,
+            methods=["POST"],
         ),
         Route(
             "/admin/connections/{connection_id}/offboard",
-            admin.offboard_connection,
+            console_connections.offboard_route,
             methods=["POST"],
         ),
         Route("/ops", ops_page, methods=["GET"]),
@@ -226,6 +242,11 @@ def create_app(
         Route("/ops/notes/failed", console.notes(NoteState.FAILED), methods=["GET"]),
         Route("/ops/notes/{note_id}/resolve", console.resolve_note_route, methods=["POST"]),
         Route("/ops/programs/unrouted", ops.list_unrouted_programs, methods=["GET"]),
+        Route(
+            "/ops/connections/{connection_id}",
+            console_connections.connection_page,
+            methods=["GET"],
+        ),
     ]
     app = Starlette(
         routes=routes,

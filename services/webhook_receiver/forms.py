@@ -188,11 +188,12 @@ def _origin(url: str) -> str:
 FormHandler = Callable[[Request, Deps, Form], Awaitable[Response]]
 
 
-def form_action(handle: FormHandler) -> Handler:
-    """A console action: authenticated, same-origin, CSRF-checked; refusals audited."""
+def form_action(handle: FormHandler, role: Role = Role.OPERATOR) -> Handler:
+    """A console action: authenticated (at least `role`), same-origin, CSRF-checked; refusals
+    audited."""
 
     async def action(request: Request) -> Response:
-        deps = authorize(request, Role.OPERATOR, browser=True)
+        deps = authorize(request, role, browser=True)
         try:
             check_origin(request, deps.settings.public_url)
             form = await read_form(request)

@@ -57,6 +57,7 @@ PARKED_URL = "/ops/notes/parked"
 FAILED_URL = "/ops/notes/failed"
 EVENTS_URL = "/ops/events"
 UNROUTED_URL = "/ops/programs/unrouted"
+CONNECTION_URL = "/ops/connections/"
 
 
 async def ops_page(request: Request) -> Response:
@@ -462,7 +463,9 @@ def _connection(row: dict[str, Any], paused_column: bool) -> Row:
     scoped = {"connection": cid_text} if cid_text else {}
     name = _text(row.get("name"))
     cells = [
-        _text(cid),
+        link(_text(cid), CONNECTION_URL + cid_text, f"{name}: its page and actions")
+        if cid_text
+        else _text(cid),
         _marker(state),
         _count(row.get("dead_letters"), DEAD_LETTERS_URL, f"dead letters of {name}", **scoped),
         _count(row.get("parked_notes"), PARKED_URL, "parked notes: the list"),
