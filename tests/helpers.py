@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,10 +26,12 @@ from services.sandbox.samples import notification
 from shared.connections.model import Connection
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AuditTrail
+from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.store import Keys
 from shared.notes.callback import note_id_for, parse_callback
 from shared.notes.outbox import NoteOutbox
+from shared.ops.admins import AdminStore, Role
 
 BIN = Path(sys.executable).parent  # the virtualenv's scripts: uvicorn, dramatiq, halaxy-bridge
 
@@ -90,6 +92,18 @@ def queued_messages(client: redis.Redis, keys: Keys, queue: str = "live") -> lis
 def audit_of(store: ConnectionStore) -> AuditTrail:
     """The audit trail next to a connection store (same Redis, same namespace)."""
     return AuditTrail(store.redis, store.keys)
+
+
+def named_admin(
+    client: redis.Redis, keys: Keys, name: str, role: Role, lifetime: timedelta = timedelta(days=1)
+) -> str:
+    """The token of a new named admin (its addition is in the audit trail, by `test`)."""
+    admins = AdminStore(client, keys, AuditTrail(client, keys))
+    return admins.add(name, role, utcnow() + lifetime, "test")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def recorded_note(

@@ -78,3 +78,30 @@ def test_k8s_manifests_have_the_expected_kinds_commands_and_probes() -> None:
     ]
     assert "maxmemory-policy noeviction" in redis_conf["data"]["redis.conf"]
     assert "appendonly yes" in redis_conf["data"]["redis.conf"]
+
+
+def test_metrics_stay_off_the_public_way_in_and_are_scraped_with_a_credential() -> None:
+    """The Ingress routes the webhooks only; Prometheus scrapes the metrics Service, a
+    ClusterIP one, with a named admin's token from a file (`/metrics` answers 401 without)."""
+    documents = manifests()
+    [ingress] = [d for d in documents if d["kind"] == "Ingress"]
+    paths = [
+        (path["path"], path["pathType"], path["backend"]["service"]["name"])
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert paths == [("/webhooks/", "Prefix", "halaxy-bridge-web")]
+    services = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Service"}
+    scraped = services["halaxy-bridge-web-metrics"]["spec"]
+    assert scraped.get("type", "ClusterIP") == "ClusterIP"
+    assert [port["name"] for port in scraped["ports"]] == ["metrics"]
+    [config] = [d for d in documents if d["kind"] == "ConfigMap" and "REDIS_URL" in d["data"]]
+    assert config["data"].get("BRIDGE_METRICS_PUBLIC", "false") == "false"
+
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "scrape.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["job_name"] == "halaxy-bridge"  # what BridgeMetricsDown looks for
+    assert job["authorization"]["type"] == "Bearer"
+    assert job["authorization"]["credentials_file"].startswith("/etc/prometheus/secrets/")
+    kept = [r["regex"] for r in job["relabel_configs"] if r["action"] == "keep"]
+    assert "halaxy-bridge-web-metrics" in kept

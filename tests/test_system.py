@@ -186,10 +186,21 @@ class System:
         self.cli_output.append(err)
         assert table.returncode == 0, f"after {stage}: status failed:\n{out}{err}"
         assert self.connection.get("id", "status") in out
+        # Every process appended to one audit chain meanwhile: it holds, read while they write.
+        verified = subprocess.run(
+            [str(BIN / "halaxy-bridge"), "audit", "verify", "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.cli_output.append(verified.stderr)
+        assert verified.returncode == 0, f"after {stage}: audit verify: {verified.stdout}"
         for path, headers in (
             ("/ops", ADMIN),
             ("/ops/status", ADMIN),
-            ("/metrics", {}),
+            ("/metrics", ADMIN),
             ("/readyz", {}),
         ):
             response = httpx.get(self.web + path, headers=headers, timeout=30)

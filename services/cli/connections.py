@@ -120,14 +120,17 @@ def list_(as_json: bool) -> None:
 
 @connections.command("show")
 @click.argument("connection_id")
-@click.option("--reveal", is_flag=True, help="Also print the secrets and setup values.")
+@click.option("--reveal", is_flag=True, help="Also print the secrets and setup values (audited).")
+@click.option("--by", default=None, help="Who reveals them (default: your user name).")
 @json_option
-def show(connection_id: str, reveal: bool, as_json: bool) -> None:
-    """Show one connection; `--reveal` prints its setup values again."""
+def show(connection_id: str, reveal: bool, by: str | None, as_json: bool) -> None:
+    """Show one connection; `--reveal` prints its setup values again, and the audit trail
+    records who saw them."""
     with cli_context(as_json) as ctx:
+        who = ctx.actor(by)
         connection = ctx.connection(connection_id)
         if reveal:
-            details = onboarding.setup_details(connection, ctx.settings.public_url)
+            details = onboarding.reveal_setup(connection, ctx.settings.public_url, ctx.audit, who)
             emit(as_json, details, lambda: onboarding.setup_steps(details))
         else:
             data = onboarding.summary(connection)

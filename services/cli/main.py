@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from services.cli.admins import admins
 from services.cli.audit import audit
 from services.cli.connections import connections
 from services.cli.dead_letters import dead_letters
@@ -58,6 +59,7 @@ def cli() -> None:
     """halaxy-bridge: Halaxy <-> therapy platform bridge, operations CLI."""
 
 
+cli.add_command(admins)
 cli.add_command(audit)
 cli.add_command(connections)
 cli.add_command(dead_letters)

@@ -49,7 +49,7 @@ from shared.notes import (
     route_unrouted,
     unrouted_id,
 )
-from shared.ops import Heartbeat, Heartbeats, Kind, QueuedMessages, Role, upgrade_stored_data
+from shared.ops import Duty, Heartbeat, Heartbeats, Kind, QueuedMessages, upgrade_stored_data
 from shared.patients import PatientLinks, SweepLog, due, sweep
 from shared.platforms import Physitrack, ProgramEvent
 from shared.telemetry import (
@@ -97,7 +97,7 @@ class Scheduler:
         self.heartbeats = Heartbeats(runtime.redis, runtime.keys, Kind.SCHEDULER)
         self.queued = QueuedMessages(runtime.redis, runtime.keys)
         self._started_at = iso_now()
-        self._last_beat: tuple[Role, float] | None = None  # (role, monotonic time)
+        self._last_beat: tuple[Duty, float] | None = None  # (role, monotonic time)
         self._upgraded = False
         self._leader = runtime.redis.lock(
             runtime.keys.scheduler_leader(), timeout=LEADER_TTL_SECONDS, thread_local=False
@@ -107,7 +107,7 @@ class Scheduler:
         """Keep, or try to take, the leadership; only the leader does anything. Says so in
         this scheduler's heartbeat."""
         leads = self._lead()
-        self.beat(Role.LEADER if leads else Role.STANDBY)
+        self.beat(Duty.LEADER if leads else Duty.STANDBY)
         return leads
 
     def _lead(self) -> bool:
@@ -122,7 +122,7 @@ class Scheduler:
             log.warning("scheduler.redis_unavailable", scheduler_id=self.id)
             return False
 
-    def beat(self, role: Role) -> None:
+    def beat(self, role: Duty) -> None:
         """Write the heartbeat: when its role changed, or BEAT_SECONDS after the last one."""
         now = time.monotonic()
         if self._last_beat is not None:

@@ -1,5 +1,7 @@
-"""`/admin/connections`: create, list, show, disable and rotate, behind BRIDGE_ADMIN_TOKEN; and
-the lifecycle after create: enable, edit (PATCH), pause, resume, offboard."""
+"""`/admin/connections`: create, list, show, disable and rotate, and the lifecycle after create
+(enable, edit by PATCH, pause, resume, offboard), for named admins (reading needs the viewer
+role; pausing, resuming, enabling and disabling the operator role; the rest the admin role:
+`auth.authorize`)."""
 
 from __future__ import annotations
 
@@ -12,55 +14,26 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.webhook_receiver.deps import Deps, deps_of
-from services.webhook_receiver.requests import (
-    basic_password,
-    presented_secret,
-    read_capped_body,
-    require_json,
-    secret_matches,
-)
+from services.webhook_receiver import connection_actions as actions
+
+# `authorize` and `actor` live in `auth`; handlers import them from here, as they always have.
+from services.webhook_receiver.auth import actor as actor
+from services.webhook_receiver.auth import authorize as authorize
+from services.webhook_receiver.deps import Deps
+from services.webhook_receiver.requests import read_capped_body, require_json
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
 from shared.connections import (
     Connection,
     ConnectionChangedMeanwhile,
-    PausedConnections,
     lifecycle,
     onboarding,
 )
 from shared.infra import AlreadyConnected, InvalidInput, StoreUnavailable, Transient, utcnow
-from shared.ops import confirmed, offboard, standard_erasures
+from shared.ops import Role, confirmed
 
 MAX_BODY = 64 * 1024
-ADMIN_API = "admin-api"  # who acts, in the audit trail: everyone shares the admin token
 
 log = structlog.get_logger("halaxy_bridge.admin")
-
-
-BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="halaxy-bridge ops", charset="UTF-8"'}
-
-
-def authorize(request: Request, *, browser: bool = False) -> Deps:
-    """The admin token as a Bearer header; for a page a browser opens (`browser`), also as the
-    password of HTTP Basic auth, since a browser cannot send a Bearer header as it navigates."""
-    deps = deps_of(request)
-    token = deps.settings.admin_token
-    challenge = BASIC_CHALLENGE if browser else None
-    if token is None:
-        raise ApiError(
-            401, "unauthorized", "the admin API is off: BRIDGE_ADMIN_TOKEN is not set", challenge
-        )
-    header = request.headers.get("authorization", "")
-    scheme = header.strip().partition(" ")[0].lower()
-    presented = presented_secret(header) if scheme == "bearer" else None
-    if browser and scheme == "basic":
-        presented = basic_password(header)
-    if not secret_matches(presented, [token.get_secret_value()]):
-        detail = "missing or wrong admin Bearer token"
-        if browser:
-            detail += ", or Basic auth with it as the password"
-        raise ApiError(401, "unauthorized", detail, challenge)
-    return deps
 
 
 async def json_object(request: Request) -> dict[str, Any]:
@@ -98,51 +71,44 @@ async def existing_connection(deps: Deps, connection_id: str) -> Connection:
 
 
 async def list_connections(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.VIEWER)
     found = await call(deps.connections.list)
     return JSONResponse({"connections": [onboarding.summary(c) for c in found]})
 
 
 async def create_connection(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.ADMIN)
     data = await json_object(request)
-    connection = await call(_add, deps, data)
-    log.info("connection.added", connection_id=connection.id, actor=ADMIN_API)
+    who = actor(request)
+    connection = await call(_add, deps, data, who)
+    log.info("connection.added", connection_id=connection.id, actor=who)
     return JSONResponse(
         onboarding.setup_details(connection, deps.settings.public_url), status_code=201
     )
 
 
-def _add(deps: Deps, data: dict[str, Any]) -> Connection:
+def _add(deps: Deps, data: dict[str, Any], who: str) -> Connection:
     request = onboarding.parse_request(data)
     return onboarding.add_connection(
-        deps.connections, deps.verify_key, request, utcnow(), deps.audit, ADMIN_API
+        deps.connections, deps.verify_key, request, utcnow(), deps.audit, who
     )
 
 
 async def show_connection(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.VIEWER)  # no secret in it
     connection = await existing_connection(deps, request.path_params["connection_id"])
     return JSONResponse(onboarding.summary(connection))
 
 
 async def disable_connection(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.OPERATOR)
     connection = await existing_connection(deps, request.path_params["connection_id"])
-    disabled = await call(
-        onboarding.disable_connection,
-        deps.connections,
-        connection,
-        utcnow(),
-        deps.audit,
-        ADMIN_API,
-    )
-    log.info("connection.disabled", connection_id=connection.id, actor=ADMIN_API)
+    disabled = await call(actions.disable, deps, connection, actor(request))
     return JSONResponse(onboarding.summary(disabled))
 
 
 async def rotate_connection(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.ADMIN)
     data = await json_object(request)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     rotation = await call(onboarding.parse_rotation, data)
@@ -154,9 +120,9 @@ async def rotate_connection(request: Request) -> Response:
         rotation,
         utcnow(),
         deps.audit,
-        ADMIN_API,
+        actor(request),
     )
-    log.info("connection.rotated", connection_id=connection.id, actor=ADMIN_API)
+    log.info("connection.rotated", connection_id=connection.id, actor=actor(request))
     return JSONResponse(onboarding.setup_details(rotated, deps.settings.public_url))
 
 
@@ -165,11 +131,11 @@ async def rotate_connection(request: Request) -> Response:
 
 def _holding(deps: Deps, connection: Connection, **extra: Any) -> dict[str, Any]:
     """The connection as `show` answers it, with its pause and held messages."""
-    held = PausedConnections(deps.redis, deps.connections.keys).holding([connection.id])
+    held = actions.holding(deps, connection)
     return {
         **onboarding.summary(connection),
-        "paused": held[connection.id].is_paused,
-        "held_messages": held[connection.id].held,
+        "paused": held.is_paused,
+        "held_messages": held.held,
         **extra,
     }
 
@@ -184,31 +150,23 @@ async def _optional_object(request: Request) -> dict[str, Any]:
 
 
 async def enable_connection(request: Request) -> Response:
-    # role: operator
-    deps = authorize(request)
+    deps = authorize(request, Role.OPERATOR)
     data = await _optional_object(request)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     wanted = await call(lifecycle.parse_enable, data)
     enabled = await call(
-        partial(
-            lifecycle.enable_connection,
-            allow_shared_platform_key=wanted.allow_shared_platform_key,
-        ),
-        deps.connections,
+        partial(actions.enable, allow_shared_platform_key=wanted.allow_shared_platform_key),
+        deps,
         connection,
-        utcnow(),
-        deps.audit,
-        ADMIN_API,
+        actor(request),
     )
-    log.info("connection.enabled", connection_id=connection.id, actor=ADMIN_API)
     return JSONResponse(
         await call(partial(_holding, changed=not connection.enabled), deps, enabled)
     )
 
 
 async def edit_connection(request: Request) -> Response:
-    # role: operator
-    deps = authorize(request)
+    deps = authorize(request, Role.ADMIN)
     data = await json_object(request)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     edit = await call(lifecycle.parse_edit, data)
@@ -219,36 +177,25 @@ async def edit_connection(request: Request) -> Response:
         edit,
         utcnow(),
         deps.audit,
-        ADMIN_API,
+        actor(request),
     )
-    log.info("connection.edited", connection_id=connection.id, changed=changed, actor=ADMIN_API)
+    log.info(
+        "connection.edited", connection_id=connection.id, changed=changed, actor=actor(request)
+    )
     return JSONResponse(await call(partial(_holding, changed=changed), deps, updated))
 
 
 async def pause_connection(request: Request) -> Response:
-    # role: operator
-    deps = authorize(request)
+    deps = authorize(request, Role.OPERATOR)
     connection = await existing_connection(deps, request.path_params["connection_id"])
-    pauses = PausedConnections(deps.redis, deps.connections.keys)
-    changed = await call(
-        lifecycle.pause_connection, pauses, connection, utcnow(), deps.audit, ADMIN_API
-    )
-    log.info("connection.paused", connection_id=connection.id, actor=ADMIN_API)
+    changed = await call(actions.pause, deps, connection, actor(request))
     return JSONResponse(await call(partial(_holding, changed=changed), deps, connection))
 
 
 async def resume_connection(request: Request) -> Response:
-    # role: operator
-    deps = authorize(request)
+    deps = authorize(request, Role.OPERATOR)
     connection = await existing_connection(deps, request.path_params["connection_id"])
-    pauses = PausedConnections(deps.redis, deps.connections.keys)
-    resumed = await call(lifecycle.resume_connection, pauses, connection, deps.audit, ADMIN_API)
-    log.info(
-        "connection.resumed",
-        connection_id=connection.id,
-        released=resumed.released,
-        actor=ADMIN_API,
-    )
+    resumed = await call(actions.resume, deps, connection, actor(request))
     shown = partial(
         _holding,
         changed=resumed.was_paused,
@@ -259,14 +206,9 @@ async def resume_connection(request: Request) -> Response:
 
 
 async def offboard_connection(request: Request) -> Response:
-    # role: admin
-    deps = authorize(request)
+    deps = authorize(request, Role.ADMIN)
     data = await json_object(request)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     await call(confirmed, data, connection.id)
-    erasures = standard_erasures(deps.connections, deps.settings.fernet)
-    done = await call(
-        offboard, deps.connections, connection, erasures, utcnow(), deps.audit, ADMIN_API
-    )
-    log.info("connection.offboarded", connection_id=connection.id, actor=ADMIN_API)
+    done = await call(actions.erase, deps, connection, actor(request))
     return JSONResponse(done.shown())

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from services.webhook_receiver import (
     admin,
     console,
+    console_connections,
     health,
     ops,
     ops_events,
@@ -28,6 +29,7 @@ from services.webhook_receiver import (
     practitioners,
 )
 from services.webhook_receiver.access_log import ObserveRequests, turn_off_uvicorn_access_log
+from services.webhook_receiver.auth import Authenticate, audit_refusal
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.halaxy import halaxy_webhook
 from services.webhook_receiver.known_connections import KnownConnections
@@ -62,6 +64,7 @@ from shared.notes import (
     ProgramIntake,
     UnroutedPrograms,
 )
+from shared.ops import AdminStore
 from shared.patients import EventIntake
 from shared.telemetry import EventLog, EventLogLayout, MetricsPusher, Reused
 
@@ -92,6 +95,7 @@ def _refusal(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    await audit_refusal(request, exc)
     return _refusal(request, exc.status, exc.code, exc.detail, exc.headers)
 
 
@@ -135,6 +139,7 @@ def create_app(
 
     if queue is None:
         queue = DramatiqJobQueue(build_broker(settings, client))
+    audit = audit_trail(client, settings)
     events = EventLog(client, keys, settings.event_log_max_per_connection)
     deps = Deps(
         settings=settings,
@@ -153,8 +158,9 @@ def create_app(
         verify_platform_key=verify_platform_key
         or physitrack_key_verifier(http, settings.user_agent),
         metrics=MetricsPusher(client, keys, settings.metrics_push_seconds),
-        audit=audit_trail(client, settings),
+        audit=audit,
         scrapes=Reused(min(SCRAPE_REUSE_SECONDS, settings.metrics_push_seconds)),
+        admins=AdminStore(client, keys, audit, settings.admin_token),
         events=events,
     )
 
@@ -186,7 +192,7 @@ def create_app(
         Route("/admin/connections/{connection_id}", admin.show_connection, methods=["GET"]),
         Route(
             "/admin/connections/{connection_id}/disable",
-            admin.disable_connection,
+            console_connections.disable_route,
             methods=["POST"],
         ),
         Route(
@@ -214,15 +220,23 @@ def create_app(
         ),
         Route("/admin/connections/{connection_id}", admin.edit_connection, methods=["PATCH"]),
         Route(
-            "/admin/connections/{connection_id}/enable", admin.enable_connection, methods=["POST"]
+            "/admin/connections/{connection_id}/enable",
+            console_connections.enable_route,
+            methods=["POST"],
         ),
-        Route("/admin/connections/{connection_id}/pause", admin.pause_connection, methods=["POST"]),
         Route(
-            "/admin/connections/{connection_id}/resume", admin.resume_connection, methods=["POST"]
+            "/admin/connections/{connection_id}/pause",
+            console_connections.pause_route,
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/connections/{connection_id}/resume",
+            console_connections.resume_route,
+            methods=["POST"],
         ),
         Route(
             "/admin/connections/{connection_id}/offboard",
-            admin.offboard_connection,
+            console_connections.offboard_route,
             methods=["POST"],
         ),
         Route("/ops", ops_page, methods=["GET"]),
@@ -234,6 +248,11 @@ def create_app(
         Route("/ops/notes/failed", console.notes(NoteState.FAILED), methods=["GET"]),
         Route("/ops/notes/{note_id}/resolve", console.resolve_note_route, methods=["POST"]),
         Route("/ops/programs/unrouted", ops.list_unrouted_programs, methods=["GET"]),
+        Route(
+            "/ops/connections/{connection_id}",
+            console_connections.connection_page,
+            methods=["GET"],
+        ),
         Route("/ops/events", ops_events.list_events, methods=["GET"]),
         # `path`: an event id may hold a `/` (Halaxy's `Subscription/x#3`), sent as %2F.
         Route("/ops/events/{event_id:path}", ops_events.show_event, methods=["GET"]),
@@ -246,7 +265,7 @@ def create_app(
             Exception: _unexpected,
         },
         lifespan=lifespan,
-        middleware=[Middleware(ObserveRequests)],
+        middleware=[Middleware(ObserveRequests), Middleware(Authenticate)],
     )
     app.state.deps = deps
     return app

@@ -56,7 +56,7 @@ from shared.notes import (
     find_waiting,
     resolve_note,
 )
-from shared.ops import DeadLetter, DeadLetterStore
+from shared.ops import DeadLetter, DeadLetterStore, Role
 from shared.ops import replay as replaying
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -133,8 +133,7 @@ def _matching(deps: Deps, filters: Filters) -> list[DeadLetter]:
 
 
 async def dead_letters_page(request: Request) -> Response:
-    # role: viewer
-    deps = authorize(request, browser=True)
+    deps = authorize(request, Role.VIEWER, browser=True)
     filters = Filters.of(request.query_params.get)
     letters: list[DeadLetter] = await call(_matching, deps, filters)
     names = await _names(deps)
@@ -338,8 +337,7 @@ def notes_page(state: NoteState) -> Handler:
     waiting = Waiting(state.value)
 
     async def list_notes(request: Request) -> Response:
-        # role: viewer
-        deps = authorize(request, browser=True)
+        deps = authorize(request, Role.VIEWER, browser=True)
         asked: ops.NotesQuery = await call(
             validated, ops.NotesQuery, dict(request.query_params), "the notes query is invalid"
         )

@@ -11,6 +11,7 @@ from services.webhook_receiver.known_connections import KnownConnections
 from shared.connections import ConnectionStore, KeyVerifier, PlatformKeyVerifier
 from shared.infra import AuditTrail, JobQueue, Settings
 from shared.notes import ProgramClaims, ProgramIntake, UnroutedPrograms
+from shared.ops import AdminStore
 from shared.patients import EventIntake
 from shared.telemetry import EventLog, MetricsPusher, Reused
 
@@ -31,6 +32,7 @@ class Deps:
     metrics: MetricsPusher
     audit: AuditTrail
     scrapes: Reused  # /metrics bodies
+    admins: AdminStore  # who may use /admin, /ops and /metrics (`auth`)
     events: EventLog  # the per-event delivery log (/ops/events)
 
 

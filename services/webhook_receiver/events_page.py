@@ -1,21 +1,23 @@
 """The event log as read-only HTML pages: the search (`/ops/events`) and one event
 (`/ops/events/{event_id}`), for a browser; `ops_events` serves the same URLs as JSON otherwise.
 
-No script (the pages' CSP forbids it): a search is a form sent by GET, the next page a link
-with its cursor, an event's page a link from its row. Every value is escaped, attributes
-included; an id in a URL is percent-encoded whole.
+In the console's chrome (`pages.document`: skip link, navigation, times in compact UTC). No
+script (the pages' CSP forbids it): a search is a form sent by GET, the next page a link with
+its cursor, an event's page a link from its row. Every value is escaped, attributes included;
+an id in a URL is percent-encoded whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from services.webhook_receiver.ops_page import STYLE
+from services.webhook_receiver.pages import Markup, document, tag
 from shared.infra import iso_now
-from shared.telemetry import EventPage, EventQuery, EventState, EventView
+from shared.telemetry import UNROUTED, EventPage, EventQuery, EventState, EventView
 
 MISSING = "—"
 EXTRA_STYLE = """
@@ -71,25 +73,27 @@ def search_href(params: Mapping[str, str]) -> str:
     return "/ops/events" + (f"?{urlencode(params)}" if params else "")
 
 
+def moment(value: str | None) -> Markup:
+    """A time as the console shows one (compact UTC, never wrapping, the full ISO time in its
+    `datetime` and tooltip), to the second: attempts often fall within one minute."""
+    if not value:
+        return Markup(MISSING)
+    try:
+        utc = datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError:
+        return Markup(escape(value))
+    full = utc.isoformat(timespec="milliseconds")
+    return tag("time", f"{utc:%Y-%m-%d %H:%M:%S}Z", datetime=full, title=full)
+
+
 def _text(value: Any) -> str:
     return MISSING if value is None or value == "" else str(value)
 
 
 def _page(title: str, body: str) -> str:
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(title)} · halaxy-bridge ops</title>
-<style>{STYLE}{EXTRA_STYLE}</style>
-</head>
-<body>
-<nav><a href="/ops">Ops overview</a> · <a href="/ops/events">Event log</a></nav>
-{body}
-</body>
-</html>
-"""
+    """A console page; `body` is HTML built (and escaped) here. The page's own few rules of
+    style come first in it: the console's chrome holds the rest."""
+    return document(title, Markup(f"<style>{EXTRA_STYLE}</style>\n{body}"), current="/ops/events")
 
 
 def _form(raw: Mapping[str, str], connections: Iterable[str]) -> str:
@@ -132,7 +136,7 @@ def _state(view: EventView) -> str:
 def _row(view: EventView) -> str:
     shown = view.shown()
     cells = [
-        f'<td class="time"><time>{escape(shown["received_at"])}</time></td>',
+        f'<td class="time">{moment(shown["received_at"])}</td>',
         f'<td class="id word">{escape(shown["connection_id"])}</td>',
         f'<td class="word">{escape(shown["event_type"])}</td>',
         f'<td class="id"><a href="{escape(event_href(view), quote=True)}">'
@@ -165,9 +169,8 @@ def render_search(
 ) -> str:
     """The search page: the form (filled as asked), then the results or what was wrong."""
     parts = [
-        "<h1>Event log</h1>",
         "<p>Every Halaxy event and program the bridge took in over the last 30 days, newest "
-        f"first. Generated at <time>{escape(iso_now())}</time>.</p>",
+        f"first. Generated at {moment(iso_now())}.</p>",
         _form(raw, connections),
         _legend(),
     ]
@@ -210,7 +213,7 @@ def _paging(query: EventQuery, page: EventPage) -> str:
 
 def render_event(event_id: str, views: list[EventView]) -> str:
     """One event's page: each record of it (one per connection that logged the id)."""
-    parts = [f"<h1>Event <code>{escape(event_id)}</code></h1>"]
+    parts = []
     for view in views:
         parts.append(_record(view))
     return _page(f"Event {event_id}", "\n".join(parts))
@@ -229,8 +232,11 @@ def _record(view: EventView) -> str:
         ("state since", shown["state_at"]),
         ("detail", shown["detail"]),
     ]
+    times = {"received at", "state since"}
     items = "".join(
-        f'<dt>{escape(name)}</dt><dd class="id">{escape(_text(value))}</dd>'
+        f"<dt>{escape(name)}</dt><dd>{moment(value)}</dd>"
+        if name in times
+        else f'<dt>{escape(name)}</dt><dd class="id">{escape(_text(value))}</dd>'
         for name, value in fields
     )
     items = f"<dt>state</dt><dd>{_state(view)}</dd>" + items
@@ -247,6 +253,9 @@ def _record(view: EventView) -> str:
         f'<a href="{escape(search_href({"connection": record.connection_id}), quote=True)}">'
         "This connection's events</a>"
     ]
+    if record.connection_id != UNROUTED:
+        page = f"/ops/connections/{quote(record.connection_id, safe='')}"
+        links.append(f'<a href="{escape(page, quote=True)}">The connection\'s page</a>')
     if record.resource_id:
         params = {"connection": record.connection_id, "resource": record.resource_id}
         links.append(
@@ -274,7 +283,7 @@ def _attempts(attempts: list[dict[str, Any]]) -> str:
         if attempt["calls_not_kept"]:
             calls += f"<li>and {int(attempt['calls_not_kept'])} more</li>"
         cells = [
-            f'<td class="time"><time>{escape(attempt["at"])}</time></td>',
+            f'<td class="time">{moment(attempt["at"])}</td>',
             f"<td>{escape(attempt['outcome'])}</td>",
             f"<td>{escape(attempt['actor'])}</td>",
             f"<td>{escape(_text(attempt['detail']))}</td>",
@@ -290,8 +299,7 @@ def _attempts(attempts: list[dict[str, Any]]) -> str:
 def render_problem(status: int, title: str, detail: str) -> str:
     """A refusal as a page (404, 422): what was wrong, and the way back."""
     body = (
-        f"<h1>{escape(title)}</h1>"
         f'<p class="error" role="alert">{escape(detail)}</p>'
         f'<p><a href="/ops/events">Search the event log</a></p>'
     )
-    return _page(f"{status} {title}", body)
+    return _page(title, body)

@@ -34,7 +34,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.webhook_receiver.admin import ADMIN_API, authorize, call
+from services.webhook_receiver.admin import actor, authorize, call
 from services.webhook_receiver.csrf import (
     CsrfKeys,
     CsrfRefused,
@@ -48,6 +48,7 @@ from services.webhook_receiver.negotiation import wants_html
 from services.webhook_receiver.pages import CONFIRMED, TYPED, Typed
 from services.webhook_receiver.requests import basic_password, presented_secret, read_capped_body
 from services.webhook_receiver.responses import ApiError
+from shared.ops import Role
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_BODY = 64 * 1024
@@ -80,9 +81,9 @@ def negotiated(api: Handler, browser: Handler) -> Handler:
 
 
 def caller_identity(request: Request) -> str:
-    """Who is asking, for binding CSRF tokens: a digest of the credential presented (today the
-    shared admin token, so everyone who holds it is one caller). Once admins have names, this
-    becomes the admin's name."""
+    """Who is asking, for binding CSRF tokens: a digest of the credential presented. A named
+    admin's token is theirs alone, so this binds a form to its admin, and to that token: a
+    form signed for a revoked or replaced token is refused with it."""
     header = request.headers.get("authorization", "")
     scheme = header.strip().partition(" ")[0].lower()
     credential = basic_password(header) if scheme == "basic" else presented_secret(header)
@@ -90,8 +91,8 @@ def caller_identity(request: Request) -> str:
 
 
 def actor_of(request: Request) -> str:
-    """Who acts, in the audit trail. Everyone shares the admin token for now."""
-    return ADMIN_API
+    """Who acts, in the audit trail: the admin `authorize` let in (`auth.actor`)."""
+    return actor(request)
 
 
 @dataclass(frozen=True)
@@ -187,12 +188,12 @@ def _origin(url: str) -> str:
 FormHandler = Callable[[Request, Deps, Form], Awaitable[Response]]
 
 
-def form_action(handle: FormHandler) -> Handler:
-    """A console action: authenticated, same-origin, CSRF-checked; refusals audited."""
+def form_action(handle: FormHandler, role: Role = Role.OPERATOR) -> Handler:
+    """A console action: authenticated (at least `role`), same-origin, CSRF-checked; refusals
+    audited."""
 
     async def action(request: Request) -> Response:
-        # role: operator
-        deps = authorize(request, browser=True)
+        deps = authorize(request, role, browser=True)
         try:
             check_origin(request, deps.settings.public_url)
             form = await read_form(request)
@@ -215,7 +216,9 @@ def form_action(handle: FormHandler) -> Handler:
 
 
 async def refused(request: Request, deps: Deps, exc: ApiError) -> None:
-    """Audit an attempted action that was refused (and changed nothing)."""
+    """Audit an attempted action that was refused (and changed nothing). Marked on the
+    request, so the app's refusal audit (`auth.audit_refusal`) does not record it again."""
+    request.state.refusal_audited = True
     path = _printable(request.scope["path"])
     log.warning("console.refused", path=path, status=exc.status, code=exc.code)
     await call(

@@ -1,5 +1,6 @@
 """`/healthz` (the process is alive), `/readyz` (Redis reachable and sane), and `/metrics`
-(the totals of every process, kept in Redis)."""
+(the totals of every process, kept in Redis): for any named admin (the viewer role) or the
+bootstrap token, as a Bearer token, unless BRIDGE_METRICS_PUBLIC=true."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.webhook_receiver.auth import authorize
 from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.responses import JSONResponse, unavailable
 from shared.infra import Keys, StoreUnavailable, check_redis, epoch_seconds
 from shared.notes import NoteOutbox
-from shared.ops import status
+from shared.ops import Role, status
 from shared.telemetry import exposition, gauges, totals
 
 
@@ -29,8 +31,10 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    deps = deps_of(request)
+    if not deps.settings.metrics_public:
+        authorize(request, Role.VIEWER)
     try:
-        deps = deps_of(request)
         body = await run_in_threadpool(deps.scrapes.get, lambda: _scrape(deps))
     except StoreUnavailable:
         raise unavailable(

@@ -89,9 +89,11 @@ REFERENCE = {
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "malformed request (not JSON, bad Content-Length)",
-        401: "missing or wrong credentials",
-        403: "a console form refused: its CSRF token is missing, forged or expired, or another "
-        "site sent it (application/x-www-form-urlencoded posts only)",
+        401: "missing or wrong credentials; for an admin token: missing, unknown, revoked or "
+        "expired (the detail says which)",
+        403: "the admin's role does not allow this (the detail names the role needed); or a "
+        "console form refused: its CSRF token is missing, forged or expired, or another site "
+        "sent it (application/x-www-form-urlencoded posts only)",
         404: "unknown connection, event, note, practitioner or route",
         409: "what it would change changed meanwhile (connection_changed, note_state_changed): "
         "look at it again and retry; or another connection already uses these credentials "
@@ -243,7 +245,8 @@ ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 # The /ops page: the admin token as Bearer, or as the Basic password (what a browser can send).
 PAGE_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}, {"adminBasic": []}]
 # The console's forms post to these API routes too (form-urlencoded, with a CSRF token):
-# services/webhook_receiver/forms.py. The JSON API itself never answers 403.
+# services/webhook_receiver/forms.py. The JSON API answers 403 only for a role too low
+# (`with_roles` adds it to every operation above viewer).
 FORM_REFUSAL = {"replay": (403,), "purge": ()}
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
@@ -272,11 +275,17 @@ def build_spec() -> dict[str, Any]:
             "schemas": schemas,
             "securitySchemes": {
                 "halaxySecret": {"type": "apiKey", "in": "header", "name": "Authorization"},
-                "adminToken": {"type": "http", "scheme": "bearer"},
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a named admin's token (halaxy-bridge admins add), or "
+                    "BRIDGE_ADMIN_TOKEN (the bootstrap admin, role admin); each operation's "
+                    "x-role is the least role it needs: viewer < operator < admin",
+                },
                 "adminBasic": {
                     "type": "http",
                     "scheme": "basic",
-                    "description": "any user name; the password is BRIDGE_ADMIN_TOKEN",
+                    "description": "any user name; the password is an admin token",
                 },
             },
         },
@@ -372,11 +381,16 @@ def build_spec() -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
+                    "description": "Any admin token (viewer or above); none needed when "
+                    "BRIDGE_METRICS_PUBLIC=true.",
+                    "security": [*ADMIN_SECURITY, {}],
+                    "x-role": "viewer",
                     "responses": {
                         "200": {
                             "description": "text exposition format",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        **_errors(401, 503),
                     },
                 }
             },
@@ -724,7 +738,43 @@ def _add_lifecycle(spec: dict[str, Any]) -> None:
     }
 
 
-SPEC = build_spec()
+# The least role each admin operation needs (`auth.authorize` in its handler): viewer for
+# every read, unless listed here.
+ROLES = {
+    ("post", "/admin/connections"): "admin",
+    ("post", "/admin/connections/{connection_id}/disable"): "operator",
+    ("post", "/admin/connections/{connection_id}/enable"): "operator",
+    ("post", "/admin/connections/{connection_id}/pause"): "operator",
+    ("post", "/admin/connections/{connection_id}/resume"): "operator",
+    ("patch", "/admin/connections/{connection_id}"): "admin",
+    ("post", "/admin/connections/{connection_id}/offboard"): "admin",
+    ("post", "/admin/connections/{connection_id}/rotate"): "admin",
+    ("post", "/admin/connections/{connection_id}/practitioners"): "admin",
+    ("post", "/admin/connections/{connection_id}/practitioners/{halaxy_practitioner}/rotate"): (
+        "admin"
+    ),
+    ("delete", "/admin/connections/{connection_id}/practitioners/{halaxy_practitioner}"): "admin",
+    ("post", "/ops/dead-letters/replay"): "operator",
+    ("post", "/ops/dead-letters/purge"): "operator",
+    ("post", "/ops/notes/{note_id}/resolve"): "operator",
+}
+
+
+def with_roles(spec: dict[str, Any]) -> dict[str, Any]:
+    """Each operation behind an admin token gets its `x-role`, and a 403 when that is above
+    viewer (a viewer is refused it)."""
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if operation.get("security") not in (ADMIN_SECURITY, PAGE_SECURITY):
+                continue
+            role = ROLES.get((method, path), "viewer")
+            operation["x-role"] = role
+            if role != "viewer":
+                operation["responses"].update(_errors(403))
+    return spec
+
+
+SPEC = with_roles(build_spec())
 
 
 async def openapi(request: Request) -> Response:

@@ -1,5 +1,9 @@
-"""`/ops/*`: status, dead letters and the notes waiting for a person, for the ops team, behind
-BRIDGE_ADMIN_TOKEN."""
+"""`/ops/*`: status, dead letters and the notes waiting for a person, for the ops team: reading
+needs the viewer role, replaying, purging and resolving the operator role (`auth.authorize`).
+
+Who acts, in the audit trail, is the authenticated caller (`auth.actor`). The bodies' `by`,
+from when everyone shared one token, may still be sent, but only as the caller's own name:
+any other is refused (422), since the trail must not record a name nobody proved."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.webhook_receiver.admin import ADMIN_API, authorize, call, json_object
+from services.webhook_receiver.admin import actor, authorize, call, json_object
 from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.responses import ApiError, JSONResponse
 from shared.infra import Actor, Keys, utcnow, validated
@@ -31,11 +35,15 @@ from shared.notes import (
     find_waiting,
     resolve_note,
 )
-from shared.ops import DeadLetter, DeadLetterStore
+from shared.ops import DeadLetter, DeadLetterStore, Role
 from shared.ops import replay as ops
 from shared.ops import status as gather
 
 DIGITS = re.compile(r"[0-9]{1,10}")
+BY = (
+    "optional, and only the caller's own admin name: the audit trail records who "
+    "authenticated (kept from when everyone shared one token)"
+)
 
 
 class DeadLetterAction(BaseModel):
@@ -48,7 +56,7 @@ class DeadLetterAction(BaseModel):
     connection: str | None = None
     since: str | None = Field(default=None, description="ISO 8601 time, or 30m, 24h, 7d")
     reason: str | None = None
-    by: Actor = ADMIN_API
+    by: Actor | None = Field(default=None, description=BY)
 
 
 class NoteResolutionRequest(BaseModel):
@@ -66,7 +74,7 @@ class NoteResolutionRequest(BaseModel):
         default=Waiting.PARKED,
         description="the state the person saw the note in; it is settled only if still in it",
     )
-    by: Actor = ADMIN_API
+    by: Actor | None = Field(default=None, description=BY)
 
 
 def _keys(deps: Deps) -> Keys:
@@ -97,12 +105,12 @@ async def current_status(deps: Deps) -> dict[str, Any]:
 
 
 async def ops_status(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.VIEWER)
     return JSONResponse(await current_status(deps))
 
 
 async def list_dead_letters(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.VIEWER)
     params = request.query_params
     action = DeadLetterAction(
         all_matching=True,
@@ -115,8 +123,9 @@ async def list_dead_letters(request: Request) -> Response:
 
 
 async def replay_dead_letters(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.OPERATOR)
     action = await _action(request)
+    who = _who(request, action.by)
 
     def replay() -> list[str]:
         return ops.replay(
@@ -124,7 +133,7 @@ async def replay_dead_letters(request: Request) -> Response:
             deps.queue,
             deps.audit,
             _select(deps, action),
-            action.by,
+            who,
             deps.events,
         )
 
@@ -132,15 +141,16 @@ async def replay_dead_letters(request: Request) -> Response:
 
 
 async def purge_dead_letters(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.OPERATOR)
     action = await _action(request)
+    who = _who(request, action.by)
 
     def purge() -> list[str]:
         return ops.purge(
             DeadLetterStore(deps.redis, _keys(deps)),
             deps.audit,
             _select(deps, action),
-            action.by,
+            who,
         )
 
     return JSONResponse({"purged": await call(purge)})
@@ -152,6 +162,18 @@ async def _action(request: Request) -> DeadLetterAction:
         validated, DeadLetterAction, data, "the dead-letter request is invalid"
     )
     return action
+
+
+def _who(request: Request, by: str | None) -> str:
+    """The caller's name, for the trail; a body's `by` naming anyone else is refused."""
+    who = actor(request)
+    if by is not None and by != who:
+        raise ApiError(
+            422,
+            "invalid",
+            f"by: the audit trail records who authenticated ({who}); leave by out",
+        )
+    return who
 
 
 class NotesQuery(BaseModel):
@@ -175,7 +197,7 @@ def notes_listing(state: NoteState) -> Callable[[Request], Awaitable[Response]]:
     """`GET /ops/notes/parked` and `/ops/notes/failed`, as `notes parked|failed --json`."""
 
     async def list_notes(request: Request) -> Response:
-        deps = authorize(request)
+        deps = authorize(request, Role.VIEWER)
         asked: NotesQuery = await call(
             validated, NotesQuery, dict(request.query_params), "the notes query is invalid"
         )
@@ -189,12 +211,13 @@ def notes_listing(state: NoteState) -> Callable[[Request], Awaitable[Response]]:
 
 async def resolve_waiting_note(request: Request) -> Response:
     """`POST /ops/notes/{note_id}/resolve`, as `notes resolve`."""
-    deps = authorize(request)
+    deps = authorize(request, Role.OPERATOR)
     note_id = request.path_params["note_id"]
     data: dict[str, Any] = await json_object(request)
     asked: NoteResolutionRequest = await call(
         validated, NoteResolutionRequest, data, "the note resolution is invalid"
     )
+    who = _who(request, asked.by)
 
     def resolve() -> dict[str, Any]:
         outbox = _outbox(deps)
@@ -205,7 +228,7 @@ async def resolve_waiting_note(request: Request) -> Response:
                 deps.queue,
                 record,
                 asked.resolution,
-                asked.by,
+                who,
                 deps.audit,
                 asked.docref_id,
                 events=deps.events,
@@ -222,8 +245,7 @@ async def resolve_waiting_note(request: Request) -> Response:
 async def list_unrouted_programs(request: Request) -> Response:
     """`GET /ops/programs/unrouted`, as `programs unrouted --json`: what the /ops page's count
     of unrouted programs links to."""
-    # role: viewer
-    deps = authorize(request)
+    deps = authorize(request, Role.VIEWER)
 
     def unrouted() -> dict[str, Any]:
         kept = UnroutedPrograms(deps.redis, _keys(deps), deps.settings.fernet).oldest_first()

@@ -19,15 +19,15 @@ from starlette.responses import HTMLResponse, Response
 from services.webhook_receiver.admin import authorize, call
 from services.webhook_receiver.events_page import render_event, render_problem, render_search
 from services.webhook_receiver.negotiation import wants_html
-from services.webhook_receiver.ops_page import SECURITY_HEADERS
+from services.webhook_receiver.pages import SECURITY_HEADERS
 from services.webhook_receiver.responses import ApiError, JSONResponse
 from shared.infra import InvalidInput, utcnow
+from shared.ops import Role
 from shared.telemetry import EventPage, EventView, parse_query
 
 
 async def list_events(request: Request) -> Response:
-    # role: viewer
-    deps = authorize(request, browser=True)
+    deps = authorize(request, Role.VIEWER, browser=True)
     html = wants_html(request)
     raw = dict(request.query_params)
     try:
@@ -47,8 +47,7 @@ async def list_events(request: Request) -> Response:
 
 
 async def show_event(request: Request) -> Response:
-    # role: viewer
-    deps = authorize(request, browser=True)
+    deps = authorize(request, Role.VIEWER, browser=True)
     html = wants_html(request)
     event_id = request.path_params["event_id"]
     raw = {**request.query_params, "event": event_id}

@@ -1,7 +1,8 @@
 """`GET /ops`: what `/ops/status` answers, as a small read-only HTML page that refreshes itself.
 
-Behind BRIDGE_ADMIN_TOKEN like the rest of `/ops`: as a Bearer token, or, since a browser
-cannot send a Bearer header when it navigates, as the password of HTTP Basic auth (any user).
+For any named admin (the viewer role) like the rest of `/ops`: their token as a Bearer token,
+or, since a browser cannot send a Bearer header when it navigates, as the password of HTTP
+Basic auth (any user name); BRIDGE_ADMIN_TOKEN too, as the bootstrap admin.
 Every value is escaped (connection names are operator input); the page runs no script. It
 reads any status, an older bridge's or a partial one: a key missing, or of another type, is
 shown as "—".
@@ -33,7 +34,7 @@ from services.webhook_receiver.pages import (
     url,
 )
 from shared.infra import QueueName, iso_now
-from shared.ops import not_synced_rows
+from shared.ops import Role, not_synced_rows
 
 __all__ = ["SECURITY_HEADERS", "STYLE", "ops_page", "render"]
 
@@ -56,11 +57,11 @@ PARKED_URL = "/ops/notes/parked"
 FAILED_URL = "/ops/notes/failed"
 EVENTS_URL = "/ops/events"
 UNROUTED_URL = "/ops/programs/unrouted"
+CONNECTION_URL = "/ops/connections/"
 
 
 async def ops_page(request: Request) -> Response:
-    # role: viewer
-    deps = authorize(request, browser=True)
+    deps = authorize(request, Role.VIEWER, browser=True)
     data = await current_status(deps)
     return page(TITLE, Markup(body(data)), refresh_seconds=REFRESH_SECONDS, current="/ops")
 
@@ -462,7 +463,9 @@ def _connection(row: dict[str, Any], paused_column: bool) -> Row:
     scoped = {"connection": cid_text} if cid_text else {}
     name = _text(row.get("name"))
     cells = [
-        _text(cid),
+        link(_text(cid), CONNECTION_URL + cid_text, f"{name}: its page and actions")
+        if cid_text
+        else _text(cid),
         _marker(state),
         _count(row.get("dead_letters"), DEAD_LETTERS_URL, f"dead letters of {name}", **scoped),
         _count(row.get("parked_notes"), PARKED_URL, "parked notes: the list"),

@@ -1,6 +1,7 @@
-"""`/admin/connections/{id}/practitioners`: a Physitrack connection's practitioners, behind
-BRIDGE_ADMIN_TOKEN. The same operations as `halaxy-bridge practitioners`; no answer holds a
-secret (a token shows its last four characters)."""
+"""`/admin/connections/{id}/practitioners`: a Physitrack connection's practitioners, for named
+admins (listing needs the viewer role, changing the admin role). The same operations as
+`halaxy-bridge practitioners`; no answer holds a secret (a token shows its last four
+characters)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.webhook_receiver.admin import (
-    ADMIN_API,
+    actor,
     authorize,
     call,
     existing_connection,
@@ -20,6 +21,7 @@ from services.webhook_receiver.admin import (
 from services.webhook_receiver.responses import ApiError, JSONResponse
 from shared.connections import Connection, roster
 from shared.infra import utcnow
+from shared.ops import Role
 
 log = structlog.get_logger("halaxy_bridge.admin")
 
@@ -37,13 +39,13 @@ def _practitioner(request: Request, connection: Connection) -> str:
 
 
 async def list_practitioners(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.VIEWER)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     return JSONResponse(listing(connection))
 
 
 async def add_practitioner(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.ADMIN)
     data = await json_object(request)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     practitioner = await call(roster.parse_practitioner, data)
@@ -55,14 +57,14 @@ async def add_practitioner(request: Request) -> Response:
         practitioner,
         utcnow(),
         deps.audit,
-        ADMIN_API,
+        actor(request),
     )
-    log.info("practitioner.added", connection_id=connection.id, actor=ADMIN_API)
+    log.info("practitioner.added", connection_id=connection.id, actor=actor(request))
     return JSONResponse(listing(updated), status_code=201)
 
 
 async def rotate_practitioner(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.ADMIN)
     data = await json_object(request)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     halaxy_practitioner = _practitioner(request, connection)
@@ -76,14 +78,14 @@ async def rotate_practitioner(request: Request) -> Response:
         rotation,
         utcnow(),
         deps.audit,
-        ADMIN_API,
+        actor(request),
     )
-    log.info("practitioner.rotated", connection_id=connection.id, actor=ADMIN_API)
+    log.info("practitioner.rotated", connection_id=connection.id, actor=actor(request))
     return JSONResponse(listing(updated))
 
 
 async def remove_practitioner(request: Request) -> Response:
-    deps = authorize(request)
+    deps = authorize(request, Role.ADMIN)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     halaxy_practitioner = _practitioner(request, connection)
     updated = await call(
@@ -93,7 +95,7 @@ async def remove_practitioner(request: Request) -> Response:
         halaxy_practitioner,
         utcnow(),
         deps.audit,
-        ADMIN_API,
+        actor(request),
     )
-    log.info("practitioner.removed", connection_id=connection.id, actor=ADMIN_API)
+    log.info("practitioner.removed", connection_id=connection.id, actor=actor(request))
     return JSONResponse(listing(updated))

@@ -18,7 +18,7 @@ import dramatiq
 import structlog
 
 from shared.infra import BridgeError, epoch_seconds, iso_now
-from shared.ops import Heartbeat, Heartbeats, Role
+from shared.ops import Duty, Heartbeat, Heartbeats
 
 log = structlog.get_logger("halaxy_bridge.workers")
 
@@ -58,7 +58,7 @@ class WorkerHeartbeat(dramatiq.Middleware):
         self.heartbeats.beat(
             Heartbeat(
                 instance=self._instance,
-                role=Role.WORKER,
+                role=Duty.WORKER,
                 host=socket.gethostname(),
                 pid=os.getpid(),
                 started_at=self._started_at,

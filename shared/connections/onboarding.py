@@ -340,6 +340,25 @@ def setup_details(connection: Connection, public_url: str) -> dict[str, Any]:
     }
 
 
+def reveal_setup(
+    connection: Connection, public_url: str, audit: AuditTrail, by: str
+) -> dict[str, Any]:
+    """`setup_details`, secrets and all, for a person who asked to see them again: every such
+    read is in the audit trail, under their name, with the names of the secrets shown."""
+    details = setup_details(connection, public_url)
+    shown = [name for name in REVEALED if details.get(name) is not None]
+    audit.record(
+        actor=by,
+        action="connection.revealed",
+        connection_id=connection.id,
+        resource_ids=" ".join(shown),
+    )
+    return details
+
+
+REVEALED = ("halaxy_auth_header", "program_api_key", "signing_secret")  # setup_details' secrets
+
+
 def setup_steps(details: dict[str, Any]) -> str:
     """The same values as numbered steps for a person finishing the setup."""
     lines = [

@@ -3,7 +3,14 @@
 Everything else in `shared` may use it; it imports nothing above it.
 """
 
-from shared.infra.audit import Actor, AuditTrail, audit_trail, checked_actor
+from shared.infra.audit import (
+    Actor,
+    AuditEntry,
+    AuditTrail,
+    ChainReport,
+    audit_trail,
+    checked_actor,
+)
 from shared.infra.clock import epoch_seconds, iso_now, utcnow
 from shared.infra.config import Settings, load_settings
 from shared.infra.errors import (
@@ -48,8 +55,10 @@ __all__ = [
     "Actor",
     "ActorName",
     "AlreadyConnected",
+    "AuditEntry",
     "AuditTrail",
     "BridgeError",
+    "ChainReport",
     "ConfigError",
     "ConnectionNotFound",
     "IntakeResult",

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # How long a connection may send no webhook before the ConnectionQuiet alert.
     quiet_after_seconds: int = Field(default=86_400, ge=60, alias="BRIDGE_QUIET_AFTER_SECONDS")
     audit_retention_days: int = Field(default=365, ge=1, alias="BRIDGE_AUDIT_RETENTION_DAYS")
+    # /metrics answers without a credential (401 otherwise: any named admin, or
+    # BRIDGE_ADMIN_TOKEN). Only where the receiver's port is reachable by the scraper alone.
+    metrics_public: bool = Field(default=False, alias="BRIDGE_METRICS_PUBLIC")
     # The scheduler's pace. A tick renews its 30 s leadership, so it must come well within it.
     scheduler_tick_seconds: float = Field(
         default=5.0, gt=0, le=15, alias="BRIDGE_SCHEDULER_TICK_SECONDS"

@@ -145,6 +145,19 @@ class Keys:
     def audit(self) -> str:
         return f"{self.namespace}:audit"
 
+    def audit_head(self) -> str:
+        """The audit trail's chain head: the newest entry's sequence number, hash and id, and
+        the last entry the retention trimmed."""
+        return f"{self.namespace}:audit:head"
+
+    def admins(self) -> str:
+        """Named admin credentials, by name (`shared.ops.admins`)."""
+        return f"{self.namespace}:admins"
+
+    def admin_tokens(self) -> str:
+        """The digest of each admin token issued, to the name it was issued to."""
+        return f"{self.namespace}:admins:tokens"
+
     def metric_totals(self) -> str:
         return f"{self.namespace}:metrics:totals"
 

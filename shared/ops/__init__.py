@@ -1,8 +1,19 @@
 """What the people who run the bridge use: dead letters and replay, status, liveness, queued
-messages per connection, stored upgrades, and offboarding a clinic."""
+messages per connection, stored upgrades, offboarding a clinic, and who they are (named admins
+and their roles)."""
 
+from shared.ops.admins import (
+    BOOTSTRAP_NAME,
+    Admin,
+    AdminStore,
+    CredentialRefused,
+    Refusal,
+    Role,
+    UnknownAdmin,
+    parse_lifetime,
+)
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore, iso
-from shared.ops.liveness import Heartbeat, Heartbeats, Kind, Role
+from shared.ops.liveness import Duty, Heartbeat, Heartbeats, Kind
 from shared.ops.offboarding import (
     Eraser,
     Erasure,
@@ -18,8 +29,13 @@ from shared.ops.status import not_synced_rows, status
 from shared.ops.upgrade import upgrade_stored_data
 
 __all__ = [
+    "BOOTSTRAP_NAME",
+    "Admin",
+    "AdminStore",
+    "CredentialRefused",
     "DeadLetter",
     "DeadLetterStore",
+    "Duty",
     "Eraser",
     "Erasure",
     "Heartbeat",
@@ -28,11 +44,14 @@ __all__ = [
     "OffboardRequest",
     "Offboarded",
     "QueuedMessages",
+    "Refusal",
     "Role",
+    "UnknownAdmin",
     "confirmed",
     "iso",
     "not_synced_rows",
     "offboard",
+    "parse_lifetime",
     "parse_since",
     "standard_erasures",
     "status",

@@ -37,7 +37,7 @@ class Kind(StrEnum):
     SCHEDULER = "scheduler"
 
 
-class Role(StrEnum):
+class Duty(StrEnum):
     WORKER = "worker"
     LEADER = "leader"  # the scheduler holding the lease: the one that does the work
     STANDBY = "standby"  # a scheduler waiting to take over
@@ -46,7 +46,7 @@ class Role(StrEnum):
 @dataclass(frozen=True)
 class Heartbeat:
     instance: str  # a worker's Dramatiq broker id; a scheduler's id in its log lines
-    role: Role
+    role: Duty
     host: str
     pid: int
     started_at: str  # ISO 8601
@@ -150,6 +150,6 @@ def liveness(
     if kind is Kind.SCHEDULER:
         # Two for a moment at most: a leader that stalled past its lease, and the one that
         # took over, until the first writes its next heartbeat (as standby).
-        leaders = [beat.instance for beat in alive if beat.role is Role.LEADER]
+        leaders = [beat.instance for beat in alive if beat.role is Duty.LEADER]
         found["leader"] = leaders[0] if leaders else None
     return {**found, "instances": instances}

@@ -19,8 +19,9 @@ from shared.connections.onboarding import KeyVerifier
 from shared.infra.clock import epoch_seconds
 from shared.infra.config import Settings
 from shared.infra.store import Keys
+from shared.ops.admins import Role
 from shared.ops.dead_letters import RETENTION, DeadLetter, DeadLetterStore
-from tests.helpers import queued_messages
+from tests.helpers import bearer, named_admin, queued_messages
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 LETTER = DeadLetter(
@@ -184,16 +185,20 @@ def test_ops_endpoints(
     bad = client.post("/ops/dead-letters/replay", json={"idz": ["m-1"]}, headers=admin())
     assert bad.status_code == 422
     assert "idz" in bad.json()["detail"]
-    replayed = client.post(
-        "/ops/dead-letters/replay", json={"ids": ["m-1"], "by": "dave"}, headers=admin()
-    )
+    as_dave = {"ids": ["m-1"], "by": "dave"}
+    claimed = client.post("/ops/dead-letters/replay", json=as_dave, headers=admin())
+    assert claimed.status_code == 422  # the shared token cannot say it is dave
+    assert [x.id for x in letters.list()] == ["m-1", "m-2"]
+    dave = bearer(named_admin(redis_server_client, keys, "dave", Role.OPERATOR))
+    replayed = client.post("/ops/dead-letters/replay", json=as_dave, headers=dave)
     assert replayed.json() == {"replayed": ["m-1"]}
     purged = client.post("/ops/dead-letters/purge", json={"all_matching": True}, headers=admin())
     assert purged.json() == {"purged": ["m-2"]}
     assert letters.list() == []
-    assert [e["action"] for e in audit(redis_server_client, keys)] == [
-        "dead_letter.replayed",
-        "dead_letter.purged",
+    assert [(e["actor"], e["action"]) for e in audit(redis_server_client, keys)] == [
+        ("test", "admin.added"),
+        ("dave", "dead_letter.replayed"),
+        ("bootstrap-admin", "dead_letter.purged"),
     ]
     status = client.get("/ops/status", headers=admin()).json()
     assert [q["queue"] for q in status["queues"]] == ["live", "bulk"]

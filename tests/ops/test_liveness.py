@@ -23,7 +23,7 @@ from shared.infra.clock import epoch_seconds, iso_now, utcnow
 from shared.infra.config import Settings
 from shared.infra.store import Keys
 from shared.notes.outbox import NoteOutbox
-from shared.ops.liveness import KEPT, Heartbeat, Heartbeats, Kind, Role
+from shared.ops.liveness import KEPT, Duty, Heartbeat, Heartbeats, Kind
 from shared.ops.status import status
 from shared.telemetry.collect import exposition, gauges
 
@@ -101,7 +101,7 @@ def test_a_worker_whose_heartbeat_stopped_is_dead_then_forgotten_after_a_day(
 ) -> None:
     """As a worker killed with SIGKILL leaves it: its last heartbeat, never removed."""
     start = utcnow()
-    beat = Heartbeat("w-killed", Role.WORKER, "host-a", 4242, iso_now(), epoch_seconds(), 30.0)
+    beat = Heartbeat("w-killed", Duty.WORKER, "host-a", 4242, iso_now(), epoch_seconds(), 30.0)
     Heartbeats(redis_server_client, keys, Kind.WORKER).beat(beat)
 
     with time_machine.travel(start + timedelta(seconds=29), tick=False):

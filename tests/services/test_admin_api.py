@@ -109,6 +109,9 @@ BAD_CREDENTIALS = {
     "basic-scheme": None,  # the right token, under another scheme
     "empty-bearer": {"Authorization": "Bearer "},
 }
+MISSING = "missing admin credential: send Authorization: Bearer <token>"
+# What each 401 says: the caller learns what to send, or that the token is not known.
+REFUSALS = dict.fromkeys(BAD_CREDENTIALS, MISSING) | {"wrong-token": "unknown admin token"}
 
 
 def bad_headers(kind: str) -> dict[str, str]:
@@ -141,10 +144,7 @@ def test_every_endpoint_needs_the_admin_bearer_token(
     )
 
     assert response.status_code == 401
-    assert response.json() == {
-        "error": "unauthorized",
-        "detail": "missing or wrong admin Bearer token",
-    }
+    assert response.json() == {"error": "unauthorized", "detail": REFUSALS[kind]}
     assert store.list() == before  # nothing created, disabled or rotated
 
 
@@ -616,9 +616,9 @@ def test_connection_changes_are_in_the_audit_trail_with_secret_names_only(
     assert result.exit_code == 0, result.output
     entries = orjson.loads(result.stdout)["entries"]
     assert [(e["actor"], e["action"]) for e in entries] == [
-        ("admin-api", "connection.added"),
-        ("admin-api", "connection.rotated"),
-        ("admin-api", "connection.disabled"),
+        ("bootstrap-admin", "connection.added"),
+        ("bootstrap-admin", "connection.rotated"),
+        ("bootstrap-admin", "connection.disabled"),
     ]
     assert entries[1]["resource_ids"] == "webhook_secret platform_api_key"
     assert "pt-new-key" not in result.stdout

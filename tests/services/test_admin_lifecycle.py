@@ -202,7 +202,7 @@ def test_patch_edits_and_answers_what_changed(
     assert stored is not None
     assert stored.practitioners == {new: "PR-3003"}
     [entry] = [e for e in audit_of(store).entries() if e.action == "connection.edited"]
-    assert entry.actor == "admin-api"
+    assert entry.actor == "bootstrap-admin"
 
 
 @pytest.mark.parametrize(
@@ -313,7 +313,7 @@ def test_offboard_needs_the_id_confirmed_in_the_body(
     assert call(client, "GET", url(made["id"])).status_code == 404
     assert post_webhook(client, made["id"], made["halaxy_auth_header"]).status_code == 404
     [entry] = [e for e in audit_of(store).entries() if e.action == "connection.offboarded"]
-    assert (entry.actor, entry.connection_id) == ("admin-api", made["id"])
+    assert (entry.actor, entry.connection_id) == ("bootstrap-admin", made["id"])
 
 
 @hypothesis_settings

@@ -24,7 +24,7 @@ from shared.connections.onboarding import KeyVerifier
 from shared.connections.store import ConnectionStore
 from tests.conftest import make_connection
 from tests.helpers import audit_of
-from tests.services.test_admin_api import admin_headers, bad_headers
+from tests.services.test_admin_api import REFUSALS, admin_headers, bad_headers
 from tests.services.test_fuzz_receiver import assert_error_body
 
 ROW_KEYS = {
@@ -109,10 +109,7 @@ def test_every_route_needs_the_admin_bearer_token(
     )
 
     assert response.status_code == 401
-    assert response.json() == {
-        "error": "unauthorized",
-        "detail": "missing or wrong admin Bearer token",
-    }
+    assert response.json() == {"error": "unauthorized", "detail": REFUSALS[kind]}
     assert store.get(connection.id) == before
 
 
@@ -158,7 +155,7 @@ def test_add_checks_the_key_and_answers_the_rows_without_secrets(
     assert stored.practitioner("PR-2001") is not None
     [entry] = [e for e in audit_of(store).entries() if e.action == "practitioner.added"]
     assert (entry.actor, entry.connection_id, entry.resource_ids) == (
-        "admin-api",
+        "bootstrap-admin",
         connection.id,
         "PR-2001",
     )

@@ -33,6 +33,8 @@ Path_ = tuple[str, ...]
 def leaves(group: click.Group, path: Path_ = ()) -> Iterator[tuple[Path_, click.Command]]:
     for name, command in sorted(group.commands.items()):
         if isinstance(command, click.Group):
+            if command.invoke_without_command:  # a command too (`audit`, beside its own)
+                yield (*path, name), command
             yield from leaves(command, (*path, name))
         else:
             yield (*path, name), command
@@ -42,7 +44,12 @@ COMMANDS = dict(leaves(cli))
 
 # A valid invocation of each command that reads or writes Redis.
 USES_REDIS: dict[Path_, list[str]] = {
+    ("admins", "add"): ["ops-person", "--role=viewer"],
+    ("admins", "list"): [],
+    ("admins", "revoke"): ["ops-person"],
     ("audit",): [],
+    ("audit", "export"): [],
+    ("audit", "verify"): [],
     ("connections", "add"): [
         "--name=Clinic",
         "--halaxy-key=cid:secret",
@@ -252,7 +259,11 @@ def test_a_wrong_flag_value_is_one_line(
 
 # Options whose value the command itself checks: each of these is wrong.
 WRONG_TEXT_VALUES: list[tuple[Path_, list[str]]] = [
+    (("admins", "add"), ["--expires-in", "forever"]),
+    (("admins", "add"), ["--expires-in", "400d"]),
+    (("admins", "add"), ["--by", "\n"]),
     (("audit",), ["--since", "yesterday"]),
+    (("audit", "export"), ["--since", "yesterday"]),
     (("dead-letters", "list"), ["--since", "2020-01-01T00:00:00"]),  # no timezone
     (("connections", "add"), ["--halaxy-key=no-colon"]),
     (("connections", "add"), ["--pdf-hosts=,,"]),

@@ -33,6 +33,7 @@ from shared.connections.store import ConnectionStore
 from shared.infra.config import Settings
 from shared.infra.jobs import ActorName, Job, QueueName
 from shared.infra.store import Keys
+from shared.ops.admins import Role
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore
 from tests.browser import (
     BROWSER_TIMEOUT,
@@ -44,6 +45,7 @@ from tests.browser import (
     wait_for,
 )
 from tests.conftest import make_connection
+from tests.helpers import named_admin
 from tests.ops.test_dead_letters import LETTER
 
 TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
@@ -178,18 +180,26 @@ def test_without_valid_credentials_is_401_with_a_basic_challenge(
     assert TOKEN not in response.text
 
 
-def test_without_an_admin_token_configured_the_page_is_off(
-    settings: Settings, verify_key: KeyVerifier
+def test_without_an_admin_token_configured_only_named_admins_get_in(
+    settings: Settings, verify_key: KeyVerifier, redis_server_client: redis.Redis, keys: Keys
 ) -> None:
+    """BRIDGE_ADMIN_TOKEN unset: the bootstrap token is no one's, and the 401 says how to set
+    up an admin while there is none; a named admin's token works as ever."""
     off = create_app(settings.model_copy(update={"admin_token": None}), verify_key=verify_key)
     with TestClient(off) as client:
         response = client.get("/ops", headers=basic("ops", TOKEN))
-    assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"] == CHALLENGE
-    assert response.json() == {
-        "error": "unauthorized",
-        "detail": "the admin API is off: BRIDGE_ADMIN_TOKEN is not set",
-    }
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == CHALLENGE
+        assert response.json() == {
+            "error": "unauthorized",
+            "detail": "unknown admin token (no admin is set up: set BRIDGE_ADMIN_TOKEN, or add "
+            "one with halaxy-bridge admins add)",
+        }
+        token = named_admin(redis_server_client, keys, "olive", Role.VIEWER)
+        assert client.get("/ops", headers=basic("ops", token)).status_code == 200
+        assert client.get("/ops", headers=basic("ops", TOKEN)).json()["detail"] == (
+            "unknown admin token"
+        )
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ def admin() -> dict[str, str]:
 
 
 def scrape(base: str) -> Samples:
-    response = httpx.get(f"{base}/metrics")
+    response = httpx.get(f"{base}/metrics", headers=admin())
     assert response.status_code == 200
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -193,7 +193,7 @@ def test_metrics_add_up_what_the_receiver_and_the_worker_counted(
     assert epoch_seconds() - 120 < last_event <= epoch_seconds()
     assert epoch_seconds() - 120 < last_success <= epoch_seconds()
     # Nothing that names a patient: ids and codes only.
-    assert PATIENT_NAME.split()[0] not in httpx.get(f"{url}/metrics").text
+    assert PATIENT_NAME.split()[0] not in httpx.get(f"{url}/metrics", headers=admin()).text
 
 
 def test_status_shows_each_connections_last_event_success_and_failures(

@@ -1,0 +1,77 @@
+"""What an admin does to a connection, once for both ways in: the JSON admin API
+(`admin.py`) and the console's forms (`console_connections.py`). Each runs in the threadpool
+(`admin.call`), audits under `by` and logs its one line."""
+
+from __future__ import annotations
+
+import structlog
+
+from services.webhook_receiver.deps import Deps
+from shared.connections import (
+    Connection,
+    Holding,
+    PausedConnections,
+    Resumed,
+    lifecycle,
+    onboarding,
+)
+from shared.infra import utcnow
+from shared.ops import Erasure, Offboarded, offboard, standard_erasures
+
+log = structlog.get_logger("halaxy_bridge.admin")
+
+
+def _pauses(deps: Deps) -> PausedConnections:
+    return PausedConnections(deps.redis, deps.connections.keys)
+
+
+def holding(deps: Deps, connection: Connection) -> Holding:
+    """Whether the connection is paused, and what its workers hold meanwhile."""
+    return _pauses(deps).holding([connection.id])[connection.id]
+
+
+def pause(deps: Deps, connection: Connection, by: str) -> bool:
+    """True if this paused it (False: it was paused already)."""
+    changed = lifecycle.pause_connection(_pauses(deps), connection, utcnow(), deps.audit, by)
+    log.info("connection.paused", connection_id=connection.id, changed=changed, actor=by)
+    return changed
+
+
+def resume(deps: Deps, connection: Connection, by: str) -> Resumed:
+    resumed = lifecycle.resume_connection(_pauses(deps), connection, deps.audit, by)
+    log.info("connection.resumed", connection_id=connection.id, released=resumed.released, actor=by)
+    return resumed
+
+
+def enable(
+    deps: Deps, connection: Connection, by: str, *, allow_shared_platform_key: bool = False
+) -> Connection:
+    enabled = lifecycle.enable_connection(
+        deps.connections,
+        connection,
+        utcnow(),
+        deps.audit,
+        by,
+        allow_shared_platform_key=allow_shared_platform_key,
+    )
+    log.info("connection.enabled", connection_id=connection.id, actor=by)
+    return enabled
+
+
+def disable(deps: Deps, connection: Connection, by: str) -> Connection:
+    disabled = onboarding.disable_connection(deps.connections, connection, utcnow(), deps.audit, by)
+    log.info("connection.disabled", connection_id=connection.id, actor=by)
+    return disabled
+
+
+def erase(deps: Deps, connection: Connection, by: str) -> Offboarded:
+    """Offboard: erase everything the bridge holds for the clinic; one audit entry says so."""
+    erasures = standard_erasures(deps.connections, deps.settings.fernet, extra_erasures(deps))
+    done = offboard(deps.connections, connection, erasures, utcnow(), deps.audit, by)
+    log.info("connection.offboarded", connection_id=connection.id, actor=by)
+    return done
+
+
+def extra_erasures(deps: Deps) -> list[Erasure]:
+    """The erasures of records kept outside `standard_erasures`' reach."""
+    return []
