@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from services.cli.context import CliContext, cli_context
+from services.cli.events import event_log
 from services.cli.output import emit, json_option, table
 from shared.infra import Keys, utcnow
 from shared.ops import DeadLetter, DeadLetterStore
@@ -88,7 +89,7 @@ def _act(
         who = ctx.actor(by)
         letters = _selected(ctx, ids, connection_id, since, reason, all_matching)
         if verb == "replayed":
-            done = ops.replay(_store(ctx), ctx.queue(), ctx.audit, letters, who)
+            done = ops.replay(_store(ctx), ctx.queue(), ctx.audit, letters, who, event_log(ctx))
         else:
             done = ops.purge(_store(ctx), ctx.audit, letters, who)
         emit(as_json, {verb: done}, f"{verb.capitalize()} {len(done)} dead letter(s).")

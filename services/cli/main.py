@@ -12,6 +12,7 @@ from services.cli.audit import audit
 from services.cli.connections import connections
 from services.cli.dead_letters import dead_letters
 from services.cli.demo import demo
+from services.cli.events import events
 from services.cli.notes import notes
 from services.cli.output import fail
 from services.cli.practitioners import practitioners
@@ -63,6 +64,7 @@ cli.add_command(audit)
 cli.add_command(connections)
 cli.add_command(dead_letters)
 cli.add_command(demo)
+cli.add_command(events)
 cli.add_command(notes)
 cli.add_command(practitioners)
 cli.add_command(programs)

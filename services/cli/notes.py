@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from services.cli.context import cli_context
+from services.cli.events import event_log
 from services.cli.output import emit, json_option, table
 from shared.infra import InvalidInput, Keys
 from shared.notes import (
@@ -130,7 +131,14 @@ def resolve(
         try:
             record = find_waiting(outbox, note_id, Waiting(state))
             settled = resolve_note(
-                outbox, ctx.queue(), record, chosen[0], ctx.actor(by), ctx.audit, docref_id
+                outbox,
+                ctx.queue(),
+                record,
+                chosen[0],
+                ctx.actor(by),
+                ctx.audit,
+                docref_id,
+                events=event_log(ctx),
             )
         except NoteStateConflict as exc:
             if exc.actual.value not in {w.value for w in Waiting}:

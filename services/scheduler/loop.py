@@ -22,6 +22,7 @@ from services.workers.runtime import WorkerRuntime
 from shared.connections import Connection, PausedConnections, Practitioner
 from shared.infra import (
     BridgeError,
+    IntakeResult,
     JobQueue,
     Permanent,
     RateLimited,
@@ -46,11 +47,20 @@ from shared.notes import (
     job_for_note,
     poll_practitioner,
     route_unrouted,
+    unrouted_id,
 )
 from shared.ops import Duty, Heartbeat, Heartbeats, Kind, QueuedMessages, upgrade_stored_data
 from shared.patients import PatientLinks, SweepLog, due, sweep
 from shared.platforms import Physitrack, ProgramEvent
-from shared.telemetry import PROGRAM_EVENTS, forget_series_of_gone_connections
+from shared.telemetry import (
+    PROGRAM_EVENTS,
+    UNROUTED,
+    EventLog,
+    EventSource,
+    EventState,
+    EventStatus,
+    forget_series_of_gone_connections,
+)
 
 LEADER_TTL_SECONDS = 30  # renewed every tick: BRIDGE_SCHEDULER_TICK_SECONDS is at most 15
 # A scheduler writes its heartbeat whenever it checks its leadership (each tick, and before
@@ -76,7 +86,8 @@ class Scheduler:
         self.sweeps = SweepLog(runtime.redis, runtime.keys)
         self.sweep_every = timedelta(seconds=settings.reconcile_every_seconds)
         self.poll_every = timedelta(seconds=settings.program_poll_every_seconds)
-        self.programs = ProgramIntake(runtime.outbox, self.queue)
+        self.events = EventLog(runtime.redis, runtime.keys, settings.event_log_max_per_connection)
+        self.programs = ProgramIntake(runtime.outbox, self.queue, self.events)
         self.claims = ProgramClaims(runtime.redis, runtime.keys)
         self.unrouted = UnroutedPrograms(runtime.redis, runtime.keys, settings.fernet)
         self.cursors = PollCursors(runtime.redis, runtime.keys)
@@ -254,14 +265,25 @@ class Scheduler:
         routed = route_unrouted(
             self.unrouted,
             [c for c in self.runtime.connections.list() if c.id not in paused],
-            lambda connection, callback: self.programs.accept(
-                connection.id, self.claims.for_post(connection, callback), callback
-            ),
+            self._route,
             now,
         )
         if routed:
             log.info("programs.routed", count=routed, scheduler_id=self.id)
         self.unrouted.forget_old(now)
+
+    def _route(self, connection: Connection, callback: ProgramCallback) -> IntakeResult:
+        """Take a kept post into `connection`; its unrouted log record says which note it
+        became (not which connection: that record is no connection's to erase)."""
+        kept = unrouted_id(callback)
+        note_id = self.claims.for_post(connection, callback)
+        taken = self.programs.accept(
+            connection.id, note_id, callback, EventSource.UNROUTED, routed_from=kept
+        )
+        self.events.attempted(
+            UNROUTED, kept, None, EventStatus(EventState.ROUTED, utcnow(), note_id=note_id)
+        )
+        return taken
 
     def poll_programs(self, connection: Connection) -> None:
         """Read each practitioner's new Physitrack events, once per poll interval, and record
@@ -368,9 +390,11 @@ class Scheduler:
             if mendable(outbox.get(connection.id, note)) and outbox.renew(
                 connection.id, note, callback
             ):
+                revived = EventStatus(EventState.QUEUED, utcnow(), detail="revived")
+                self.events.attempted(connection.id, note, None, revived)
                 self.queue.enqueue([job_for_note(connection.id, note)])
                 return Taken.REVIVED
-            taken = self.programs.accept(connection.id, note, callback)
+            taken = self.programs.accept(connection.id, note, callback, EventSource.PROGRAM_POLL)
             return Taken.QUEUED if taken.accepted else Taken.DUPLICATE
 
         def owns(patient_id: str, client_id: str) -> bool:

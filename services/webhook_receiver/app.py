@@ -24,6 +24,7 @@ from services.webhook_receiver import (
     console_connections,
     health,
     ops,
+    ops_events,
     pages,
     practitioners,
 )
@@ -65,7 +66,7 @@ from shared.notes import (
 )
 from shared.ops import AdminStore
 from shared.patients import EventIntake
-from shared.telemetry import MetricsPusher, Reused
+from shared.telemetry import EventLog, EventLogLayout, MetricsPusher, Reused
 
 log = structlog.get_logger("halaxy_bridge.receiver")
 
@@ -139,13 +140,17 @@ def create_app(
     if queue is None:
         queue = DramatiqJobQueue(build_broker(settings, client))
     audit = audit_trail(client, settings)
+    events = EventLog(client, keys, settings.event_log_max_per_connection)
     deps = Deps(
         settings=settings,
         redis=client,
         connections=connections,
         known=KnownConnections(async_client, connections),
-        intake=intake or DramatiqEventIntake(async_client, keys),
-        programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue),
+        intake=intake
+        or DramatiqEventIntake(
+            async_client, keys, EventLogLayout(keys, settings.event_log_max_per_connection)
+        ),
+        programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue, events),
         unrouted=UnroutedPrograms(client, keys, settings.fernet),
         claims=ProgramClaims(client, keys),
         queue=queue,
@@ -156,6 +161,7 @@ def create_app(
         audit=audit,
         scrapes=Reused(min(SCRAPE_REUSE_SECONDS, settings.metrics_push_seconds)),
         admins=AdminStore(client, keys, audit, settings.admin_token),
+        events=events,
     )
 
     @asynccontextmanager
@@ -247,6 +253,9 @@ def create_app(
             console_connections.connection_page,
             methods=["GET"],
         ),
+        Route("/ops/events", ops_events.list_events, methods=["GET"]),
+        # `path`: an event id may hold a `/` (Halaxy's `Subscription/x#3`), sent as %2F.
+        Route("/ops/events/{event_id:path}", ops_events.show_event, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

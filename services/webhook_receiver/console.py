@@ -288,7 +288,7 @@ def _replay(deps: Deps, ids: list[str], by: str) -> tuple[list[str], list[str]]:
     found = [(letter_id, store.get(letter_id)) for letter_id in dict.fromkeys(ids)]
     letters = [letter for _, letter in found if letter is not None]
     gone = [letter_id for letter_id, letter in found if letter is None]
-    replayed = replaying.replay(store, deps.queue, deps.audit, letters, by)
+    replayed = replaying.replay(store, deps.queue, deps.audit, letters, by, deps.events)
     return replayed, gone
 
 
@@ -468,7 +468,14 @@ async def resolve_form(request: Request, deps: Deps, form: Form) -> Response:
     def resolve() -> NoteRecord:
         try:
             return resolve_note(
-                _outbox(deps), deps.queue, record, resolution, by, deps.audit, docref_id
+                _outbox(deps),
+                deps.queue,
+                record,
+                resolution,
+                by,
+                deps.audit,
+                docref_id,
+                events=deps.events,
             )
         except NoteNotWaiting as exc:
             raise ApiError(404, "unknown_note", str(exc)) from None

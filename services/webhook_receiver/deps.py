@@ -13,7 +13,7 @@ from shared.infra import AuditTrail, JobQueue, Settings
 from shared.notes import ProgramClaims, ProgramIntake, UnroutedPrograms
 from shared.ops import AdminStore
 from shared.patients import EventIntake
-from shared.telemetry import MetricsPusher, Reused
+from shared.telemetry import EventLog, MetricsPusher, Reused
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Deps:
     audit: AuditTrail
     scrapes: Reused  # /metrics bodies
     admins: AdminStore  # who may use /admin, /ops and /metrics (`auth`)
+    events: EventLog  # the per-event delivery log (/ops/events)
 
 
 def deps_of(request: Request) -> Deps:

@@ -124,6 +124,63 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_or_page(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """JSON, or for a browser (Accept: text/html) the same answer as a page."""
+    return {
+        "description": description,
+        "content": {
+            "application/json": {"schema": schema},
+            "text/html": {"schema": {"type": "string"}},
+        },
+    }
+
+
+EVENT_SEARCH_PARAMETERS = [
+    ("connection", "a connection id, or `unrouted`"),
+    (
+        "state",
+        "queued, retrying, done, skipped-unchanged, skipped, dead, parked, failed, "
+        "dropped, unrouted, routed, held",
+    ),
+    ("event", "an event id (a Halaxy event's, or a program's note id)"),
+    ("resource", "a Halaxy resource id (a program's: the patient's)"),
+    ("since", "received at or after: ISO 8601 with offset, or a duration back (30m, 24h, 7d)"),
+    ("until", "received at or before: the same forms"),
+    ("limit", "1 to 200 (50)"),
+    ("cursor", "the next_cursor of the page before"),
+]
+EVENT_RECORD = {
+    "type": "object",
+    "required": ["event_id", "connection_id", "state", "received_at", "attempts"],
+    "properties": {
+        "event_id": {"type": "string"},
+        "connection_id": {"type": "string"},
+        "state": {"type": "string"},
+        "received_at": {"type": "string"},
+        "dead_letter_id": {"type": ["string", "null"]},
+        "attempts": {"type": "array", "items": {"type": "object"}},
+    },
+}
+EVENT_PAGE = {
+    "type": "object",
+    "required": ["events", "next_cursor", "scanned", "complete"],
+    "properties": {
+        "events": {"type": "array", "items": EVENT_RECORD},
+        "next_cursor": {"type": ["string", "null"]},
+        "scanned": {"type": "integer", "minimum": 0},
+        "complete": {"type": "boolean"},
+    },
+}
+EVENT_RECORDS = {
+    "type": "object",
+    "required": ["event_id", "records"],
+    "properties": {
+        "event_id": {"type": "string"},
+        "records": {"type": "array", "minItems": 1, "items": EVENT_RECORD},
+    },
+}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -528,6 +585,52 @@ def build_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _json(ANY_OBJECT, "the settled note"),
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/ops/events": {
+                "get": {
+                    "summary": "the per-event delivery log, newest first, paged by cursor; a "
+                    "browser (Accept: text/html) gets the search page",
+                    "security": PAGE_SECURITY,
+                    "parameters": [
+                        {
+                            "name": name,
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": description,
+                        }
+                        for name, description in EVENT_SEARCH_PARAMETERS
+                    ],
+                    "responses": {
+                        "200": _json_or_page(EVENT_PAGE, "the events that match"),
+                        **_errors(401, 422, 503),
+                    },
+                }
+            },
+            "/ops/events/{event_id}": {
+                "get": {
+                    "summary": "one event's records (one per connection that logged the id) "
+                    "with every attempt; a browser gets the event's page",
+                    "security": PAGE_SECURITY,
+                    "parameters": [
+                        {
+                            "name": "event_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "connection",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json_or_page(EVENT_RECORDS, "the event's records"),
+                        **_errors(401, 404, 422, 503),
                     },
                 }
             },

@@ -134,6 +134,7 @@ async def replay_dead_letters(request: Request) -> Response:
             deps.audit,
             _select(deps, action),
             who,
+            deps.events,
         )
 
     return JSONResponse({"replayed": await call(replay)})
@@ -223,7 +224,14 @@ async def resolve_waiting_note(request: Request) -> Response:
         try:
             record = find_waiting(outbox, note_id, asked.state)
             settled = resolve_note(
-                outbox, deps.queue, record, asked.resolution, who, deps.audit, asked.docref_id
+                outbox,
+                deps.queue,
+                record,
+                asked.resolution,
+                who,
+                deps.audit,
+                asked.docref_id,
+                events=deps.events,
             )
         except NoteNotWaiting as exc:
             raise ApiError(404, "unknown_note", str(exc)) from None

@@ -9,6 +9,9 @@ Physitrack counts any answer but 200 within 5 seconds as a failure, ignores the 
 retries once, 10 minutes later (2.2). So the answer is 200 with an empty body, and only once
 the post is durable: its note recorded and queued, or, when no enabled connection knows its
 token, the post kept as unrouted for ops (`shared.notes.unrouted`). Redis not taking it: 503.
+Either way the post is in the event log: under its connection and note id, or, kept, under
+`unrouted` and its unrouted id, in state `unrouted` (the disabled connection that owns its
+token, if any, is not named there: an offboarding erases a connection's log by its id).
 A wrong key: 401. A body that is not a program post: 422 naming the fields.
 """
 
@@ -34,6 +37,7 @@ from shared.notes import (
     owner_of,
     parse_callback,
 )
+from shared.telemetry import UNROUTED, EventRecord, EventSource, EventState, EventStatus
 
 EVENT = "physitrack-program"
 DEPLOYMENT = "deployment"  # the metrics' connection label for what no connection took
@@ -73,13 +77,24 @@ def _route(deps: Deps, callback: ProgramCallback) -> Response:
             UnroutedReason.UNKNOWN_TOKEN if owner is None else UnroutedReason.CONNECTION_DISABLED
         )
         kept = deps.unrouted.keep(callback, reason)
+        deps.events.received(
+            EventRecord(
+                event_id=kept,
+                connection_id=UNROUTED,  # not the disabled owner's: nothing names it here
+                source=EventSource.PHYSITRACK_WEBHOOK,
+                event_type="program-updated" if callback.updated else "program-assigned",
+                resource_id=callback.patient_id,
+                received_at=utcnow(),
+            ),
+            EventStatus(EventState.UNROUTED, utcnow(), detail=reason.value),
+        )
         metrics.accepted(DEPLOYMENT, EVENT, 1, 0)
         which = {} if owner is None else {"connection_id": owner.id}
         log.warning("physitrack.unrouted", unrouted_id=kept, reason=reason.value, **which)
         return Response(status_code=200)
     _check_link(owner, callback)
     note_id = deps.claims.for_post(owner, callback)
-    result = deps.programs.accept(owner.id, note_id, callback)
+    result = deps.programs.accept(owner.id, note_id, callback, EventSource.PHYSITRACK_WEBHOOK)
     metrics.accepted(owner.id, EVENT, len(result.accepted), len(result.duplicates))
     log.info(
         "physitrack.accepted",

@@ -22,7 +22,7 @@ from shared.infra import (
 from shared.notes import write_note
 from shared.patients import sync_appointment as sync_appointment_of
 from shared.patients import sync_patient as sync_patient_of
-from shared.telemetry import NOTES
+from shared.telemetry import NOTES, note_result
 
 NOTE_OUTCOMES = frozenset({"posted", "parked", "failed"})
 NOTE_LEASE_SECONDS = 30.0  # renewed every 10 s; lapses within 30 s of a crash
@@ -42,6 +42,7 @@ def sync_patient(connection_id: str, resource_id: str, event: str, event_id: str
             services.halaxy, services.accounts, services.links, rt.audit, resource_id
         )
         log.info("patient.synced", outcome=outcome.value)
+        note_result(outcome.value)  # for the event log
 
 
 def sync_appointment(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
@@ -73,6 +74,7 @@ def sync_appointment(connection_id: str, resource_id: str, event: str, event_id:
             practitioners=services.accounts.seats,
         )
         log.info("appointment.synced", outcome=outcome.value, patient_id=patient_id)
+        note_result(outcome.value)
 
 
 def record_invoice(connection_id: str, resource_id: str, event: str, event_id: str) -> None:
@@ -85,6 +87,7 @@ def record_invoice(connection_id: str, resource_id: str, event: str, event_id: s
         invoice_id=resource_id,
     ) as log:
         log.info("invoice.recorded")
+        note_result("recorded")
 
 
 def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
@@ -116,6 +119,7 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
             )
         if result.outcome.value in NOTE_OUTCOMES:
             NOTES.labels(connection_id, result.outcome.value).inc()
+        note_result(result.outcome.value)
         level = {"posted": log.info, "parked": log.warning, "failed": log.error}.get(
             result.outcome.value, log.info
         )

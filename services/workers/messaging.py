@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
@@ -24,10 +25,20 @@ from shared.infra import (
     epoch_seconds,
     redis_client,
     translate_redis_errors,
+    utcnow,
 )
 from shared.ops import DeadLetterStore, Heartbeats, Kind, QueuedMessages
 from shared.patients import SEEN_TTL, ConnectionChanged, event_digest, job_for_event
-from shared.telemetry import MetricsPusher
+from shared.telemetry import (
+    LOG_FUNCTIONS,
+    EventLog,
+    EventLogLayout,
+    EventRecord,
+    EventSource,
+    LoggedEvent,
+    MetricsPusher,
+    not_recorded,
+)
 
 # Maintenance runs on about this many commands in a million; idle workers poll every second,
 # so a dead worker's messages come back within a minute or so at any traffic.
@@ -56,6 +67,7 @@ def build_broker(
 def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Redis) -> None:
     """What every broker of ours needs beyond Dramatiq's defaults."""
     from services.workers.dead_letter_middleware import RecordDeadLetters
+    from services.workers.event_attempts import RecordEventAttempts
     from services.workers.heartbeat import WorkerHeartbeat
     from services.workers.holding import HoldPausedConnections
     from services.workers.job_metrics import JobMetrics, PushMetrics
@@ -66,6 +78,8 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     broker.add_middleware(RecordDeadLetters(DeadLetterStore(client, keys)))
     # Before Retries in the list, so its "after" hooks (run in reverse) see Retries' verdict.
     broker.add_middleware(JobMetrics(), before=Retries)
+    events = EventLog(client, keys, settings.event_log_max_per_connection)
+    broker.add_middleware(RecordEventAttempts(events), before=Retries)
     broker.add_middleware(PushMetrics(MetricsPusher(client, keys, settings.metrics_push_seconds)))
     # Each connection's unfinished messages per queue, for status and /metrics.
     broker.add_middleware(TrackQueued(QueuedMessages(client, keys)))
@@ -79,35 +93,58 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
 
 
 # KEYS: the connection record, the queue's id list, the queue's message hash, the connection's
-# set of queued messages (`shared.ops.queued`), then one seen key per event. ARGV: the record
-# the caller authenticated against, the seen TTL in seconds, now (epoch seconds), then a
-# (message id, encoded message) pair per event. The HSET and RPUSH are what Dramatiq's own
-# enqueue does (dramatiq/brokers/redis/dispatch.lua, "enqueue"); tests/patients/test_intake.py
-# checks that against RedisBroker.enqueue. The first write is the SET, so a Redis refusing
-# writes (out of memory) fails the script before it has changed anything.
-INTAKE_SCRIPT = """
+# set of queued messages (`shared.ops.queued`), the connection's event log index and the set
+# of connections with a log, then one seen key per event, then one event log record key per
+# event. ARGV: the record the caller authenticated against, the seen TTL in seconds, now (epoch
+# seconds), how many events, the event log's TTL, the connection id, `trim_log`'s record
+# prefix, attempts prefix, bound and oldest member, then five per event: message id, encoded
+# message, and the event log's record, status and index member ('' each when not logged).
+# It answers -1 (the connection changed: nothing done), or the positions (from 1) of the events
+# it queued and of those whose log record it could not write.
+# The HSET and RPUSH are what Dramatiq's own enqueue does (dramatiq/brokers/redis/dispatch.lua,
+# "enqueue"); tests/patients/test_intake.py checks that against RedisBroker.enqueue. The first
+# write is the SET, so a Redis refusing writes (out of memory) fails the script before it has
+# changed anything. The event log's writes come last and are `pcall`ed (`LOG_FUNCTIONS`): a log
+# write that fails never fails the queueing, and costs no round trip of its own.
+INTAKE_SCRIPT = (
+    LOG_FUNCTIONS
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
+local n = tonumber(ARGV[4])
 local accepted = {}
-for i = 5, #KEYS do
-  local arg = 4 + (i - 5) * 2
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[2]) then
-    redis.call('HSET', KEYS[3], ARGV[arg], ARGV[arg + 1])
-    redis.call('RPUSH', KEYS[2], ARGV[arg])
-    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[arg])
-    accepted[#accepted + 1] = i - 4
+local not_logged = {}
+for i = 1, n do
+  local arg = 10 + (i - 1) * 5
+  if redis.call('SET', KEYS[6 + i], '1', 'NX', 'EX', ARGV[2]) then
+    redis.call('HSET', KEYS[3], ARGV[arg + 1], ARGV[arg + 2])
+    redis.call('RPUSH', KEYS[2], ARGV[arg + 1])
+    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[arg + 1])
+    accepted[#accepted + 1] = i
+    if ARGV[arg + 3] ~= '' and log_event(KEYS[5], KEYS[6], ARGV[6], KEYS[6 + n + i], ARGV[5],
+                                         ARGV[arg + 3], ARGV[arg + 4], ARGV[arg + 5]) == 1 then
+      not_logged[#not_logged + 1] = i
+    end
   end
 end
-return accepted
+if #accepted > 0 then
+  trim_log(KEYS[5], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+end
+return {accepted, not_logged}
 """
+)
 
 
 class DramatiqEventIntake:
-    """`EventIntake` on Redis, queueing straight onto Dramatiq's live queue."""
+    """`EventIntake` on Redis, queueing straight onto Dramatiq's live queue, and logging each
+    event it queues in the event log (`shared.telemetry.event_log`) in the same script."""
 
-    def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, keys: Keys, events: EventLogLayout | None = None
+    ) -> None:
         self._keys = keys
+        self._events = events or EventLogLayout(keys)
         self._script = PipelinedScript(client, INTAKE_SCRIPT)
 
     async def accept(
@@ -118,31 +155,70 @@ class DramatiqEventIntake:
         changed: Sequence[ChangedResource],
     ) -> IntakeResult:
         queue = QueueName.LIVE.value
+        now = utcnow()
+        trim = self._events.trim(connection_id, now)
         keys = [
             self._keys.connection(connection_id),
             self._keys.dramatiq_queue(queue),
             self._keys.dramatiq_messages(queue),
             self._keys.queued_messages(connection_id, queue),
+            trim.index,
+            self._keys.event_log_connections(),
         ]
         args: list[bytes | str | int | float] = [
             record,
             int(SEEN_TTL.total_seconds()),
             epoch_seconds(),
+            len(changed),
+            self._events.ttl_seconds,
+            connection_id,
+            trim.record_prefix,
+            trim.attempts_prefix,
+            trim.max_entries,
+            trim.oldest,
         ]
+        record_keys = []
         for item in changed:
             keys.append(self._keys.seen_event(connection_id, event_digest(item.event_key)))
             job = job_for_event(connection_id, event, item)
             redis_id = str(uuid4())  # as RedisBroker.enqueue: unique per enqueue, not per job
+            logged = self._logged(connection_id, event, item, now)
+            record_keys.append(logged.record_key if logged else self._keys.event_log_index(""))
             args += [redis_id, dramatiq_message(job, redis_message_id=redis_id).encode()]
+            args += [logged.record, logged.status, logged.member] if logged else ["", "", ""]
+        keys += record_keys
         with translate_redis_errors():
             reply = await self._script(keys=keys, args=args)
         if reply == -1:
             raise ConnectionChanged(f"connection {connection_id} changed")
-        fresh = {int(position) - 1 for position in reply}
+        queued, not_logged = reply
+        for position in not_logged:  # queued all the same: only its log record is missing
+            not_recorded("RedisRefused", connection_id, changed[int(position) - 1].event_key)
+        fresh = {int(position) - 1 for position in queued}
         return IntakeResult(
             accepted=[item.event_key for n, item in enumerate(changed) if n in fresh],
             duplicates=[item.event_key for n, item in enumerate(changed) if n not in fresh],
         )
+
+    def _logged(
+        self, connection_id: str, event: HalaxyEvent, item: ChangedResource, now: datetime
+    ) -> LoggedEvent | None:
+        """The event's log entry; None (logged) if it cannot be made: the event is queued
+        all the same."""
+        try:
+            return self._events.logged(
+                EventRecord(
+                    event_id=item.event_key,
+                    connection_id=connection_id,
+                    source=EventSource.HALAXY_WEBHOOK,
+                    event_type=event.name,
+                    resource_id=item.resource_id,
+                    received_at=now,
+                )
+            )
+        except Exception as exc:
+            not_recorded(type(exc).__name__, connection_id, item.event_key)
+            return None
 
 
 def dramatiq_message(job: Job, **options: Any) -> dramatiq.Message[Any]:

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     worker_heartbeat_timeout_seconds: float = Field(
         default=30.0, ge=2, le=600, alias="BRIDGE_WORKER_HEARTBEAT_TIMEOUT_SECONDS"
     )
+    # The per-event delivery log keeps at most this many events per connection (the oldest go
+    # first), each for 30 days at most.
+    event_log_max_per_connection: int = Field(
+        default=10_000, ge=10, le=1_000_000, alias="BRIDGE_EVENT_LOG_MAX_PER_CONNECTION"
+    )
 
     @field_validator("redis_url")
     @classmethod

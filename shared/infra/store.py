@@ -217,6 +217,23 @@ class Keys:
         """The messages of a paused connection that workers set aside, in the order held."""
         return f"{self.namespace}:held:{connection_id}"
 
+    def event_log_of(self, connection_id: str) -> str:
+        """Every key of a connection's event log starts with this (its erasure scans for it)."""
+        return f"{self.namespace}:event-log:{connection_id}:"
+
+    def event_log_index(self, connection_id: str) -> str:
+        return f"{self.event_log_of(connection_id)}index"
+
+    def event_log_record(self, connection_id: str, digest: str) -> str:
+        return f"{self.event_log_of(connection_id)}event:{digest}"
+
+    def event_log_attempts(self, connection_id: str, digest: str) -> str:
+        return f"{self.event_log_of(connection_id)}attempts:{digest}"
+
+    def event_log_connections(self) -> str:
+        """The connections that have an event log (searched when none is named)."""
+        return f"{self.namespace}:event-log-connections"
+
 
 REFUSING = tuple(
     getattr(redis.exceptions, name)

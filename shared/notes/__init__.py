@@ -43,6 +43,7 @@ from shared.notes.unrouted import (
     forget_polled,
     owner_of,
     route_unrouted,
+    unrouted_id,
 )
 from shared.notes.writer import failed_for_its_link, write_note
 
@@ -85,5 +86,6 @@ __all__ = [
     "resolve_note",
     "route_unrouted",
     "system_resolver",
+    "unrouted_id",
     "write_note",
 ]

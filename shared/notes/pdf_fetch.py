@@ -24,6 +24,7 @@ import httpx
 
 from shared.infra.errors import Permanent, Transient
 from shared.infra.netutil import is_loopback_host
+from shared.telemetry import capability_url
 
 MAX_PDF_BYTES = 20_000_000  # Halaxy: 20 MB per attachment; decimal megabytes, the safe reading
 MAX_REDIRECTS = 3
@@ -191,7 +192,8 @@ class PdfFetcher:
                 request = self._http.build_request(
                     "GET", request_url, headers=headers, extensions=extensions, timeout=TIMEOUT
                 )
-                return self._http.send(request, stream=True, follow_redirects=False)
+                with capability_url("pdf"):  # the event log notes the call, not the link
+                    return self._http.send(request, stream=True, follow_redirects=False)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if number == len(attempts):
                     raise Transient(f"the PDF host did not answer ({type(exc).__name__})") from exc

@@ -20,6 +20,7 @@ from shared.infra.jobs import JobQueue
 from shared.notes.callback import is_link_expired
 from shared.notes.intake import job_for_note
 from shared.notes.outbox import NoteOutbox, NoteRecord, NoteState
+from shared.telemetry import Attempt, AttemptOutcome, EventLog, EventState, EventStatus
 
 DOCREF_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -78,9 +79,11 @@ def resolve_note(
     audit: AuditTrail,
     docref_id: str | None = None,
     now: datetime | None = None,
+    events: EventLog | None = None,
 ) -> NoteRecord:
     """Apply `resolution` to a parked or failed note, moving it only from the state it has
-    in `record`, recording who and when; the settled record."""
+    in `record`, recording who and when; the settled record. With `events`, the note's event
+    log record shows the resolution as an attempt and takes its state."""
     if resolution is not Resolution.POSTED and docref_id is not None:
         raise InvalidInput("a DocumentReference id goes only with posted")
     resolved = {
@@ -115,11 +118,30 @@ def resolve_note(
         ),
         outcome=resolution.value,
     )
+    if events is not None:
+        _log_resolution(events, record, resolution)
     if resolution is Resolution.RETRY:
         queue.enqueue([job_for_note(record.connection_id, record.note_id)])
     settled = outbox.get(record.connection_id, record.note_id)
     assert settled is not None
     return settled
+
+
+RESOLVED_STATE = {
+    Resolution.POSTED: EventState.DONE,
+    Resolution.RETRY: EventState.QUEUED,
+    Resolution.DROP: EventState.DROPPED,
+}
+
+
+def _log_resolution(events: EventLog, record: NoteRecord, resolution: Resolution) -> None:
+    now = utcnow()
+    events.attempted(
+        record.connection_id,
+        record.note_id,
+        Attempt(now, AttemptOutcome.RESOLVED, "notes resolve", detail=resolution.value),
+        EventStatus(RESOLVED_STATE[resolution], now, detail=f"resolved: {resolution.value}"),
+    )
 
 
 def _check_retryable(outbox: NoteOutbox, record: NoteRecord, now: datetime) -> None:

@@ -6,7 +6,8 @@ The steps, in order:
    paused (a worker holds its messages rather than running them), in one checked write;
 2. the erasers (`Erasure`), each one kind of record: its queued and dead Dramatiq messages, its
    dead letters, notes and their indexes, patient links, seen-event marks, program claims and
-   poll cursors, kept Physitrack posts of its tokens, sweep records, the cached Halaxy token
+   poll cursors, its per-event delivery log (and the unrouted log's records of the posts kept
+   for its tokens), kept Physitrack posts of its tokens, sweep records, the cached Halaxy token
    and request budget of its key (unless another connection uses that key), its held messages
    and pause, whatever `extra` erasers are given (`offboard(extra=...)`), the connection record
    with its secrets and index entry, and last its metric series;
@@ -44,6 +45,7 @@ from shared.infra.store import Keys, as_bytes, translate_redis_errors
 from shared.infra.validation import validated
 from shared.notes.unrouted import UnroutedPrograms
 from shared.ops.queued import QueuedMessages
+from shared.telemetry.event_log import UNROUTED, EventLog
 from shared.telemetry.forget import forget_connection_series
 
 SCAN_COUNT = 1000
@@ -132,6 +134,8 @@ def standard_erasures(
         Erasure("patient_links", lambda c: erase_patient_links(client, keys, c.id)),
         Erasure("seen_events", lambda c: _unlink_matching(client, keys.seen_event(c.id, "*"))),
         Erasure("program_claims", lambda c: erase_program_claims(client, keys, c.id)),
+        # Before the kept posts go: their records in the unrouted log are found by their ids.
+        Erasure("event_log", lambda c: erase_event_log(client, keys, fernet, c)),
         Erasure("unrouted_programs", lambda c: erase_unrouted(client, keys, fernet, c)),
         Erasure("sweeps", lambda c: erase_sweeps(client, keys, c.id)),
         Erasure("halaxy_key_cache", lambda c: erase_halaxy_key_cache(store, c)),
@@ -239,6 +243,17 @@ def erase_unrouted(
     for program in kept:
         unrouted.remove(program)
     return len(kept)
+
+
+def erase_event_log(
+    client: redis.Redis, keys: Keys, fernet: MultiFernet, connection: Connection
+) -> int:
+    """The connection's per-event delivery log (every record, attempt and index entry), and
+    the unrouted log's records of the posts kept for its practitioners' tokens."""
+    events = EventLog(client, keys)
+    kept = UnroutedPrograms(client, keys, fernet).of_tokens(connection.tokens())
+    erased = events.erase_connection(connection.id)
+    return erased + events.erase_events(UNROUTED, [program.id for program in kept])
 
 
 def erase_sweeps(client: redis.Redis, keys: Keys, connection_id: str) -> int:

@@ -8,9 +8,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.infra.audit import AuditTrail
+from shared.infra.clock import utcnow
 from shared.infra.errors import InvalidInput
 from shared.infra.jobs import ActorName, Job, JobQueue, QueueName
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore
+from shared.telemetry import Attempt, AttemptOutcome, EventLog, EventState, EventStatus
 
 DURATION = re.compile(r"(\d{1,6})([mhd])")
 UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -63,16 +65,43 @@ def replay(
     audit: AuditTrail,
     letters: list[DeadLetter],
     by: str,
+    events: EventLog | None = None,
 ) -> list[str]:
-    """Queue each letter's job again as bulk work (actors are idempotent), then forget it."""
+    """Queue each letter's job again as bulk work (actors are idempotent), then forget it.
+    With `events`, a logged event of the letter is `queued` again, its replay an attempt."""
     replayed = []
     for letter in letters:
         actor = ActorName(letter.actor.removesuffix("_bulk"))
-        queue.enqueue([Job(actor=actor, queue=QueueName.BULK, kwargs=letter.kwargs)])
+        # Logged before the enqueue: a worker may run the job before this thread goes on.
+        _log_replay(events, letter, queued=True)
+        try:
+            queue.enqueue([Job(actor=actor, queue=QueueName.BULK, kwargs=letter.kwargs)])
+        except Exception:
+            _log_replay(events, letter, queued=False)
+            raise
         store.remove(letter.id)
         _audit(audit, by, "dead_letter.replayed", letter)
         replayed.append(letter.id)
     return replayed
+
+
+def _log_replay(events: EventLog | None, letter: DeadLetter, *, queued: bool) -> None:
+    """The letter's event, if logged: queued again by the replay, or still dead if the replay
+    could not be queued."""
+    connection_id, event_id = letter.kwargs.get("connection_id"), letter.kwargs.get("event_id")
+    if events is None or not isinstance(connection_id, str) or not isinstance(event_id, str):
+        return
+    now = utcnow()
+    if queued:
+        events.attempted(
+            connection_id,
+            event_id,
+            Attempt(now, AttemptOutcome.REPLAYED, "dead-letters replay", detail=letter.id),
+            EventStatus(EventState.QUEUED, now, detail="replayed"),
+        )
+    else:
+        still = EventStatus(EventState.DEAD, now, letter.id, detail="the replay was not queued")
+        events.attempted(connection_id, event_id, None, still)
 
 
 def purge(

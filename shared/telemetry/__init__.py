@@ -1,6 +1,14 @@
 """Metrics: their definitions, their push to Redis by every process, and the collection
-the receiver serves on `/metrics`."""
+the receiver serves on `/metrics`; the per-event delivery log and what each job's attempt did."""
 
+from shared.telemetry.attempts import (
+    AttemptRecorder,
+    Call,
+    begin_attempt,
+    capability_url,
+    end_attempt,
+    note_result,
+)
 from shared.telemetry.collect import Reused, exposition, gauges, totals
 from shared.telemetry.definitions import (
     JOB_DURATION,
@@ -14,6 +22,24 @@ from shared.telemetry.definitions import (
     WEBHOOK_REJECTIONS,
     WEBHOOK_REQUESTS,
 )
+from shared.telemetry.event_log import (
+    LOG_FUNCTIONS,
+    UNROUTED,
+    Attempt,
+    AttemptOutcome,
+    EventLog,
+    EventLogLayout,
+    EventPage,
+    EventQuery,
+    EventRecord,
+    EventSource,
+    EventState,
+    EventStatus,
+    EventView,
+    LoggedEvent,
+    not_recorded,
+    parse_query,
+)
 from shared.telemetry.forget import forget_connection_series, forget_series_of_gone_connections
 from shared.telemetry.http import MeteredClient, origin
 from shared.telemetry.push import MetricsPusher
@@ -23,19 +49,41 @@ __all__ = [
     "JOB_DURATION",
     "LAST_EVENT",
     "LAST_SUCCESS",
+    "LOG_FUNCTIONS",
     "NOTES",
     "PROGRAM_EVENTS",
     "RATE_LIMIT_DEFERRALS",
+    "UNROUTED",
     "WEBHOOK_EVENTS",
     "WEBHOOK_REJECTIONS",
     "WEBHOOK_REQUESTS",
+    "Attempt",
+    "AttemptOutcome",
+    "AttemptRecorder",
+    "Call",
+    "EventLog",
+    "EventLogLayout",
+    "EventPage",
+    "EventQuery",
+    "EventRecord",
+    "EventSource",
+    "EventState",
+    "EventStatus",
+    "EventView",
+    "LoggedEvent",
     "MeteredClient",
     "MetricsPusher",
     "Reused",
+    "begin_attempt",
+    "capability_url",
+    "end_attempt",
     "exposition",
     "forget_connection_series",
     "forget_series_of_gone_connections",
     "gauges",
+    "not_recorded",
+    "note_result",
     "origin",
+    "parse_query",
     "totals",
 ]

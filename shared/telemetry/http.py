@@ -1,4 +1,5 @@
-"""Counts and times every request a worker makes, by connection, target and status."""
+"""Counts and times every request a worker makes, by connection, target and status, and notes
+each in the attempt of the job that made it (`shared.telemetry.attempts`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from shared.telemetry.attempts import note_call
 from shared.telemetry.definitions import UPSTREAM_DURATION, UPSTREAM_REQUESTS
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -21,7 +23,8 @@ def origin(url: str) -> tuple[str, int]:
 class MeteredClient(httpx.Client):
     """An `httpx.Client` (environment proxies and all) that counts what it sends. `targets`
     names the origins (host, port) of Halaxy and the platform; anything else (a PDF host) is
-    "other". The time is to the response headers for a streamed request, else the whole body."""
+    "other". The time is to the response headers for a streamed request, else the whole body.
+    A request to "other" (a PDF host: its link is a capability) is noted without its path."""
 
     def __init__(
         self, connection_id: str, targets: dict[tuple[str, int], str], **options: Any
@@ -39,7 +42,15 @@ class MeteredClient(httpx.Client):
             response = super().send(request, **options)
         except httpx.TransportError:
             UPSTREAM_REQUESTS.labels(self._connection_id, target, "error").inc()
+            seconds = time.perf_counter() - started
+            note_call(target, request.method, _path(target, url), None, seconds)
             raise
-        UPSTREAM_DURATION.labels(self._connection_id, target).observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        UPSTREAM_DURATION.labels(self._connection_id, target).observe(seconds)
         UPSTREAM_REQUESTS.labels(self._connection_id, target, str(response.status_code)).inc()
+        note_call(target, request.method, _path(target, url), response.status_code, seconds)
         return response
+
+
+def _path(target: str, url: httpx.URL) -> str:
+    return "" if target == "other" else url.path

@@ -110,3 +110,14 @@ def test_the_scheduler_keeps_its_pace_unless_told(monkeypatch: pytest.MonkeyPatc
 )
 def test_where_redis_is_never_shows_a_password(url: str, shown: str) -> None:
     assert redis_location(url) == shown
+
+
+def test_the_event_log_bound_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BRIDGE_EVENT_LOG_MAX_PER_CONNECTION", raising=False)
+    assert load_settings().event_log_max_per_connection == 10_000
+    monkeypatch.setenv("BRIDGE_EVENT_LOG_MAX_PER_CONNECTION", "500")
+    assert load_settings().event_log_max_per_connection == 500
+    for bad in ("0", "many", "-5"):
+        monkeypatch.setenv("BRIDGE_EVENT_LOG_MAX_PER_CONNECTION", bad)
+        with pytest.raises(ConfigError, match="BRIDGE_EVENT_LOG_MAX_PER_CONNECTION"):
+            load_settings()

@@ -8,9 +8,10 @@ read as the same values.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from shared.connections.pause import HELD_MESSAGE, PAUSE_RECORD, HeldMessage, Pa
 from shared.connections.practitioner import Practitioner
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AUDIT_FIELDS, CHAIN_HEAD, AuditFields, AuditTrail, ChainHead
+from shared.infra.clock import utcnow
 from shared.infra.codec import RecordCodec
 from shared.infra.errors import UnreadableRecord
 from shared.infra.store import Keys, as_bytes
@@ -47,6 +49,20 @@ from shared.patients.reconcile import (
     SweepProgress,
 )
 from shared.platforms import PlatformKind
+from shared.telemetry.attempts import Call
+from shared.telemetry.event_log import (
+    ATTEMPT,
+    EVENT_RECORD,
+    EVENT_STATUS,
+    Attempt,
+    AttemptOutcome,
+    EventLog,
+    EventRecord,
+    EventSource,
+    EventState,
+    EventStatus,
+    event_digest,
+)
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "stored_records_v0.json"
 T = TypeVar("T")
@@ -497,3 +513,75 @@ def test_a_pause_and_the_held_messages_round_trip_through_redis(
         for r in redis_server_client.lrange(keys.held_messages("cn_x"), 0, -1)
     ]
     assert back == held
+
+
+# The event log: a record and its status in a hash, attempts in a list, written by the log's
+# scripts. A record is written only while it is within the log's 30 days (an older one is
+# trimmed by the same write), so its time is drawn from them.
+_event_logs = itertools.count()
+event_records = st.builds(
+    EventRecord,
+    event_id=ids,
+    connection_id=st.from_regex(r"[A-Za-z0-9_-]{1,24}", fullmatch=True),
+    source=st.sampled_from(EventSource),
+    event_type=text,
+    resource_id=text,
+    received_at=st.timedeltas(timedelta(0), timedelta(days=29)).map(lambda ago: utcnow() - ago),
+    note_id=text,
+    routed_from=text,
+)
+event_statuses = st.builds(EventStatus, st.sampled_from(EventState), moments, text, text, text)
+calls = st.builds(
+    Call,
+    text,
+    text,
+    text,
+    st.none() | st.integers(100, 599),
+    st.floats(0, 1e6, allow_nan=False, allow_infinity=False),
+)
+attempts = st.builds(
+    Attempt,
+    moments,
+    st.sampled_from(AttemptOutcome),
+    text,
+    text,
+    st.none() | st.integers(0, 999),
+    st.floats(0, 1e6, allow_nan=False, allow_infinity=False),
+    st.lists(calls, max_size=3).map(tuple),
+    counts,
+    text,
+)
+
+
+@with_redis
+@given(record=event_records, status=event_statuses, attempt=attempts)
+def test_an_event_log_entry_round_trips_through_its_store(
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    record: EventRecord,
+    status: EventStatus,
+    attempt: Attempt,
+) -> None:
+    own = Keys(f"{keys.namespace}-events{next(_event_logs)}")
+    log = EventLog(redis_server_client, own)
+    assert log.received(record, status)
+    assert log.attempted(record.connection_id, record.event_id, attempt, None)
+    digest = event_digest(record.event_id)
+    raw_record, raw_status = redis_server_client.hmget(
+        own.event_log_record(record.connection_id, digest), ["record", "status"]
+    )
+    assert raw_record is not None
+    assert raw_status is not None
+    back = EVENT_RECORD.decode(as_bytes(raw_record))
+    assert back == record
+    assert _enum_fields(back) == _enum_fields(record)
+    back_status = EVENT_STATUS.decode(as_bytes(raw_status))
+    assert back_status == status
+    assert back_status.state is status.state
+    [raw_attempt] = redis_server_client.lrange(
+        own.event_log_attempts(record.connection_id, digest), 0, -1
+    )
+    back_attempt = ATTEMPT.decode(as_bytes(raw_attempt))
+    assert back_attempt == attempt
+    assert back_attempt.outcome is attempt.outcome
+    assert all(type(call) is Call for call in back_attempt.calls)

@@ -39,6 +39,7 @@ from shared.notes.outbox import NoteOutbox, NoteState
 from shared.notes.unrouted import UnroutedPrograms
 from shared.ops import Erasure, offboard, standard_erasures
 from shared.ops.dead_letters import DeadLetterStore
+from shared.telemetry import EventLog
 from tests.helpers import audit_of, wait_until
 from tests.notes.test_write_back import body, publish
 from tests.workers import PHYSITRACK_WEBHOOK_KEY, Pipeline, Sandbox, sandbox_connection
@@ -226,13 +227,16 @@ def test_offboarding_leaves_nothing_naming_the_clinic_but_the_audit_trail(
         keys.dramatiq_messages("live.XQ"),
         keys.dramatiq_messages("live.DQ"),
         keys.audit(),
+        keys.event_log_index(clinic.id),
+        keys.event_log_connections(),
     ):
         assert expected.encode() in held, expected
     assert any(k.startswith(keys.seen_event(clinic.id, "").encode()) for k in held)
     assert any(k.startswith(keys.note(clinic.id, "").encode()) for k in held)
     assert any(k.startswith(keys.program_moments(clinic.id, "").encode()) for k in held)
     unrouted = UnroutedPrograms(pipeline.redis, keys, base_settings.fernet)
-    assert len(unrouted.of_tokens([mapped])) == 1
+    [kept] = unrouted.of_tokens([mapped])
+    assert [v.record.event_id for v in EventLog(pipeline.redis, keys).get(kept.id)] == [kept.id]
     cache = key_records(keys, clinic.halaxy_base_url, clinic.halaxy_client_id)
     assert pipeline.redis.exists(cache[0]) == 1  # the cached token of the clinic's key
     trail_before = audit_naming(pipeline, clinic.id)
@@ -269,6 +273,8 @@ def test_offboarding_leaves_nothing_naming_the_clinic_but_the_audit_trail(
     assert done.erased["dead_letters"] == 1
     assert done.erased["held_messages"] == 1
     assert done.erased["unrouted_programs"] == 1
+    assert done.erased["event_log"] > 0
+    assert EventLog(pipeline.redis, keys).get(kept.id) == []  # its unrouted log record too
     assert unrouted.of_tokens([mapped]) == []
     assert all(pipeline.redis.exists(k) == 0 for k in cache)
     assert pipeline.store.get(clinic.id) is None

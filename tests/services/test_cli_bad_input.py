@@ -70,6 +70,8 @@ USES_REDIS: dict[Path_, list[str]] = {
     ("dead-letters", "list"): [],
     ("dead-letters", "purge"): ["--all-matching"],
     ("dead-letters", "replay"): ["--all-matching"],
+    ("events", "list"): [],
+    ("events", "show"): ["ev-1"],
     ("notes", "failed"): [],
     ("notes", "parked"): [],
     ("notes", "resolve"): ["nt_x", "--drop"],
@@ -104,6 +106,7 @@ TAKES_AN_ID: dict[Path_, list[str]] = {
     ("connections", "show"): [],
     ("dead-letters", "purge"): [],
     ("dead-letters", "replay"): [],
+    ("events", "show"): [],
     ("notes", "resolve"): ["--drop"],
     ("practitioners", "add"): [
         "--token=ptok-0123456789",
@@ -273,6 +276,9 @@ WRONG_TEXT_VALUES: list[tuple[Path_, list[str]]] = [
     (("connections", "edit"), ["--platform-base-url=ftp://x"]),
     (("connections", "edit"), ["--name=\n"]),
     (("notes", "resolve"), ["--by", "\n"]),
+    (("events", "list"), ["--since", "yesterday"]),
+    (("events", "list"), ["--cursor", "ev1.AAAA"]),
+    (("events", "list"), ["--state", "finished"]),
 ]
 
 

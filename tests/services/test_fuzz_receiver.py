@@ -1328,6 +1328,8 @@ ROUTES = [
     "/admin/connections/{connection}/practitioners",
     "/admin/connections/{connection}/practitioners/{practitioner}",
     "/admin/connections/{connection}/practitioners/{practitioner}/rotate",
+    "/ops/events",
+    "/ops/events/{event}",
 ]
 
 

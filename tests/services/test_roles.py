@@ -45,7 +45,10 @@ OPERATIONS = [
 
 def filled(path: str, connection: Connection) -> str:
     return path.format(
-        connection_id=connection.id, halaxy_practitioner="PR-2001", note_id="nt_none"
+        connection_id=connection.id,
+        halaxy_practitioner="PR-2001",
+        note_id="nt_none",
+        event_id="ev-none",
     )
 
 
