@@ -16,7 +16,7 @@ from shared.connections import (
     onboarding,
 )
 from shared.infra import utcnow
-from shared.ops import Erasure, Offboarded, offboard, standard_erasures
+from shared.ops import Offboarded, offboard, standard_erasures
 
 log = structlog.get_logger("halaxy_bridge.admin")
 
@@ -66,12 +66,7 @@ def disable(deps: Deps, connection: Connection, by: str) -> Connection:
 
 def erase(deps: Deps, connection: Connection, by: str) -> Offboarded:
     """Offboard: erase everything the bridge holds for the clinic; one audit entry says so."""
-    erasures = standard_erasures(deps.connections, deps.settings.fernet, extra_erasures(deps))
+    erasures = standard_erasures(deps.connections, deps.settings.fernet)
     done = offboard(deps.connections, connection, erasures, utcnow(), deps.audit, by)
     log.info("connection.offboarded", connection_id=connection.id, actor=by)
     return done
-
-
-def extra_erasures(deps: Deps) -> list[Erasure]:
-    """The erasures of records kept outside `standard_erasures`' reach."""
-    return []
