@@ -22,6 +22,7 @@ from services.webhook_receiver.forms import (
     actor_of,
     form_action,
     form_signer,
+    may_act,
     negotiated,
 )
 from services.webhook_receiver.pages import (
@@ -52,16 +53,10 @@ def action_path(connection_id: str, action: str) -> str:
     return ACTION_PATH.format(connection_id, action)
 
 
-def _role(request: Request) -> Role:
-    admin = getattr(request.state, "admin", None)
-    return admin.role if admin is not None else Role.VIEWER
-
-
 async def connection_page(request: Request) -> Response:
     deps = authorize(request, Role.VIEWER, browser=True)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     held: Holding = await call(actions.holding, deps, connection)
-    role = _role(request)
     rows = [
         ("name", connection.name),
         ("id", connection.id),
@@ -86,12 +81,11 @@ async def connection_page(request: Request) -> Response:
             ]
         ),
     )
-    if role.allows(Role.OPERATOR):
-        buttons = _buttons(form_signer(request, deps), connection, held, role)
+    if may_act(request):
+        signer = form_signer(request, deps)
+        buttons = _buttons(signer, connection, held, admin=may_act(request, Role.ADMIN))
     else:
-        buttons = tag(
-            "p", f"You ({actor_of(request)}) have the {role} role: you can see, not act here."
-        )
+        buttons = tag("p", f"You ({actor_of(request)}) have the viewer role: you can see, not act.")
     return page(
         f"Connection {connection.name}",
         join([details, links, tag("h2", "Actions"), buttons]),
@@ -107,7 +101,7 @@ def _state(connection: Connection, held: Holding) -> str:
     return "running"
 
 
-def _buttons(signer: FormSigner, connection: Connection, held: Holding, role: Role) -> Markup:
+def _buttons(signer: FormSigner, connection: Connection, held: Holding, admin: bool) -> Markup:
     cid = connection.id
     forms: list[Markup] = []
     if connection.enabled:
@@ -120,7 +114,7 @@ def _buttons(signer: FormSigner, connection: Connection, held: Holding, role: Ro
         forms.append(post_form(signer, action_path(cid, "enable"), "Enable"))
         if held.held:  # left from a pause before it was disabled: a resume releases them
             forms.append(post_form(signer, action_path(cid, "resume"), "Release held messages"))
-    if role.allows(Role.ADMIN):
+    if admin:
         forms.append(post_form(signer, action_path(cid, "offboard"), "Offboard…"))
     return tag("div", join(forms), class_="actions")
 

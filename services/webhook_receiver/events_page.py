@@ -15,11 +15,12 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from services.webhook_receiver.pages import Markup, document, tag
+from services.webhook_receiver.pages import Markup, TokenSource, document, post_form, tag
 from shared.infra import iso_now
 from shared.telemetry import UNROUTED, EventPage, EventQuery, EventState, EventView
 
 MISSING = "—"
+REPLAY_PATH = "/ops/dead-letters/replay"
 EXTRA_STYLE = """
 form.search { display: flex; flex-wrap: wrap; gap: 0.6em 1.2em; align-items: flex-end;
   margin-bottom: 1.5em; }
@@ -133,7 +134,14 @@ def _state(view: EventView) -> str:
     return f'<span class="state-{escape(state)}">{escape(state)}</span>'
 
 
-def _row(view: EventView) -> str:
+def _replay(signer: TokenSource | None, letter_id: str | None) -> str:
+    """The dead letter's replay button, for whoever may act (`signer`); else nothing."""
+    if signer is None or not letter_id:
+        return ""
+    return " " + str(post_form(signer, REPLAY_PATH, "Replay", {"ids": letter_id}))
+
+
+def _row(view: EventView, signer: TokenSource | None) -> str:
     shown = view.shown()
     cells = [
         f'<td class="time">{moment(shown["received_at"])}</td>',
@@ -145,7 +153,8 @@ def _row(view: EventView) -> str:
         f'<td class="word">{_state(view)}</td>',
         f"<td>{escape(_text(shown['detail']))}</td>",
         f"<td>{len(view.attempts)}</td>",
-        f'<td class="id">{escape(_text(shown["dead_letter_id"]))}</td>',
+        f'<td class="id">{escape(_text(shown["dead_letter_id"]))}'
+        f"{_replay(signer, shown['dead_letter_id'])}</td>",
     ]
     return f"<tr>{''.join(cells)}</tr>"
 
@@ -166,8 +175,10 @@ def render_search(
     query: EventQuery | None,
     page: EventPage | None,
     error: list[str] | None = None,
+    signer: TokenSource | None = None,
 ) -> str:
-    """The search page: the form (filled as asked), then the results or what was wrong."""
+    """The search page: the form (filled as asked), then the results or what was wrong; a
+    dead event's row has its replay button when `signer` signs the caller's forms."""
     parts = [
         "<p>Every Halaxy event and program the bridge took in over the last 30 days, newest "
         f"first. Generated at {moment(iso_now())}.</p>",
@@ -182,7 +193,7 @@ def render_search(
         )
     if query is not None and page is not None:
         head = "".join(f'<th scope="col">{escape(c)}</th>' for c in ROW_COLUMNS)
-        rows = "".join(_row(view) for view in page.events) or (
+        rows = "".join(_row(view, signer) for view in page.events) or (
             f'<tr><td colspan="{len(ROW_COLUMNS)}">no events match</td></tr>'
         )
         parts.append(
@@ -211,15 +222,16 @@ def _paging(query: EventQuery, page: EventPage) -> str:
     return note + (f"<p>{' · '.join(links)}</p>" if links else "<p>End of the results.</p>")
 
 
-def render_event(event_id: str, views: list[EventView]) -> str:
-    """One event's page: each record of it (one per connection that logged the id)."""
+def render_event(event_id: str, views: list[EventView], signer: TokenSource | None = None) -> str:
+    """One event's page: each record of it (one per connection that logged the id); a dead
+    one has its replay button when `signer` signs the caller's forms."""
     parts = []
     for view in views:
-        parts.append(_record(view))
+        parts.append(_record(view, signer))
     return _page(f"Event {event_id}", "\n".join(parts))
 
 
-def _record(view: EventView) -> str:
+def _record(view: EventView, signer: TokenSource | None) -> str:
     shown = view.shown()
     fields = [
         ("connection", shown["connection_id"]),
@@ -246,7 +258,7 @@ def _record(view: EventView) -> str:
             f'<p class="dead-letter">Dead letter <code id="dead-letter-id">'
             f"{escape(shown['dead_letter_id'])}</code>: replay it with "
             f"<code>halaxy-bridge dead-letters replay {escape(shown['dead_letter_id'])}</code>."
-            "</p>"
+            f"{_replay(signer, shown['dead_letter_id'])}</p>"
         )
     record = view.record
     links = [

@@ -90,6 +90,12 @@ def caller_identity(request: Request) -> str:
     return credential_identity(credential or "")
 
 
+def may_act(request: Request, role: Role = Role.OPERATOR) -> bool:
+    """Whether the admin `authorize` let in has `role` (to be shown the buttons that need it)."""
+    admin = getattr(request.state, "admin", None)
+    return admin is not None and bool(admin.role.allows(role))
+
+
 def actor_of(request: Request) -> str:
     """Who acts, in the audit trail: the admin `authorize` let in (`auth.actor`)."""
     return actor(request)

@@ -17,13 +17,20 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from services.webhook_receiver.admin import authorize, call
+from services.webhook_receiver.deps import Deps
 from services.webhook_receiver.events_page import render_event, render_problem, render_search
+from services.webhook_receiver.forms import FormSigner, form_signer, may_act
 from services.webhook_receiver.negotiation import wants_html
 from services.webhook_receiver.pages import SECURITY_HEADERS
 from services.webhook_receiver.responses import ApiError, JSONResponse
 from shared.infra import InvalidInput, utcnow
 from shared.ops import Role
 from shared.telemetry import EventPage, EventView, parse_query
+
+
+def _signer(request: Request, deps: Deps) -> FormSigner | None:
+    """Signs the replay buttons' forms, for an operator or an admin; a viewer gets none."""
+    return form_signer(request, deps) if may_act(request) else None
 
 
 async def list_events(request: Request) -> Response:
@@ -41,7 +48,7 @@ async def list_events(request: Request) -> Response:
     found: EventPage = await call(deps.events.search, query)
     if html:
         connections = await call(deps.events.connections)
-        page = render_search(raw, connections, query, found)
+        page = render_search(raw, connections, query, found, signer=_signer(request, deps))
         return HTMLResponse(page, headers=SECURITY_HEADERS)
     return JSONResponse(found.shown())
 
@@ -71,5 +78,6 @@ async def show_event(request: Request) -> Response:
             return HTMLResponse(page, status_code=404, headers=SECURITY_HEADERS)
         raise ApiError(404, "unknown_event", detail)
     if html:
-        return HTMLResponse(render_event(query.event_id, views), headers=SECURITY_HEADERS)
+        shown = render_event(query.event_id, views, _signer(request, deps))
+        return HTMLResponse(shown, headers=SECURITY_HEADERS)
     return JSONResponse({"event_id": query.event_id, "records": [v.shown() for v in views]})

@@ -1,4 +1,5 @@
-"""A connection's page in a real headless Chromium: an operator pauses and resumes it and
+"""The console in a real headless Chromium: an event found by its id and its dead letter
+replayed from its page; a connection's page: an operator pauses and resumes it and
 disables it through a confirmation, an admin offboards it by typing its id (a wrong id erases
 nothing), and a viewer sees the page but has no button, and a post made without one is refused,
 audited, and changes nothing."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,9 +20,20 @@ from shared.connections.model import Connection
 from shared.connections.pause import PausedConnections
 from shared.connections.store import ConnectionStore
 from shared.infra.audit import AuditTrail
+from shared.infra.clock import utcnow
 from shared.infra.store import Keys
 from shared.ops.admins import Role
 from shared.ops.dead_letters import DeadLetterStore
+from shared.telemetry.attempts import Call
+from shared.telemetry.event_log import (
+    Attempt,
+    AttemptOutcome,
+    EventLog,
+    EventRecord,
+    EventSource,
+    EventState,
+    EventStatus,
+)
 from tests.browser import SeenPosts, playwright_chromium, post_status, serving, signed_in
 from tests.helpers import named_admin
 from tests.services.test_console import letter
@@ -206,3 +219,68 @@ def test_a_viewer_sees_a_connection_but_cannot_act_on_it(
         if e.actor == name and e.action == "access.refused"
     ]
     assert refused.outcome == "refused: needs the operator role"
+
+
+def test_what_happened_to_an_event_is_one_search_and_it_is_replayed_there(
+    browser: Browser,
+    served: tuple[str, SeenPosts],
+    redis_server_client: redis.Redis,
+    keys: Keys,
+    connection: Connection,
+) -> None:
+    """ "What happened to Halaxy event X for clinic Y?": the event id in the search, its page,
+    its dead letter replayed from it, and the log saying so."""
+    url, _ = served
+    event_id = unique("ev")
+    events = EventLog(redis_server_client, keys)
+    now = utcnow()
+    events.received(
+        EventRecord(
+            event_id=event_id,
+            connection_id=connection.id,
+            source=EventSource.HALAXY_WEBHOOK,
+            event_type="patient-updated",
+            resource_id="1001",
+            received_at=now,
+        )
+    )
+    failed = Attempt(
+        at=now,
+        outcome=AttemptOutcome.DEAD,
+        actor="sync_patient",
+        detail="PatientNotUsable",
+        status_code=200,
+        seconds=0.2,
+        calls=(Call("halaxy", "GET", "/main/Patient/{id}", 200, 0.1),),
+        message_id="m-dead-ev",
+    )
+    events.attempted(
+        connection.id, event_id, failed, EventStatus(EventState.DEAD, now, "m-dead-ev")
+    )
+    dead = letter(connection.id, "m-dead-ev")
+    dead = replace(dead, kwargs={**dead.kwargs, "event_id": event_id})
+    letters = DeadLetterStore(redis_server_client, keys)
+    letters.add(dead)
+
+    with signed_in(
+        browser, named_admin(redis_server_client, keys, unique("otto"), Role.OPERATOR)
+    ) as page:
+        page.goto(f"{url}/ops/events")
+        page.fill("input[name=connection]", connection.id)
+        page.fill("input[name=event]", event_id)
+        page.get_by_role("button", name="Search").click()
+        page.wait_for_load_state()
+        [row] = page.locator("#events tbody tr").all_inner_texts()
+        assert "dead" in row
+        assert "m-dead-ev" in row
+
+        page.get_by_role("link", name=event_id).click()
+        page.wait_for_load_state()
+        assert "halaxy GET" in page.content()
+        assert page.inner_text("#dead-letter-id") == "m-dead-ev"
+        assert post_status(page, page.get_by_role("button", name="Replay").click) == 200
+        assert "Replayed 1 dead letter" in page.inner_text("#result")
+
+    assert letters.get("m-dead-ev") is None
+    [view] = events.get(event_id, connection.id)
+    assert view.status.state is EventState.QUEUED
