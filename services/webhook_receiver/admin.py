@@ -205,6 +205,16 @@ async def resume_connection(request: Request) -> Response:
     return JSONResponse(await call(shown, deps, connection))
 
 
+async def send_test_event(request: Request) -> Response:
+    deps = authorize(request, Role.OPERATOR)
+    connection = await existing_connection(deps, request.path_params["connection_id"])
+    if not connection.enabled:
+        raise ApiError(409, "connection_disabled", "the connection is disabled: enable it first")
+    event_id = await call(actions.send_test_event, deps, connection, actor(request))
+    shown = {"event_id": event_id, "event_url": actions.event_url(connection, event_id)}
+    return JSONResponse(shown, status_code=202)
+
+
 async def offboard_connection(request: Request) -> Response:
     deps = authorize(request, Role.ADMIN)
     data = await json_object(request)

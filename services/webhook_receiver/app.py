@@ -235,6 +235,11 @@ def create_app(
             methods=["POST"],
         ),
         Route(
+            "/admin/connections/{connection_id}/test-event",
+            console_connections.test_event_route,
+            methods=["POST"],
+        ),
+        Route(
             "/admin/connections/{connection_id}/offboard",
             console_connections.offboard_route,
             methods=["POST"],

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import uuid
+from urllib.parse import quote, urlencode
+
 import structlog
 
 from services.webhook_receiver.deps import Deps
@@ -15,8 +18,9 @@ from shared.connections import (
     lifecycle,
     onboarding,
 )
-from shared.infra import utcnow
+from shared.infra import ActorName, Job, QueueName, utcnow
 from shared.ops import Offboarded, offboard, standard_erasures
+from shared.telemetry import EventRecord, EventSource
 
 log = structlog.get_logger("halaxy_bridge.admin")
 
@@ -62,6 +66,41 @@ def disable(deps: Deps, connection: Connection, by: str) -> Connection:
     disabled = onboarding.disable_connection(deps.connections, connection, utcnow(), deps.audit, by)
     log.info("connection.disabled", connection_id=connection.id, actor=by)
     return disabled
+
+
+TEST_EVENT = "test-event"
+
+
+def send_test_event(deps: Deps, connection: Connection, by: str) -> str:
+    """A synthetic event through the connection: logged like a delivery, then queued as live
+    work for `probe_connection` (a read from Halaxy and one from the platform, nothing
+    written); its id, whose page in the event log shows the trail. Audited."""
+    event_id = f"test-{uuid.uuid4().hex[:16]}"
+    record = EventRecord(
+        event_id=event_id,
+        connection_id=connection.id,
+        source=EventSource.CONSOLE,
+        event_type=TEST_EVENT,
+        resource_id="",
+        received_at=utcnow(),
+    )
+    deps.events.received(record)
+    job = Job(
+        actor=ActorName.PROBE_CONNECTION,
+        queue=QueueName.LIVE,
+        kwargs={"connection_id": connection.id, "event_id": event_id, "event": TEST_EVENT},
+    )
+    deps.queue.enqueue([job])
+    deps.audit.record(
+        actor=by, action="connection.test_event", connection_id=connection.id, resource_ids=event_id
+    )
+    log.info("connection.test_event", connection_id=connection.id, event_id=event_id, actor=by)
+    return event_id
+
+
+def event_url(connection: Connection, event_id: str) -> str:
+    """The event's page in the log (`/ops/events/{id}`)."""
+    return f"/ops/events/{quote(event_id, safe='')}?{urlencode({'connection': connection.id})}"
 
 
 def erase(deps: Deps, connection: Connection, by: str) -> Offboarded:

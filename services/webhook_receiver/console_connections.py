@@ -38,6 +38,7 @@ from services.webhook_receiver.pages import (
     table,
     tag,
 )
+from services.webhook_receiver.responses import ApiError
 from shared.connections import Connection, Holding
 from shared.ops import Role
 
@@ -105,6 +106,7 @@ def _buttons(signer: FormSigner, connection: Connection, held: Holding, admin: b
     cid = connection.id
     forms: list[Markup] = []
     if connection.enabled:
+        forms.append(post_form(signer, action_path(cid, "test-event"), "Send a test event"))
         if held.is_paused:
             forms.append(post_form(signer, action_path(cid, "resume"), "Resume"))
         else:
@@ -121,6 +123,23 @@ def _buttons(signer: FormSigner, connection: Connection, held: Holding, admin: b
 
 def _back(connection: Connection) -> list[tuple[str, str]]:
     return [(page_path(connection.id), "Back to the connection"), ("/ops", "Status")]
+
+
+async def test_event_form(request: Request, deps: Deps, form: Form) -> Response:
+    connection = await existing_connection(deps, request.path_params["connection_id"])
+    if not connection.enabled:
+        raise ApiError(409, "connection_disabled", "the connection is disabled: enable it first")
+    event_id = await call(actions.send_test_event, deps, connection, actor_of(request))
+    held: Holding = await call(actions.holding, deps, connection)
+    said = [
+        f"Test event {event_id} queued: a worker reads from Halaxy and from the platform "
+        "through this connection (nothing is written anywhere).",
+        "Its page shows each attempt: what was called, and what each answered.",
+    ]
+    if held.is_paused:
+        said.append("The connection is paused: the test event is held until it is resumed.")
+    links = [(actions.event_url(connection, event_id), "The test event's trail")]
+    return result_page(f"Test event for {connection.name}", said, links + _back(connection))
 
 
 async def pause_form(request: Request, deps: Deps, form: Form) -> Response:
@@ -219,4 +238,5 @@ disable_route = negotiated(admin.disable_connection, form_action(disable_form))
 enable_route = negotiated(admin.enable_connection, form_action(enable_form))
 pause_route = negotiated(admin.pause_connection, form_action(pause_form))
 resume_route = negotiated(admin.resume_connection, form_action(resume_form))
+test_event_route = negotiated(admin.send_test_event, form_action(test_event_form))
 offboard_route = negotiated(admin.offboard_connection, form_action(offboard_form, Role.ADMIN))

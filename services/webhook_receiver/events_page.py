@@ -45,7 +45,8 @@ STATE_MEANINGS = {
     EventState.SKIPPED: "not written by the rules (archived, deceased, enquiry, stale...)",
     EventState.DEAD: "failed for good: its dead letter can be replayed",
     EventState.PARKED: "the note's POST ended ambiguously: check Halaxy, then resolve it",
-    EventState.FAILED: "the note was refused (PDF or Halaxy): resolve it",
+    EventState.FAILED: "the note was refused (PDF or Halaxy): resolve it; or a test event's "
+    "read failed (its attempt shows what answered what)",
     EventState.DROPPED: "its connection was disabled, or the note dropped by a person",
     EventState.UNROUTED: "a Physitrack post no enabled connection knows the token of: kept",
     EventState.ROUTED: "an unrouted post a connection has taken since: see its note",

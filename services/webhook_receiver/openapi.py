@@ -720,6 +720,19 @@ def _add_lifecycle(spec: dict[str, Any]) -> None:
                 },
             }
         }
+    paths["/admin/connections/{connection_id}/test-event"] = {
+        "post": {
+            "summary": "send a test event through the connection: logged like a delivery, then "
+            "a worker reads from Halaxy and the platform (nothing written); its trail is at "
+            "`event_url` (audited)",
+            "security": ADMIN_SECURITY,
+            "parameters": [CONNECTION_ID],
+            "responses": {
+                "202": _json(ANY_OBJECT, "queued: `event_id` and `event_url`"),
+                **_errors(401, 404, 503),
+            },
+        }
+    }
     paths["/admin/connections/{connection_id}/offboard"] = {
         "post": {
             "summary": "erase everything the bridge holds for the clinic; the body confirms "
@@ -744,6 +757,7 @@ ROLES = {
     ("post", "/admin/connections"): "admin",
     ("post", "/admin/connections/{connection_id}/disable"): "operator",
     ("post", "/admin/connections/{connection_id}/enable"): "operator",
+    ("post", "/admin/connections/{connection_id}/test-event"): "operator",
     ("post", "/admin/connections/{connection_id}/pause"): "operator",
     ("post", "/admin/connections/{connection_id}/resume"): "operator",
     ("patch", "/admin/connections/{connection_id}"): "admin",

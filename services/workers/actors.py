@@ -14,6 +14,7 @@ from shared.infra import (
     BULK_PRIORITY,
     LIVE_PRIORITY,
     ActorName,
+    BridgeError,
     QueueName,
     actor_for,
     held_lease,
@@ -131,6 +132,32 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
         )
 
 
+TEST_EVENT = "test-event"
+# Who a test event looks for on the platform: no patient has this external id.
+PROBE_EXTERNAL_ID = "halaxy-bridge-test-event"
+
+
+def probe_connection(connection_id: str, event_id: str, event: str = TEST_EVENT) -> None:
+    """A test event sent from /ops: a read from Halaxy (a token, then the first page of its
+    Patient search) and a look-up on the platform, through the connection's own clients, so the
+    event's trail in the log shows what each answered. It writes nothing anywhere, and a failure
+    is its result (`failed`, the calls' status codes in the trail), never retried or
+    dead-lettered: it is a question, not work."""
+    with job_outcome(
+        ActorName.PROBE_CONNECTION, connection_id=connection_id, event_id=event_id
+    ) as log:
+        services = current_runtime().services(connection_id)
+        try:
+            next(iter(services.halaxy.search("Patient", {"_count": "1"})), None)
+            services.platform.find_patient(PROBE_EXTERNAL_ID)
+        except BridgeError as exc:
+            note_result("failed")
+            log.warning("connection.probe_failed", error=type(exc).__name__)
+            return
+        note_result("probed")
+        log.info("connection.probed")
+
+
 # Each job runs as a live actor (webhooks: a clinic waits) and as a bulk twin on its own queue
 # at a lower priority (backfill, reconcile, replays), so bulk work never delays live work.
 FUNCTIONS: dict[ActorName, Callable[..., None]] = {
@@ -138,6 +165,7 @@ FUNCTIONS: dict[ActorName, Callable[..., None]] = {
     ActorName.SYNC_APPOINTMENT: sync_appointment,
     ActorName.RECORD_INVOICE: record_invoice,
     ActorName.WRITE_PROGRAM_NOTE: write_program_note,
+    ActorName.PROBE_CONNECTION: probe_connection,
 }
 for _name, _function in FUNCTIONS.items():
     for _queue, _priority in ((QueueName.LIVE, LIVE_PRIORITY), (QueueName.BULK, BULK_PRIORITY)):

@@ -44,11 +44,13 @@ log = structlog.get_logger("halaxy_bridge.workers")
 
 # What a job reported, and the state its event is in after it. A result not named here leaves
 # the state as it was (a note's job that found its note settled already: `nothing_to_do`).
-DONE = frozenset({"created", "updated", "posted", "recorded"})
+DONE = frozenset({"created", "updated", "posted", "recorded", "probed"})
 UNCHANGED = frozenset({"unchanged", "already_synced"})
 NOTE_ACTORS = frozenset(
     {ActorName.WRITE_PROGRAM_NOTE.value, f"{ActorName.WRITE_PROGRAM_NOTE}_bulk"}
 )
+# A test event sent from /ops (`actors.probe_connection`).
+PROBE_ACTORS = frozenset({ActorName.PROBE_CONNECTION.value, f"{ActorName.PROBE_CONNECTION}_bulk"})
 
 
 def event_of(message: Any) -> tuple[str, str] | None:
@@ -57,7 +59,7 @@ def event_of(message: Any) -> tuple[str, str] | None:
     connection_id, event_id = kwargs.get("connection_id"), kwargs.get("event_id")
     if not isinstance(connection_id, str) or not isinstance(event_id, str):
         return None
-    if message.actor_name in NOTE_ACTORS or kwargs.get("event") in HALAXY_EVENTS:
+    if message.actor_name in NOTE_ACTORS | PROBE_ACTORS or kwargs.get("event") in HALAXY_EVENTS:
         return connection_id, event_id
     return None
 

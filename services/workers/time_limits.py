@@ -9,5 +9,6 @@ TIME_LIMITS_MS = {
     ActorName.SYNC_APPOINTMENT: 120_000,
     ActorName.RECORD_INVOICE: 30_000,
     ActorName.WRITE_PROGRAM_NOTE: 10 * 60_000,  # a 20 MB PDF down and ~27 MB of JSON up
+    ActorName.PROBE_CONNECTION: 60_000,
 }
 LONGEST_JOB_SECONDS = max(TIME_LIMITS_MS.values()) / 1000

@@ -22,6 +22,7 @@ class ActorName(StrEnum):
     SYNC_APPOINTMENT = "sync_appointment"
     RECORD_INVOICE = "record_invoice"
     WRITE_PROGRAM_NOTE = "write_program_note"
+    PROBE_CONNECTION = "probe_connection"  # a test event sent from /ops: reads, never writes
 
 
 # Dramatiq runs lower numbers first: a free worker thread takes live work before bulk work.

@@ -100,6 +100,7 @@ class EventSource(StrEnum):
     PHYSITRACK_WEBHOOK = "physitrack-webhook"  # the deployment's one Physitrack URL
     PROGRAM_POLL = "program-poll"  # the scheduler's read of Physitrack's events
     UNROUTED = "unrouted"  # a kept Physitrack post, routed once a connection knew its token
+    CONSOLE = "console"  # a test event an operator sent from /ops
 
 
 class AttemptOutcome(StrEnum):

@@ -108,6 +108,16 @@ def test_an_operator_pauses_resumes_and_disables_a_connection(
         assert not pauses.is_paused(connection.id)
         page.click("text=Back to the connection")
 
+        # A test event: queued through the connection, its trail one link away (no worker
+        # runs here: it waits, queued).
+        click = page.get_by_role("button", name="Send a test event").click
+        assert post_status(page, click) == 200
+        page.click("text=The test event's trail")
+        page.wait_for_load_state()
+        assert "test-event" in page.content()
+        assert "queued" in page.inner_text("main")
+        page.goto(f"{url}/ops/connections/{connection.id}")
+
         # Disable asks first; the confirmation changes nothing until it is pressed.
         assert post_status(page, page.get_by_role("button", name="Disable…").click) == 200
         assert "stops taking webhooks" in page.inner_text("#what-happens")
@@ -127,6 +137,7 @@ def test_an_operator_pauses_resumes_and_disables_a_connection(
     assert actions == [
         "connection.paused",
         "connection.resumed",
+        "connection.test_event",
         "connection.disabled",
         "connection.enabled",
     ]

@@ -5,6 +5,7 @@ the deployment's Physitrack endpoint kept unrouted and then routed, one the poll
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -26,7 +27,7 @@ from shared.connections.onboarding import KeyVerifier
 from shared.infra.clock import utcnow
 from shared.ops.dead_letters import DeadLetterStore
 from shared.telemetry import UNROUTED, EventLog, EventQuery, EventView, parse_query
-from tests.helpers import audit_of
+from tests.helpers import audit_of, bearer
 from tests.notes.test_physitrack_programs import ENDPOINT, Seat, add, book, poll_all
 from tests.notes.test_write_back import body, publish
 from tests.workers import Pipeline, Sandbox, sandbox_connection
@@ -289,3 +290,55 @@ def test_an_event_of_a_paused_connection_shows_held_then_done_once_resumed(
     done = only(events, "ev-held")
     assert [a.outcome.value for a in done.attempts] == ["held", "succeeded"]
     assert done.status.state.value == "done"
+
+
+def test_a_test_event_from_ops_runs_through_the_worker_and_shows_its_trail(
+    pipeline: Pipeline, sandbox: Sandbox, conn: Connection, events: EventLog
+) -> None:
+    """`POST /admin/connections/{id}/test-event`: logged, queued, read from Halaxy and the
+    platform by a worker (nothing written), done, with each call and its answer in the trail;
+    then Halaxy refusing the connection's key: the test event ends failed, not retried, no dead
+    letter, and the trail shows Halaxy's answer."""
+    admin = bearer(os.environ["BRIDGE_ADMIN_TOKEN"])
+    sent = pipeline.receiver.post(f"/admin/connections/{conn.id}/test-event", headers=admin)
+    assert sent.status_code == 202, sent.text
+    event_id = sent.json()["event_id"]
+    assert sent.json()["event_url"] == f"/ops/events/{event_id}?connection={conn.id}"
+    pipeline.drain()
+
+    view = only(events, event_id, conn.id)
+    shown = view.shown()
+    assert (shown["source"], shown["event_type"], shown["state"]) == (
+        "console",
+        "test-event",
+        "done",
+    )
+    [attempt] = view.attempts
+    assert (attempt.actor, attempt.detail) == ("probe_connection", "probed")
+    answered = {(upstream, method, status) for upstream, method, _, status in calls(view, 0)}
+    assert ("halaxy", "GET", 200) in answered
+    assert ("platform", "GET", 200) in answered
+    assert {method for _, method, _ in answered} <= {"GET", "POST"}  # POST: Halaxy's token
+    [entry] = audit_of(pipeline.store).entries(
+        connection_id=conn.id, action="connection.test_event"
+    )
+    assert entry.resource_ids == event_id
+
+    # The page of the event: its trail, as a browser reads it.
+    page = pipeline.receiver.get(sent.json()["event_url"], headers={**admin, "Accept": "text/html"})
+    assert page.status_code == 200
+    assert "probe_connection" in page.text
+
+    sandbox.halaxy.faults.script = [503] * 10
+    try:
+        failing = pipeline.receiver.post(f"/admin/connections/{conn.id}/test-event", headers=admin)
+        pipeline.drain()
+    finally:
+        sandbox.halaxy.faults.script = []
+    failed = only(events, failing.json()["event_id"], conn.id)
+    assert failed.shown()["state"] == "failed"
+    [attempt] = failed.attempts  # not retried
+    assert attempt.detail == "failed"
+    assert 503 in {status for _, _, _, status in calls(failed, 0)}
+    letters = DeadLetterStore(pipeline.redis, pipeline.keys).list()
+    assert [x for x in letters if x.connection_id == conn.id] == []
