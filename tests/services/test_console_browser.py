@@ -26,9 +26,7 @@ from shared.ops.dead_letters import DeadLetterStore
 from tests.browser import (
     SeenPosts,
     ServerThread,
-    playwright_chromium,
     post_status,
-    serving,
     signed_in,
 )
 from tests.helpers import queued_messages
@@ -40,18 +38,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with playwright_chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def served(app: Starlette) -> Iterator[tuple[str, SeenPosts]]:
-    with serving(app) as (url, seen):
-        yield url, seen
 
 
 @pytest.fixture

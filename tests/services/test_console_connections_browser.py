@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from starlette.applications import Starlette
 
 from shared.connections.model import Connection
 from shared.connections.pause import PausedConnections
@@ -34,7 +32,7 @@ from shared.telemetry.event_log import (
     EventState,
     EventStatus,
 )
-from tests.browser import SeenPosts, playwright_chromium, post_status, serving, signed_in
+from tests.browser import SeenPosts, post_status, signed_in
 from tests.helpers import named_admin
 from tests.services.test_console import letter
 
@@ -44,18 +42,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 TOKEN = os.environ["BRIDGE_ADMIN_TOKEN"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with playwright_chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def served(app: Starlette) -> Iterator[tuple[str, SeenPosts]]:
-    with serving(app) as (url, seen):
-        yield url, seen
 
 
 def unique(name: str) -> str:
