@@ -24,7 +24,8 @@ def _store(ctx: CliContext) -> AdminStore:
 @click.group()
 def admins() -> None:
     """Named admin credentials: viewer (reads /ops, the admin API's listings and /metrics),
-    operator (also replays, purges and resolves), admin (also changes connections and
+    operator (also replays, purges and resolves; pauses, resumes, disables and enables a
+    connection), admin (also adds, edits, rotates and offboards connections, and changes
     practitioners). BRIDGE_ADMIN_TOKEN is the bootstrap admin."""
 
 

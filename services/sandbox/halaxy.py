@@ -383,6 +383,10 @@ class FakeHalaxy:
             return operation_outcome(400, "invalid", "_lastUpdated must be gt or ge a time")
         ids = [i for i in _in_order(self.patients) if _updated_after(self.patients[i], after)]
         extra = f"&_lastUpdated={quote(since)}" if since else ""
+        wanted = request.query_params.get("_id")  # FHIR R4 search: `_id`, on every resource
+        if wanted is not None:
+            ids = [i for i in ids if i == wanted]
+            extra += f"&_id={quote(wanted)}"
         return self._page(request, base, "Patient", self.patients, ids, extra)
 
     def _appointment_page(self, request: Request, base: str) -> Response:

@@ -49,7 +49,16 @@ from shared.notes import (
     route_unrouted,
     unrouted_id,
 )
-from shared.ops import Duty, Heartbeat, Heartbeats, Kind, QueuedMessages, upgrade_stored_data
+from shared.ops import (
+    Duty,
+    Heartbeat,
+    Heartbeats,
+    Kind,
+    QueuedMessages,
+    erase_leftovers,
+    offboarded_lately,
+    upgrade_stored_data,
+)
 from shared.patients import PatientLinks, SweepLog, due, sweep
 from shared.platforms import Physitrack, ProgramEvent
 from shared.telemetry import (
@@ -230,7 +239,8 @@ class Scheduler:
     def forget_series_of_gone_connections(self) -> None:
         """Now and then, erase the metric series of connections that are no longer stored: an
         offboarding erases its clinic's series, and this catches a count a worker pushed just
-        after it (a job of that clinic that was running at that moment)."""
+        after it (a job of that clinic that was running at that moment); and, once such a job
+        has surely ended, whatever else it wrote (`offboarding.erase_leftovers`)."""
         now = time.monotonic()
         if now - self._series_checked_at < FORGET_SERIES_EVERY_SECONDS:
             return
@@ -242,6 +252,18 @@ class Scheduler:
         )
         if forgotten:
             log.info("metrics.series_forgotten", count=forgotten, scheduler_id=self.id)
+        stored = {c.id for c in self.runtime.connections.list()}
+        for connection_id in offboarded_lately(self.runtime.audit, utcnow()):
+            if connection_id in stored:
+                continue
+            found = erase_leftovers(self.runtime.redis, self.runtime.keys, connection_id)
+            if found:
+                log.warning(
+                    "offboarding.leftovers_erased",
+                    connection_id=connection_id,
+                    scheduler_id=self.id,
+                    **found,
+                )
 
     def requeue_stalled_notes(self) -> None:
         """Queue again the notes not settled that nothing has moved for a while: their job

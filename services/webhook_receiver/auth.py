@@ -8,16 +8,18 @@ or an unknown, revoked or expired token, saying which, never echoing it), 403 wh
 caller's role is below the one the handler needs. The caller is kept on `request.state.admin`,
 and `actor(request)` is their name, for the audit trail.
 
-A refused action (any method but GET, HEAD and OPTIONS; a 401 or 403 from any handler under
-those paths, unless the handler audited it itself, as the console's forms do) is
-recorded in the audit trail as `access.refused` under the name of whoever was refused: the
-caller, or the owner of the revoked or expired token presented. A request with no credential
-or an unknown token names nobody: it is logged, not audited, so whoever can reach the port
-cannot fill the audit trail.
+A refused action (any method but GET, HEAD and OPTIONS; any 4xx from a handler under those
+paths: a 401 or 403, or a 404, 409 or 422 once the caller was let in, unless the handler
+audited it itself, as the console's forms do) is recorded in the audit trail as
+`access.refused` under the name of whoever was refused: the caller, or the owner of the revoked
+or expired token presented; one entry per caller, route and reason a minute, the repeats
+logged. A request with no credential or an unknown token names nobody: it is logged, not
+audited, so whoever can reach the port cannot fill the audit trail.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import structlog
@@ -29,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.requests import basic_password, presented_secret
 from services.webhook_receiver.responses import ApiError, unavailable
-from shared.infra import StoreUnavailable
+from shared.infra import BridgeError, Keys, StoreUnavailable, translate_redis_errors
 from shared.ops import Admin, AdminStore, CredentialRefused, Role
 
 GUARDED = ("/admin", "/ops", "/metrics")
@@ -158,7 +160,7 @@ def actor(request: Request) -> str:
 
 async def audit_refusal(request: Request, exc: ApiError) -> None:
     """Record a refused action (see the module's docstring); called for every `ApiError`."""
-    if exc.status not in (401, 403) or request.method in READS:
+    if not 400 <= exc.status < 500 or request.method in READS:
         return
     if getattr(request.state, "refusal_audited", False):  # the console's forms audit their own
         return
@@ -180,6 +182,9 @@ async def audit_refusal(request: Request, exc: ApiError) -> None:
     deps = deps_of(request)
 
     def record() -> None:
+        if not first_in_a_while(deps, name, route, outcome):
+            log.warning("admin.refused_again", actor=name, route=route, error=exc.code)
+            return
         deps.audit.record(
             actor=name,
             action="access.refused",
@@ -189,3 +194,20 @@ async def audit_refusal(request: Request, exc: ApiError) -> None:
         )
 
     await run_in_threadpool(record)
+
+
+# The trail is kept for a year: a refused caller (a viewer, a revoked token) posting in a loop
+# must not grow it without bound. One entry per caller, route and reason a minute; the
+# repeats are logged.
+REFUSAL_AUDIT_SECONDS = 60
+
+
+def first_in_a_while(deps: Deps, name: str, route: str, outcome: str) -> bool:
+    """Whether this refusal is the first of its kind (caller, route, reason) in a minute."""
+    digest = hashlib.sha256(f"{name}\n{route}\n{outcome}".encode()).hexdigest()[:32]
+    key = Keys(deps.settings.redis_namespace).refusal_audited(digest)
+    try:
+        with translate_redis_errors():
+            return bool(deps.redis.set(key, b"1", nx=True, ex=REFUSAL_AUDIT_SECONDS))
+    except BridgeError:
+        return True  # Redis will say itself whether it took the entry (`AuditTrail.record`)

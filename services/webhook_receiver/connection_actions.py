@@ -24,6 +24,11 @@ from shared.telemetry import EventRecord, EventSource
 
 log = structlog.get_logger("halaxy_bridge.admin")
 
+# Held messages a resume over HTTP releases itself (batches of `pause.RELEASE_BATCH`), so a
+# long pause's backlog never outlasts the request; the scheduler releases the rest, in order,
+# on its next ticks (the answer's `still_held`).
+RESUME_BATCHES_A_REQUEST = 20
+
 
 def _pauses(deps: Deps) -> PausedConnections:
     return PausedConnections(deps.redis, deps.connections.keys)
@@ -42,7 +47,9 @@ def pause(deps: Deps, connection: Connection, by: str) -> bool:
 
 
 def resume(deps: Deps, connection: Connection, by: str) -> Resumed:
-    resumed = lifecycle.resume_connection(_pauses(deps), connection, deps.audit, by)
+    resumed = lifecycle.resume_connection(
+        _pauses(deps), connection, deps.audit, by, max_batches=RESUME_BATCHES_A_REQUEST
+    )
     log.info("connection.resumed", connection_id=connection.id, released=resumed.released, actor=by)
     return resumed
 

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.webhook_receiver.admin import actor, authorize, call
+from services.webhook_receiver.auth import first_in_a_while
 from services.webhook_receiver.csrf import (
     CsrfKeys,
     CsrfRefused,
@@ -227,6 +228,8 @@ async def refused(request: Request, deps: Deps, exc: ApiError) -> None:
     request.state.refusal_audited = True
     path = _printable(request.scope["path"])
     log.warning("console.refused", path=path, status=exc.status, code=exc.code)
+    if not await call(first_in_a_while, deps, actor_of(request), path, exc.code):
+        return  # audited within the minute: logged only
     await call(
         partial(
             deps.audit.record,

@@ -244,8 +244,8 @@ async def resolve_waiting_note(request: Request) -> Response:
 
 async def list_unrouted_programs(request: Request) -> Response:
     """`GET /ops/programs/unrouted`, as `programs unrouted --json`: what the /ops page's count
-    of unrouted programs links to."""
-    deps = authorize(request, Role.VIEWER)
+    of unrouted programs links to (a browser signed in to /ops opens it too)."""
+    deps = authorize(request, Role.VIEWER, browser=True)
 
     def unrouted() -> dict[str, Any]:
         kept = UnroutedPrograms(deps.redis, _keys(deps), deps.settings.fernet).oldest_first()

@@ -133,13 +133,13 @@ def write_program_note(connection_id: str, note_id: str, event_id: str) -> None:
 
 
 TEST_EVENT = "test-event"
-# Who a test event looks for on the platform: no patient has this external id.
+# Who a test event looks for, in Halaxy and on the platform: no patient has this id.
 PROBE_EXTERNAL_ID = "halaxy-bridge-test-event"
 
 
 def probe_connection(connection_id: str, event_id: str, event: str = TEST_EVENT) -> None:
-    """A test event sent from /ops: a read from Halaxy (a token, then the first page of its
-    Patient search) and a look-up on the platform, through the connection's own clients, so the
+    """A test event sent from /ops: a read from Halaxy (a token, then a Patient search for an
+    id no patient has) and a look-up on the platform, through the connection's own clients, so the
     event's trail in the log shows what each answered. It writes nothing anywhere, and a failure
     is its result (`failed`, the calls' status codes in the trail), never retried or
     dead-lettered: it is a question, not work."""
@@ -148,7 +148,10 @@ def probe_connection(connection_id: str, event_id: str, event: str = TEST_EVENT)
     ) as log:
         services = current_runtime().services(connection_id)
         try:
-            next(iter(services.halaxy.search("Patient", {"_count": "1"})), None)
+            # `_id` (FHIR R4 search, every resource) of an id no patient has: Halaxy reads the
+            # key and answers an empty Bundle, so no patient's details are fetched.
+            probe = {"_id": PROBE_EXTERNAL_ID, "_count": "1"}
+            next(iter(services.halaxy.search("Patient", probe)), None)
             services.platform.find_patient(PROBE_EXTERNAL_ID)
         except BridgeError as exc:
             note_result("failed")

@@ -209,6 +209,11 @@ class Keys:
         message id -> when it is (or was) due, in epoch seconds."""
         return f"{self.namespace}:queued:{connection_id}:{queue_name}"
 
+    def refusal_audited(self, digest: str) -> str:
+        """A refused admin action of one kind (caller, route, reason) audited within a minute;
+        its digest, so no id shows in the key."""
+        return f"{self.namespace}:refusal-audited:{digest}"
+
     def paused_connections(self) -> str:
         """The paused connections: a hash, connection id -> when and by whom."""
         return f"{self.namespace}:connections:paused"

@@ -20,7 +20,9 @@ from shared.ops.offboarding import (
     Offboarded,
     OffboardRequest,
     confirmed,
+    erase_leftovers,
     offboard,
+    offboarded_lately,
     standard_erasures,
 )
 from shared.ops.queued import QueuedMessages
@@ -48,9 +50,11 @@ __all__ = [
     "Role",
     "UnknownAdmin",
     "confirmed",
+    "erase_leftovers",
     "iso",
     "not_synced_rows",
     "offboard",
+    "offboarded_lately",
     "parse_lifetime",
     "parse_since",
     "standard_erasures",

@@ -6,8 +6,9 @@ digest, beside the name, role, expiry and who added it; a revoked or expired cre
 listed (and is refused saying so) until its name is given a new token.
 
 Roles, each allowing what the one before it does: `viewer` reads (`/ops`, status, dead-letter
-and note listings, `/metrics`), `operator` acts on the work (replay and purge dead letters,
-resolve notes), `admin` changes connections, practitioners and secrets.
+and note listings, the event log, `/metrics`), `operator` acts on the work (replay and purge
+dead letters, resolve notes, pause, resume, disable and enable a connection, send a test
+event), `admin` changes connections, practitioners and secrets (add, edit, rotate, offboard).
 
 `BRIDGE_ADMIN_TOKEN` stays as the bootstrap admin: role admin, named `bootstrap-admin` in the
 audit trail, checked without Redis. Once named admins exist it may be unset.

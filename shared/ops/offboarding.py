@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -139,12 +139,47 @@ def standard_erasures(
         Erasure("unrouted_programs", lambda c: erase_unrouted(client, keys, fernet, c)),
         Erasure("sweeps", lambda c: erase_sweeps(client, keys, c.id)),
         Erasure("halaxy_key_cache", lambda c: erase_halaxy_key_cache(store, c)),
-        Erasure("held_messages", lambda c: PausedConnections(client, keys).forget(c.id)),
         Erasure("queued_counts", lambda c: QueuedMessages(client, keys).forget(c.id)),
         *extra,
         Erasure("connection", lambda c: _delete_connection(store, c)),
+        # The pause goes last: until the record is gone, a message a worker takes is held
+        # (and erased here), never run; after it, one finds no connection and is dropped.
+        Erasure("held_messages", lambda c: PausedConnections(client, keys).forget(c.id)),
         Erasure("metric_series", lambda c: forget_connection_series(client, keys, c.id)),
     ]
+
+
+# A job of the clinic's that was running when it was offboarded may still write after the
+# erasers ran (a patient link, a note's state, a claim, its event's attempt): none runs longer
+# than the longest job time limit (10 minutes). The scheduler erases, once that has passed,
+# whatever of an offboarded connection (found by its `connection.offboarded` audit entry)
+# came back.
+LEFTOVERS_AFTER = timedelta(minutes=15)
+LEFTOVERS_LOOKBACK = timedelta(days=1)
+
+
+def erase_leftovers(client: redis.Redis, keys: Keys, connection_id: str) -> dict[str, int]:
+    """Erase again what a job still running at the offboarding may have written since, by the
+    connection's id alone (its record is gone); what was found, by kind."""
+    found = {
+        "dead_letters": erase_dead_letters(client, keys, connection_id),
+        "notes": erase_notes(client, keys, connection_id),
+        "patient_links": erase_patient_links(client, keys, connection_id),
+        "seen_events": _unlink_matching(client, keys.seen_event(connection_id, "*")),
+        "program_claims": erase_program_claims(client, keys, connection_id),
+        "event_log": EventLog(client, keys).erase_connection(connection_id),
+        "queued_counts": QueuedMessages(client, keys).forget(connection_id),
+        "held_messages": PausedConnections(client, keys).forget(connection_id),
+        "metric_series": forget_connection_series(client, keys, connection_id),
+    }
+    return {what: count for what, count in found.items() if count}
+
+
+def offboarded_lately(audit: AuditTrail, now: datetime) -> list[str]:
+    """The connections offboarded between a day and a quarter of an hour ago."""
+    entries = audit.entries(action="connection.offboarded", since=now - LEFTOVERS_LOOKBACK)
+    settled = now - LEFTOVERS_AFTER
+    return sorted({e.connection_id for e in entries if datetime.fromisoformat(e.at) <= settled})
 
 
 def erase_queued_messages(client: redis.Redis, keys: Keys, connection_id: str) -> int:

@@ -11,19 +11,22 @@ clinic's data is left exactly as it was.
 
 from __future__ import annotations
 
+import math
 import secrets
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
 import orjson
 import pytest
 import redis
+import time_machine
 
 from services.sandbox.halaxy import patient_resource
 from services.sandbox.physitrack import program_callback
 from services.scheduler.loop import Scheduler
 from services.workers.job_metrics import PushMetrics
-from services.workers.messaging import dramatiq_message
+from services.workers.messaging import DramatiqJobQueue, dramatiq_message
 from services.workers.runtime import WorkerRuntime
 from shared.connections import PausedConnections, lifecycle, onboarding, roster
 from shared.connections.model import Connection
@@ -405,3 +408,35 @@ def test_queued_messages_of_the_clinic_are_erased_and_the_others_kept(
     ]
     assert sorted(left) == sorted(theirs)
     assert erase_queued_messages(redis_server_client, keys, "cn_clinicoffboard") == 0
+
+
+def test_what_a_running_job_writes_after_the_offboarding_is_erased_by_the_scheduler(
+    pipeline: Pipeline, sandbox: Sandbox, verify_key: KeyVerifier, base_settings: Settings
+) -> None:
+    """A job of the clinic's that was running at the offboarding writes after the erasers ran
+    (a patient link, a note's record): the scheduler erases it once such a job has surely
+    ended (a quarter of an hour), finding the clinic by its `connection.offboarded` entry."""
+    clinic = sandbox_connection(pipeline.store, sandbox, verify_key)
+    erasures = standard_erasures(pipeline.store, base_settings.fernet)
+    offboard(pipeline.store, clinic, erasures, utcnow(), audit_of(pipeline.store), "ops")
+    pipeline.redis.hset(pipeline.keys.patient_links(clinic.id), "1001", b"late")
+    pipeline.redis.set(pipeline.keys.note(clinic.id, "note-late"), b"late")
+    namespace = base_settings.redis_namespace
+    late = set(naming(every_value(pipeline.redis, namespace), clinic.id))
+    assert pipeline.keys.patient_links(clinic.id).encode() in late
+
+    runtime = WorkerRuntime(base_settings)
+    scheduler = Scheduler(base_settings, runtime, DramatiqJobQueue(pipeline.broker))
+    try:
+        scheduler.forget_series_of_gone_connections()  # too soon: a job may still run
+        assert set(naming(every_value(pipeline.redis, namespace), clinic.id)) == late
+
+        with time_machine.travel(utcnow() + timedelta(minutes=16), tick=False):
+            scheduler._series_checked_at = -math.inf  # its 10-minute wait, on the monotonic clock
+            scheduler.forget_series_of_gone_connections()
+    finally:
+        scheduler.resign()
+        runtime.close()
+    assert list(naming(every_value(pipeline.redis, namespace), clinic.id)) == [
+        pipeline.keys.audit().encode()
+    ]
