@@ -31,7 +31,7 @@ import orjson
 import redis
 import structlog
 
-from shared.infra.clock import utcnow
+from shared.infra.clock import epoch_seconds, utcnow
 from shared.infra.codec import RecordCodec
 from shared.infra.errors import UnreadableRecord
 from shared.infra.store import Keys, as_bytes, translate_redis_errors
@@ -93,24 +93,27 @@ end
 return 0
 """
 
-# KEYS: the paused connections, the held list, then a (queue id list, queue message hash) pair
-# per message released. ARGV: the connection id, n (how many held records were read from the
-# head), m (how many are released: an unreadable record is dropped, logged), the n records as
-# read, then m (message id, encoded message) pairs. Nothing moves if the connection was paused
-# again or the head of the list is no longer what was read (another process released it).
-# The HSET and RPUSH are what Dramatiq's own enqueue does (dispatch.lua, "enqueue").
+# KEYS: the paused connections, the held list, then a (queue id list, queue message hash,
+# the connection's queued set of that queue) triple per message released. ARGV: the connection
+# id, n (how many held records were read from the head), m (how many are released: an
+# unreadable record is dropped, logged), now (epoch seconds), the n records as read, then m
+# (message id, encoded message) pairs. Nothing moves if the connection was paused again or the
+# head of the list is no longer what was read (another process released it). The HSET and
+# RPUSH are what Dramatiq's own enqueue does (dispatch.lua, "enqueue"); the ZADD counts the
+# message among the connection's queued ones, as every other enqueue does (`ops.queued`).
 RELEASE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
 local n, m = tonumber(ARGV[2]), tonumber(ARGV[3])
 local head = redis.call('LRANGE', KEYS[2], 0, n - 1)
 if #head ~= n then return -2 end
 for i = 1, n do
-  if head[i] ~= ARGV[3 + i] then return -2 end
+  if head[i] ~= ARGV[4 + i] then return -2 end
 end
 for i = 1, m do
-  local id, message = ARGV[2 + n + 2 * i], ARGV[3 + n + 2 * i]
-  redis.call('HSET', KEYS[2 + 2 * i], id, message)
-  redis.call('RPUSH', KEYS[1 + 2 * i], id)
+  local id, message = ARGV[3 + n + 2 * i], ARGV[4 + n + 2 * i]
+  redis.call('HSET', KEYS[3 * i + 1], id, message)
+  redis.call('RPUSH', KEYS[3 * i], id)
+  redis.call('ZADD', KEYS[3 * i + 2], ARGV[4], id)
 end
 redis.call('LTRIM', KEYS[2], n, -1)
 return m
@@ -221,12 +224,22 @@ class PausedConnections:
             if prepared is None:
                 continue
             queue, message_id, message = prepared
-            keys += [self._keys.dramatiq_queue(queue), self._keys.dramatiq_messages(queue)]
+            keys += [
+                self._keys.dramatiq_queue(queue),
+                self._keys.dramatiq_messages(queue),
+                self._keys.queued_messages(connection_id, queue),
+            ]
             pairs += [message_id, message]
+        args: list[str | bytes | int | float] = [
+            connection_id,
+            len(head),
+            len(pairs) // 2,
+            epoch_seconds(),
+            *head,
+            *pairs,
+        ]
         with translate_redis_errors():
-            moved = self._release(
-                keys=keys, args=[connection_id, len(head), len(pairs) // 2, *head, *pairs]
-            )
+            moved = self._release(keys=keys, args=args)
         return int(moved)
 
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from shared.connections import RELEASED, HeldMessage, PausedConnections
 from shared.connections.pause import HELD_MESSAGE
-from shared.infra.clock import utcnow
+from shared.infra.clock import epoch_seconds, utcnow
 from shared.infra.store import Keys
+from shared.ops import QueuedMessages
 from tests.helpers import queued_messages
 
 CONNECTION = "cn_pausedclinic1"
@@ -93,6 +94,9 @@ def test_release_puts_the_held_messages_back_in_the_order_they_were_held(
         assert each["options"]["redis_message_id"].count("-") == 4
     assert {m["queue_name"] for m in queued} == {"live", "bulk"}
     assert pauses.holding([CONNECTION])[CONNECTION].held == 0
+    # Counted among the connection's queued messages, as every other enqueue is.
+    counted = QueuedMessages(redis_server_client, keys).read([CONNECTION], epoch_seconds())
+    assert (counted[CONNECTION]["live"].queued, counted[CONNECTION]["bulk"].queued) == (7, 1)
 
 
 def test_new_messages_wait_behind_held_ones_until_they_are_released(
