@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import click
 import httpx
 import redis
 
@@ -29,6 +30,7 @@ from shared.infra import (
     InvalidInput,
     JobQueue,
     Keys,
+    NotFound,
     Settings,
     StoreUnavailable,
     Transient,
@@ -79,6 +81,39 @@ class CliContext:
         return DramatiqJobQueue(build_broker(self.settings, self.redis))
 
 
+# The commands that act on what exists: a refusal of one for what it names (an unknown
+# connection, a dead letter that is not dead, a note no longer waiting, a credential taken) is
+# an attempted action, audited (`cli.refused`, the command and the reason's code; never its
+# arguments). A refused read (`show`, `list`) is not, nor input refused as malformed (a typing
+# mistake that named nothing), nor a refused `add`: the trail is kept for years.
+ACTIONS = frozenset(
+    {
+        "edit",
+        "enable",
+        "disable",
+        "pause",
+        "resume",
+        "offboard",
+        "rotate",
+        "remove",
+        "replay",
+        "purge",
+        "resolve",
+        "revoke",
+    }
+)
+
+
+def refused(ctx: CliContext, code: str) -> None:
+    """Audit a refused action of the command running, if it is one (see ACTIONS)."""
+    command = click.get_current_context(silent=True)
+    if command is None or command.info_name not in ACTIONS:
+        return
+    ctx.audit.record(
+        actor=ctx.user, action="cli.refused", resource_ids=command.command_path, outcome=code
+    )
+
+
 def unavailable_detail(exc: StoreUnavailable, settings: Settings) -> str:
     """The error, and which Redis: host, port and db from REDIS_URL, never its password."""
     return f"{exc} (REDIS_URL: {redis_location(settings.redis_url)})"
@@ -96,19 +131,24 @@ def cli_context(as_json: bool) -> Iterator[CliContext]:
     client = redis_client(settings)
     http = httpx.Client(timeout=httpx.Timeout(15.0, connect=5.0))
 
+    ctx = CliContext(
+        settings=settings,
+        redis=client,
+        connections=ConnectionStore(client, Keys(settings.redis_namespace), fernet),
+        verify_key=key_verifier(http, settings.user_agent),
+        verify_platform_key=physitrack_key_verifier(http, settings.user_agent),
+    )
     try:
-        yield CliContext(
-            settings=settings,
-            redis=client,
-            connections=ConnectionStore(client, Keys(settings.redis_namespace), fernet),
-            verify_key=key_verifier(http, settings.user_agent),
-            verify_platform_key=physitrack_key_verifier(http, settings.user_agent),
-        )
+        yield ctx
     except AlreadyConnected as exc:
+        refused(ctx, "already_connected")
         fail(as_json, "already_connected", str(exc))
     except InvalidInput as exc:
+        if isinstance(exc, NotFound):
+            refused(ctx, "not_found")
         fail(as_json, "invalid", "; ".join([str(exc), *exc.problems]))
     except ConnectionNotFound as exc:
+        refused(ctx, "unknown_connection")
         fail(as_json, "unknown_connection", str(exc), exit_code=4)
     except StoreUnavailable as exc:
         fail(as_json, "unavailable", unavailable_detail(exc, settings), exit_code=3)

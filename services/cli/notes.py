@@ -10,7 +10,7 @@ import click
 from services.cli.context import cli_context
 from services.cli.events import event_log
 from services.cli.output import emit, json_option, table
-from shared.infra import InvalidInput, Keys
+from shared.infra import InvalidInput, Keys, NotFound
 from shared.notes import (
     OFFSET_MAX,
     PAGE_DEFAULT,
@@ -143,7 +143,7 @@ def resolve(
         except NoteStateConflict as exc:
             if exc.actual.value not in {w.value for w in Waiting}:
                 raise
-            raise InvalidInput(
+            raise NotFound(
                 f"{exc}; to settle it as {exc.actual}, give --state {exc.actual}"
             ) from None
         emit(

@@ -28,7 +28,14 @@ from shared.connections import (
     lifecycle,
     onboarding,
 )
-from shared.infra import AlreadyConnected, InvalidInput, StoreUnavailable, Transient, utcnow
+from shared.infra import (
+    AlreadyConnected,
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+    Transient,
+    utcnow,
+)
 from shared.ops import Role, confirmed
 
 MAX_BODY = 64 * 1024
@@ -59,6 +66,8 @@ async def call(function: Any, *args: Any) -> Any:
         raise ApiError(409, "connection_changed", str(exc)) from None
     except AlreadyConnected as exc:
         raise ApiError(409, "already_connected", str(exc)) from None
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
     except InvalidInput as exc:
         raise ApiError(422, "invalid", "; ".join([str(exc), *exc.problems])) from None
 

@@ -9,7 +9,7 @@ caller's role is below the one the handler needs. The caller is kept on `request
 and `actor(request)` is their name, for the audit trail.
 
 A refused action (any method but GET, HEAD and OPTIONS; any 4xx from a handler under those
-paths: a 401 or 403, or a 404, 409 or 422 once the caller was let in, unless the handler
+paths: a 401 or 403, or a 404 or 409 once the caller was let in, unless the handler
 audited it itself, as the console's forms do) is recorded in the audit trail as
 `access.refused` under the name of whoever was refused: the caller, or the owner of the revoked
 or expired token presented; one entry per caller, route and reason a minute, the repeats
@@ -160,7 +160,7 @@ def actor(request: Request) -> str:
 
 async def audit_refusal(request: Request, exc: ApiError) -> None:
     """Record a refused action (see the module's docstring); called for every `ApiError`."""
-    if not 400 <= exc.status < 500 or request.method in READS:
+    if exc.status not in REFUSALS or request.method in READS:
         return
     if getattr(request.state, "refusal_audited", False):  # the console's forms audit their own
         return
@@ -195,6 +195,11 @@ async def audit_refusal(request: Request, exc: ApiError) -> None:
 
     await run_in_threadpool(record)
 
+
+# What an attempted action's refusal answers: not let in (401), not allowed (403), or what it
+# names is not there or not in that state (404, 409). A body refused as malformed (422) named
+# nothing: it is answered, not audited.
+REFUSALS = frozenset({401, 403, 404, 409})
 
 # The trail is kept for a year: a refused caller (a viewer, a revoked token) posting in a loop
 # must not grow it without bound. One entry per caller, route and reason a minute; the

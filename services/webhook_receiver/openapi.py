@@ -248,6 +248,8 @@ PAGE_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}, {"adminBasic": 
 # services/webhook_receiver/forms.py. The JSON API answers 403 only for a role too low
 # (`with_roles` adds it to every operation above viewer).
 FORM_REFUSAL = {"replay": (403,), "purge": ()}
+# A letter named by id that is not there (replayed or purged already, or never dead).
+LETTER_NOT_FOUND = (404,)
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
 
@@ -545,7 +547,9 @@ def build_spec() -> dict[str, Any]:
                         },
                         "responses": {
                             "200": _json(ANY_OBJECT, f"{verb}ed"),
-                            **_errors(400, 401, *FORM_REFUSAL[verb], 413, 415, 422, 503),
+                            **_errors(
+                                400, 401, *FORM_REFUSAL[verb], *LETTER_NOT_FOUND, 413, 415, 422, 503
+                            ),
                         },
                     }
                 }

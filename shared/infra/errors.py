@@ -48,6 +48,11 @@ class InvalidInput(Permanent):
         self.problems = problems or []
 
 
+class NotFound(InvalidInput):
+    """What an action names is not there, or not in the state it needs: an unknown dead
+    letter, a note no longer waiting. A refusal of an attempted action (audited as such)."""
+
+
 class AlreadyConnected(InvalidInput):
     """Credentials another enabled connection already uses (the same Halaxy key, or the same
     platform API key where sharing it was not asked for); `connection_id` names that one."""

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from shared.infra.audit import AuditTrail
 from shared.infra.clock import utcnow
-from shared.infra.errors import InvalidInput
+from shared.infra.errors import InvalidInput, NotFound
 from shared.infra.jobs import JobQueue
 from shared.notes.callback import is_link_expired
 from shared.notes.intake import job_for_note
@@ -38,11 +38,11 @@ class Waiting(StrEnum):
     FAILED = NoteState.FAILED.value
 
 
-class NoteNotWaiting(InvalidInput):
+class NoteNotWaiting(NotFound):
     """No parked or failed note has that id: never seen, settled, or expired."""
 
 
-class NoteStateConflict(InvalidInput):
+class NoteStateConflict(NotFound):
     """The note is not in the state the person named: it moved since they looked, or they
     named the wrong one. `actual` is the state it is in."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.infra.audit import AuditTrail
 from shared.infra.clock import utcnow
-from shared.infra.errors import InvalidInput
+from shared.infra.errors import InvalidInput, NotFound
 from shared.infra.jobs import ActorName, Job, JobQueue, QueueName
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore
 from shared.telemetry import Attempt, AttemptOutcome, EventLog, EventState, EventStatus
@@ -52,7 +52,7 @@ def select(
         found = [store.get(letter_id) for letter_id in ids]
         missing = [i for i, letter in zip(ids, found, strict=True) if letter is None]
         if missing:
-            raise InvalidInput(f"no dead letter {', '.join(missing)}")
+            raise NotFound(f"no dead letter {', '.join(missing)}")
         return [letter for letter in found if letter is not None]
     if not all_matching:
         raise InvalidInput("give dead-letter ids, or --all-matching with filters")

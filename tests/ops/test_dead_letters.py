@@ -161,7 +161,11 @@ def test_cli_purge_all_matching_and_refusals(
     result = cli_run(settings, "purge", "--all-matching", "--connection", "cn_b", "--json")
     assert orjson.loads(result.stdout) == {"purged": ["m-2"]}
     assert [x.id for x in letters.list()] == ["m-1"]
-    assert [e["action"] for e in audit(redis_server_client, keys)] == ["dead_letter.purged"]
+    # The replay of a letter that is not there: refused and audited as an attempt.
+    assert [(e["action"], e["outcome"]) for e in audit(redis_server_client, keys)] == [
+        ("cli.refused", "not_found"),
+        ("dead_letter.purged", "ok"),
+    ]
     assert queued_messages(redis_server_client, keys, queue="bulk") == []
 
 

@@ -353,4 +353,8 @@ def test_offboarding_an_unknown_id_is_a_clear_error_and_changes_nothing(
 
     assert "cn_doesnotexist" in detail
     assert keys_of(redis_server_client, settings) == before
-    assert audit_of(store).entries() == trail
+    # The attempt is in the trail (the command and why it was refused), and nothing else.
+    *same, attempt = audit_of(store).entries()
+    assert same == trail
+    assert (attempt.action, attempt.outcome) == ("cli.refused", "unknown_connection")
+    assert attempt.resource_ids.endswith("connections offboard")
