@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import pytest
+import redis
 
 from services.sandbox.halaxy import appointment_resource, patient_resource
 from services.sandbox.pdfs import make_pdf
@@ -400,6 +401,8 @@ def test_the_procfile_processes_work_together_stage_after_stage(system: System) 
     assert first_note != parked_note
 
     physitrack_practitioners(system, connection_id)
+    operator_console(system, connection_id)
+    offboarding(system, redis.Redis.from_url(system.env["REDIS_URL"]), connection_id)
 
     # The end: every process stops on SIGTERM within 10 s.
     for process in system.procfile.processes.values():
@@ -482,6 +485,87 @@ def physitrack_practitioners(system: System, connection_id: str) -> None:
     time.sleep(2)  # two poll intervals: the new practitioner's poll sees the same program
     assert len(halaxy.notes) == notes_before + 3
     assert system.check_surface("unrouted program written")["unrouted_programs"] == 0
+
+
+def event_state(system: System, event_id: str) -> str:
+    [record] = system.cli_json("events", "show", event_id)["records"]
+    state: str = record["state"]
+    return state
+
+
+def operator_console(system: System, connection_id: str) -> None:
+    """11. The operator console (issue 20): a paused connection's webhook is taken and held
+    (status, the event log and /ops say so), nothing reaches the platform until the CLI
+    resumes it, then it runs; a test event sent through the running receiver's admin API is
+    read by a worker from Halaxy and Physitrack, and its trail is in the log."""
+    system.cli_json("connections", "pause", connection_id)
+    paused = person(HOOKED, "Pausedwell")["family"]
+    system.put_patient(HOOKED, family="Pausedwell", last_updated=utcnow().isoformat())
+    [event_id] = system.webhook("patient-updated", "Patient", [HOOKED])
+    wait_until(lambda: system.row()["held_messages"] == 1, 30, "the paused clinic's event held")
+    assert system.row()["paused"] is True
+    assert event_state(system, event_id) == "held"
+    assert system.clients(HOOKED)[0]["last_name"] != paused
+    page = httpx.get(f"{system.web}/ops/connections/{connection_id}", headers=ADMIN, timeout=30)
+    assert page.status_code == 200
+    assert "paused: webhooks are kept" in page.text
+    system.check_surface("connection paused, its webhook held")
+
+    system.cli_json("connections", "resume", connection_id)
+    wait_until(lambda: system.clients(HOOKED)[0]["last_name"] == paused, 30, "the held event run")
+    wait_until(lambda: event_state(system, event_id) == "done", 30, "the event logged done")
+    assert system.row()["held_messages"] == 0
+    system.check_surface("connection resumed, what it held done")
+
+    sent = httpx.post(
+        f"{system.web}/admin/connections/{connection_id}/test-event", headers=ADMIN, timeout=30
+    )
+    assert sent.status_code == 202, sent.text
+    test_event = sent.json()["event_id"]
+    system.event_ids.add(test_event)
+    wait_until(lambda: event_state(system, test_event) == "done", 30, "the test event's trail")
+    [record] = system.cli_json("events", "show", test_event)["records"]
+    [attempt] = record["attempts"]
+    assert {c["upstream"] for c in attempt["calls"]} == {"halaxy", "platform"}
+    listed = system.cli_json("events", "list", "--connection", connection_id)["events"]
+    assert {test_event, event_id} <= {e["event_id"] for e in listed}
+    system.check_surface("test event")
+
+
+def offboarding(system: System, client: redis.Redis, connection_id: str) -> None:
+    """12. The clinic leaves: `connections offboard` with every process running. Nothing in
+    Redis names it but the audit trail, the trail still verifies, and every surface answers."""
+    done = system.cli_json("connections", "offboard", connection_id, "--yes")
+    assert done["offboarded"] is True
+    wait_until(system.settled, 30, "the queues to settle")
+    time.sleep(2)  # four metric pushes of every process: none brings a series of it back
+    naming = []
+    for key in client.scan_iter(match="hbsystem*", count=1000):
+        kind = client.type(key)
+        if kind == b"stream":
+            continue  # the audit trail: kept, never rewritten
+        if kind == b"string":
+            parts = [client.get(key) or b""]
+        elif kind == b"hash":
+            parts = [p for item in client.hgetall(key).items() for p in item]
+        elif kind == b"list":
+            parts = list(client.lrange(key, 0, -1))
+        elif kind == b"set":
+            parts = list(client.smembers(key))
+        elif kind == b"zset":
+            parts = list(client.zrange(key, 0, -1))
+        else:
+            parts = []
+        if connection_id.encode() in key or any(connection_id.encode() in p for p in parts):
+            naming.append(key)
+    assert naming == []
+    system.cli("audit", "verify", "--json")  # exit 0: the chain holds
+    status = system.status()
+    assert [c["id"] for c in status["connections"]] == []
+    for path in ("/ops", "/ops/status", "/ops/events", "/metrics"):
+        response = httpx.get(system.web + path, headers=ADMIN, timeout=30)
+        assert response.status_code == 200, f"after offboarding: {path} {response.status_code}"
+    print(f"{time.monotonic() - system.began:5.1f} s  offboarded")
 
 
 def check_logs(system: System) -> None:

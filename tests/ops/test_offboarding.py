@@ -82,10 +82,11 @@ def every_value(client: redis.Redis, namespace: str) -> dict[bytes, list[bytes]]
 
 
 def naming(values: dict[bytes, list[bytes]], connection_id: str) -> dict[bytes, list[bytes]]:
-    """The keys whose name or value names the connection, with the parts that do."""
+    """The keys whose name or value names the connection, with the parts that do (sorted: a
+    hash's fields come back in another order once others were deleted from it)."""
     needle = connection_id.encode()
     return {
-        key: [p for p in parts if needle in p]
+        key: sorted(p for p in parts if needle in p)
         for key, parts in values.items()
         if needle in key or any(needle in p for p in parts)
     }
