@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -20,6 +21,7 @@ from services.cli.programs import programs
 from services.cli.sandbox import sandbox
 from services.cli.scheduler import scheduler
 from services.cli.status import status
+from shared.infra import ConfigError, configure_logging, load_settings
 
 
 class BridgeGroup(click.Group):
@@ -74,4 +76,12 @@ cli.add_command(status)
 
 
 def main() -> None:
+    log_to_stderr()
     cli()
+
+
+def log_to_stderr() -> None:
+    """Every line a command logs goes to stderr, redacted, in the configured format: stdout is
+    the command's answer, and `--json` is read by programs."""
+    with contextlib.suppress(ConfigError):  # the command says what is wrong with the settings
+        configure_logging(load_settings())
