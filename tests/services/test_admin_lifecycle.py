@@ -16,7 +16,9 @@ from starlette.testclient import TestClient
 
 from services.sandbox.halaxy import FakeHalaxy
 from shared.connections.store import ConnectionStore
+from shared.infra.audit import AuditTrail
 from shared.infra.config import Settings
+from shared.infra.store import Keys
 from tests.helpers import audit_of
 from tests.services.test_admin_api import admin_headers, create, post_webhook, request_body
 
@@ -58,11 +60,13 @@ def url(connection_id: str, suffix: str = "") -> str:
 
 
 def snapshot(client: redis.Redis, settings: Settings) -> dict[bytes, Any]:
-    """The namespace's keys and their contents' digests, the audit trail aside."""
+    """The namespace's keys and their contents' digests, the audit trail aside (its stream,
+    its chain head, and the mark that a refusal was audited within the minute)."""
     return {
         bytes(k): client.dump(k)
         for k in client.scan_iter(match=f"{settings.redis_namespace}:*")
-        if not bytes(k).endswith(b":audit")
+        if not bytes(k).endswith((b":audit", b":audit:head"))
+        and b":refusal-audited:" not in bytes(k)
     }
 
 
@@ -98,6 +102,13 @@ def test_an_unknown_connection_is_404_and_nothing_changes(
     assert response.status_code == 404
     assert response.json() == {"error": "unknown_connection", "detail": "no such connection"}
     assert snapshot(redis_server_client, settings) == before
+    # The attempt is in the trail: who, what route, and why it was refused.
+    last = AuditTrail(redis_server_client, Keys(settings.redis_namespace)).entries()[-1]
+    assert (last.actor, last.action, last.outcome) == (
+        "bootstrap-admin",
+        "access.refused",
+        "refused: unknown_connection",
+    )
 
 
 # --- enable -----------------------------------------------------------------------------------
