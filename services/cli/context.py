@@ -36,9 +36,9 @@ from shared.infra import (
     Transient,
     audit_trail,
     checked_actor,
+    explained,
     load_settings,
     redis_client,
-    redis_location,
 )
 
 
@@ -115,8 +115,9 @@ def refused(ctx: CliContext, code: str) -> None:
 
 
 def unavailable_detail(exc: StoreUnavailable, settings: Settings) -> str:
-    """The error, and which Redis: host, port and db from REDIS_URL, never its password."""
-    return f"{exc} (REDIS_URL: {redis_location(settings.redis_url)})"
+    """The error, and which Redis: host, port and db from REDIS_URL (or the sentinels and
+    master name, and which of them failed how), never its password."""
+    return explained(settings, exc).detail
 
 
 @contextmanager

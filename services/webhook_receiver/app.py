@@ -56,6 +56,7 @@ from shared.infra import (
     configure_logging,
     load_settings,
     redis_client,
+    redis_problem,
 )
 from shared.notes import (
     NoteOutbox,
@@ -148,7 +149,10 @@ def create_app(
         known=KnownConnections(async_client, connections),
         intake=intake
         or DramatiqEventIntake(
-            async_client, keys, EventLogLayout(keys, settings.event_log_max_per_connection)
+            async_client,
+            keys,
+            EventLogLayout(keys, settings.event_log_max_per_connection),
+            settings.replica_ack_ms,
         ),
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue, events),
         unrouted=UnroutedPrograms(client, keys, settings.fernet),
@@ -285,6 +289,12 @@ def _app_from_environment() -> Starlette:
         raise SystemExit(2) from None
     configure_logging(settings)
     turn_off_uvicorn_access_log()
+    problem = redis_problem(settings)
+    if problem is not None and problem.lasting:  # a wrong setting: waiting will not mend it
+        print(f"halaxy-bridge receiver: Redis cannot be used: {problem.detail}", file=sys.stderr)
+        raise SystemExit(2)
+    if problem is not None:  # it may come back: /readyz answers 503 meanwhile
+        log.error("receiver.redis_unavailable", detail=problem.detail)
     return create_app(settings)
 
 

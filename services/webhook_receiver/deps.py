@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from services.webhook_receiver.known_connections import KnownConnections
 from shared.connections import ConnectionStore, KeyVerifier, PlatformKeyVerifier
-from shared.infra import AuditTrail, JobQueue, Settings
+from shared.infra import AuditTrail, JobQueue, Keys, Settings, confirm_replicated
 from shared.notes import ProgramClaims, ProgramIntake, UnroutedPrograms
 from shared.ops import AdminStore
 from shared.patients import EventIntake
@@ -39,3 +39,11 @@ class Deps:
 def deps_of(request: Request) -> Deps:
     deps: Deps = request.app.state.deps
     return deps
+
+
+def replicated(deps: Deps) -> None:
+    """Return once a replica holds every write the request made (BRIDGE_REPLICA_ACK_MS), else
+    raise `NotReplicated`, a `StoreUnavailable`: a 503, and the sender's retry, a duplicate
+    then, is answered once its first sighting is held."""
+    keys = Keys(deps.settings.redis_namespace)
+    confirm_replicated(deps.redis, keys, deps.settings.replica_ack_ms)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from services.webhook_receiver.auth import authorize
 from services.webhook_receiver.deps import Deps, deps_of
 from services.webhook_receiver.responses import JSONResponse, unavailable
-from shared.infra import Keys, StoreUnavailable, check_redis, epoch_seconds
+from shared.infra import Keys, StoreUnavailable, check_redis, epoch_seconds, explained
 from shared.notes import NoteOutbox
 from shared.ops import Role, status
 from shared.telemetry import exposition, gauges, totals
@@ -23,10 +23,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    deps = deps_of(request)
     try:
-        warnings = await run_in_threadpool(check_redis, deps_of(request).redis)
-    except StoreUnavailable:
-        raise unavailable("Redis is unreachable") from None
+        warnings = await run_in_threadpool(check_redis, deps.redis)
+    except StoreUnavailable as exc:
+        # Which Redis, and why (a sentinel unreachable, a wrong master name or password).
+        problem = await run_in_threadpool(explained, deps.settings, exc)
+        raise unavailable(f"Redis cannot be used: {problem.detail}") from None
     return JSONResponse({"status": "ready", "warnings": warnings})
 
 

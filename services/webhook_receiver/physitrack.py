@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.webhook_receiver import metrics
-from services.webhook_receiver.deps import Deps, deps_of
+from services.webhook_receiver.deps import Deps, deps_of, replicated
 from services.webhook_receiver.programs import keyed_post
 from services.webhook_receiver.responses import ApiError, unavailable
 from shared.connections import Connection
@@ -88,6 +88,7 @@ def _route(deps: Deps, callback: ProgramCallback) -> Response:
             ),
             EventStatus(EventState.UNROUTED, utcnow(), detail=reason.value),
         )
+        replicated(deps)
         metrics.accepted(DEPLOYMENT, EVENT, 1, 0)
         which = {} if owner is None else {"connection_id": owner.id}
         log.warning("physitrack.unrouted", unrouted_id=kept, reason=reason.value, **which)
@@ -95,6 +96,7 @@ def _route(deps: Deps, callback: ProgramCallback) -> Response:
     _check_link(owner, callback)
     note_id = deps.claims.for_post(owner, callback)
     result = deps.programs.accept(owner.id, note_id, callback, EventSource.PHYSITRACK_WEBHOOK)
+    replicated(deps)
     metrics.accepted(owner.id, EVENT, len(result.accepted), len(result.duplicates))
     log.info(
         "physitrack.accepted",

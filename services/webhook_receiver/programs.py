@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.webhook_receiver import metrics
-from services.webhook_receiver.deps import Deps, deps_of
+from services.webhook_receiver.deps import Deps, deps_of, replicated
 from services.webhook_receiver.requests import read_capped_body, require_json, secret_matches
 from services.webhook_receiver.responses import ApiError, JSONResponse, unavailable
 from shared.connections import Connection
@@ -76,6 +76,7 @@ async def _take(deps: Deps, connection: Connection, request: Request) -> Respons
             deps.claims.for_callback, connection, callback, webhook_id
         )
         result = await run_in_threadpool(deps.programs.accept, connection.id, note_id, callback)
+        await run_in_threadpool(replicated, deps)
     except StoreUnavailable:
         bound.error("callback.not_queued", reason="redis_unavailable")
         raise unavailable() from None

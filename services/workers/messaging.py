@@ -126,6 +126,11 @@ for i = 1, n do
                                          ARGV[arg + 3], ARGV[arg + 4], ARGV[arg + 5]) == 1 then
       not_logged[#not_logged + 1] = i
     end
+  else
+    -- Seen before: refreshed, so that even an answer of duplicates rests on a write of this
+    -- connection, which the receiver's WAIT (BRIDGE_REPLICA_ACK_MS) then covers, and with it
+    -- the first sighting's writes, made earlier on whichever connection.
+    redis.call('EXPIRE', KEYS[6 + i], ARGV[2])
   end
 end
 if #accepted > 0 then
@@ -141,11 +146,16 @@ class DramatiqEventIntake:
     event it queues in the event log (`shared.telemetry.event_log`) in the same script."""
 
     def __init__(
-        self, client: redis.asyncio.Redis, keys: Keys, events: EventLogLayout | None = None
+        self,
+        client: redis.asyncio.Redis,
+        keys: Keys,
+        events: EventLogLayout | None = None,
+        replica_ack_ms: int = 0,
     ) -> None:
         self._keys = keys
         self._events = events or EventLogLayout(keys)
-        self._script = PipelinedScript(client, INTAKE_SCRIPT)
+        # With replica acks, the script and `WAIT` go in one pipeline (`PipelinedScript`).
+        self._script = PipelinedScript(client, INTAKE_SCRIPT, replica_ack_ms)
 
     async def accept(
         self,

@@ -33,6 +33,7 @@ from shared.infra import (
     Settings,
     audit_trail,
     redis_client,
+    redis_problem,
 )
 from shared.notes import NoteOutbox, PdfFetcher, Resolver, system_resolver
 from shared.patients import PatientLinks, PlatformAccounts
@@ -71,7 +72,9 @@ class WorkerRuntime:
         self.keys = Keys(settings.redis_namespace)
         self.connections = ConnectionStore(self.redis, self.keys, settings.fernet)
         self.tokens = TokenCache(self.redis, self.keys, settings.fernet)
-        self.outbox = NoteOutbox(self.redis, self.keys, settings.fernet)
+        self.outbox = NoteOutbox(
+            self.redis, self.keys, settings.fernet, replica_ack_ms=settings.replica_ack_ms
+        )
         self.limiter = HalaxyRateLimiter(self.redis, self.keys)
         self.audit = audit_trail(self.redis, settings)
         self.renewer = LeaseRenewer()
@@ -103,7 +106,13 @@ class WorkerRuntime:
             accounts=PlatformAccounts(
                 platforms, connection.default_seat().practitioner, connection.practitioner_seats()
             ),
-            links=PatientLinks(self.redis, self.keys, connection_id, self.renewer),
+            links=PatientLinks(
+                self.redis,
+                self.keys,
+                connection_id,
+                self.renewer,
+                replica_ack_ms=self.settings.replica_ack_ms,
+            ),
             pdfs=PdfFetcher(http, self.resolver),
         )
         return built
@@ -180,6 +189,13 @@ class ProvideRuntime(dramatiq.Middleware):
         except Exception as exc:
             reason = type(exc).__name__
             raise WorkerBootError(f"the worker runtime was not built: {reason}") from exc
+        problem = redis_problem(self.runtime.settings, self.runtime.redis)
+        if problem is not None and problem.lasting:  # a wrong setting: waiting will not mend it
+            runtime, self.runtime = self.runtime, None
+            runtime.close()
+            raise WorkerBootError(f"Redis cannot be used: {problem.detail}")
+        if problem is not None:  # it may come back (restarting, failing over): carry on
+            log.error("worker.redis_unavailable", detail=problem.detail)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         runtime, self.runtime = self.runtime, None

@@ -20,6 +20,7 @@ from shared.infra.errors import (
     ConnectionNotFound,
     InvalidInput,
     NotFound,
+    NotReplicated,
     Permanent,
     RateLimited,
     StoreUnavailable,
@@ -37,7 +38,8 @@ from shared.infra.jobs import (
 )
 from shared.infra.logs import configure_logging, mask
 from shared.infra.pipelined_script import PipelinedScript
-from shared.infra.redis_health import check_redis
+from shared.infra.redis_health import RedisProblem, check_redis, explained, redis_problem
+from shared.infra.replication import confirm_replicated
 from shared.infra.store import (
     Keys,
     LeaseRenewer,
@@ -45,6 +47,7 @@ from shared.infra.store import (
     async_redis_client,
     held_lease,
     redis_client,
+    redis_described,
     redis_location,
     translate_redis_errors,
 )
@@ -69,10 +72,12 @@ __all__ = [
     "Keys",
     "LeaseRenewer",
     "NotFound",
+    "NotReplicated",
     "Permanent",
     "PipelinedScript",
     "QueueName",
     "RateLimited",
+    "RedisProblem",
     "Settings",
     "StoreUnavailable",
     "Transient",
@@ -83,13 +88,17 @@ __all__ = [
     "check_redis",
     "checked_actor",
     "configure_logging",
+    "confirm_replicated",
     "epoch_seconds",
+    "explained",
     "held_lease",
     "iso_now",
     "load_settings",
     "mask",
     "redis_client",
+    "redis_described",
     "redis_location",
+    "redis_problem",
     "translate_redis_errors",
     "utcnow",
     "validated",

@@ -6,12 +6,13 @@ into a `ConfigError` that names each bad variable and says how to fix it.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from functools import cached_property
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, MultiFernet
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.infra.errors import ConfigError
@@ -21,6 +22,53 @@ FERNET_HINT = (
     "generate one with: python -c 'from cryptography.fernet import Fernet; "
     "print(Fernet.generate_key().decode())'"
 )
+
+
+# Below the Redis clients' 2 s socket timeout, which a `WAIT` must not outlast.
+MAX_REPLICA_ACK_MS = 1500
+# BRIDGE_REPLICA_ACK_MS when unset and sentinels are: a replica on the same network
+# acknowledges in about a millisecond, so this is only ever waited out when none can.
+SENTINEL_REPLICA_ACK_MS = 500
+SENTINEL_PORT = 26379
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """REDIS_SENTINELS' `host:port` list (comma-separated; an IPv6 address in brackets, as
+    `[::1]:26379`; the port 26379 when left out). Raises `ValueError` saying what is wrong."""
+    addresses = []
+    for number, entry in enumerate(text.split(","), start=1):
+        item = entry.strip()
+        if not item:
+            raise ValueError(f"entry {number} is empty; give host:port pairs separated by commas")
+        addresses.append(_sentinel_address(item, number))
+    return addresses
+
+
+def _sentinel_address(item: str, number: int) -> tuple[str, int]:
+    where = f"entry {number}"
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"{where}: an IPv6 address opened with [ is not closed with ]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{where}: not an IPv6 address between the brackets") from None
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{where}: expected :port after the ]")
+        port_text = rest[1:] if rest else None
+    else:
+        if item.count(":") > 1:
+            raise ValueError(f"{where}: an IPv6 address goes in brackets, as [::1]:26379")
+        host, colon, port_text_or_empty = item.partition(":")
+        port_text = port_text_or_empty if colon else None
+        if not host or not all(c.isascii() and (c.isalnum() or c in "-._") for c in host):
+            raise ValueError(f"{where}: not a host name or IPv4 address")
+    if port_text is None:
+        return host, SENTINEL_PORT
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{where}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
 
 
 class LogFormat(StrEnum):
@@ -43,6 +91,20 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
+    # Redis Sentinel (docs/high-availability.md): comma-separated `host:port` of the
+    # sentinels; when set, REDIS_URL is not used and the master is asked of them.
+    redis_sentinels: str = Field(default="", alias="REDIS_SENTINELS")
+    # The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    redis_sentinel_master: str = Field(default="", alias="REDIS_SENTINEL_MASTER")
+    # The data nodes' password (`requirepass`), and the sentinels' too: with Sentinel, every
+    # sentinel must have the same `requirepass`. With REDIS_URL, instead of one in the URL.
+    redis_password: SecretStr | None = Field(default=None, alias="REDIS_PASSWORD")
+    # How long the receiver waits for a replica to acknowledge a webhook's write (`WAIT 1
+    # <ms>`) before answering 503; workers wait as long before a side effect a lost write
+    # could double. 0: off. Unset: 500 with REDIS_SENTINELS, off with REDIS_URL.
+    replica_ack_ms_setting: int | None = Field(
+        default=None, ge=0, le=MAX_REPLICA_ACK_MS, alias="BRIDGE_REPLICA_ACK_MS"
+    )
     secret_key: SecretStr | None = Field(default=None, alias="BRIDGE_SECRET_KEY")
     admin_token: SecretStr | None = Field(default=None, alias="BRIDGE_ADMIN_TOKEN")
     user_agent: str = Field(default="halaxy-bridge (ops@example.com)", alias="BRIDGE_USER_AGENT")
@@ -97,6 +159,53 @@ class Settings(BaseSettings):
         if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        parse_sentinels(value)
+        return value.strip()
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _check_sentinel_master(cls, value: str) -> str:
+        if value and (not value.isprintable() or any(c.isspace() for c in value)):
+            raise ValueError("must be the master's name as the sentinels know it, no spaces")
+        return value
+
+    @field_validator("redis_password")
+    @classmethod
+    def _check_redis_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _check_redis_choice(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError(
+                "REDIS_SENTINEL_MASTER is required with REDIS_SENTINELS: the name the "
+                "sentinels monitor the master under (`sentinel monitor <name> ...`)"
+            )
+        if self.redis_password is not None and urlsplit(self.redis_url).password:
+            raise ValueError(
+                "REDIS_PASSWORD and a password in REDIS_URL are both set: give only one"
+            )
+        return self
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The sentinels to ask for the master; none: use the Redis at REDIS_URL."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
+
+    @property
+    def replica_ack_ms(self) -> int:
+        """How long to wait for a replica's acknowledgement (`WAIT`); 0: not at all."""
+        if self.replica_ack_ms_setting is not None:
+            return self.replica_ack_ms_setting
+        return SENTINEL_REPLICA_ACK_MS if self.redis_sentinels else 0
 
     @field_validator("secret_key")
     @classmethod

@@ -36,6 +36,15 @@ class StoreUnavailable(Transient):
     """Redis cannot be reached or did not answer."""
 
 
+class NotReplicated(StoreUnavailable):
+    """No replica acknowledged a write within BRIDGE_REPLICA_ACK_MS: it could be lost in a
+    failover, so it is not yet acted on (a 503, a job retried)."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        super().__init__(f"no Redis replica acknowledged the write within {timeout_ms} ms")
+        self.timeout_ms = timeout_ms
+
+
 class ConnectionNotFound(Permanent):
     """No enabled connection has that id."""
 

@@ -9,6 +9,12 @@ leaves the others' effects as they are, exactly as separate calls would.
 Each call runs at most once only on a client that does not resend a pipeline whose reply was
 lost (`shared.infra.store` builds its clients with no retries); on any other, use idempotent
 scripts.
+
+With `replica_ack_ms`, each pipeline ends with `WAIT 1 <ms>` (`shared.infra.replication`):
+still one round trip, and a call whose write no replica acknowledged gets `NotReplicated`.
+The WAIT covers the pipeline's own connection's writes only, so every call must write
+something (or fail): a script that wrote nothing could be answered on a write that is not
+replicated.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any
 
 import redis.asyncio
 from redis.exceptions import NoScriptError
+
+from shared.infra.errors import NotReplicated
 
 # At most this many calls go in one pipeline; any more go in further pipelines, sent alongside.
 MAX_PIPELINE = 256
@@ -32,8 +40,9 @@ class PipelinedScript:
     """Call it as redis-py's `AsyncScript`: `await script(keys=..., args=...)`. Use it from
     one event loop at a time, as its `redis.asyncio` client must be."""
 
-    def __init__(self, client: redis.asyncio.Redis, source: str) -> None:
+    def __init__(self, client: redis.asyncio.Redis, source: str, replica_ack_ms: int = 0) -> None:
         self._client = client
+        self._replica_ack_ms = replica_ack_ms
         self._script = client.register_script(source)
         self._waiting: list[_Call] = []
         self._send_scheduled_on: asyncio.AbstractEventLoop | None = None
@@ -103,7 +112,16 @@ class PipelinedScript:
         pipe = self._client.pipeline(transaction=False)
         for keys, args, _ in batch:
             pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-        return await pipe.execute(raise_on_error=False)
+        if not self._replica_ack_ms:
+            return await pipe.execute(raise_on_error=False)
+        pipe.wait(1, self._replica_ack_ms)
+        *replies, acknowledged = await pipe.execute(raise_on_error=False)
+        if not isinstance(acknowledged, Exception) and int(acknowledged) >= 1:
+            return replies
+        # A failover now could lose these writes: no caller may act on them (a refusal, a
+        # NOSCRIPT to run again, stays what it is).
+        not_held = NotReplicated(self._replica_ack_ms)
+        return [reply if isinstance(reply, Exception) else not_held for reply in replies]
 
 
 def _no_script(reply: object) -> bool:

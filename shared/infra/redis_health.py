@@ -1,12 +1,22 @@
-"""Is this Redis fit to hold queued health data? Reachability and durability warnings."""
+"""Is this Redis fit to hold queued health data? Reachability and durability warnings, and
+why it cannot be used, said so a person can fix it (`redis_problem`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from shared.infra.store import translate_redis_errors
+from shared.infra.config import Settings
+from shared.infra.errors import StoreUnavailable
+from shared.infra.store import (
+    PASSWORD_REFUSED,
+    redis_client,
+    redis_described,
+    sentinel_options,
+    translate_redis_errors,
+)
 
 
 def durability_warnings(
@@ -54,3 +64,93 @@ def check_redis(client: redis.Redis) -> list[str]:
         except redis.exceptions.ResponseError:
             save_config = None  # CONFIG is often disabled on managed Redis
     return durability_warnings(persistence, memory, save_config)
+
+
+@dataclass(frozen=True)
+class RedisProblem:
+    """Why the Redis the settings name cannot be used. `lasting`: a setting is wrong (a
+    password refused, a master name no sentinel knows), so waiting will not mend it and a
+    process should stop at start-up; else Redis may come back (restarting, failing over)."""
+
+    detail: str
+    lasting: bool
+
+
+def redis_problem(settings: Settings, client: redis.Redis | None = None) -> RedisProblem | None:
+    """Ping Redis through `client` (by default one built from the settings): None if it
+    answers, else what is wrong. For a process starting, and /readyz."""
+    own = client is None
+    client = client or redis_client(settings)
+    try:
+        with translate_redis_errors():
+            client.ping()
+        return None
+    except StoreUnavailable as exc:
+        return explained(settings, exc)
+    finally:
+        if own:
+            client.close()
+
+
+def explained(settings: Settings, exc: StoreUnavailable) -> RedisProblem:
+    """`exc` said for a person: with sentinels, each is asked which master it knows, so
+    the answer tells an unreachable sentinel from a wrong master name or password. Never a
+    password; always which Redis (`redis_described`)."""
+    where = redis_described(settings)
+    if not settings.sentinel_addresses:
+        return RedisProblem(f"{exc} ({where})", lasting=str(exc) == PASSWORD_REFUSED)
+    answers = [_ask_sentinel(settings, host, port) for host, port in settings.sentinel_addresses]
+    if "refused" in answers:
+        detail = "a sentinel refused the password (REDIS_PASSWORD must be every sentinel's "
+        return RedisProblem(f"{detail}requirepass too) ({where})", lasting=True)
+    masters = [answer for answer in answers if isinstance(answer, tuple)]
+    if masters:
+        host, port = masters[0]
+        reply = _ask_master(settings, host, port)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if reply == "refused":
+            detail = f"the master at {shown} refused the password (REDIS_PASSWORD)"
+            return RedisProblem(f"{detail} ({where})", lasting=True)
+        if reply == "unreachable":
+            return RedisProblem(f"the master the sentinels name, {shown}, is unreachable", False)
+        return RedisProblem(f"{exc} ({where})", lasting=False)
+    if "unknown" in answers:
+        detail = f"no sentinel knows a master named {settings.redis_sentinel_master!r} "
+        return RedisProblem(f"{detail}(REDIS_SENTINEL_MASTER) ({where})", lasting=True)
+    return RedisProblem(f"no sentinel answered ({where})", lasting=False)
+
+
+def _ask_sentinel(settings: Settings, host: str, port: int) -> str | tuple[str, int]:
+    """The master's address as this sentinel knows it, or `unknown`, `refused` (the
+    password), `unreachable`."""
+    probe = redis.Redis(host=host, port=port, **sentinel_options(settings))
+    try:
+        with translate_redis_errors():
+            reply: Any = probe.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "get-master-addr-by-name", settings.redis_sentinel_master
+            )
+    except StoreUnavailable as exc:
+        return "refused" if str(exc) == PASSWORD_REFUSED else "unreachable"
+    except redis.exceptions.ResponseError:
+        return "unreachable"  # not a sentinel
+    finally:
+        probe.close()
+    if not reply:
+        return "unknown"
+    return _text(reply[0]), int(reply[1])
+
+
+def _ask_master(settings: Settings, host: str, port: int) -> str:
+    probe = redis.Redis(host=host, port=port, **sentinel_options(settings))
+    try:
+        with translate_redis_errors():
+            probe.ping()
+    except StoreUnavailable as exc:
+        return "refused" if str(exc) == PASSWORD_REFUSED else "unreachable"
+    finally:
+        probe.close()
+    return "ok"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

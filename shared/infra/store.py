@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.retry
+import redis.asyncio.sentinel
 import redis.retry
+import redis.sentinel
 import structlog
 from redis.backoff import NoBackoff
 from redis.lock import Lock
@@ -54,17 +56,66 @@ def redis_client(settings: Settings) -> redis.Redis:
     """A pooled client with short timeouts, so a dead Redis is noticed in about a second.
 
     It never resends a command whose reply was lost (a script that ran would run again): the
-    caller hears of the failure instead, as a 503 or a job retried."""
+    caller hears of the failure instead, as a 503 or a job retried. With REDIS_SENTINELS it
+    is the sentinels' current master: a connection opened after a failover asks them again,
+    so the broker and every store follow the new master without a restart."""
+    retry = redis.retry.Retry(NoBackoff(), 0)
+    if settings.sentinel_addresses:
+        sentinels = redis.sentinel.Sentinel(
+            settings.sentinel_addresses,
+            sentinel_kwargs=sentinel_options(settings),
+            password=_password(settings),
+            retry=retry,
+            **CLIENT_OPTIONS,
+        )
+        master: redis.Redis = sentinels.master_for(settings.redis_sentinel_master)
+        return master
     return redis.Redis.from_url(
-        settings.redis_url, retry=redis.retry.Retry(NoBackoff(), 0), **CLIENT_OPTIONS
+        settings.redis_url, password=_password(settings), retry=retry, **CLIENT_OPTIONS
     )
 
 
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
     """`redis_client`'s twin for the event loop (the receiver's webhook intake)."""
+    retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
+    if settings.sentinel_addresses:
+        sentinels = redis.asyncio.sentinel.Sentinel(
+            settings.sentinel_addresses,
+            sentinel_kwargs=sentinel_options(settings),
+            password=_password(settings),
+            retry=retry,
+            **CLIENT_OPTIONS,
+        )
+        async_master: redis.asyncio.Redis = sentinels.master_for(settings.redis_sentinel_master)
+        return async_master
     return redis.asyncio.Redis.from_url(
-        settings.redis_url, retry=redis.asyncio.retry.Retry(NoBackoff(), 0), **CLIENT_OPTIONS
+        settings.redis_url, password=_password(settings), retry=retry, **CLIENT_OPTIONS
     )
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """How to talk to a sentinel: the same short timeouts, and REDIS_PASSWORD (a sentinel
+    with `requirepass` refuses a client without it, and one without refuses a password)."""
+    return {
+        "socket_connect_timeout": CLIENT_OPTIONS["socket_connect_timeout"],
+        "socket_timeout": CLIENT_OPTIONS["socket_timeout"],
+        "password": _password(settings),
+    }
+
+
+def _password(settings: Settings) -> str | None:
+    return None if settings.redis_password is None else settings.redis_password.get_secret_value()
+
+
+def redis_described(settings: Settings) -> str:
+    """Which Redis the settings name, for a person reading an error; never a password."""
+    if settings.sentinel_addresses:
+        shown = ",".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            for host, port in settings.sentinel_addresses
+        )
+        return f"REDIS_SENTINELS: {shown}, master {settings.redis_sentinel_master!r}"
+    return f"REDIS_URL: {redis_location(settings.redis_url)}"
 
 
 class Keys:
@@ -179,6 +230,11 @@ class Keys:
     def stored_data_version(self) -> str:
         return f"{self.namespace}:stored-data-version"
 
+    def replica_ack_channel(self) -> str:
+        """A Pub/Sub channel, never a key: publishing on it is a write that reaches the
+        replicas and stores nothing (`shared.infra.replication`)."""
+        return f"{self.namespace}:replica-ack"
+
     def scheduler_leader(self) -> str:
         return f"{self.namespace}:scheduler:leader"
 
@@ -240,6 +296,9 @@ class Keys:
         return f"{self.namespace}:event-log-connections"
 
 
+PASSWORD_REFUSED = "Redis refused the password (check REDIS_PASSWORD against its requirepass)"  # noqa: S105
+NO_MASTER = "no sentinel named a master (unreachable, a wrong REDIS_SENTINEL_MASTER or password)"
+
 REFUSING = tuple(
     getattr(redis.exceptions, name)
     for name in ("OutOfMemoryError", "BusyLoadingError", "ReadOnlyError", "MasterDownError")
@@ -252,6 +311,10 @@ def translate_redis_errors() -> Iterator[None]:
     """Turn redis-py's connection and timeout errors into `StoreUnavailable`."""
     try:
         yield
+    except redis.exceptions.AuthenticationError as exc:
+        raise StoreUnavailable(PASSWORD_REFUSED) from exc
+    except redis.sentinel.MasterNotFoundError as exc:
+        raise StoreUnavailable(NO_MASTER) from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise StoreUnavailable(f"Redis is unreachable: {type(exc).__name__}") from exc
     except redis.exceptions.NoScriptError as exc:
@@ -264,6 +327,9 @@ def translate_redis_errors() -> Iterator[None]:
     except redis.exceptions.ResponseError as exc:
         if str(exc).startswith(("MISCONF", "OOM", "LOADING", "READONLY", "MASTERDOWN")):
             raise StoreUnavailable(f"Redis refused the command: {str(exc).split()[0]}") from exc
+        if str(exc).startswith(("NOAUTH", "WRONGPASS")) or "AUTH" in str(exc).split()[:2]:
+            # No password sent to a Redis that wants one, or one sent to a Redis without.
+            raise StoreUnavailable(PASSWORD_REFUSED) from exc
         raise
 
 

@@ -29,6 +29,7 @@ from cryptography.fernet import InvalidToken, MultiFernet
 from shared.infra.clock import epoch_seconds, iso_now, utcnow
 from shared.infra.codec import RecordCodec
 from shared.infra.errors import UnreadableRecord
+from shared.infra.replication import confirm_replicated
 from shared.infra.store import Keys, as_bytes, translate_redis_errors
 from shared.notes.callback import FILE_URL_LIFETIME, ProgramCallback, note_title
 
@@ -157,13 +158,21 @@ CALLBACK = RecordCodec(ProgramCallback)  # sealed with Fernet beside the record
 
 
 class NoteOutbox:
-    def __init__(self, client: redis.Redis, keys: Keys, fernet: MultiFernet) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, fernet: MultiFernet, replica_ack_ms: int = 0
+    ) -> None:
         self._redis = client
         self._keys = keys
         self._fernet = fernet
+        self._replica_ack_ms = replica_ack_ms  # BRIDGE_REPLICA_ACK_MS; 0: off
         self._transition = client.register_script(TRANSITION)
         self._create = client.register_script(CREATE)
         self._forget_links = client.register_script(FORGET_LINKS)
+
+    def confirm_replicated(self) -> None:
+        """Return once a replica holds every write made so far (`NotReplicated` if none
+        does within BRIDGE_REPLICA_ACK_MS; at once when that is off)."""
+        confirm_replicated(self._redis, self._keys, self._replica_ack_ms)
 
     def create(self, connection_id: str, note_id: str, callback: ProgramCallback) -> bool:
         """Record a new note as `queued`; False if the note exists already."""

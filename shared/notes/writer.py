@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -19,7 +20,7 @@ import structlog
 from shared.connections.model import Connection
 from shared.halaxy.client import HalaxyClient, HalaxyNotFound
 from shared.infra.audit import AuditTrail
-from shared.infra.errors import Ambiguous, Permanent, Transient
+from shared.infra.errors import Ambiguous, Permanent, StoreUnavailable, Transient
 from shared.notes.callback import (
     ProgramCallback,
     author_for,
@@ -145,6 +146,7 @@ def _post(
     if not moved:
         return NoteResult(NoteOutcome.NOTHING_TO_DO, f"the note was {found} meanwhile")
     ids = f"note:{note_id} Patient/{patient_id}"
+    _confirm_posting_replicated(outbox, connection, note_id)
     try:
         created = halaxy.create("DocumentReference", body, length)
     except Ambiguous as exc:
@@ -188,6 +190,21 @@ def _post(
             state=str(found),
         )
     return NoteResult(NoteOutcome.POSTED, docref_id=docref_id)
+
+
+def _confirm_posting_replicated(outbox: NoteOutbox, connection: Connection, note_id: str) -> None:
+    """The `posting` mark keeps a note from being posted twice (an attempt that finds it
+    parks the note). Redis replicates asynchronously: it must be on a replica before the
+    POST, or a failover could promote one that still hands the note out. Not held in time
+    (`NotReplicated`, a Transient): the note goes back to `queued` and is retried, unposted.
+    Should Redis fail outright here, the mark may stay, and a retry parks an unposted note:
+    safe, and for ops to resolve."""
+    try:
+        outbox.confirm_replicated()
+    except StoreUnavailable:
+        with suppress(StoreUnavailable):
+            outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.QUEUED)
+        raise
 
 
 def _park(

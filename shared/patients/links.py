@@ -23,6 +23,7 @@ from shared.infra.audit import PendingEntry
 from shared.infra.clock import iso_now
 from shared.infra.codec import RecordCodec
 from shared.infra.errors import StoreUnavailable
+from shared.infra.replication import confirm_replicated
 from shared.infra.store import Keys, LeaseRenewer, as_bytes, held_lease, translate_redis_errors
 
 LOCK_TTL = 30.0  # renewed while the sync runs; lapses soon after its holder dies
@@ -46,11 +47,17 @@ PATIENT_LINK = RecordCodec(PatientLink)
 
 class PatientLinks:
     def __init__(
-        self, client: redis.Redis, keys: Keys, connection_id: str, renewer: LeaseRenewer
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        connection_id: str,
+        renewer: LeaseRenewer,
+        replica_ack_ms: int = 0,
     ) -> None:
         self._redis = client
         self._keys = keys
         self._renewer = renewer
+        self._replica_ack_ms = replica_ack_ms  # BRIDGE_REPLICA_ACK_MS; 0: off
         self.connection_id = connection_id
         self._key = keys.patient_links(connection_id)
 
@@ -136,6 +143,11 @@ class PatientLinks:
         under the patient's lock, like every write of a link."""
         with translate_redis_errors():
             self._redis.hdel(self._key, link_field(patient_id, seat))
+
+    def confirm_replicated(self) -> None:
+        """Return once a replica holds every write made so far (`NotReplicated` if none
+        does within BRIDGE_REPLICA_ACK_MS; at once when that is off)."""
+        confirm_replicated(self._redis, self._keys, self._replica_ack_ms)
 
     def count(self) -> int:
         with translate_redis_errors():

@@ -192,6 +192,12 @@ def _write(
         if platform_id is None:
             links.mark_creating(patient_id, seat=seat)
     ids = _ids(patient_id, platform_id, seat)
+    if platform_id is None:
+        # The `creating` mark turns a repeat of this create into a search (above). Redis
+        # replicates asynchronously: the mark must be on a replica before the platform is
+        # asked, or a failover could promote one without it, and a later sync create the
+        # patient twice. Not held in time: NotReplicated, a Transient, and nothing created.
+        links.confirm_replicated()
     try:
         result = platform.upsert_patient(details, platform_id)
     except GenderRefused:
