@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
@@ -40,7 +41,7 @@ from shared.infra.config import Settings, load_settings  # noqa: E402
 from shared.infra.store import Keys, LeaseRenewer  # noqa: E402
 from tests.helpers import audit_of  # noqa: E402
 from tests.procfile import Procfile  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.redis_server import RedisServer, SentinelGroup  # noqa: E402
 
 pytest_plugins = ["tests.workers"]
 _counter = itertools.count()
@@ -168,6 +169,29 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A master, a replica and three sentinels of this test's own, behind a password."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"), "pw-" + secrets.token_hex(12))
+    try:
+        yield group.start()
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def sentinel_settings(settings: Settings, sentinel_group: SentinelGroup) -> Settings:
+    """`settings` on `sentinel_group`, waiting 200 ms for a replica's acknowledgement."""
+    return settings.model_copy(
+        update={
+            "redis_sentinels": sentinel_group.sentinels,
+            "redis_sentinel_master": sentinel_group.MASTER_NAME,
+            "redis_password": SecretStr(sentinel_group.password),
+            "replica_ack_ms_setting": 200,
+        }
+    )
 
 
 @pytest.fixture

@@ -220,7 +220,7 @@ class SentinelGroup:
             return False
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

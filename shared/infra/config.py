@@ -46,6 +46,8 @@ def parse_sentinels(text: str) -> list[tuple[str, int]]:
 
 def _sentinel_address(item: str, number: int) -> tuple[str, int]:
     where = f"entry {number}"
+    if "://" in item:
+        raise ValueError(f"{where}: give host:port, not a URL")
     if item.startswith("["):
         host, bracket, rest = item[1:].partition("]")
         if not bracket:

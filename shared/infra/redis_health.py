@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.retry
+from redis.backoff import NoBackoff
 
 from shared.infra.config import Settings
 from shared.infra.errors import StoreUnavailable
@@ -66,6 +68,9 @@ def check_redis(client: redis.Redis) -> list[str]:
     return durability_warnings(persistence, memory, save_config)
 
 
+NO_RETRY = redis.retry.Retry(NoBackoff(), 0)
+
+
 @dataclass(frozen=True)
 class RedisProblem:
     """Why the Redis the settings name cannot be used. `lasting`: a setting is wrong (a
@@ -123,7 +128,7 @@ def explained(settings: Settings, exc: StoreUnavailable) -> RedisProblem:
 def _ask_sentinel(settings: Settings, host: str, port: int) -> str | tuple[str, int]:
     """The master's address as this sentinel knows it, or `unknown`, `refused` (the
     password), `unreachable`."""
-    probe = redis.Redis(host=host, port=port, **sentinel_options(settings))
+    probe = redis.Redis(host=host, port=port, retry=NO_RETRY, **sentinel_options(settings))
     try:
         with translate_redis_errors():
             reply: Any = probe.execute_command(  # type: ignore[no-untyped-call]
@@ -141,7 +146,7 @@ def _ask_sentinel(settings: Settings, host: str, port: int) -> str | tuple[str, 
 
 
 def _ask_master(settings: Settings, host: str, port: int) -> str:
-    probe = redis.Redis(host=host, port=port, **sentinel_options(settings))
+    probe = redis.Redis(host=host, port=port, retry=NO_RETRY, **sentinel_options(settings))
     try:
         with translate_redis_errors():
             probe.ping()

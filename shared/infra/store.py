@@ -63,7 +63,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     if settings.sentinel_addresses:
         sentinels = redis.sentinel.Sentinel(
             settings.sentinel_addresses,
-            sentinel_kwargs=sentinel_options(settings),
+            sentinel_kwargs={**sentinel_options(settings), "retry": retry},
             password=_password(settings),
             retry=retry,
             **CLIENT_OPTIONS,
@@ -81,7 +81,7 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
     if settings.sentinel_addresses:
         sentinels = redis.asyncio.sentinel.Sentinel(
             settings.sentinel_addresses,
-            sentinel_kwargs=sentinel_options(settings),
+            sentinel_kwargs={**sentinel_options(settings), "retry": retry},
             password=_password(settings),
             retry=retry,
             **CLIENT_OPTIONS,
@@ -95,7 +95,8 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
 
 def sentinel_options(settings: Settings) -> dict[str, Any]:
     """How to talk to a sentinel: the same short timeouts, and REDIS_PASSWORD (a sentinel
-    with `requirepass` refuses a client without it, and one without refuses a password)."""
+    with `requirepass` refuses a client without it, and one without refuses a password).
+    Add a `retry` of no retries: redis-py's default backs off for seconds."""
     return {
         "socket_connect_timeout": CLIENT_OPTIONS["socket_connect_timeout"],
         "socket_timeout": CLIENT_OPTIONS["socket_timeout"],
