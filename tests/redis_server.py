@@ -87,8 +87,8 @@ class SentinelGroup:
         self,
         directory: Path,
         password: str,
-        down_after_ms: int = 1000,
-        failover_timeout_ms: int = 3000,
+        down_after_ms: int = 2000,
+        failover_timeout_ms: int = 4000,
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -128,12 +128,16 @@ class SentinelGroup:
         return self
 
     def start_node(self, port: int, replica_of: int | None = None) -> None:
+        """Start a node; with `replica_of`, as that node's replica. A node that died is started
+        again as the current master's replica, as the sentinels' view has it: started as a
+        master, empty, it could be promoted (and the data wiped) before they convert it."""
         directory = self.directory / f"node-{port}"
         directory.mkdir(exist_ok=True)
         args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
         args += ["--requirepass", self.password, "--masterauth", self.password, "--save", ""]
         args += ["--appendonly", "no", "--maxmemory-policy", "noeviction"]
         args += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
+        args += ["--logfile", str(self.directory / f"node-{port}.log")]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.processes[port] = subprocess.Popen(
@@ -151,6 +155,7 @@ class SentinelGroup:
             f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
             f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
             f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n"
+            f"logfile {self.directory / f'sentinel-{port}.log'}\n"
         )
         self.processes[port] = subprocess.Popen(
             [self.binary, str(config), "--sentinel"],

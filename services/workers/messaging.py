@@ -72,7 +72,10 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     from services.workers.holding import HoldPausedConnections
     from services.workers.job_metrics import JobMetrics, PushMetrics
     from services.workers.queued import TrackQueued
+    from services.workers.retries import replace_retries
 
+    # A job's retry survives Redis failing over (services/workers/retries.py).
+    replace_retries(broker)
     broker.add_middleware(CurrentMessage())  # lets log lines name the message and attempt
     keys = Keys(settings.redis_namespace)
     broker.add_middleware(RecordDeadLetters(DeadLetterStore(client, keys)))
