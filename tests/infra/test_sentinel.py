@@ -169,6 +169,8 @@ def test_the_cli_exits_3_with_one_line_saying_what_is_wrong(
     assert_no_password(done.stderr, steady_group)
 
 
+# How each stops: the receiver as on a bad setting; a worker whose boot failed; click's error.
+EXIT_CODES = {"receiver": 2, "worker": 1, "scheduler": 1}
 # How each Procfile process is started here, as the Procfile starts it.
 STARTS = {
     "receiver": ["uvicorn", "services.webhook_receiver.app:app", "--port", "{port}"],
@@ -200,7 +202,7 @@ def test_a_process_does_not_start_on_a_setting_that_is_wrong(
                 started.kill()
                 started.wait()
     output = (tmp_path / "err").read_text()
-    assert code != 0, output
+    assert code == EXIT_CODES[process], output
     assert SAYS[case] in output
     assert "Redis cannot be used" in output
     assert_no_password(output, steady_group)
