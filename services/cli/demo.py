@@ -455,9 +455,9 @@ def _redis_and_broker(settings: Any, worker_broker: Any) -> tuple[Any, Any, Any,
     import redis
 
     from services.workers.messaging import build_broker
-    from shared.infra import async_redis_client
+    from shared.infra import async_redis_client, redis_client
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1)
+    client = redis_client(settings)  # REDIS_URL, or the sentinels' master
     try:
         client.ping()
         where = f"the Redis at REDIS_URL (namespace {DEMO_NAMESPACE})"

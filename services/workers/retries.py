@@ -26,9 +26,16 @@ PAUSE_SECONDS = 0.5
 
 
 class RetriesThroughOutages(Retries):
-    def __init__(self, *, patience_seconds: float = PATIENCE_SECONDS, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        patience_seconds: float = PATIENCE_SECONDS,
+        pause_seconds: float = PAUSE_SECONDS,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.patience_seconds = patience_seconds
+        self.pause_seconds = pause_seconds
 
     def after_process_message(
         self,
@@ -38,7 +45,7 @@ class RetriesThroughOutages(Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        patient = _PatientEnqueue(broker, message, self.patience_seconds)
+        patient = _PatientEnqueue(broker, message, self.patience_seconds, self.pause_seconds)
         super().after_process_message(  # type: ignore[no-untyped-call]
             patient, message, result=result, exception=exception
         )
@@ -59,10 +66,13 @@ def replace_retries(broker: dramatiq.Broker) -> None:
 class _PatientEnqueue:
     """The broker, as `Retries` uses it, with an `enqueue` that waits for Redis."""
 
-    def __init__(self, broker: dramatiq.Broker, message: Any, patience: float) -> None:
+    def __init__(
+        self, broker: dramatiq.Broker, message: Any, patience: float, pause: float
+    ) -> None:
         self._broker = broker
         self._message = message
         self._patience = patience
+        self._pause = pause
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._broker, name)
@@ -82,4 +92,4 @@ class _PatientEnqueue:
                     )
                     self._message.fail()
                     return None
-                time.sleep(PAUSE_SECONDS)
+                time.sleep(self._pause)
