@@ -25,7 +25,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     deps = deps_of(request)
     try:
-        warnings = await run_in_threadpool(check_redis, deps.redis)
+        warnings = await run_in_threadpool(check_redis, deps.redis, deps.settings.replica_ack_ms)
     except StoreUnavailable as exc:
         # Which Redis, and why (a sentinel unreachable, a wrong master name or password).
         problem = await run_in_threadpool(explained, deps.settings, exc)

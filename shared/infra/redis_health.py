@@ -55,8 +55,10 @@ def durability_warnings(
     return warnings
 
 
-def check_redis(client: redis.Redis) -> list[str]:
-    """Ping Redis and return its durability warnings; raise `StoreUnavailable` if it is down."""
+def check_redis(client: redis.Redis, replica_ack_ms: int = 0) -> list[str]:
+    """Ping Redis and return its durability warnings; raise `StoreUnavailable` if it is down.
+    With `replica_ack_ms` (BRIDGE_REPLICA_ACK_MS), also a warning when no replica is there
+    to acknowledge a write."""
     with translate_redis_errors():
         client.ping()
         persistence = client.info("persistence")
@@ -65,7 +67,14 @@ def check_redis(client: redis.Redis) -> list[str]:
             save_config: str | None = str(client.config_get("save").get("save", ""))
         except redis.exceptions.ResponseError:
             save_config = None  # CONFIG is often disabled on managed Redis
-    return durability_warnings(persistence, memory, save_config)
+        replicas = int(client.info("replication").get("connected_slaves", 0))
+    warnings = durability_warnings(persistence, memory, save_config)
+    if replica_ack_ms and not replicas:
+        warnings.append(
+            "no Redis replica is connected, and BRIDGE_REPLICA_ACK_MS waits for one: every "
+            "webhook is answered 503 until one is (docs/high-availability.md)"
+        )
+    return warnings
 
 
 NO_RETRY = redis.retry.Retry(NoBackoff(), 0)

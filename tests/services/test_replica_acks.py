@@ -33,7 +33,7 @@ from shared.infra.store import Keys, redis_client
 from shared.notes import NoteState, note_id_for, parse_callback, write_note
 from shared.patients import SyncOutcome, sync_patient
 from tests.conftest import make_connection
-from tests.helpers import audit_of, auth, queued_messages
+from tests.helpers import audit_of, auth, queued_messages, wait_until
 from tests.redis_server import SentinelGroup
 from tests.workers import Sandbox, sandbox_connection
 
@@ -214,3 +214,22 @@ def test_a_worker_creates_no_client_and_posts_no_note_until_its_guard_is_on_a_re
     assert len(sandbox.physitrack.by_external_id("1001")) == 1
     assert len(sandbox.halaxy.notes) == 1
     runtime.close()
+
+
+def test_readyz_warns_when_no_replica_is_there_to_acknowledge(
+    sentinel_group: SentinelGroup, receiver: TestClient
+) -> None:
+    def warnings() -> list[str]:
+        response = receiver.get("/readyz")
+        assert response.status_code == 200
+        found: list[str] = response.json()["warnings"]
+        return found
+
+    assert not any("no Redis replica is connected" in w for w in warnings())
+    sentinel_group.kill(replica_port(sentinel_group))
+
+    wait_until(
+        lambda: any("no Redis replica is connected" in w for w in warnings()),
+        10,
+        "the warning on /readyz",
+    )
