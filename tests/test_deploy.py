@@ -41,6 +41,7 @@ PROCFILE = dict(
 BRIDGE = ("web", "worker", "scheduler")
 IMAGE_USER = 10001  # deploy/Dockerfile's USER, which the pods' securityContext names too
 REDIS_CLIENT_LABEL = "halaxy-bridge/redis-client"
+PINNED_REDIS = r"redis:\d+\.\d+\.\d+-bookworm(@sha256:[0-9a-f]{64})?"  # an exact release
 # The oldest Kubernetes the manifests are meant for, and the newest the schemas know.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 
@@ -386,7 +387,10 @@ def test_compose_gives_redis_a_password_from_the_environment_never_a_committed_o
     ]
     assert password.startswith("${REDIS_PASSWORD:?")  # compose refuses to start without it
     assert redis_service["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
-    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-bookworm", redis_service["image"])
+    # An exact release, the same in Kubernetes (a digest may follow: README, Deployment).
+    assert re.fullmatch(PINNED_REDIS, redis_service["image"]), redis_service["image"]
+    redis_container = container(of_kind("StatefulSet")["halaxy-bridge-redis"])
+    assert redis_container["image"] == redis_service["image"]
 
 
 def compose_command() -> list[str] | None:
@@ -520,10 +524,11 @@ def test_k8s_manifests_have_the_expected_kinds_commands_and_probes() -> None:
     assert redis_settings["appendonly"] == ["yes"]
 
 
-def test_every_pod_runs_as_a_non_root_user_that_cannot_escalate() -> None:
+def test_every_pod_runs_as_a_non_root_user_that_cannot_escalate_nor_call_the_api() -> None:
     for name, workload in {**of_kind("Deployment"), **of_kind("StatefulSet")}.items():
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["automountServiceAccountToken"] is False, name
         if name != "halaxy-bridge-redis":  # the redis image's own user, 999
             assert pod["securityContext"]["runAsUser"] == IMAGE_USER, name
         hardened = container(workload)["securityContext"]
