@@ -16,7 +16,9 @@ import time_machine
 from click.testing import CliRunner, Result
 
 from services.cli.main import cli
+from services.scheduler.loop import Scheduler
 from services.workers.messaging import build_broker
+from services.workers.runtime import WorkerRuntime
 from shared.infra.clock import epoch_seconds, iso_now, utcnow
 from shared.infra.config import Settings
 from shared.infra.store import Keys
@@ -90,6 +92,21 @@ def test_a_running_worker_passes_and_fails_once_it_stopped(
     finally:
         worker.stop()
     assert probe("worker").exit_code == 1  # stopped cleanly: its heartbeat is removed
+
+
+def test_a_ticking_scheduler_passes_leader_or_standby(probe: Probe, settings: Settings) -> None:
+    runtimes = [WorkerRuntime(settings), WorkerRuntime(settings)]
+    try:
+        for runtime in runtimes:  # the first to tick leads, the second stands by
+            Scheduler(settings, runtime).tick()
+
+        result = probe("scheduler", "--json")
+    finally:
+        for runtime in runtimes:
+            runtime.close()
+
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.output)["alive"] == 2
 
 
 def test_redis_unreachable_cannot_tell_and_fails_unless_told_to_pass(probe: Probe) -> None:
