@@ -15,6 +15,7 @@ import socket
 
 import click
 
+from services.cli.context import unavailable_detail
 from services.cli.output import emit, fail, json_option
 from shared.infra import (
     ConfigError,
@@ -52,12 +53,13 @@ def probe(kind: str, redis_down_ok: bool, as_json: bool) -> None:
         beats = Heartbeats(client, Keys(settings.redis_namespace), Kind(kind)).read(now)
     except StoreUnavailable as exc:
         unknown = f"cannot tell whether a {kind} on {host} is alive"
+        detail = unavailable_detail(exc, settings)  # which Redis, never its password
         if not redis_down_ok:
-            fail(as_json, "unavailable", f"{unknown}: {exc}", exit_code=REDIS_UNREACHABLE)
+            fail(as_json, "unavailable", f"{unknown}: {detail}", exit_code=REDIS_UNREACHABLE)
         emit(
             as_json,
             {"kind": kind, "host": host, "alive": None, "redis": "unreachable"},
-            f"{unknown}: {exc}; passing (--redis-down-ok)",
+            f"{unknown}: {detail}; passing (--redis-down-ok)",
         )
         return
     except ConfigError as exc:  # a wrong password, say: a restart would not help either
