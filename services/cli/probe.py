@@ -4,7 +4,9 @@ For container healthchecks (deploy/docker-compose.yml) and Kubernetes exec probe
 (deploy/k8s/): the receiver has /healthz and /readyz, the worker and the scheduler serve no
 HTTP. Each writes a heartbeat to Redis every few seconds (`shared.ops.liveness`) naming its
 host, which is the container's (or pod's) hostname, so the probe, run inside the same
-container, looks for a fresh one with its own hostname. Exit 0: one is fresh; 1: none is;
+container, looks for a fresh one with its own hostname. One is enough: when one of a
+worker's processes dies, Dramatiq stops the others and the container exits, to be restarted.
+Exit 0: one is fresh; 1: none is;
 3: Redis is unreachable, so nothing can be told (0 with `--redis-down-ok`: restarting a
 worker does not bring Redis back).
 """
