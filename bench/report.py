@@ -95,10 +95,10 @@ def table(rows: list[Row]) -> str:
 
 
 def console_table(rows: list[Row]) -> str:
-    lines = [f"{'#':<4}{'figure':<44}{'value':>14}{'floor':>14}{'ratio':>8}  target / result"]
+    lines = [f"{'#':<17}{'figure':<44}{'value':>14}{'floor':>14}{'ratio':>8}  target / result"]
     for row in rows:
         lines.append(
-            f"{row.id:<4}{row.what[:43]:<44}{fmt(row.figure) + ' ' + row.unit:>14}"
+            f"{row.id:<17}{row.what[:43]:<44}{fmt(row.figure) + ' ' + row.unit:>14}"
             f"{fmt(row.floor) + ' ' + row.unit:>14}{_ratio(row):>8}  {row.target} "
             f"{'pass' if row.passed else 'FAIL'}"
         )
