@@ -8,8 +8,10 @@ webhooks open loop at a steady rate; each latency runs from the moment the recei
 the webhook (its 202) to the client's creation in the sandbox Physitrack. Floor: B's p95 with
 A idle, measured first in the same run. Then clinic A posts patient-created webhooks for
 5,000 fresh patients as fast as the receiver takes them (a bulk import in Halaxy), while B
-keeps sending for a fixed stretch; B's events still not done a while after B's last send count
-as the time they have waited (a lower bound). Target: B's p95 during A's storm at most twice
+keeps sending for a fixed stretch, at full size long enough (75 s) to include the moment when
+A's events deferred by its Halaxy budget (480 requests a minute a key) come back from the delay
+queue; B's events still not done a while after B's last send count as the time they have
+waited (a lower bound). Target: B's p95 during A's storm at most twice
 B's idle p95.
 """
 

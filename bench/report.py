@@ -132,7 +132,7 @@ def document(
         f"Written by `make bench` (`python -m bench --size {size}`) on {now}, in "
         f"{elapsed_s / 60:.1f} minutes. Every figure is measured together with its floor, in "
         "the same run on the same machine, and judged by their ratio or by an absolute "
-        "target as issue 7 sets it; the machine is shared and noisy, so compare ratios "
+        "target as issues 7 and 21 set them; the machine is shared and noisy, so compare ratios "
         "between runs, not raw figures. Timings are never asserted in tests "
         "(`tests/test_bench_smoke.py` only checks that each benchmark runs at a tiny size).",
         "",

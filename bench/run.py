@@ -1,6 +1,6 @@
 """`python -m bench [--size tiny|full] [--only P1,P3] [--doc PATH] [--json PATH] [--profile]`
 
-Runs the benchmarks of issue 7 against the Redis at REDIS_URL (`make bench` provides one),
+Runs the benchmarks of issues 7 and 21 against the Redis at REDIS_URL (`make bench` provides one),
 prints the table, and writes docs/performance.md (unless `--doc -`). With `--profile` it
 instead runs P1, P2 and P5 with py-spy attached to the receiver or the worker and prints
 where their time goes (the figures of a profiled run are not written anywhere: py-spy
