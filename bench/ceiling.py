@@ -38,7 +38,7 @@ from bench.procs import receiver, workers
 from bench.sandbox import add_clinics, add_patients, running_sandbox, spread
 from services.sandbox.serve import ServerThread
 from shared.infra.config import Settings
-from shared.infra.jobs import ActorName, QueueName, actor_for
+from shared.infra.jobs import ActorName, QueueName
 from shared.infra.store import redis_client
 
 RECORDING_MODULE = "bench.recording_worker"
@@ -218,9 +218,8 @@ def record_sync(ctx: Context) -> Plan:
         finally:
             client.close()
         records = _records(record_file)
-        syncs = [
-            r for r in records if r["actor"] == actor_for(ActorName.SYNC_PATIENT, QueueName.LIVE)
-        ]
+        # The live actor, or its twin on another lane (`sync_patient_...`).
+        syncs = [r for r in records if r["actor"].startswith(ActorName.SYNC_PATIENT.value)]
         noops = [r for r in records if r["actor"] == ACTOR_NAME]
         if not syncs or not noops or any(r["failed"] for r in records):
             raise BenchError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from statistics import median
 
 from bench.common import Context, Row, fmt, namespace
+from bench.drain import LANES
 from bench.loadgen import LoadResult, Template, hammer
 from bench.procs import CpuMeter, Receiver, receiver
 from bench.profiling import profiled
@@ -63,7 +64,7 @@ def run(ctx: Context) -> list[Row]:
         client = redis_client(settings)
         try:
             namespace_ = Keys(settings.redis_namespace).dramatiq_namespace()
-            queued = int(client.hlen(f"{namespace_}:live.msgs"))
+            queued = sum(int(client.hlen(f"{namespace_}:{lane}.msgs")) for lane in LANES)
         finally:
             client.close()
         # wrk counts answers below 400 as successes; the receiver answers 202 or an error.
