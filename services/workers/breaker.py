@@ -24,6 +24,7 @@ from typing import Any
 import dramatiq
 import redis
 import structlog
+from dramatiq.middleware import MiddlewareError
 
 from services.workers.time_limits import LONGEST_JOB_SECONDS
 from shared.infra import BridgeError, Keys, Settings, utcnow
@@ -54,8 +55,10 @@ def circuit_breakers(settings: Settings, client: redis.Redis) -> CircuitBreakers
     return CircuitBreakers(client, Keys(settings.redis_namespace), policy, lease)
 
 
-class CircuitOpen(dramatiq.Retry):
-    """The message waits: its connection's `upstream` circuit is open (or being probed)."""
+class CircuitOpen(dramatiq.Retry, MiddlewareError):
+    """The message waits: its connection's `upstream` circuit is open (or being probed).
+    A `MiddlewareError` too: Dramatiq lets only those out of a `before_` hook (it logs any
+    other and runs the job), and then treats it as the job's exception: a `Retry`."""
 
     def __init__(self, connection_id: str, upstream: str, delay_ms: int) -> None:
         super().__init__(f"connection {connection_id}: {upstream} circuit open", delay=delay_ms)
@@ -87,9 +90,14 @@ class DeferOpenCircuits(dramatiq.Middleware):
             return
         now = utcnow()
         lease_token = secrets.token_hex(8)
-        # A Redis that cannot answer raises here: the message is retried, as any job would be.
-        seen = self.breakers.read(connection_id)
-        admission = self.breakers.admit(connection_id, lease_token, now, seen) if seen else None
+        try:
+            seen = self.breakers.read(connection_id)
+            admission = self.breakers.admit(connection_id, lease_token, now, seen) if seen else None
+        except BridgeError as exc:
+            # Redis did not answer: the job runs (it needs Redis too, and fails on its own if
+            # it is gone); a breaker never stops work because it cannot be read.
+            log.warning("circuit.unchecked", connection_id=connection_id, error=type(exc).__name__)
+            return
         if admission is not None and admission.wait_until is not None:
             # Dramatiq's Retries middleware adds one to the count for this Retry; take it off
             # first, so waiting for a circuit never uses up the budget for real failures.
