@@ -147,11 +147,18 @@ def test_a_failing_platform_opens_its_circuit_defers_its_clinic_and_a_probe_clos
     assert shown["platform"]["retry_at"] is not None
     assert shown["halaxy"]["state"] == "closed"
     assert {c["state"] for c in circuits(base_settings, clinic_b.id).values()} == {"closed"}
+    env = {"BRIDGE_REDIS_NAMESPACE": base_settings.redis_namespace}
+    text = CliRunner().invoke(cli, ["status"], env=env).stdout
+    [line] = [line for line in text.splitlines() if line.startswith(clinic_a.id) and "open" in line]
+    assert line.split()[1:3] == ["platform", "open"]
     settings = pipeline.receiver.app.state.deps.settings
     admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
     page = pipeline.receiver.get("/ops", headers=admin).text
     assert 'id="circuits"' in page
     assert "platform circuit open" in page
+    own_page = pipeline.receiver.get(f"/ops/connections/{clinic_a.id}", headers=admin).text
+    assert "platform circuit" in own_page
+    assert "open since" in own_page
     metrics = pipeline.receiver.get("/metrics", headers=admin).text
     assert gauge(metrics, clinic_a.id, "platform") == 1.0
     assert gauge(metrics, clinic_b.id, "platform") == 0.0
