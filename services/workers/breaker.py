@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from contextlib import suppress
 from contextvars import Token
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from shared.telemetry import (
     CircuitBreakers,
     UpstreamOutcomes,
     begin_outcomes,
+    circuit_is_clean,
     end_outcomes,
 )
 
@@ -42,6 +44,10 @@ log = structlog.get_logger("halaxy_bridge.workers")
 
 # Deferred messages come back spread over this share of the cooldown, not all at once.
 JITTER_SHARE = 0.1
+# A connection found with every circuit closed is taken as such this long by this process,
+# without reading Redis again for each of its messages: a circuit another process opens
+# meanwhile is noticed within it. A failure this process sees ends it at once.
+ALL_CLOSED_SECONDS = 1.0
 
 
 def circuit_breakers(settings: Settings, client: redis.Redis) -> CircuitBreakers:
@@ -79,9 +85,13 @@ class DeferOpenCircuits(dramatiq.Middleware):
     """Its hooks run on the thread that runs the job, so what a job gathers is kept per
     thread (a message id is not unique among jobs in flight: a redelivery may run alongside)."""
 
-    def __init__(self, breakers: CircuitBreakers) -> None:
+    def __init__(
+        self, breakers: CircuitBreakers, all_closed_seconds: float = ALL_CLOSED_SECONDS
+    ) -> None:
         self.breakers = breakers
         self._local = threading.local()
+        self._all_closed_seconds = all_closed_seconds
+        self._all_closed_until: dict[str, float] = {}  # connection id -> monotonic time
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._local.admitted = None
@@ -91,7 +101,7 @@ class DeferOpenCircuits(dramatiq.Middleware):
         now = utcnow()
         lease_token = secrets.token_hex(8)
         try:
-            seen = self.breakers.read(connection_id)
+            seen = self._circuits(connection_id)
             admission = self.breakers.admit(connection_id, lease_token, now, seen) if seen else None
         except BridgeError as exc:
             # Redis did not answer: the job runs (it needs Redis too, and fails on its own if
@@ -109,6 +119,15 @@ class DeferOpenCircuits(dramatiq.Middleware):
             connection_id, admission or Admission(), seen, lease_token, outcomes, context_token
         )
 
+    def _circuits(self, connection_id: str) -> dict[str, Circuit]:
+        if self._all_closed_until.get(connection_id, 0.0) > time.monotonic():
+            return {}
+        seen = self.breakers.read(connection_id)
+        if all(circuit_is_clean(circuit) for circuit in seen.values()):
+            self._all_closed_until[connection_id] = time.monotonic() + self._all_closed_seconds
+            return {}
+        return seen
+
     def _delay_ms(self, until: datetime, now: datetime) -> int:
         cooldown_ms = int(self.breakers.policy.cooldown.total_seconds() * 1000)
         jitter = secrets.randbelow(max(1, int(cooldown_ms * JITTER_SHARE)))
@@ -125,6 +144,8 @@ class DeferOpenCircuits(dramatiq.Middleware):
         admitted = self._end()
         if admitted is None:
             return
+        if any(admitted.outcomes.failed.values()):
+            self._all_closed_until.pop(admitted.connection_id, None)
         try:
             self.breakers.record(
                 admitted.connection_id,

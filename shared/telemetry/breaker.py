@@ -105,6 +105,11 @@ def after_outcome(
     return Circuit(CircuitState.CLOSED, now, 0)
 
 
+def circuit_is_clean(circuit: Circuit | None) -> bool:
+    """Closed and counting nothing: what a success leaves as it is."""
+    return circuit is None or (circuit.state is CircuitState.CLOSED and circuit.failures == 0)
+
+
 def shown_state(circuit: Circuit | None, now: datetime) -> CircuitState:
     """The state as ops see it: an open circuit whose cooldown has ended is half-open (the
     next message of its connection probes)."""
@@ -263,12 +268,17 @@ class CircuitBreakers:
         seen: dict[str, Circuit] | None = None,
     ) -> None:
         """Apply one job's outcomes (upstream -> failed) and give back its probe leases.
-        `seen`: the circuits as read when it was admitted; a success where none was seen
-        writes nothing (the common case: one read per job, no write)."""
+        `seen`: the circuits as read when it was admitted; a success where it was closed and
+        counting nothing writes nothing (the common case: no write at all)."""
         try:
             for upstream, failed in outcomes.items():
                 probe = upstream in admitted.probes
-                if not failed and not probe and seen is not None and upstream not in seen:
+                if (
+                    not failed
+                    and not probe
+                    and seen is not None
+                    and circuit_is_clean(seen.get(upstream))
+                ):
                     continue
                 change = partial(
                     after_outcome, failed=failed, probe=probe, now=now, policy=self.policy

@@ -203,7 +203,9 @@ def populated(
         )
         pipeline.broker.enqueue(dramatiq_message(job), delay=600_000)
     # Its platform's circuit breaker, opened (a record, and a transition counted).
-    breakers = CircuitBreakers(pipeline.redis, pipeline.keys, BreakerPolicy(1, timedelta(seconds=60)))
+    breakers = CircuitBreakers(
+        pipeline.redis, pipeline.keys, BreakerPolicy(1, timedelta(seconds=60))
+    )
     breakers.record(clinic.id, {"platform": True}, Admission(), "t", utcnow())
     push_counts(pipeline)
     return clinic, other, mapped
