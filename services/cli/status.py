@@ -154,6 +154,27 @@ def _held_rows(data: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
     ]
 
 
+CIRCUIT_COLUMNS = ["id", "upstream", "state", "since", "failures", "probe_after"]
+CIRCUIT_HEADERS = {"failures": "fails in a row", "probe_after": "probe after"}
+
+
+def _circuit_rows(data: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """The circuits that are not closed, or that count failures."""
+    return [
+        {
+            "id": row["id"],
+            "upstream": circuit["upstream"],
+            "state": circuit["state"].replace("_", "-"),
+            "since": ago(circuit["since"], now),
+            "failures": circuit["failures"],
+            "probe_after": circuit["retry_at"],
+        }
+        for row in data["connections"]
+        for circuit in row.get("circuits") or []
+        if circuit["state"] != "closed" or circuit["failures"]
+    ]
+
+
 def _text(data: dict[str, Any]) -> str:
     now = datetime.fromisoformat(data["generated_at"])
     connections = [_connection_row(row, now) for row in data["connections"]]
@@ -178,6 +199,10 @@ def _text(data: dict[str, Any]) -> str:
         "",
         "paused (webhooks kept, nothing processed until resumed) and held messages:",
         table(_held_rows(data, now), HELD_COLUMNS),
+        "",
+        "circuit breakers (open: the upstream kept failing, the connection's messages wait; "
+        "half-open: one probe goes):",
+        table(_circuit_rows(data, now), CIRCUIT_COLUMNS, CIRCUIT_HEADERS),
         "",
         f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
         f"   failed notes: {data['failed_notes']}",
@@ -205,8 +230,9 @@ def status(watch: bool, interval: float, as_json: bool) -> None:
     """Workers and scheduler alive (from their heartbeats); queue depths, ages and
     throughput; per connection whether it is paused and how many messages it holds, its last
     event, last success, failures in the last hour, dead letters, parked notes, last sweep,
-    its unfinished messages per queue, and the patients not written (skipped, left as they
-    were, or refused by reason)."""
+    its unfinished messages per queue, its circuit breakers (halaxy, platform) that are not
+    closed, and the patients not written (skipped, left as they were, or refused by
+    reason)."""
     with cli_context(as_json) as ctx:
         if not watch:
             data = _gather(ctx)

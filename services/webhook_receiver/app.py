@@ -133,7 +133,8 @@ def create_app(
     async_client = async_client or async_redis_client(settings)
     keys = Keys(settings.redis_namespace)
     connections = ConnectionStore(client, keys, settings.fernet)
-    http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
+    # Key checks while onboarding (Halaxy's token, the platform's key): as the workers' own.
+    http = httpx.Client(timeout=httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0))
     # Imported here, not at the top: the workers package builds its broker when imported.
     from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue, build_broker
 

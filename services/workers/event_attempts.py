@@ -25,6 +25,7 @@ from typing import Any
 import dramatiq
 import structlog
 
+from services.workers.breaker import CircuitOpen
 from services.workers.holding import HELD
 from services.workers.job_metrics import outcome_of
 from shared.halaxy import HALAXY_EVENTS
@@ -153,6 +154,8 @@ class RecordEventAttempts(dramatiq.Middleware):
     ) -> None:
         connection_id, event_id = event
         detail = recorder.result if exception is None else type(exception).__name__
+        if isinstance(exception, CircuitOpen):
+            detail = f"{exception.upstream} circuit open"
         attempt = Attempt(
             at=at,
             outcome=AttemptOutcome(outcome),
@@ -165,6 +168,8 @@ class RecordEventAttempts(dramatiq.Middleware):
             message_id=message.message_id,
         )
         state = state_after(message.actor_name, outcome, recorder.result)
+        if isinstance(exception, CircuitOpen):
+            state = EventState.DEFERRED
         status = None
         if state is not None:
             status = EventStatus(

@@ -66,6 +66,7 @@ def build_broker(
 
 def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Redis) -> None:
     """What every broker of ours needs beyond Dramatiq's defaults."""
+    from services.workers.breaker import DeferOpenCircuits, circuit_breakers
     from services.workers.dead_letter_middleware import RecordDeadLetters
     from services.workers.event_attempts import RecordEventAttempts
     from services.workers.heartbeat import WorkerHeartbeat
@@ -88,6 +89,9 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     broker.add_middleware(WorkerHeartbeat(heartbeats, settings.worker_heartbeat_timeout_seconds))
     # A paused connection's messages are held, not run (services/workers/holding.py).
     broker.add_middleware(HoldPausedConnections(PausedConnections(client, keys)))
+    # After the pause (a paused connection's messages are held, not deferred): a connection
+    # whose upstream's circuit is open has its messages deferred (services/workers/breaker.py).
+    broker.add_middleware(DeferOpenCircuits(circuit_breakers(settings, client)))
     for queue in QueueName:
         broker.declare_queue(queue.value)
 

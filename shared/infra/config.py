@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     event_log_max_per_connection: int = Field(
         default=10_000, ge=10, le=1_000_000, alias="BRIDGE_EVENT_LOG_MAX_PER_CONNECTION"
     )
+    # A connection's circuit breaker for an upstream (Halaxy, the platform) opens after this
+    # many failures in a row that are the upstream's fault (timeouts, connection errors, 5xx),
+    # and lets one probe through this long after it opened (shared/telemetry/breaker.py).
+    breaker_failures: int = Field(default=5, ge=1, le=1000, alias="BRIDGE_BREAKER_FAILURES")
+    breaker_cooldown_seconds: float = Field(
+        default=30.0, ge=1, le=3600, alias="BRIDGE_BREAKER_COOLDOWN_SECONDS"
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -222,6 +222,14 @@ class Keys:
         """The messages of a paused connection that workers set aside, in the order held."""
         return f"{self.namespace}:held:{connection_id}"
 
+    def circuits(self, connection_id: str) -> str:
+        """The connection's circuit breakers: a hash, upstream -> its `Circuit` record."""
+        return f"{self.namespace}:circuit:{connection_id}"
+
+    def circuit_probe(self, connection_id: str, upstream: str) -> str:
+        """The lease of the one message probing a half-open circuit (SET NX, expiring)."""
+        return f"{self.namespace}:circuit-probe:{connection_id}:{upstream}"
+
     def event_log_of(self, connection_id: str) -> str:
         """Every key of a connection's event log starts with this (its erasure scans for it)."""
         return f"{self.namespace}:event-log:{connection_id}:"

@@ -64,6 +64,13 @@ RATE_LIMIT_DEFERRALS = Counter(
     ["connection_id", "target"],
     registry=REGISTRY,
 )
+CIRCUIT_TRANSITIONS = Counter(
+    "halaxy_bridge_circuit_transitions",
+    "Circuit breaker transitions of a connection's upstream (halaxy, platform), by the state "
+    "entered (open, half_open, closed).",
+    ["connection", "upstream", "to"],
+    registry=REGISTRY,
+)
 TOKEN_REFRESHES = Counter(
     "halaxy_bridge_token_refreshes",
     "Halaxy access tokens fetched, by outcome (ok, refused, error).",

@@ -73,4 +73,5 @@ def _labelled(field: bytes) -> str:
         _, labels = read_field(field)
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return ""  # not a series this version wrote: left alone
-    return labels.get("connection_id", "")
+    # The circuit breaker's series name it `connection`.
+    return labels.get("connection_id") or labels.get("connection", "")
