@@ -42,7 +42,12 @@ TITLE = "Status"
 REFRESH_SECONDS = 10
 # A queue's oldest message waiting longer than this needs a look: the alerts' thresholds
 # (QueueOldestMessageTooOld). A connection's row uses the live one.
-OLD_AGE_SECONDS = {QueueName.LIVE.value: 300.0, QueueName.BULK.value: 3 * 3600.0}
+OLD_AGE_SECONDS = {
+    QueueName.LIVE.value: 300.0,
+    # A storm drains at its clinic's Halaxy budget (480 a minute): 5,000 events take ~10 min.
+    QueueName.STORM.value: 3600.0,
+    QueueName.BULK.value: 3 * 3600.0,
+}
 DEFAULT_OLD_AGE_SECONDS = 300.0
 QUEUES = [queue.value for queue in QueueName]
 

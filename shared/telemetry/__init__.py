@@ -11,6 +11,7 @@ from shared.telemetry.attempts import (
 )
 from shared.telemetry.collect import Reused, exposition, gauges, totals
 from shared.telemetry.definitions import (
+    FAIR_SHARE_DEFERRALS,
     JOB_DURATION,
     JOBS,
     LAST_EVENT,
@@ -18,6 +19,7 @@ from shared.telemetry.definitions import (
     NOTES,
     PROGRAM_EVENTS,
     RATE_LIMIT_DEFERRALS,
+    STORM_EVENTS,
     WEBHOOK_EVENTS,
     WEBHOOK_REJECTIONS,
     WEBHOOK_REQUESTS,
@@ -45,6 +47,7 @@ from shared.telemetry.http import MeteredClient, origin
 from shared.telemetry.push import MetricsPusher
 
 __all__ = [
+    "FAIR_SHARE_DEFERRALS",
     "JOBS",
     "JOB_DURATION",
     "LAST_EVENT",
@@ -53,6 +56,7 @@ __all__ = [
     "NOTES",
     "PROGRAM_EVENTS",
     "RATE_LIMIT_DEFERRALS",
+    "STORM_EVENTS",
     "UNROUTED",
     "WEBHOOK_EVENTS",
     "WEBHOOK_REJECTIONS",

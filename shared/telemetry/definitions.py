@@ -64,6 +64,20 @@ RATE_LIMIT_DEFERRALS = Counter(
     ["connection_id", "target"],
     registry=REGISTRY,
 )
+FAIR_SHARE_DEFERRALS = Counter(
+    "halaxy_bridge_fair_share_deferrals",
+    "Jobs put off, without holding a worker thread, because their connection held its fair "
+    "share of the threads while another connection's work waited (docs/isolation.md).",
+    ["connection_id"],
+    registry=REGISTRY,
+)
+STORM_EVENTS = Counter(
+    "halaxy_bridge_storm_events",
+    "Live events queued on the storm lane: their connection sent more than "
+    "BRIDGE_STORM_EVENTS_PER_MINUTE that minute (docs/isolation.md).",
+    ["connection_id"],
+    registry=REGISTRY,
+)
 TOKEN_REFRESHES = Counter(
     "halaxy_bridge_token_refreshes",
     "Halaxy access tokens fetched, by outcome (ok, refused, error).",
