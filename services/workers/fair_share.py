@@ -23,6 +23,7 @@ from uuid import uuid4
 import dramatiq
 import structlog
 from dramatiq.common import q_name
+from dramatiq.middleware import MiddlewareError
 
 from shared.infra import BridgeError, QueueName, epoch_seconds
 from shared.ops import Heartbeats, ThreadLeases, pool_threads, thread_cap
@@ -45,8 +46,10 @@ LONGEST_DEFERRAL_MS = 10_000
 DEFERRALS = "bridge_fair_share_deferrals"
 
 
-class FairShareDeferred(dramatiq.Retry):
-    """The connection holds its share of the worker threads: the message waits, deferred."""
+class FairShareDeferred(dramatiq.Retry, MiddlewareError):
+    """The connection holds its share of the worker threads: the message waits, deferred.
+    A `MiddlewareError`, as Dramatiq lets no other error out of a `before_` hook: the worker
+    then hands it to the `after_process_message` hooks, where Retries defers it."""
 
 
 def deferral_delay_ms(deferrals: int, rng: random.Random | None = None) -> int:
