@@ -201,9 +201,9 @@ def _legend() -> str:
             ATTENTION,
             "a connection with dead letters, parked or failed notes, or whose oldest live "
             "message has waited over 5 min; a queue with dead letters, or whose oldest message "
-            "has waited over 5 min (live) or 3 h (bulk); a worker Dramatiq has not heard from "
-            "within its heartbeat timeout (every thread busy: Dramatiq hands what it holds to "
-            "other workers); patients refused.",
+            "has waited over 5 min (live), 1 h (storm) or 3 h (bulk); a worker Dramatiq has not "
+            "heard from within its heartbeat timeout (every thread busy: Dramatiq hands what it "
+            "holds to other workers); patients refused.",
         ),
         (
             "down",
