@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import dramatiq
@@ -27,6 +28,7 @@ from services.workers.fair_share import (
     lease_seconds,
     waited_for_a_thread,
 )
+from services.workers.heartbeat import WorkerHeartbeat
 from services.workers.job_metrics import outcome_of
 from services.workers.policy import RETRY_OPTIONS
 from shared.infra.config import Settings
@@ -119,3 +121,26 @@ def test_a_deferral_spends_none_of_the_retry_budget(
     finally:
         leases.forget("cn_a")
         leases.forget("cn_b")
+
+
+def test_the_pool_is_every_workers_threads_from_their_heartbeats(
+    redis_server_client: redis.Redis, base_settings: Settings
+) -> None:
+    keys = Keys(f"{base_settings.redis_namespace}-fair-pool")
+    heartbeats = Heartbeats(redis_server_client, keys, Kind.WORKER)
+    beating = [WorkerHeartbeat(heartbeats, fresh_for=30.0) for _ in range(2)]
+    try:
+        for beat, threads in zip(beating, (16, 8), strict=True):
+            beat.after_worker_boot(StubBroker(), SimpleNamespace(worker_threads=threads))
+        fair = FairShare(ThreadLeases(redis_server_client, keys), heartbeats, share=0.25)
+        fair.after_worker_boot(StubBroker(), SimpleNamespace(worker_threads=8))
+        assert fair.pool() == 24
+        assert fair.cap() == 6
+    finally:
+        for beat in beating:
+            beat.before_worker_shutdown(StubBroker(), None)
+    # Gone (stopped cleanly) or unreadable: a worker counts its own threads at least.
+    fair = FairShare(ThreadLeases(redis_server_client, keys), heartbeats, share=0.25)
+    fair.after_worker_boot(StubBroker(), SimpleNamespace(worker_threads=8))
+    assert fair.pool() == 8
+    assert fair.cap() == 2
