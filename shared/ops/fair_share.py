@@ -11,9 +11,10 @@ The cap is BRIDGE_CONNECTION_THREAD_SHARE of the pool: the threads of every live
 from the worker heartbeats (`liveness.Heartbeat.threads`). It is work-conserving: a connection
 at its cap still takes a lease while no other connection's live work has lately waited for a
 thread (`Keys.waiting_connections`), so one busy clinic alone may use every thread. A live
-message that waited longer than a moment before a thread took it marks its connection as
-waiting, in the same step; from then on, for `WAITING_WINDOW_SECONDS`, a connection at its cap
-is turned away (its message deferred, without holding a thread).
+message that waited longer than a moment before a thread took it, of a connection holding no
+thread, marks its connection as waiting, in the same step; from then on, for
+`WAITING_WINDOW_SECONDS`, a connection at its cap is turned away (its message deferred, without
+holding a thread).
 """
 
 from __future__ import annotations
@@ -36,14 +37,19 @@ KEY_SLACK_SECONDS = 60
 # token, now and when the lease lapses (epoch seconds), the cap, "1" when this message waited
 # for a thread, the waiting window, and the lease key's lifetime in seconds. Answers 1 (taken)
 # or 0 (the connection holds its cap while another connection's work waits).
+# A message that waited marks its connection as waiting only while the connection holds no
+# thread at all: starved, not merely busy. Clinics that all have a backlog each hold threads,
+# mark nothing, and share the whole pool; a clinic whose jobs hang fills the pool, another's
+# live work then waits with no thread, and the hanging one is held to its cap.
 TAKE = """
 local now = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if ARGV[6] == '1' then
+local held = redis.call('ZCARD', KEYS[1])
+if held == 0 and ARGV[6] == '1' then
   redis.call('ZADD', KEYS[2], now, ARGV[1])
   redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[7])))
 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then
+if held >= tonumber(ARGV[5]) then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[7]))
   local others = redis.call('ZCARD', KEYS[2])
   if redis.call('ZSCORE', KEYS[2], ARGV[1]) then others = others - 1 end

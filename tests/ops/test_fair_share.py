@@ -40,7 +40,7 @@ class Model:
         mine = self.leases.setdefault(connection, {})
         for lapsed in [t for t, lapses in mine.items() if lapses <= now]:
             del mine[lapsed]
-        if waited:
+        if waited and not mine:  # starved: its work waited, and it holds no thread
             self.waiting[connection] = now
         if len(mine) >= self.cap:
             self.waiting = {c: at for c, at in self.waiting.items() if at > now - WINDOW}
@@ -146,10 +146,31 @@ def test_a_connection_alone_may_use_every_thread(
         "cn_a", "t10", now=later, lapses_at=200.0, cap=2, waited=False, key_seconds=9
     )
     # Offboarding erases its leases and its waiting mark.
-    assert leases.take("cn_a", "t11", now=later, lapses_at=200.0, cap=9, waited=True, key_seconds=9)
-    assert leases.forget("cn_a") == 10 + 1
+    assert leases.forget("cn_a") == 9
+    assert leases.take("cn_c", "c", now=later, lapses_at=200.0, cap=1, waited=True, key_seconds=9)
+    assert leases.forget("cn_c") == 1 + 1
     assert redis_server_client.exists(keys.thread_leases("cn_a")) == 0
-    assert redis_server_client.zscore(keys.waiting_connections(), "cn_a") is None
+    assert redis_server_client.zscore(keys.waiting_connections(), "cn_c") is None
+    leases.forget("cn_b")
+
+
+def test_busy_clinics_that_each_hold_threads_share_the_whole_pool(
+    redis_server_client: redis.Redis, base_settings: Settings
+) -> None:
+    """Work that waits in a backlog marks nothing while its clinic holds a thread: two clinics
+    with a backlog each (every message waited) use the pool between them, past their caps."""
+    keys = Keys(f"{base_settings.redis_namespace}-fair-{next(_namespaces)}")
+    leases = ThreadLeases(redis_server_client, keys)
+    assert leases.take("cn_a", "a0", now=1.0, lapses_at=99.0, cap=2, waited=False, key_seconds=9)
+    assert leases.take("cn_b", "b0", now=1.0, lapses_at=99.0, cap=2, waited=False, key_seconds=9)
+    taken = [
+        leases.take(c, f"{c}{n}", now=2.0, lapses_at=99.0, cap=2, waited=True, key_seconds=9)
+        for n in range(1, 8)
+        for c in ("cn_a", "cn_b")
+    ]
+    assert taken == [True] * 14
+    assert leases.held(["cn_a", "cn_b"], 2.0) == {"cn_a": 8, "cn_b": 8}
+    leases.forget("cn_a")
     leases.forget("cn_b")
 
 

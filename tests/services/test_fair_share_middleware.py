@@ -56,19 +56,20 @@ def message(queue: str = "live", age_ms: float = 0, **options: Any) -> dramatiq.
 
 
 @pytest.mark.parametrize(
-    ("queued", "waited"),
+    ("queue", "age_ms", "options", "waited"),
     [
-        (message(age_ms=5000), True),
-        (message(age_ms=500), False),
-        (message("live.DQ", age_ms=5000), True),  # moved from its delay queue: still live
-        (message("storm", age_ms=5000), False),  # waits behind live work by design
-        (message("bulk", age_ms=5000), False),
-        (message(age_ms=5000, requeue_timestamp=1), False),  # a retry: it waited its backoff
+        ("live", 5000, {}, True),
+        ("live", 500, {}, False),
+        ("live.DQ", 5000, {}, True),  # moved from its delay queue: still live
+        ("storm", 5000, {}, False),  # waits behind live work by design
+        ("bulk", 5000, {}, False),
+        ("live", 5000, {"requeue_timestamp": 1}, False),  # a retry: it waited its backoff
     ],
 )
 def test_only_a_live_message_that_waited_marks_its_connection(
-    queued: dramatiq.Message[Any], waited: bool
+    queue: str, age_ms: float, options: dict[str, Any], waited: bool
 ) -> None:
+    queued = message(queue, age_ms, **options)
     assert waited_for_a_thread(queued, time.time() * 1000, 2.0) is waited
 
 
