@@ -2,10 +2,10 @@
 while another connection's work waits (`shared.ops.fair_share`, docs/isolation.md).
 
 Before a connection's message runs, one Lua step takes a lease on a thread for it. Turned away
-(the connection holds its cap and another connection's live work waits), the message is
-deferred: retried from the delay queue after a short jittered wait that grows while it keeps
-being turned away, without holding a thread and without counting against the retry budget
-(as `policy.job_outcome` does for a rate limit). The lease is given back after the message,
+(the connection holds its cap and another connection's live work waits with no thread), the
+message is deferred: retried from the delay queue after a short jittered wait that grows while
+it keeps being turned away, without holding a thread and without counting against the retry
+budget (as `policy.job_outcome` does for a rate limit). The lease is given back after the message,
 whatever its outcome; one left by a killed worker lapses after the job's time limit.
 
 A deferral is counted (`halaxy_bridge_fair_share_deferrals`, and a `deferred` job), never as a

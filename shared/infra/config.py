@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         default=10_000, ge=10, le=1_000_000, alias="BRIDGE_EVENT_LOG_MAX_PER_CONNECTION"
     )
     # Fair share (docs/isolation.md): the part of all live workers' threads one connection may
-    # hold at once while another connection's work waits for a thread.
+    # hold at once while another connection's live work waits with no thread.
     connection_thread_share: float = Field(
         default=0.25, gt=0, le=1, alias="BRIDGE_CONNECTION_THREAD_SHARE"
     )
