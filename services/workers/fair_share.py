@@ -8,7 +8,7 @@ it keeps being turned away, without holding a thread and without counting agains
 budget (as `policy.job_outcome` does for a rate limit). The lease is given back after the message,
 whatever its outcome; one left by a killed worker lapses after the job's time limit.
 
-A deferral is counted (`halaxy_bridge_fair_share_deferrals`, and a `deferred` job), never as a
+A deferral is counted (`halaxy_bridge_fair_share_deferrals`, and a `waiting` job), never as a
 failure, and the event log records no attempt for it: the job did not run.
 """
 

@@ -49,9 +49,11 @@ class JobMetrics(dramatiq.Middleware):
     ) -> None:
         started = getattr(self._local, "started", None)
         self._local.started = None
-        outcome = outcome_of(message, exception)
+        # Put off by fair share: it did not run, and will (not a failure, not throughput).
+        waiting = isinstance(exception, FairShareDeferred)
+        outcome = "waiting" if waiting else outcome_of(message, exception)
         connection_id = _count(message, outcome)
-        if started is not None and not isinstance(exception, FairShareDeferred):  # it never ran
+        if started is not None and not waiting:
             JOB_DURATION.labels(message.actor_name, connection_id).observe(
                 time.perf_counter() - started
             )

@@ -34,7 +34,7 @@ JOBS_NAME = "halaxy_bridge_jobs"
 JOBS = Counter(
     JOBS_NAME,
     "Jobs that ran, by outcome (succeeded, retried, deferred, dead, dropped; held: a paused "
-    "connection's message set aside; skipped).",
+    "connection's message set aside; waiting: put off by fair share, not run; skipped).",
     ["actor", "queue", "connection_id", "outcome"],
     registry=REGISTRY,
 )

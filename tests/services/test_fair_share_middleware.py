@@ -29,12 +29,14 @@ from services.workers.fair_share import (
     waited_for_a_thread,
 )
 from services.workers.heartbeat import WorkerHeartbeat
-from services.workers.job_metrics import outcome_of
+from services.workers.job_metrics import JobMetrics
 from services.workers.policy import RETRY_OPTIONS
 from shared.infra.config import Settings
 from shared.infra.store import Keys
 from shared.ops.fair_share import ThreadLeases
 from shared.ops.liveness import Heartbeats, Kind
+from shared.telemetry.activity import FAILED, NOT_PROCESSED
+from shared.telemetry.definitions import JOBS
 
 
 @given(deferrals=st.integers(1, 10_000), seed=st.integers(0, 2**32))
@@ -108,7 +110,13 @@ def test_a_deferral_spends_none_of_the_retry_budget(
 
         Retries().after_process_message(broker, queued, exception=deferred.value)
         assert queued.options["retries"] == 3  # as before it was turned away
-        assert outcome_of(queued, deferred.value) == "deferred"  # counted as waiting, not failing
+        # Counted as waiting: neither a failure nor throughput.
+        waiting = JOBS.labels("sync_patient", "live", "cn_a", "waiting")
+        before = waiting._value.get()
+        JobMetrics().after_process_message(broker, queued, exception=deferred.value)
+        assert waiting._value.get() == before + 1
+        assert "waiting" in NOT_PROCESSED
+        assert "waiting" not in FAILED
         fair.after_process_message(broker, queued, exception=deferred.value)
         assert leases.held(["cn_a"], now)["cn_a"] == 1  # it took none, so gives none back
 

@@ -152,7 +152,7 @@ def test_a_connection_held_to_its_share_never_runs_more_while_another_proceeds(
     )
     assert pipeline.redis.exists(pipeline.keys.thread_leases(hog.id)) == 0  # all given back
     # A deferral is no failure: each event's trail shows the one run that did it, and the
-    # jobs counted as deferred, none retried or dead.
+    # jobs counted as waiting, none retried or dead.
     events = EventLog(pipeline.redis, pipeline.keys)
     for event_id in sent.json()["accepted"]:
         [view] = events.get(event_id, hog.id)
@@ -160,9 +160,9 @@ def test_a_connection_held_to_its_share_never_runs_more_while_another_proceeds(
         assert view.status.state is EventState.DONE
     outcomes = {
         outcome: JOBS.labels("sync_patient", "live", hog.id, outcome)._value.get()
-        for outcome in ("deferred", "retried", "dead")
+        for outcome in ("waiting", "retried", "dead")
     }
-    assert outcomes["deferred"] >= deferrals(hog) - before > 0
+    assert outcomes["waiting"] >= deferrals(hog) - before > 0
     assert outcomes["retried"] == outcomes["dead"] == 0
 
 
