@@ -94,9 +94,12 @@ QUEUED_COLUMNS = [
     "bulk_delayed",
     "bulk_oldest",
 ]
+# Shown only while a connection has messages on the storm lane (docs/isolation.md): its count
+# alone, so the table still fits a terminal.
+STORM_COLUMN = "storm_queued"
 QUEUED_HEADERS = {
     f"{queue}_{part}": f"{queue} {title}"
-    for queue in ("live", "bulk")
+    for queue in ("live", "storm", "bulk")
     for part, title in (("queued", "queued"), ("delayed", "delayed"), ("oldest", "oldest due"))
 }
 
@@ -117,6 +120,13 @@ def _queued_rows(connections: list[dict[str, Any]]) -> list[dict[str, Any]]:
             shown[f"{queue}_oldest"] = None if age is None else span(age)
         rows.append(shown)
     return rows
+
+
+def _queued_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(QUEUED_COLUMNS)
+    if any(row.get(STORM_COLUMN) for row in rows):
+        columns.insert(columns.index("live_oldest") + 1, STORM_COLUMN)
+    return table(rows, columns, QUEUED_HEADERS)
 
 
 def _liveness(name: str, part: dict[str, Any] | None, now: datetime) -> str:
@@ -192,7 +202,7 @@ def _text(data: dict[str, Any]) -> str:
         table(connections, CONNECTION_COLUMNS, CONNECTION_HEADERS),
         "",
         "queued per connection (unfinished messages; oldest due: how long it has waited):",
-        table(_queued_rows(data["connections"]), QUEUED_COLUMNS, QUEUED_HEADERS),
+        _queued_table(_queued_rows(data["connections"])),
         "",
         "patients not synced:",
         table(not_synced_rows(data["connections"]), NOT_SYNCED_COLUMNS),

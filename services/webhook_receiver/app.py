@@ -149,7 +149,10 @@ def create_app(
         known=KnownConnections(async_client, connections),
         intake=intake
         or DramatiqEventIntake(
-            async_client, keys, EventLogLayout(keys, settings.event_log_max_per_connection)
+            async_client,
+            keys,
+            EventLogLayout(keys, settings.event_log_max_per_connection),
+            storm_events_per_minute=settings.storm_events_per_minute,
         ),
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue, events),
         unrouted=UnroutedPrograms(client, keys, settings.fernet),

@@ -28,12 +28,14 @@ from shared.infra.errors import (
 from shared.infra.jobs import (
     BULK_PRIORITY,
     LIVE_PRIORITY,
+    STORM_PRIORITY,
     ActorName,
     IntakeResult,
     Job,
     JobQueue,
     QueueName,
     actor_for,
+    base_actor,
 )
 from shared.infra.logs import configure_logging, mask
 from shared.infra.pipelined_script import PipelinedScript
@@ -53,6 +55,7 @@ from shared.infra.validation import validated
 __all__ = [
     "BULK_PRIORITY",
     "LIVE_PRIORITY",
+    "STORM_PRIORITY",
     "Actor",
     "ActorName",
     "AlreadyConnected",
@@ -80,6 +83,7 @@ __all__ = [
     "as_bytes",
     "async_redis_client",
     "audit_trail",
+    "base_actor",
     "check_redis",
     "checked_actor",
     "configure_logging",

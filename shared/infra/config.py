@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(
         default=30.0, ge=1, le=3600, alias="BRIDGE_BREAKER_COOLDOWN_SECONDS"
     )
+    # Fair share (docs/isolation.md): the part of all live workers' threads one connection may
+    # hold at once while another connection's live work waits with no thread.
+    connection_thread_share: float = Field(
+        default=0.25, gt=0, le=1, alias="BRIDGE_CONNECTION_THREAD_SHARE"
+    )
+    # Over this many live events in a minute, a connection's further live events of that minute
+    # go to the storm lane, behind every other clinic's live events.
+    storm_events_per_minute: int = Field(
+        default=300, ge=1, le=1_000_000, alias="BRIDGE_STORM_EVENTS_PER_MINUTE"
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -27,6 +27,7 @@ from shared.telemetry.breaker import (
 from shared.telemetry.collect import Reused, exposition, gauges, totals
 from shared.telemetry.definitions import (
     CIRCUIT_TRANSITIONS,
+    FAIR_SHARE_DEFERRALS,
     JOB_DURATION,
     JOBS,
     LAST_EVENT,
@@ -34,6 +35,7 @@ from shared.telemetry.definitions import (
     NOTES,
     PROGRAM_EVENTS,
     RATE_LIMIT_DEFERRALS,
+    STORM_EVENTS,
     WEBHOOK_EVENTS,
     WEBHOOK_REJECTIONS,
     WEBHOOK_REQUESTS,
@@ -62,6 +64,7 @@ from shared.telemetry.push import MetricsPusher
 
 __all__ = [
     "CIRCUIT_TRANSITIONS",
+    "FAIR_SHARE_DEFERRALS",
     "JOBS",
     "JOB_DURATION",
     "LAST_EVENT",
@@ -70,6 +73,7 @@ __all__ = [
     "NOTES",
     "PROGRAM_EVENTS",
     "RATE_LIMIT_DEFERRALS",
+    "STORM_EVENTS",
     "UNROUTED",
     "UPSTREAMS",
     "WEBHOOK_EVENTS",

@@ -202,7 +202,7 @@ def circuit_gauge(rows: list[dict[str, Any]]) -> Metric:
         "halaxy_bridge_circuit_open",
         "The connection's circuit breaker for an upstream: 1 open (its messages wait), 0.5 "
         "half-open (one probe message may go), 0 closed.",
-        labels=["connection", "upstream"],
+        labels=["connection_id", "upstream"],
     )
     for row in rows:
         for circuit in row.get("circuits") or []:

@@ -73,5 +73,4 @@ def _labelled(field: bytes) -> str:
         _, labels = read_field(field)
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return ""  # not a series this version wrote: left alone
-    # The circuit breaker's series name it `connection`.
-    return labels.get("connection_id") or labels.get("connection", "")
+    return labels.get("connection_id", "")

@@ -81,7 +81,7 @@ def circuits(settings: Settings, connection_id: str) -> dict[str, dict[str, Any]
 
 def gauge(metrics: str, connection_id: str, upstream: str) -> float:
     found = re.search(
-        rf'^halaxy_bridge_circuit_open\{{connection="{connection_id}",upstream="{upstream}"\}} '
+        rf'^halaxy_bridge_circuit_open\{{connection_id="{connection_id}",upstream="{upstream}"\}} '
         r"(\S+)$",
         metrics,
         re.MULTILINE,
@@ -162,7 +162,7 @@ def test_a_failing_platform_opens_its_circuit_defers_its_clinic_and_a_probe_clos
     metrics = pipeline.receiver.get("/metrics", headers=admin).text
     assert gauge(metrics, clinic_a.id, "platform") == 1.0
     assert gauge(metrics, clinic_b.id, "platform") == 0.0
-    opened = {"connection": clinic_a.id, "upstream": "platform", "to": "open"}
+    opened = {"connection_id": clinic_a.id, "upstream": "platform", "to": "open"}
     assert counted("halaxy_bridge_circuit_transitions_total", **opened) == 1
 
     # Physitrack recovers; past the cooldown one probe closes the circuit, and the messages

@@ -81,7 +81,7 @@ def state(breakers: CircuitBreakers, now: datetime) -> str:
 def transitions(to: str) -> float:
     value = REGISTRY.get_sample_value(
         "halaxy_bridge_circuit_transitions_total",
-        {"connection": CONNECTION, "upstream": "platform", "to": to},
+        {"connection_id": CONNECTION, "upstream": "platform", "to": to},
     )
     return value or 0.0
 
