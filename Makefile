@@ -51,7 +51,7 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-## Benchmarks (issue 7) against REDIS_URL or a throwaway redis-server; writes docs/performance.md.
+## Benchmarks (issues 7 and 21) against REDIS_URL or a throwaway redis-server; writes docs/performance.md.
 ## BENCH_ARGS="--size tiny" for a quick pass, "--only P1,P3" for some, "--profile" for py-spy.
 bench: $(VENV)/.bench-installed
 	@sh scripts/ensure_tools.sh

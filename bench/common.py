@@ -69,6 +69,16 @@ class Size:
     p5_syncs: int
     p6_pdfs: int
     p6_pdf_bytes: int
+    p4b_storm: int  # clinic A's live events, all at once
+    p4b_idle_seconds: float  # clinic B alone
+    p4b_busy_seconds: float  # clinic B during A's storm
+    p4b_settle_seconds: float  # how long B's last events may take before they count as that
+    p7_connections: int
+    p7_events: int  # per round, spread over p7_connections or all for one connection
+    p7_rounds: int  # one connection and many alternate this many times; medians reported
+    p8_clinics: int  # one of them hangs
+    p8_events_per_clinic: int
+    p8_window_seconds: float  # the longest the other clinics' events are waited for
 
 
 SIZES = {
@@ -89,6 +99,16 @@ SIZES = {
         p5_syncs=24,
         p6_pdfs=2,
         p6_pdf_bytes=2 * 1024 * 1024,
+        p4b_storm=100,
+        p4b_idle_seconds=1.0,
+        p4b_busy_seconds=1.0,
+        p4b_settle_seconds=20.0,
+        p7_connections=10,
+        p7_events=40,
+        p7_rounds=1,
+        p8_clinics=3,
+        p8_events_per_clinic=8,
+        p8_window_seconds=10.0,
     ),
     "full": Size(
         name="full",
@@ -108,6 +128,19 @@ SIZES = {
         p5_syncs=400,
         p6_pdfs=10,
         p6_pdf_bytes=19 * 1024 * 1024,
+        p4b_storm=5000,
+        p4b_idle_seconds=20.0,
+        # A's deferred events come back from the delay queue about 35-60 s in: include that.
+        p4b_busy_seconds=75.0,
+        p4b_settle_seconds=90.0,
+        p7_connections=200,
+        # One connection's events must stay under the bridge's Halaxy budget (480 a minute a
+        # key, shared/halaxy/rate_limit.py), or the floor would measure deferrals.
+        p7_events=400,
+        p7_rounds=3,
+        p8_clinics=5,
+        p8_events_per_clinic=80,
+        p8_window_seconds=60.0,
     ),
 }
 
@@ -223,3 +256,20 @@ def fmt(value: float, digits: int = 1) -> str:
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.{digits}f}"
+
+
+def product_settings(settings: Settings, *aliases: str) -> str:
+    """The values the product runs with for these settings (by env var name), for the notes:
+    what a figure depends on, or that this build has no such setting."""
+    fields = {
+        (info.alias or name).upper(): name for name, info in type(settings).model_fields.items()
+    }
+    shown = []
+    for alias in aliases:
+        name = fields.get(alias.upper())
+        if name is None:
+            shown.append(f"{alias} (not in this build)")
+        else:
+            origin = "set" if alias in os.environ else "default"
+            shown.append(f"{alias}={getattr(settings, name)} ({origin})")
+    return ", ".join(shown)

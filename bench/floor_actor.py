@@ -14,7 +14,10 @@ from services.workers.time_limits import TIME_LIMITS_MS
 from shared.infra.jobs import LIVE_PRIORITY, ActorName, QueueName
 
 ACTOR_NAME = "bench_noop"
-UPSTREAM_URL = "BENCH_UPSTREAM_URL"  # where bench.http_only_worker sends its requests
+# P2's ceiling (bench.ceiling, bench.ceiling_worker): where its plan is, where it sends requests.
+PLAN_FILE = "BENCH_CEILING_PLAN"
+UPSTREAM_URL = "BENCH_UPSTREAM_URL"
+DROPPED_HEADERS = frozenset({"host", "content-length", "connection"})  # httpx sets its own
 
 
 def declare(body: Callable[..., None]) -> None:
@@ -28,4 +31,4 @@ def declare(body: Callable[..., None]) -> None:
     )(body)
 
 
-__all__ = ["ACTOR_NAME", "UPSTREAM_URL", "broker", "declare"]
+__all__ = ["ACTOR_NAME", "DROPPED_HEADERS", "PLAN_FILE", "UPSTREAM_URL", "broker", "declare"]

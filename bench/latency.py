@@ -6,6 +6,7 @@ on the same monotonic clock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from bench.common import BenchError, wait_for
@@ -51,3 +52,22 @@ def trip_latencies(
 def warm_up(base_url: str, sandbox: Sandbox, hooks: Sequence[Webhook]) -> None:
     """One event per clinic first, so tokens and connection pools exist (the steady state)."""
     send_and_time(base_url, sandbox, hooks, rate=50.0, settle_seconds=30.0)
+
+
+def bounded_latencies(
+    sandbox: Sandbox,
+    hooks: Sequence[Webhook],
+    since: dict[str, float],
+    settle_seconds: float,
+) -> tuple[list[float], int]:
+    """Each patient's seconds from `since` to its creation in the platform, waiting at most
+    `settle_seconds` for the last; a patient still missing then counts as the time it has
+    waited (a lower bound). Also returns how many were missing."""
+    written = timed(sandbox).written_at
+    deadline = time.monotonic() + settle_seconds
+    while time.monotonic() < deadline and not all(h.patient_id in written for h in hooks):
+        time.sleep(0.02)
+    now = time.monotonic()
+    latencies = [written.get(h.patient_id, now) - since[h.patient_id] for h in hooks]
+    missing = sum(1 for h in hooks if h.patient_id not in written)
+    return latencies, missing

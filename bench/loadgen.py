@@ -179,9 +179,15 @@ async def _post_all(base_url: str, hooks: Sequence[Webhook], concurrency: int) -
     return statuses
 
 
-def send_paced(base_url: str, hooks: Sequence[Webhook], rate: float) -> dict[str, float]:
+def send_paced(
+    base_url: str,
+    hooks: Sequence[Webhook],
+    rate: float,
+    answered_at: dict[str, float] | None = None,
+) -> dict[str, float]:
     """Post the webhooks at `rate` a second, open loop (a slow answer does not delay the next
-    send); returns when each patient's webhook was sent (time.monotonic)."""
+    send); returns when each patient's webhook was sent (time.monotonic), and fills
+    `answered_at`, when given, with when each was accepted."""
     sent_at: dict[str, float] = {}
     statuses: list[int] = []
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
@@ -194,6 +200,8 @@ def send_paced(base_url: str, hooks: Sequence[Webhook], rate: float) -> dict[str
             sent_at[hook.patient_id] = time.monotonic()
             response = client.post(hook.path, content=hook.body, headers=hook.headers)
             statuses.append(response.status_code)
+            if answered_at is not None:
+                answered_at[hook.patient_id] = time.monotonic()
 
         started = time.monotonic()
         futures = []

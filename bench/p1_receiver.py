@@ -5,7 +5,8 @@ connections posts Halaxy notification Bundles for one connection, each with an e
 own (the Lua script makes them), so every request is authenticated, parsed, checked against
 the dedup set and durably queued. Floor: the same uvicorn command serving a bare Starlette
 route that reads the body and answers 202. Floor and figure alternate, each after a warm-up;
-the medians are reported. Every accepted event is checked to be on the queue.
+the medians are reported. Every accepted event is checked to be on the queue. The p99 row's
+notes record its margin under the 25 ms line (or how far over it is), and each round's p99.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from statistics import median
 
 from bench.common import Context, Row, fmt, namespace
+from bench.drain import LANES
 from bench.loadgen import LoadResult, Template, hammer
 from bench.procs import CpuMeter, Receiver, receiver
 from bench.profiling import profiled
@@ -62,7 +64,7 @@ def run(ctx: Context) -> list[Row]:
         client = redis_client(settings)
         try:
             namespace_ = Keys(settings.redis_namespace).dramatiq_namespace()
-            queued = int(client.hlen(f"{namespace_}:live.msgs"))
+            queued = sum(int(client.hlen(f"{namespace_}:{lane}.msgs")) for lane in LANES)
         finally:
             client.close()
         # wrk counts answers below 400 as successes; the receiver answers 202 or an error.
@@ -104,6 +106,13 @@ def run(ctx: Context) -> list[Row]:
         floor_what="the floor route's p99",
         target=f"≤ {P99_TARGET_MS:.0f} ms",
         passed=p99 <= P99_TARGET_MS,
-        notes=[f"max {fmt(max(r.max_ms for r in figures))} ms"],
+        notes=[
+            f"p99 {fmt(p99)} ms, margin {fmt(P99_TARGET_MS - p99)} ms / "
+            f"{P99_TARGET_MS / p99:.2f} x under {P99_TARGET_MS:.0f} ms"
+            if p99 <= P99_TARGET_MS
+            else f"p99 {fmt(p99)} ms, {fmt(p99 - P99_TARGET_MS)} ms over {P99_TARGET_MS:.0f} ms",
+            f"the rounds' p99s {', '.join(fmt(r.p99_ms) for r in figures)} ms",
+            f"max {fmt(max(r.max_ms for r in figures))} ms",
+        ],
     )
     return [rate_row, p99_row]

@@ -95,10 +95,10 @@ def table(rows: list[Row]) -> str:
 
 
 def console_table(rows: list[Row]) -> str:
-    lines = [f"{'#':<4}{'figure':<44}{'value':>14}{'floor':>14}{'ratio':>8}  target / result"]
+    lines = [f"{'#':<17}{'figure':<44}{'value':>14}{'floor':>14}{'ratio':>8}  target / result"]
     for row in rows:
         lines.append(
-            f"{row.id:<4}{row.what[:43]:<44}{fmt(row.figure) + ' ' + row.unit:>14}"
+            f"{row.id:<17}{row.what[:43]:<44}{fmt(row.figure) + ' ' + row.unit:>14}"
             f"{fmt(row.floor) + ' ' + row.unit:>14}{_ratio(row):>8}  {row.target} "
             f"{'pass' if row.passed else 'FAIL'}"
         )
@@ -132,7 +132,7 @@ def document(
         f"Written by `make bench` (`python -m bench --size {size}`) on {now}, in "
         f"{elapsed_s / 60:.1f} minutes. Every figure is measured together with its floor, in "
         "the same run on the same machine, and judged by their ratio or by an absolute "
-        "target as issue 7 sets it; the machine is shared and noisy, so compare ratios "
+        "target as issues 7 and 21 set them; the machine is shared and noisy, so compare ratios "
         "between runs, not raw figures. Timings are never asserted in tests "
         "(`tests/test_bench_smoke.py` only checks that each benchmark runs at a tiny size).",
         "",

@@ -1,6 +1,6 @@
 """`python -m bench [--size tiny|full] [--only P1,P3] [--doc PATH] [--json PATH] [--profile]`
 
-Runs the benchmarks of issue 7 against the Redis at REDIS_URL (`make bench` provides one),
+Runs the benchmarks of issues 7 and 21 against the Redis at REDIS_URL (`make bench` provides one),
 prints the table, and writes docs/performance.md (unless `--doc -`). With `--profile` it
 instead runs P1, P2 and P5 with py-spy attached to the receiver or the worker and prints
 where their time goes (the figures of a profiled run are not written anywhere: py-spy
@@ -27,8 +27,11 @@ BENCHMARKS = {
     "P2": "p2_throughput",
     "P3": "p3_latency",
     "P4": "p4_fairness",
+    "P4b": "p4b_storm",
     "P5": "p5_upstream_latency",
     "P6": "p6_pdf_memory",
+    "P7": "p7_many_connections",
+    "P8": "p8_hanging_platform",
 }
 PROFILED = ("P1", "P2", "P5")
 DEFAULT_DOC = ROOT / "docs" / "performance.md"
@@ -79,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench import report
     from shared.infra.config import load_settings
 
-    selected = [b.strip().upper() for b in args.only.split(",") if b.strip()] or list(BENCHMARKS)
+    by_id = {b.upper(): b for b in BENCHMARKS}
+    asked = [b.strip() for b in args.only.split(",") if b.strip()]
+    selected = [by_id.get(b.upper(), b) for b in asked] or list(BENCHMARKS)
     if args.profile and not args.only:
         selected = list(PROFILED)
     unknown = [b for b in selected if b not in BENCHMARKS]

@@ -7,19 +7,20 @@ is the end of a patient's trip (webhook -> platform).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from services.sandbox.halaxy import FakeHalaxy, patient_resource
-from services.sandbox.physitrack import CLIENT_FIELDS, FakePhysitrack
+from services.sandbox.physitrack import FakePhysitrack
 from services.sandbox.rest_platform import FakeRestPlatform
 from services.sandbox.samples import notification
 from services.sandbox.serve import ServerThread
@@ -30,12 +31,32 @@ from shared.infra.store import Keys, redis_client
 from tests.helpers import auth
 from tests.workers import Sandbox, sandbox_connection
 
+HANG_POLL_SECONDS = 0.1
+
 
 @dataclass
 class TimedPhysitrack(FakePhysitrack):
-    """The Physitrack fake, recording when each external id was first created."""
+    """The Physitrack fake, recording when each external id was first created.
+
+    A key in `hanging` hangs: its requests are read and never answered (the connection stays
+    open) until `release_hanging()`, after which they are answered 503."""
 
     written_at: dict[str, float] = field(default_factory=dict)
+    hanging: set[str] = field(default_factory=set)
+    hung: int = 0  # requests that hung
+    _released: bool = False
+
+    def release_hanging(self) -> None:
+        self._released = True
+
+    async def _handle(self, request: Request, action: Any) -> Response:
+        if request.headers.get("X-Api-Key") in self.hanging:
+            self.hung += 1
+            while not self._released:
+                await asyncio.sleep(HANG_POLL_SECONDS)
+            return Response(b'{"errors":["released"]}', 503, media_type="application/json")
+        response: Response = await super()._handle(request, action)
+        return response
 
     async def _create(self, request: Request) -> Response:
         response = await super()._create(request)
@@ -55,49 +76,17 @@ def running_sandbox(
     app = Starlette(routes=[*halaxy.app().routes, *physitrack.app().routes])
     with ServerThread(app) as server:
         physitrack.public_url = server.url
-        yield Sandbox(
-            halaxy=halaxy,
-            physitrack=physitrack,
-            rest=FakeRestPlatform(),
-            halaxy_url=f"{server.url}/main",
-            physitrack_url=f"{server.url}/api/v2",
-            rest_url=server.url,
-        )
-
-
-@dataclass
-class BareUpstream:
-    url: str
-    reads: int = 0
-    creates: int = 0
-
-
-@contextmanager
-def bare_upstream() -> Iterator[BareUpstream]:
-    """P2's ceiling's upstream: a Halaxy-shaped Patient read and a Physitrack-shaped client
-    create that answer as the sandbox answers a sync, with no checks and nothing kept but a
-    count of each. Served in this process, like the sandbox."""
-
-    async def read(request: Request) -> Response:
-        upstream.reads += 1
-        resource = patient_resource(request.path_params["id"])
-        return Response(orjson.dumps(resource), media_type="application/fhir+json")
-
-    async def create(request: Request) -> Response:
-        upstream.creates += 1
-        data = orjson.loads(await request.body())
-        client = {"id": upstream.creates, **{name: data.get(name) for name in CLIENT_FIELDS}}
-        return Response(orjson.dumps(client), status_code=201, media_type="application/json")
-
-    app = Starlette(
-        routes=[
-            Route("/Patient/{id}", read, methods=["GET"]),
-            Route("/clients", create, methods=["POST"]),
-        ]
-    )
-    with ServerThread(app) as server:
-        upstream = BareUpstream(server.url)
-        yield upstream
+        try:
+            yield Sandbox(
+                halaxy=halaxy,
+                physitrack=physitrack,
+                rest=FakeRestPlatform(),
+                halaxy_url=f"{server.url}/main",
+                physitrack_url=f"{server.url}/api/v2",
+                rest_url=server.url,
+            )
+        finally:
+            physitrack.release_hanging()  # so the server can stop
 
 
 def timed(sandbox: Sandbox) -> TimedPhysitrack:

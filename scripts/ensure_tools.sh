@@ -1,8 +1,9 @@
 #!/bin/sh
 # Best effort: install the Debian packages some tests use when they are missing — chromium (the
-# /ops page in a real browser) and prometheus (promtool) — and wrk for `make bench` (P1). Only
-# as root with apt-get; never fails: without them those tests skip and say why. Silent when
-# everything is present.
+# /ops page in a real browser), prometheus (promtool) and docker-compose (`docker-compose
+# config` over deploy/docker-compose.yml, where Docker's compose plugin is absent) — and wrk
+# for `make bench` (P1). Only as root with apt-get; never fails: without them those tests skip
+# and say why. Silent when everything is present.
 
 # HL7's published FHIR R4 example Patients (the npm package hl7.fhir.r4.examples, the one
 # the FHIR package registry serves too), which tests/patients/test_published_patients.py maps: fetched
@@ -24,6 +25,8 @@ missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 ||
+    missing="$missing docker-compose"
 [ -z "$missing" ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

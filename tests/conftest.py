@@ -17,6 +17,10 @@ os.environ["BRIDGE_SECRET_KEY"] = Fernet.generate_key().decode()
 os.environ["BRIDGE_ADMIN_TOKEN"] = "admin-" + secrets.token_urlsafe(24)
 os.environ["BRIDGE_PUBLIC_URL"] = "https://bridge.example.test"
 os.environ["LOG_FORMAT"] = "console"
+# Fair share binds only while another connection's live work waits for a thread, which a test
+# that pauses its worker makes happen by chance: tests not about it hold no connection to a share
+# (tests/services/test_fair_share_pipeline.py sets its own).
+os.environ.setdefault("BRIDGE_CONNECTION_THREAD_SHARE", "1")
 
 import itertools  # noqa: E402
 from collections.abc import Callable  # noqa: E402

@@ -11,13 +11,16 @@ import math
 import subprocess
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from bench import report
+from bench.ceiling import Plan, own_operations
 from bench.common import Row
 from bench.procs import receiver_command, worker_command
 from bench.run import BENCHMARKS
+from bench.sandbox import running_sandbox, timed
 from tests.helpers import BIN
 
 pytestmark = pytest.mark.dateless  # reads no date: left out of the year-ahead run
@@ -63,7 +66,7 @@ def test_each_benchmark_runs_at_a_tiny_size_and_produces_its_rows(
     rows = orjson.loads(rows_file.read_text())
     assert rows, output[-3000:]
     for row in rows:
-        assert row["id"] == benchmark
+        assert row["id"].split(" ")[0] == benchmark  # "P2 (vs ceiling)" is a row of P2
         for key in ("figure", "floor", "ratio"):
             assert isinstance(row[key], float), row
             assert math.isfinite(row[key]), row
@@ -98,3 +101,39 @@ def test_the_benchmarks_start_the_procfile_commands() -> None:
     assert Path(worker[0]).name == "dramatiq"
     assert "bench.noop_worker" in worker
     assert worker[worker.index("--processes") + 1] == "2"
+
+
+def test_the_contract_rows_are_benchmarks_of_their_own() -> None:
+    assert {"P2", "P4b", "P7", "P8"} <= set(BENCHMARKS)
+
+
+def test_the_ceiling_keeps_a_syncs_own_operations_and_drops_the_middlewares() -> None:
+    middleware = ("command", ("EVALSHA", "paused-sha", 2, "ns:paused", "ns:held:cn_1"))
+    sync = [
+        middleware,
+        ("command", ("GET", "ns:connection:cn_1")),
+        ("http", "GET", "/main/Patient/p1", [], b"", 200, "application/json", b"{}"),
+        ("pipeline", False, [("HGET", "ns:links:cn_1", "p1"), ("HSETNX", "ns:x", "p1", "1")], []),
+        ("command", ("EVALSHA", "event-log-sha", 1, "ns:event-log:cn_1")),
+    ]
+    noop = [middleware, ("command", ("EVALSHA", "event-log-sha", 1, "ns:event-log:cn_9"))]
+    own = own_operations(sync, noop)
+    assert own == sync[1:4]
+    plan = Plan(own, {}, "ns").for_namespace("other")
+    assert plan.ops[0] == ("command", ("GET", "other:connection:cn_1"))
+    assert plan.ops[2][2][0] == ("HGET", "other:links:cn_1", "p1")
+    assert (plan.redis_round_trips(), plan.redis_commands(), len(plan.http())) == (2, 3, 1)
+
+
+def test_the_bench_sandbox_hangs_one_platform_key_until_released() -> None:
+    with running_sandbox() as sandbox:
+        platform = timed(sandbox)
+        stuck, fine = platform.add_key(), platform.add_key()
+        platform.hanging.add(stuck)
+        url = f"{sandbox.physitrack_url}/clients"
+        assert httpx.get(url, headers={"X-Api-Key": fine}).status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(url, headers={"X-Api-Key": stuck}, timeout=0.5)
+        platform.release_hanging()
+        assert httpx.get(url, headers={"X-Api-Key": stuck}).status_code == 503
+        assert platform.hung == 2

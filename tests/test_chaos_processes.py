@@ -94,6 +94,7 @@ def test_redis_stopped_under_load_answers_503_never_202_and_loses_nothing(
     worker.start()
     try:
         broker.join(QueueName.LIVE.value, timeout=60_000)
+        broker.join(QueueName.STORM.value, timeout=60_000)  # past a clinic's storm limit
         worker.join()
     finally:
         worker.stop()

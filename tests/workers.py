@@ -126,6 +126,7 @@ class Pipeline:
 
     def drain(self, timeout_ms: int = 30_000) -> None:
         self.broker.join("live", timeout=timeout_ms)
+        self.broker.join("storm", timeout=timeout_ms)  # a connection's events past its limit
         self.worker.join()
 
     def dead_letters(self) -> list[dict[str, Any]]:

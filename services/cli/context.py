@@ -130,7 +130,8 @@ def cli_context(as_json: bool) -> Iterator[CliContext]:
         fail(as_json, "config", str(exc))
         raise  # unreachable: fail() exits
     client = redis_client(settings)
-    http = httpx.Client(timeout=httpx.Timeout(15.0, connect=5.0))
+    # Key checks while onboarding (Halaxy's token, the platform's key): as the workers' own.
+    http = httpx.Client(timeout=httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0))
 
     ctx = CliContext(
         settings=settings,

@@ -17,6 +17,7 @@ from services.cli.events import events
 from services.cli.notes import notes
 from services.cli.output import fail
 from services.cli.practitioners import practitioners
+from services.cli.probe import probe
 from services.cli.programs import programs
 from services.cli.sandbox import sandbox
 from services.cli.scheduler import scheduler
@@ -69,6 +70,7 @@ cli.add_command(demo)
 cli.add_command(events)
 cli.add_command(notes)
 cli.add_command(practitioners)
+cli.add_command(probe)
 cli.add_command(programs)
 cli.add_command(sandbox)
 cli.add_command(scheduler)

@@ -94,9 +94,12 @@ QUEUED_COLUMNS = [
     "bulk_delayed",
     "bulk_oldest",
 ]
+# Shown only while a connection has messages on the storm lane (docs/isolation.md): its count
+# alone, so the table still fits a terminal.
+STORM_COLUMN = "storm_queued"
 QUEUED_HEADERS = {
     f"{queue}_{part}": f"{queue} {title}"
-    for queue in ("live", "bulk")
+    for queue in ("live", "storm", "bulk")
     for part, title in (("queued", "queued"), ("delayed", "delayed"), ("oldest", "oldest due"))
 }
 
@@ -117,6 +120,13 @@ def _queued_rows(connections: list[dict[str, Any]]) -> list[dict[str, Any]]:
             shown[f"{queue}_oldest"] = None if age is None else span(age)
         rows.append(shown)
     return rows
+
+
+def _queued_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(QUEUED_COLUMNS)
+    if any(row.get(STORM_COLUMN) for row in rows):
+        columns.insert(columns.index("live_oldest") + 1, STORM_COLUMN)
+    return table(rows, columns, QUEUED_HEADERS)
 
 
 def _liveness(name: str, part: dict[str, Any] | None, now: datetime) -> str:
@@ -154,6 +164,27 @@ def _held_rows(data: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
     ]
 
 
+CIRCUIT_COLUMNS = ["id", "upstream", "state", "since", "failures", "probe_after"]
+CIRCUIT_HEADERS = {"failures": "fails in a row", "probe_after": "probe after"}
+
+
+def _circuit_rows(data: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """The circuits that are not closed, or that count failures."""
+    return [
+        {
+            "id": row["id"],
+            "upstream": circuit["upstream"],
+            "state": circuit["state"].replace("_", "-"),
+            "since": ago(circuit["since"], now),
+            "failures": circuit["failures"],
+            "probe_after": circuit["retry_at"],
+        }
+        for row in data["connections"]
+        for circuit in row.get("circuits") or []
+        if circuit["state"] != "closed" or circuit["failures"]
+    ]
+
+
 def _text(data: dict[str, Any]) -> str:
     now = datetime.fromisoformat(data["generated_at"])
     connections = [_connection_row(row, now) for row in data["connections"]]
@@ -171,13 +202,17 @@ def _text(data: dict[str, Any]) -> str:
         table(connections, CONNECTION_COLUMNS, CONNECTION_HEADERS),
         "",
         "queued per connection (unfinished messages; oldest due: how long it has waited):",
-        table(_queued_rows(data["connections"]), QUEUED_COLUMNS, QUEUED_HEADERS),
+        _queued_table(_queued_rows(data["connections"])),
         "",
         "patients not synced:",
         table(not_synced_rows(data["connections"]), NOT_SYNCED_COLUMNS),
         "",
         "paused (webhooks kept, nothing processed until resumed) and held messages:",
         table(_held_rows(data, now), HELD_COLUMNS),
+        "",
+        "circuit breakers (open: the upstream kept failing, the connection's messages wait; "
+        "half-open: one probe goes):",
+        table(_circuit_rows(data, now), CIRCUIT_COLUMNS, CIRCUIT_HEADERS),
         "",
         f"dead letters: {data['dead_letters']}   parked notes: {data['parked_notes']}"
         f"   failed notes: {data['failed_notes']}",
@@ -205,8 +240,9 @@ def status(watch: bool, interval: float, as_json: bool) -> None:
     """Workers and scheduler alive (from their heartbeats); queue depths, ages and
     throughput; per connection whether it is paused and how many messages it holds, its last
     event, last success, failures in the last hour, dead letters, parked notes, last sweep,
-    its unfinished messages per queue, and the patients not written (skipped, left as they
-    were, or refused by reason)."""
+    its unfinished messages per queue, its circuit breakers (halaxy, platform) that are not
+    closed, and the patients not written (skipped, left as they were, or refused by
+    reason)."""
     with cli_context(as_json) as ctx:
         if not watch:
             data = _gather(ctx)

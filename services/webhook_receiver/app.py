@@ -134,7 +134,8 @@ def create_app(
     async_client = async_client or async_redis_client(settings)
     keys = Keys(settings.redis_namespace)
     connections = ConnectionStore(client, keys, settings.fernet)
-    http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
+    # Key checks while onboarding (Halaxy's token, the platform's key): as the workers' own.
+    http = httpx.Client(timeout=httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0))
     # Imported here, not at the top: the workers package builds its broker when imported.
     from services.workers.messaging import DramatiqEventIntake, DramatiqJobQueue, build_broker
 
@@ -152,7 +153,8 @@ def create_app(
             async_client,
             keys,
             EventLogLayout(keys, settings.event_log_max_per_connection),
-            settings.replica_ack_ms,
+            storm_events_per_minute=settings.storm_events_per_minute,
+            replica_ack_ms=settings.replica_ack_ms,
         ),
         programs=ProgramIntake(NoteOutbox(client, keys, settings.fernet), queue, events),
         unrouted=UnroutedPrograms(client, keys, settings.fernet),

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import structlog
@@ -20,7 +21,7 @@ from shared.connections import (
 )
 from shared.infra import ActorName, Job, QueueName, utcnow
 from shared.ops import Offboarded, offboard, standard_erasures
-from shared.telemetry import EventRecord, EventSource
+from shared.telemetry import EventRecord, EventSource, circuit_rows
 
 log = structlog.get_logger("halaxy_bridge.admin")
 
@@ -37,6 +38,12 @@ def _pauses(deps: Deps) -> PausedConnections:
 def holding(deps: Deps, connection: Connection) -> Holding:
     """Whether the connection is paused, and what its workers hold meanwhile."""
     return _pauses(deps).holding([connection.id])[connection.id]
+
+
+def circuits(deps: Deps, connection: Connection) -> list[dict[str, Any]]:
+    """Its circuit breaker per upstream, as status shows them."""
+    keys = deps.connections.keys
+    return circuit_rows(deps.redis, keys, [connection.id], utcnow())[connection.id]
 
 
 def pause(deps: Deps, connection: Connection, by: str) -> bool:

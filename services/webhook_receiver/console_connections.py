@@ -9,6 +9,8 @@ asks for a confirmation; offboarding for the connection's id typed again, and th
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -58,12 +60,14 @@ async def connection_page(request: Request) -> Response:
     deps = authorize(request, Role.VIEWER, browser=True)
     connection = await existing_connection(deps, request.path_params["connection_id"])
     held: Holding = await call(actions.holding, deps, connection)
+    circuits: list[dict[str, Any]] = await call(actions.circuits, deps, connection)
     rows = [
         ("name", connection.name),
         ("id", connection.id),
         ("state", _state(connection, held)),
         ("held messages", str(held.held)),
         ("paused since", moment(held.paused.paused_at.isoformat()) if held.paused else "—"),
+        *((f"{c['upstream']} circuit", _circuit(c)) for c in circuits),
         ("platform", f"{connection.platform.value} at {connection.platform_base_url}"),
         ("Halaxy", connection.halaxy_base_url),
         ("created", moment(connection.created_at.isoformat())),
@@ -92,6 +96,21 @@ async def connection_page(request: Request) -> Response:
         join([details, links, tag("h2", "Actions"), buttons]),
         current=None,
     )
+
+
+def _circuit(circuit: dict[str, Any]) -> str:
+    """A circuit breaker in words: its state, since when, and what it counted."""
+    state = circuit["state"]
+    if state == "open":
+        return (
+            f"open since {circuit['since']} after {circuit['failures']} failures in a row: "
+            f"its messages wait; one probes after {circuit['retry_at']}"
+        )
+    if state == "half_open":
+        return f"half-open: the next message probes ({circuit['failures']} failures in a row)"
+    if circuit["failures"]:
+        return f"closed, {circuit['failures']} failures in a row counted"
+    return "closed"
 
 
 def _state(connection: Connection, held: Holding) -> str:

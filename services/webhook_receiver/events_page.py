@@ -51,6 +51,8 @@ STATE_MEANINGS = {
     EventState.UNROUTED: "a Physitrack post no enabled connection knows the token of: kept",
     EventState.ROUTED: "an unrouted post a connection has taken since: see its note",
     EventState.HELD: "its connection is paused: kept, and run once it is resumed",
+    EventState.DEFERRED: "Halaxy or the platform keeps failing (circuit open): it waits, "
+    "no retry counted, and runs once a probe succeeds",
 }
 ROW_COLUMNS = (
     "received at",

@@ -42,7 +42,12 @@ TITLE = "Status"
 REFRESH_SECONDS = 10
 # A queue's oldest message waiting longer than this needs a look: the alerts' thresholds
 # (QueueOldestMessageTooOld). A connection's row uses the live one.
-OLD_AGE_SECONDS = {QueueName.LIVE.value: 300.0, QueueName.BULK.value: 3 * 3600.0}
+OLD_AGE_SECONDS = {
+    QueueName.LIVE.value: 300.0,
+    # A storm drains at its clinic's Halaxy budget (480 a minute): 5,000 events take ~10 min.
+    QueueName.STORM.value: 3600.0,
+    QueueName.BULK.value: 3 * 3600.0,
+}
 DEFAULT_OLD_AGE_SECONDS = 300.0
 QUEUES = [queue.value for queue in QueueName]
 
@@ -196,9 +201,10 @@ def _legend() -> str:
             ATTENTION,
             "a connection with dead letters, parked or failed notes, or whose oldest live "
             "message has waited over 5 min; a queue with dead letters, or whose oldest message "
-            "has waited over 5 min (live) or 3 h (bulk); a worker Dramatiq has not heard from "
-            "within its heartbeat timeout (every thread busy: Dramatiq hands what it holds to "
-            "other workers); patients refused.",
+            "has waited over 5 min (live), 1 h (storm) or 3 h (bulk); a worker Dramatiq has not "
+            "heard from within its heartbeat timeout (every thread busy: Dramatiq hands what it "
+            "holds to other workers); patients refused; a circuit breaker open or half-open "
+            "(Halaxy or the platform failed too often in a row: the connection's messages wait).",
         ),
         (
             "down",
@@ -448,6 +454,11 @@ def _connection(row: dict[str, Any], paused_column: bool) -> Row:
     live = _dict(queues.get(QueueName.LIVE.value))
     if _old(QueueName.LIVE.value, live.get("oldest_age_seconds")):
         reasons.append("live message old")
+    reasons += [
+        f"{_text(c.get('upstream'))} circuit {CIRCUIT_STATES[c['state']]}"
+        for c in _dicts(row.get("circuits"))
+        if c.get("state") in ("open", "half_open")
+    ]
     markers = []
     kind = ""
     if reasons:
@@ -508,6 +519,53 @@ def _connections(data: dict[str, Any]) -> str:
     )
 
 
+CIRCUIT_STATES = {"open": "open", "half_open": "half-open", "closed": "closed"}
+
+
+def _circuits(data: dict[str, Any]) -> str:
+    """The circuit breakers that are not closed, or that count failures."""
+    shown = []
+    for row in _dicts(data.get("connections")):
+        for circuit in _dicts(row.get("circuits")):
+            state = circuit.get("state")
+            if state == "closed" and not _positive(circuit.get("failures")):
+                continue
+            tripped = state in ("open", "half_open")
+            words = CIRCUIT_STATES.get(state) if isinstance(state, str) else None
+            marker = f"{ATTENTION}: circuit {words}" if tripped else f"{OK} {words or '—'}"
+            shown.append(
+                Row(
+                    "attention" if tripped else "",
+                    _text(row.get("id")),
+                    [
+                        _marker(marker),
+                        _text(circuit.get("upstream")),
+                        when(circuit.get("since")),
+                        _text(circuit.get("failures")),
+                        when(circuit.get("retry_at")),
+                    ],
+                )
+            )
+    columns = [
+        Column("connection"),
+        Column("state", wrap=True),
+        Column("upstream"),
+        Column("since"),
+        Column("failures in a row", True, "timeouts, connection errors and 5xx; never a 4xx"),
+        Column("probe after", description="when the cooldown ends and one message probes"),
+    ]
+    return (
+        '<section aria-labelledby="circuits-heading">'
+        '<h2 id="circuits-heading">Circuit breakers</h2>'
+        "<p>Per connection and upstream (Halaxy, the platform), those not closed or counting "
+        "failures. Open: the upstream failed too often in a row, the connection's messages "
+        "wait (no thread held, no retry counted) until the cooldown ends; half-open: one "
+        "message probes, and its success closes the circuit.</p>"
+        + _table("circuits", "Circuit breakers", columns, shown)
+        + "</section>"
+    )
+
+
 def _not_synced(data: dict[str, Any]) -> str:
     rows = _dicts(data.get("connections"))
     keys = ("patients_not_synced", "patients_refused")
@@ -564,6 +622,7 @@ def body(data: dict[str, Any]) -> str:
         + _liveness(data)
         + _queues(data)
         + _connections(data)
+        + _circuits(data)
         + _not_synced(data)
         + _warnings(data)
         + _legend()

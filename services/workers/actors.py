@@ -13,6 +13,7 @@ from services.workers.time_limits import TIME_LIMITS_MS
 from shared.infra import (
     BULK_PRIORITY,
     LIVE_PRIORITY,
+    STORM_PRIORITY,
     ActorName,
     BridgeError,
     QueueName,
@@ -162,7 +163,9 @@ def probe_connection(connection_id: str, event_id: str, event: str = TEST_EVENT)
 
 
 # Each job runs as a live actor (webhooks: a clinic waits) and as a bulk twin on its own queue
-# at a lower priority (backfill, reconcile, replays), so bulk work never delays live work.
+# at a lower priority (backfill, reconcile, replays), so bulk work never delays live work; and
+# as a storm twin between the two (a connection's live events past its storm limit: the
+# receiver's intake), so one clinic's storm never delays other clinics' live work.
 FUNCTIONS: dict[ActorName, Callable[..., None]] = {
     ActorName.SYNC_PATIENT: sync_patient,
     ActorName.SYNC_APPOINTMENT: sync_appointment,
@@ -171,7 +174,11 @@ FUNCTIONS: dict[ActorName, Callable[..., None]] = {
     ActorName.PROBE_CONNECTION: probe_connection,
 }
 for _name, _function in FUNCTIONS.items():
-    for _queue, _priority in ((QueueName.LIVE, LIVE_PRIORITY), (QueueName.BULK, BULK_PRIORITY)):
+    for _queue, _priority in (
+        (QueueName.LIVE, LIVE_PRIORITY),
+        (QueueName.STORM, STORM_PRIORITY),
+        (QueueName.BULK, BULK_PRIORITY),
+    ):
         dramatiq.actor(
             actor_name=actor_for(_name, _queue),
             queue_name=_queue.value,

@@ -25,10 +25,12 @@ from typing import Any
 import dramatiq
 import structlog
 
+from services.workers.breaker import CircuitOpen
+from services.workers.fair_share import FairShareDeferred
 from services.workers.holding import HELD
 from services.workers.job_metrics import outcome_of
 from shared.halaxy import HALAXY_EVENTS
-from shared.infra import ActorName, utcnow
+from shared.infra import ActorName, QueueName, actor_for, utcnow
 from shared.telemetry import (
     Attempt,
     AttemptOutcome,
@@ -46,11 +48,9 @@ log = structlog.get_logger("halaxy_bridge.workers")
 # the state as it was (a note's job that found its note settled already: `nothing_to_do`).
 DONE = frozenset({"created", "updated", "posted", "recorded", "probed"})
 UNCHANGED = frozenset({"unchanged", "already_synced"})
-NOTE_ACTORS = frozenset(
-    {ActorName.WRITE_PROGRAM_NOTE.value, f"{ActorName.WRITE_PROGRAM_NOTE}_bulk"}
-)
+NOTE_ACTORS = frozenset(actor_for(ActorName.WRITE_PROGRAM_NOTE, queue) for queue in QueueName)
 # A test event sent from /ops (`actors.probe_connection`).
-PROBE_ACTORS = frozenset({ActorName.PROBE_CONNECTION.value, f"{ActorName.PROBE_CONNECTION}_bulk"})
+PROBE_ACTORS = frozenset(actor_for(ActorName.PROBE_CONNECTION, queue) for queue in QueueName)
 
 
 def event_of(message: Any) -> tuple[str, str] | None:
@@ -107,8 +107,8 @@ class RecordEventAttempts(dramatiq.Middleware):
     ) -> None:
         started = self._end()
         event = event_of(message)
-        if started is None or event is None:
-            return
+        if started is None or event is None or isinstance(exception, FairShareDeferred):
+            return  # a fair share deferral: the job did not run, and waits for a thread
         at, clock, recorder = started
         outcome = outcome_of(message, exception)
         self._record(message, event, at, time.perf_counter() - clock, recorder, outcome, exception)
@@ -153,6 +153,8 @@ class RecordEventAttempts(dramatiq.Middleware):
     ) -> None:
         connection_id, event_id = event
         detail = recorder.result if exception is None else type(exception).__name__
+        if isinstance(exception, CircuitOpen):
+            detail = f"{exception.upstream} circuit open"
         attempt = Attempt(
             at=at,
             outcome=AttemptOutcome(outcome),
@@ -165,6 +167,8 @@ class RecordEventAttempts(dramatiq.Middleware):
             message_id=message.message_id,
         )
         state = state_after(message.actor_name, outcome, recorder.result)
+        if isinstance(exception, CircuitOpen):
+            state = EventState.DEFERRED
         status = None
         if state is not None:
             status = EventStatus(

@@ -34,11 +34,13 @@ class WorkerHeartbeat(dramatiq.Middleware):
         self._thread: threading.Thread | None = None
         self._instance = ""
         self._started_at = ""
+        self._threads = 0
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         # The broker id is this worker's member in Dramatiq's own heartbeats.
         self._instance = str(getattr(broker, "broker_id", "") or uuid.uuid4())
         self._started_at = iso_now()
+        self._threads = int(getattr(worker, "worker_threads", 0))  # the pool fair share divides
         self._stop.clear()
         self.beat()
         self._thread = threading.Thread(target=self._run, name="worker-heartbeat", daemon=True)
@@ -64,6 +66,7 @@ class WorkerHeartbeat(dramatiq.Middleware):
                 started_at=self._started_at,
                 seen_at=epoch_seconds(),
                 fresh_for=self.fresh_for,
+                threads=self._threads,
             )
         )
 

@@ -9,6 +9,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 
+from services.workers.fair_share import FairShareDeferred
 from services.workers.holding import HELD
 from shared.infra import epoch_seconds
 from shared.telemetry import JOB_DURATION, JOBS, LAST_SUCCESS, MetricsPusher
@@ -48,9 +49,11 @@ class JobMetrics(dramatiq.Middleware):
     ) -> None:
         started = getattr(self._local, "started", None)
         self._local.started = None
-        outcome = outcome_of(message, exception)
+        # Put off by fair share: it did not run, and will (not a failure, not throughput).
+        waiting = isinstance(exception, FairShareDeferred)
+        outcome = "waiting" if waiting else outcome_of(message, exception)
         connection_id = _count(message, outcome)
-        if started is not None:
+        if started is not None and not waiting:
             JOB_DURATION.labels(message.actor_name, connection_id).observe(
                 time.perf_counter() - started
             )

@@ -22,15 +22,17 @@ from shared.infra import (
     PipelinedScript,
     QueueName,
     Settings,
+    actor_for,
     epoch_seconds,
     redis_client,
     translate_redis_errors,
     utcnow,
 )
-from shared.ops import DeadLetterStore, Heartbeats, Kind, QueuedMessages
+from shared.ops import DeadLetterStore, Heartbeats, Kind, QueuedMessages, ThreadLeases
 from shared.patients import SEEN_TTL, ConnectionChanged, event_digest, job_for_event
 from shared.telemetry import (
     LOG_FUNCTIONS,
+    STORM_EVENTS,
     EventLog,
     EventLogLayout,
     EventRecord,
@@ -44,6 +46,8 @@ from shared.telemetry import (
 # so a dead worker's messages come back within a minute or so at any traffic.
 MAINTENANCE_CHANCE = 20_000
 MAINTENANCE_ALWAYS = 1_000_000
+# A normal clinic's webhooks never come near it (docs/isolation.md).
+STORM_EVENTS_PER_MINUTE = int(Settings.model_fields["storm_events_per_minute"].default)
 
 
 def build_broker(
@@ -66,8 +70,10 @@ def build_broker(
 
 def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Redis) -> None:
     """What every broker of ours needs beyond Dramatiq's defaults."""
+    from services.workers.breaker import DeferOpenCircuits, circuit_breakers
     from services.workers.dead_letter_middleware import RecordDeadLetters
     from services.workers.event_attempts import RecordEventAttempts
+    from services.workers.fair_share import FairShare
     from services.workers.heartbeat import WorkerHeartbeat
     from services.workers.holding import HoldPausedConnections
     from services.workers.job_metrics import JobMetrics, PushMetrics
@@ -91,19 +97,31 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     broker.add_middleware(WorkerHeartbeat(heartbeats, settings.worker_heartbeat_timeout_seconds))
     # A paused connection's messages are held, not run (services/workers/holding.py).
     broker.add_middleware(HoldPausedConnections(PausedConnections(client, keys)))
+    # After the pause (a paused connection's messages are held, not deferred): a connection
+    # whose upstream's circuit is open has its messages deferred (services/workers/breaker.py).
+    broker.add_middleware(DeferOpenCircuits(circuit_breakers(settings, client)))
+    # No connection holds more than its share of the threads while another's work waits
+    # (services/workers/fair_share.py); after the pause, so a held message takes no lease.
+    share = settings.connection_thread_share
+    broker.add_middleware(FairShare(ThreadLeases(client, keys), heartbeats, share))
     for queue in QueueName:
         broker.declare_queue(queue.value)
 
 
-# KEYS: the connection record, the queue's id list, the queue's message hash, the connection's
-# set of queued messages (`shared.ops.queued`), the connection's event log index and the set
-# of connections with a log, then one seen key per event, then one event log record key per
-# event. ARGV: the record the caller authenticated against, the seen TTL in seconds, now (epoch
-# seconds), how many events, the event log's TTL, the connection id, `trim_log`'s record
-# prefix, attempts prefix, bound and oldest member, then five per event: message id, encoded
-# message, and the event log's record, status and index member ('' each when not logged).
+# KEYS: the connection record, the live queue's id list, the live queue's message hash, the
+# connection's set of queued live messages (`shared.ops.queued`), the connection's event log
+# index and the set of connections with a log, the connection's live event count this minute,
+# the storm queue's id list, message hash and the connection's queued set of it, then one seen
+# key per event, then one event log record key per event. ARGV: the record the caller
+# authenticated against, the seen TTL in seconds, now (epoch seconds), how many events, the
+# event log's TTL, the connection id, `trim_log`'s record prefix, attempts prefix, bound and
+# oldest member, the storm limit (events a minute), then six per event: message id, encoded
+# live message, the event log's record, status and index member ('' each when not logged), and
+# the encoded storm-lane message. Fresh events past the connection's storm limit this minute go
+# to the storm queue (docs/isolation.md), decided here: no round trip of its own.
 # It answers -1 (the connection changed: nothing done), or the positions (from 1) of the events
-# it queued and of those whose log record it could not write.
+# it queued, of those whose log record it could not write, and of those it put on the storm
+# lane.
 # The HSET and RPUSH are what Dramatiq's own enqueue does (dramatiq/brokers/redis/dispatch.lua,
 # "enqueue"); tests/patients/test_intake.py checks that against RedisBroker.enqueue. The first
 # write is the SET, so a Redis refusing writes (out of memory) fails the script before it has
@@ -116,16 +134,25 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
 local n = tonumber(ARGV[4])
+local storm_limit = tonumber(ARGV[11])
+local this_minute = tonumber(redis.call('GET', KEYS[7]) or '0')
 local accepted = {}
 local not_logged = {}
+local stormed = {}
 for i = 1, n do
-  local arg = 10 + (i - 1) * 5
-  if redis.call('SET', KEYS[6 + i], '1', 'NX', 'EX', ARGV[2]) then
-    redis.call('HSET', KEYS[3], ARGV[arg + 1], ARGV[arg + 2])
-    redis.call('RPUSH', KEYS[2], ARGV[arg + 1])
-    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[arg + 1])
+  local arg = 11 + (i - 1) * 6
+  if redis.call('SET', KEYS[10 + i], '1', 'NX', 'EX', ARGV[2]) then
+    local ids, messages, queued, message = KEYS[2], KEYS[3], KEYS[4], ARGV[arg + 2]
+    this_minute = this_minute + 1
+    if this_minute > storm_limit then
+      ids, messages, queued, message = KEYS[8], KEYS[9], KEYS[10], ARGV[arg + 6]
+      stormed[#stormed + 1] = i
+    end
+    redis.call('HSET', messages, ARGV[arg + 1], message)
+    redis.call('RPUSH', ids, ARGV[arg + 1])
+    redis.call('ZADD', queued, ARGV[3], ARGV[arg + 1])
     accepted[#accepted + 1] = i
-    if ARGV[arg + 3] ~= '' and log_event(KEYS[5], KEYS[6], ARGV[6], KEYS[6 + n + i], ARGV[5],
+    if ARGV[arg + 3] ~= '' and log_event(KEYS[5], KEYS[6], ARGV[6], KEYS[10 + n + i], ARGV[5],
                                          ARGV[arg + 3], ARGV[arg + 4], ARGV[arg + 5]) == 1 then
       not_logged[#not_logged + 1] = i
     end
@@ -133,32 +160,36 @@ for i = 1, n do
     -- Seen before: refreshed, so that even an answer of duplicates rests on a write of this
     -- connection, which the receiver's WAIT (BRIDGE_REPLICA_ACK_MS) then covers, and with it
     -- the first sighting's writes, made earlier on whichever connection.
-    redis.call('EXPIRE', KEYS[6 + i], ARGV[2])
+    redis.call('EXPIRE', KEYS[10 + i], ARGV[2])
   end
 end
 if #accepted > 0 then
+  redis.call('SET', KEYS[7], this_minute, 'EX', 120)
   trim_log(KEYS[5], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 end
-return {accepted, not_logged}
+return {accepted, not_logged, stormed}
 """
 )
 
 
 class DramatiqEventIntake:
-    """`EventIntake` on Redis, queueing straight onto Dramatiq's live queue, and logging each
-    event it queues in the event log (`shared.telemetry.event_log`) in the same script."""
+    """`EventIntake` on Redis, queueing straight onto Dramatiq's live queue (the storm queue
+    past the connection's storm limit for the minute), and logging each event it queues in the
+    event log (`shared.telemetry.event_log`) in the same script."""
 
     def __init__(
         self,
         client: redis.asyncio.Redis,
         keys: Keys,
         events: EventLogLayout | None = None,
+        storm_events_per_minute: int = STORM_EVENTS_PER_MINUTE,
         replica_ack_ms: int = 0,
     ) -> None:
         self._keys = keys
         self._events = events or EventLogLayout(keys)
         # With replica acks, the script and `WAIT` go in one pipeline (`PipelinedScript`).
         self._script = PipelinedScript(client, INTAKE_SCRIPT, replica_ack_ms)
+        self.storm_events_per_minute = storm_events_per_minute
 
     async def accept(
         self,
@@ -167,7 +198,7 @@ class DramatiqEventIntake:
         event: HalaxyEvent,
         changed: Sequence[ChangedResource],
     ) -> IntakeResult:
-        queue = QueueName.LIVE.value
+        queue, storm = QueueName.LIVE.value, QueueName.STORM.value
         now = utcnow()
         trim = self._events.trim(connection_id, now)
         keys = [
@@ -177,6 +208,10 @@ class DramatiqEventIntake:
             self._keys.queued_messages(connection_id, queue),
             trim.index,
             self._keys.event_log_connections(),
+            self._keys.storm_count(connection_id, int(epoch_seconds() // 60)),
+            self._keys.dramatiq_queue(storm),
+            self._keys.dramatiq_messages(storm),
+            self._keys.queued_messages(connection_id, storm),
         ]
         args: list[bytes | str | int | float] = [
             record,
@@ -189,6 +224,7 @@ class DramatiqEventIntake:
             trim.attempts_prefix,
             trim.max_entries,
             trim.oldest,
+            self.storm_events_per_minute,
         ]
         record_keys = []
         for item in changed:
@@ -197,14 +233,18 @@ class DramatiqEventIntake:
             redis_id = str(uuid4())  # as RedisBroker.enqueue: unique per enqueue, not per job
             logged = self._logged(connection_id, event, item, now)
             record_keys.append(logged.record_key if logged else self._keys.event_log_index(""))
-            args += [redis_id, dramatiq_message(job, redis_message_id=redis_id).encode()]
+            live = dramatiq_message(job, redis_message_id=redis_id)
+            args += [redis_id, live.encode()]
             args += [logged.record, logged.status, logged.member] if logged else ["", "", ""]
+            args.append(storm_twin(live, job).encode())
         keys += record_keys
         with translate_redis_errors():
             reply = await self._script(keys=keys, args=args)
         if reply == -1:
             raise ConnectionChanged(f"connection {connection_id} changed")
-        queued, not_logged = reply
+        queued, not_logged, stormed = reply
+        if stormed:
+            STORM_EVENTS.labels(connection_id).inc(len(stormed))
         for position in not_logged:  # queued all the same: only its log record is missing
             not_recorded("RedisRefused", connection_id, changed[int(position) - 1].event_key)
         fresh = {int(position) - 1 for position in queued}
@@ -242,6 +282,13 @@ def dramatiq_message(job: Job, **options: Any) -> dramatiq.Message[Any]:
         args=(),
         kwargs=job.kwargs,
         options=options,
+    )
+
+
+def storm_twin(live: dramatiq.Message[Any], job: Job) -> dramatiq.Message[Any]:
+    """The same message (id, options) for the storm lane's twin of the job's actor."""
+    return live.copy(
+        queue_name=QueueName.STORM.value, actor_name=actor_for(job.actor, QueueName.STORM)
     )
 
 

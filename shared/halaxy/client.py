@@ -25,9 +25,15 @@ from shared.infra.httputil import retry_after_seconds
 from shared.infra.logs import remote_text
 from shared.telemetry.definitions import HALAXY_AUTH_FAILURES, TOKEN_REFRESHES
 
-DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
-# A 20 MB PDF is about 27 MB of JSON: give the upload and Halaxy's answer time.
-WRITE_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+# Halaxy documents no timing (halaxy-api.md 1.6: "no stated retry count, backoff, timeout"):
+# short enough that a hanging Halaxy holds a worker thread seconds, not minutes, while its
+# circuit breaker counts the failures (docs/isolation.md, Circuit breaker and timeouts). Read
+# and write are the longest wait for one chunk, not for the whole body.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0)
+# A 20 MB PDF is about 27 MB of JSON: its upload may stall longer between chunks, and Halaxy
+# answers only once it has stored it. A timeout after sending parks the note (a person checks
+# Halaxy), so the read waits longer than a read's; connecting stays short.
+WRITE_TIMEOUT = httpx.Timeout(connect=3.0, read=30.0, write=60.0, pool=5.0)
 MAX_PAGES = 10_000
 
 log = structlog.get_logger("halaxy_bridge.halaxy")
@@ -278,7 +284,11 @@ class HalaxyClient:
             "User-Agent": self._user_agent,
         }
         try:
-            return self._heed(self._http.request(method, url, headers=headers, params=params))
+            return self._heed(
+                self._http.request(
+                    method, url, headers=headers, params=params, timeout=DEFAULT_TIMEOUT
+                )
+            )
         except httpx.TimeoutException as exc:
             raise Transient(f"Halaxy {method} timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:

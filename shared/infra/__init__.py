@@ -29,12 +29,14 @@ from shared.infra.errors import (
 from shared.infra.jobs import (
     BULK_PRIORITY,
     LIVE_PRIORITY,
+    STORM_PRIORITY,
     ActorName,
     IntakeResult,
     Job,
     JobQueue,
     QueueName,
     actor_for,
+    base_actor,
 )
 from shared.infra.logs import configure_logging, mask
 from shared.infra.pipelined_script import PipelinedScript
@@ -56,6 +58,7 @@ from shared.infra.validation import validated
 __all__ = [
     "BULK_PRIORITY",
     "LIVE_PRIORITY",
+    "STORM_PRIORITY",
     "Actor",
     "ActorName",
     "AlreadyConnected",
@@ -85,6 +88,7 @@ __all__ = [
     "as_bytes",
     "async_redis_client",
     "audit_trail",
+    "base_actor",
     "check_redis",
     "checked_actor",
     "configure_logging",

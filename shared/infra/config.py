@@ -154,6 +154,23 @@ class Settings(BaseSettings):
     event_log_max_per_connection: int = Field(
         default=10_000, ge=10, le=1_000_000, alias="BRIDGE_EVENT_LOG_MAX_PER_CONNECTION"
     )
+    # A connection's circuit breaker for an upstream (Halaxy, the platform) opens after this
+    # many failures in a row that are the upstream's fault (timeouts, connection errors, 5xx),
+    # and lets one probe through this long after it opened (shared/telemetry/breaker.py).
+    breaker_failures: int = Field(default=5, ge=1, le=1000, alias="BRIDGE_BREAKER_FAILURES")
+    breaker_cooldown_seconds: float = Field(
+        default=30.0, ge=1, le=3600, alias="BRIDGE_BREAKER_COOLDOWN_SECONDS"
+    )
+    # Fair share (docs/isolation.md): the part of all live workers' threads one connection may
+    # hold at once while another connection's live work waits with no thread.
+    connection_thread_share: float = Field(
+        default=0.25, gt=0, le=1, alias="BRIDGE_CONNECTION_THREAD_SHARE"
+    )
+    # Over this many live events in a minute, a connection's further live events of that minute
+    # go to the storm lane, behind every other clinic's live events.
+    storm_events_per_minute: int = Field(
+        default=300, ge=1, le=1_000_000, alias="BRIDGE_STORM_EVENTS_PER_MINUTE"
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -14,6 +14,9 @@ from typing import Any, Protocol
 
 class QueueName(StrEnum):
     LIVE = "live"  # webhook work: a clinic waits for it
+    # A connection's live events over BRIDGE_STORM_EVENTS_PER_MINUTE (a bulk import in Halaxy):
+    # they must not delay other clinics' live events.
+    STORM = "storm"
     BULK = "bulk"  # backfill, reconcile, replays: must not delay live work
 
 
@@ -27,12 +30,24 @@ class ActorName(StrEnum):
 
 # Dramatiq runs lower numbers first: a free worker thread takes live work before bulk work.
 LIVE_PRIORITY = 0
+STORM_PRIORITY = 50  # after every clinic's live work, before backfill
 BULK_PRIORITY = 100
 
 
 def actor_for(actor: ActorName, queue: QueueName) -> str:
-    """The Dramatiq actor name: the live actor, or its bulk twin (`<name>_bulk`)."""
-    return actor.value if queue is QueueName.LIVE else f"{actor.value}_bulk"
+    """The Dramatiq actor name: the live actor, or its twin on another queue (`<name>_bulk`,
+    `<name>_storm`)."""
+    return actor.value if queue is QueueName.LIVE else f"{actor.value}_{queue.value}"
+
+
+def base_actor(actor_name: str) -> ActorName:
+    """The job a Dramatiq actor name runs, whichever queue's twin it names (ValueError if
+    none)."""
+    for queue in QueueName:
+        suffix = f"_{queue.value}"
+        if queue is not QueueName.LIVE and actor_name.endswith(suffix):
+            return ActorName(actor_name.removesuffix(suffix))
+    return ActorName(actor_name)
 
 
 @dataclass(frozen=True)

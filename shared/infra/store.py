@@ -279,6 +279,29 @@ class Keys:
         """The messages of a paused connection that workers set aside, in the order held."""
         return f"{self.namespace}:held:{connection_id}"
 
+    def circuits(self, connection_id: str) -> str:
+        """The connection's circuit breakers: a hash, upstream -> its `Circuit` record."""
+        return f"{self.namespace}:circuit:{connection_id}"
+
+    def circuit_probe(self, connection_id: str, upstream: str) -> str:
+        """The lease of the one message probing a half-open circuit (SET NX, expiring)."""
+        return f"{self.namespace}:circuit-probe:{connection_id}:{upstream}"
+
+    def thread_leases(self, connection_id: str) -> str:
+        """The worker threads a connection holds (fair share): lease token -> when it lapses,
+        in epoch seconds."""
+        return f"{self.namespace}:thread-leases:{connection_id}"
+
+    def waiting_connections(self) -> str:
+        """The connections whose work lately waited for a worker thread: connection id -> when
+        it last did, in epoch seconds (fair share)."""
+        return f"{self.namespace}:thread-waiting"
+
+    def storm_count(self, connection_id: str, minute: int | str) -> str:
+        """How many live events the connection sent in one minute (`minute`: epoch seconds
+        // 60); the storm lane takes those over the limit."""
+        return f"{self.namespace}:storm-count:{connection_id}:{minute}"
+
     def event_log_of(self, connection_id: str) -> str:
         """Every key of a connection's event log starts with this (its erasure scans for it)."""
         return f"{self.namespace}:event-log:{connection_id}:"

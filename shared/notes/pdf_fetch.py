@@ -24,11 +24,13 @@ import httpx
 
 from shared.infra.errors import Permanent, Transient
 from shared.infra.netutil import is_loopback_host
-from shared.telemetry import capability_url
+from shared.telemetry import capability_url, note_upstream
 
 MAX_PDF_BYTES = 20_000_000  # Halaxy: 20 MB per attachment; decimal megabytes, the safe reading
 MAX_REDIRECTS = 3
-TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# The platform's file store (therapy-platforms.md 2.3: an S3 URL) publishes no timing. Read is
+# the longest wait for one chunk of the body, not for the whole PDF (docs/isolation.md).
+TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=5.0, pool=5.0)
 PDF_TYPES = {
     "application/pdf",
     "application/x-pdf",
@@ -231,9 +233,11 @@ class PdfFetcher:
             spool.seek(0)
         except httpx.TimeoutException as exc:
             spool.close()
+            note_upstream("platform", None)  # its headers came: the client noted an answer
             raise Transient(f"the PDF download timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             spool.close()
+            note_upstream("platform", None)
             raise Transient(f"the PDF download failed ({type(exc).__name__})") from exc
         except BaseException:
             spool.close()

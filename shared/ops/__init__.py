@@ -13,6 +13,7 @@ from shared.ops.admins import (
     parse_lifetime,
 )
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore, iso
+from shared.ops.fair_share import ThreadLeases, pool_threads, thread_cap
 from shared.ops.liveness import Duty, Heartbeat, Heartbeats, Kind
 from shared.ops.offboarding import (
     Eraser,
@@ -48,6 +49,7 @@ __all__ = [
     "QueuedMessages",
     "Refusal",
     "Role",
+    "ThreadLeases",
     "UnknownAdmin",
     "confirmed",
     "erase_leftovers",
@@ -57,7 +59,9 @@ __all__ = [
     "offboarded_lately",
     "parse_lifetime",
     "parse_since",
+    "pool_threads",
     "standard_erasures",
     "status",
+    "thread_cap",
     "upgrade_stored_data",
 ]

@@ -52,6 +52,9 @@ class Heartbeat:
     started_at: str  # ISO 8601
     seen_at: float  # epoch seconds
     fresh_for: float  # seconds after `seen_at` during which the instance counts as alive
+    # A worker's thread count (`--threads`): the pool fair share divides. 0 for a scheduler,
+    # and in a heartbeat written by a version that did not report it.
+    threads: int = 0
 
     def alive(self, now: float) -> bool:
         return now - self.seen_at <= self.fresh_for

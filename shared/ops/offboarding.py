@@ -44,7 +44,9 @@ from shared.infra.jobs import QueueName
 from shared.infra.store import Keys, as_bytes, translate_redis_errors
 from shared.infra.validation import validated
 from shared.notes.unrouted import UnroutedPrograms
+from shared.ops.fair_share import ThreadLeases
 from shared.ops.queued import QueuedMessages
+from shared.telemetry.breaker import erase_circuits
 from shared.telemetry.event_log import UNROUTED, EventLog
 from shared.telemetry.forget import forget_connection_series
 
@@ -140,6 +142,9 @@ def standard_erasures(
         Erasure("sweeps", lambda c: erase_sweeps(client, keys, c.id)),
         Erasure("halaxy_key_cache", lambda c: erase_halaxy_key_cache(store, c)),
         Erasure("queued_counts", lambda c: QueuedMessages(client, keys).forget(c.id)),
+        Erasure("circuits", lambda c: erase_circuits(client, keys, c.id)),
+        Erasure("thread_leases", lambda c: ThreadLeases(client, keys).forget(c.id)),
+        Erasure("storm_counts", lambda c: _unlink_matching(client, keys.storm_count(c.id, "*"))),
         *extra,
         Erasure("connection", lambda c: _delete_connection(store, c)),
         # The pause goes last: until the record is gone, a message a worker takes is held
@@ -169,6 +174,8 @@ def erase_leftovers(client: redis.Redis, keys: Keys, connection_id: str) -> dict
         "program_claims": erase_program_claims(client, keys, connection_id),
         "event_log": EventLog(client, keys).erase_connection(connection_id),
         "queued_counts": QueuedMessages(client, keys).forget(connection_id),
+        "circuits": erase_circuits(client, keys, connection_id),
+        "thread_leases": ThreadLeases(client, keys).forget(connection_id),
         "held_messages": PausedConnections(client, keys).forget(connection_id),
         "metric_series": forget_connection_series(client, keys, connection_id),
     }

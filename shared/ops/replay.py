@@ -10,7 +10,7 @@ from typing import Any
 from shared.infra.audit import AuditTrail
 from shared.infra.clock import utcnow
 from shared.infra.errors import InvalidInput, NotFound
-from shared.infra.jobs import ActorName, Job, JobQueue, QueueName
+from shared.infra.jobs import Job, JobQueue, QueueName, base_actor
 from shared.ops.dead_letters import DeadLetter, DeadLetterStore
 from shared.telemetry import Attempt, AttemptOutcome, EventLog, EventState, EventStatus
 
@@ -71,7 +71,7 @@ def replay(
     With `events`, a logged event of the letter is `queued` again, its replay an attempt."""
     replayed = []
     for letter in letters:
-        actor = ActorName(letter.actor.removesuffix("_bulk"))
+        actor = base_actor(letter.actor)
         # Logged before the enqueue: a worker may run the job before this thread goes on.
         _log_replay(events, letter, queued=True)
         try:

@@ -1,7 +1,7 @@
 """What ops see at a glance: queues; which workers and schedulers are alive; and per connection
 its last event, last success, recent failures, last sweep, its unfinished messages per queue,
-what waits for a person (dead letters, parked and failed notes) and the patients it did not
-write, with why. Read-only; ids, times and counts, never patient details."""
+its circuit breakers, what waits for a person (dead letters, parked and failed notes) and the
+patients it did not write, with why. Read-only; ids, times and counts, never patient details."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from shared.ops.liveness import Heartbeats, Kind, liveness
 from shared.ops.queued import QueuedMessages
 from shared.patients.reconcile import SweepLog
 from shared.telemetry.activity import Activity, read_activity, read_patient_outcomes
+from shared.telemetry.breaker import circuit_rows
 
 
 def iso(unix_time: float | None) -> str | None:
@@ -132,6 +133,7 @@ def status(
     listed = connections.list()
     queued = QueuedMessages(client, keys).read([c.id for c in listed], now)
     holding = PausedConnections(client, keys).holding(c.id for c in listed)
+    circuits = circuit_rows(client, keys, [c.id for c in listed], datetime.fromtimestamp(now, UTC))
     rows = []
     for connection in listed:
         last = sweeps.last(connection.id)
@@ -166,6 +168,9 @@ def status(
                 "paused_at": _moment(None if held.paused is None else held.paused.paused_at),
                 "held_messages": held.held,
                 "oldest_held_at": _moment(held.oldest_held_at),
+                # Its circuit breaker per upstream (halaxy, platform): closed, open (its
+                # messages wait until `retry_at`) or half_open (the next message probes).
+                "circuits": circuits[connection.id],
             }
         )
     listed_ids = {c.id for c in listed}

@@ -11,6 +11,12 @@ from shared.infra.errors import Permanent, RateLimited, Transient
 from shared.infra.httputil import retry_after_seconds
 from shared.infra.logs import remote_text
 
+# No platform publishes its timing (therapy-platforms.md 1.5-1.6: behind Cloudflare, "expect
+# Cloudflare-style 429/5xx responses under load", no published rate limit). A platform that
+# hangs holds a worker thread at most about connect + read per request, and its circuit
+# breaker opens after a few such failures (docs/isolation.md, Circuit breaker and timeouts).
+PLATFORM_TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=5.0)
+
 
 class PlatformNotFound(Permanent):
     """The platform answered 404 for the resource."""
@@ -30,9 +36,10 @@ def send(
     body: dict[str, Any] | None = None,
     params: dict[str, str] | None = None,
     check: bool = True,
+    timeout: httpx.Timeout = PLATFORM_TIMEOUT,
 ) -> httpx.Response:
     """The platform's answer when it is a success, a bridge error otherwise; with `check`
-    False, the answer whatever its status. `Transient` when no answer came."""
+    False, the answer whatever its status. `Transient` when no answer came within `timeout`."""
     try:
         response = http.request(
             method,
@@ -40,6 +47,7 @@ def send(
             content=None if body is None else orjson.dumps(body),
             headers={"Accept": "application/json", "Content-Type": "application/json", **headers},
             params=params,
+            timeout=timeout,
         )
     except httpx.TimeoutException as exc:
         raise Transient(f"{platform} {method} timed out ({type(exc).__name__})") from exc

@@ -17,8 +17,9 @@ from shared.telemetry.definitions import (
 from shared.telemetry.push import read_field, sample_field
 
 FAILED = frozenset({"retried", "dead"})
-# A paused connection's message set aside by a worker: it will run after the resume.
-NOT_PROCESSED = frozenset({"held"})
+# A paused connection's message set aside by a worker: it will run after the resume; one put
+# off by fair share (docs/isolation.md): it will run once its clinic holds fewer threads.
+NOT_PROCESSED = frozenset({"held", "waiting"})
 THROUGHPUT_MINUTES = 5
 
 

@@ -96,6 +96,11 @@ def capability_url(upstream: str) -> Iterator[None]:
         _capability.reset(token)
 
 
+def current_capability() -> str | None:
+    """The upstream named by the `capability_url` block this thread is in, if any."""
+    return _capability.get()
+
+
 def note_result(result: str) -> None:
     """What the job reports as its outcome (`created`, `unchanged`, `posted`, ...)."""
     recorder = _current.get()

@@ -1,6 +1,6 @@
 """The receiver's `/metrics`: the totals every process pushed to Redis, and gauges read from
-Redis at scrape time (queues, dead letters, parked notes, each connection's last event and
-unfinished messages, the workers and schedulers alive)."""
+Redis at scrape time (queues, dead letters, parked notes, each connection's last event,
+unfinished messages and circuit breakers, the workers and schedulers alive)."""
 
 from __future__ import annotations
 
@@ -113,6 +113,7 @@ def gauges(snapshot: dict[str, Any], quiet_after_seconds: int, now: float) -> It
 
     yield from liveness_gauges(snapshot)
     yield from connection_queue_gauges(snapshot["connections"])
+    yield circuit_gauge(snapshot["connections"])
 
     per_connection = {
         key: GaugeMetricFamily(name, documentation, labels=["connection_id"])
@@ -189,6 +190,25 @@ def connection_queue_gauges(rows: list[dict[str, Any]]) -> Iterator[Metric]:
             oldest.add_metric([row["id"], queue], counts.get("oldest_age_seconds") or 0.0)
     yield messages
     yield oldest
+
+
+# The gauge's value per state: a half-open circuit is on its way to closing.
+CIRCUIT_OPEN_VALUES = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
+
+
+def circuit_gauge(rows: list[dict[str, Any]]) -> Metric:
+    """Each connection's circuit breaker per upstream (halaxy, platform)."""
+    gauge = GaugeMetricFamily(
+        "halaxy_bridge_circuit_open",
+        "The connection's circuit breaker for an upstream: 1 open (its messages wait), 0.5 "
+        "half-open (one probe message may go), 0 closed.",
+        labels=["connection_id", "upstream"],
+    )
+    for row in rows:
+        for circuit in row.get("circuits") or []:
+            value = CIRCUIT_OPEN_VALUES.get(circuit.get("state"), 0.0)
+            gauge.add_metric([row["id"], circuit["upstream"]], value)
+    return gauge
 
 
 def _unix(moment: str) -> float:

@@ -34,7 +34,7 @@ JOBS_NAME = "halaxy_bridge_jobs"
 JOBS = Counter(
     JOBS_NAME,
     "Jobs that ran, by outcome (succeeded, retried, deferred, dead, dropped; held: a paused "
-    "connection's message set aside; skipped).",
+    "connection's message set aside; waiting: put off by fair share, not run; skipped).",
     ["actor", "queue", "connection_id", "outcome"],
     registry=REGISTRY,
 )
@@ -62,6 +62,27 @@ RATE_LIMIT_DEFERRALS = Counter(
     "halaxy_bridge_rate_limit_deferrals",
     "Jobs put off because a rate limit (ours or the remote side's) was reached.",
     ["connection_id", "target"],
+    registry=REGISTRY,
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "halaxy_bridge_circuit_transitions",
+    "Circuit breaker transitions of a connection's upstream (halaxy, platform), by the state "
+    "entered (open, half_open, closed).",
+    ["connection_id", "upstream", "to"],
+    registry=REGISTRY,
+)
+FAIR_SHARE_DEFERRALS = Counter(
+    "halaxy_bridge_fair_share_deferrals",
+    "Jobs put off, without holding a worker thread, because their connection held its fair "
+    "share of the threads while another connection's work waited (docs/isolation.md).",
+    ["connection_id"],
+    registry=REGISTRY,
+)
+STORM_EVENTS = Counter(
+    "halaxy_bridge_storm_events",
+    "Live events queued on the storm lane: their connection sent more than "
+    "BRIDGE_STORM_EVENTS_PER_MINUTE that minute (docs/isolation.md).",
+    ["connection_id"],
     registry=REGISTRY,
 )
 TOKEN_REFRESHES = Counter(

@@ -92,6 +92,7 @@ class EventState(StrEnum):
     UNROUTED = "unrouted"  # a Physitrack post no enabled connection knows the token of: kept
     ROUTED = "routed"  # an unrouted post taken by a connection since: its note is `note_id`
     HELD = "held"  # its connection is paused: its job is kept, and runs once it is resumed
+    DEFERRED = "deferred"  # an upstream's circuit is open: its job waits, no retry counted
 
 
 class EventSource(StrEnum):
@@ -106,7 +107,7 @@ class EventSource(StrEnum):
 class AttemptOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     RETRIED = "retried"  # failed, will be retried
-    DEFERRED = "deferred"  # rate limited: retried after the wait the remote side asked for
+    DEFERRED = "deferred"  # rate limited, or a circuit open: run again after the wait
     DEAD = "dead"  # failed for good: dead-lettered
     DROPPED = "dropped"  # the connection was disabled or gone when the job ran
     REPLAYED = "replayed"  # a person queued its dead letter again

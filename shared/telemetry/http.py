@@ -1,5 +1,6 @@
 """Counts and times every request a worker makes, by connection, target and status, and notes
-each in the attempt of the job that made it (`shared.telemetry.attempts`)."""
+each in the attempt of the job that made it (`shared.telemetry.attempts`) and in what the job
+met of each upstream, for its circuit breaker (`shared.telemetry.breaker`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from shared.telemetry.attempts import note_call
+from shared.telemetry.breaker import counts_against_upstream, note_upstream
 from shared.telemetry.definitions import UPSTREAM_DURATION, UPSTREAM_REQUESTS
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -40,15 +42,18 @@ class MeteredClient(httpx.Client):
         started = time.perf_counter()
         try:
             response = super().send(request, **options)
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
             UPSTREAM_REQUESTS.labels(self._connection_id, target, "error").inc()
             seconds = time.perf_counter() - started
             note_call(target, request.method, _path(target, url), None, seconds)
+            if counts_against_upstream(exc):
+                note_upstream(target, None)
             raise
         seconds = time.perf_counter() - started
         UPSTREAM_DURATION.labels(self._connection_id, target).observe(seconds)
         UPSTREAM_REQUESTS.labels(self._connection_id, target, str(response.status_code)).inc()
         note_call(target, request.method, _path(target, url), response.status_code, seconds)
+        note_upstream(target, response.status_code)
         return response
 
 

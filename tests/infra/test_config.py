@@ -121,3 +121,24 @@ def test_the_event_log_bound_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv("BRIDGE_EVENT_LOG_MAX_PER_CONNECTION", bad)
         with pytest.raises(ConfigError, match="BRIDGE_EVENT_LOG_MAX_PER_CONNECTION"):
             load_settings()
+
+
+def test_the_circuit_breaker_is_set_by_two_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BRIDGE_BREAKER_FAILURES", "BRIDGE_BREAKER_COOLDOWN_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert (settings.breaker_failures, settings.breaker_cooldown_seconds) == (5, 30.0)
+    monkeypatch.setenv("BRIDGE_BREAKER_FAILURES", "3")
+    monkeypatch.setenv("BRIDGE_BREAKER_COOLDOWN_SECONDS", "90")
+    settings = load_settings()
+    assert (settings.breaker_failures, settings.breaker_cooldown_seconds) == (3, 90.0)
+    for name, bad in (
+        ("BRIDGE_BREAKER_FAILURES", "0"),
+        ("BRIDGE_BREAKER_FAILURES", "many"),
+        ("BRIDGE_BREAKER_COOLDOWN_SECONDS", "0"),
+        ("BRIDGE_BREAKER_COOLDOWN_SECONDS", "7200"),
+    ):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ConfigError, match=name):
+            load_settings()
+        monkeypatch.delenv(name)

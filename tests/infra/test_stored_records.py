@@ -50,6 +50,7 @@ from shared.patients.reconcile import (
 )
 from shared.platforms import PlatformKind
 from shared.telemetry.attempts import Call
+from shared.telemetry.breaker import CIRCUIT, Circuit, CircuitState
 from shared.telemetry.event_log import (
     ATTEMPT,
     EVENT_RECORD,
@@ -117,6 +118,8 @@ dead_letters = st.builds(
     iso_times,
     st.dictionaries(text, json_values, max_size=5),
 )
+# A connection's circuit breaker for one upstream, a JSON value in its hash (`Keys.circuits`).
+circuits = st.builds(Circuit, st.sampled_from(CircuitState), moments, counts, st.none() | moments)
 note_records = st.builds(
     NoteRecord,
     ids,
@@ -196,8 +199,9 @@ def stored_json(client: redis.Redis, key: str, codec: RecordCodec[T], record: T)
         (PATIENT_LINK, patient_links),
         (DEAD_LETTER, dead_letters),
         (CURSOR, poll_cursors),
+        (CIRCUIT, circuits),
     ],
-    ids=["Sweep", "SweepProgress", "PatientLink", "DeadLetter", "PollCursor"],
+    ids=["Sweep", "SweepProgress", "PatientLink", "DeadLetter", "PollCursor", "Circuit"],
 )
 def test_a_json_record_round_trips_through_redis(
     redis_server_client: redis.Redis,

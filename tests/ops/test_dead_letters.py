@@ -205,5 +205,5 @@ def test_ops_endpoints(
         ("bootstrap-admin", "dead_letter.purged"),
     ]
     status = client.get("/ops/status", headers=admin()).json()
-    assert [q["queue"] for q in status["queues"]] == ["live", "bulk"]
-    assert status["queues"][1]["depth"] == 1
+    assert [q["queue"] for q in status["queues"]] == ["live", "storm", "bulk"]
+    assert status["queues"][2]["depth"] == 1  # the replay, on the bulk queue

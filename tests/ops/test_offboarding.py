@@ -42,7 +42,7 @@ from shared.notes.outbox import NoteOutbox, NoteState
 from shared.notes.unrouted import UnroutedPrograms
 from shared.ops import Erasure, offboard, standard_erasures
 from shared.ops.dead_letters import DeadLetterStore
-from shared.telemetry import EventLog
+from shared.telemetry import Admission, BreakerPolicy, CircuitBreakers, EventLog
 from tests.helpers import audit_of, wait_until
 from tests.notes.test_write_back import body, publish
 from tests.workers import PHYSITRACK_WEBHOOK_KEY, Pipeline, Sandbox, sandbox_connection
@@ -202,6 +202,11 @@ def populated(
             },
         )
         pipeline.broker.enqueue(dramatiq_message(job), delay=600_000)
+    # Its platform's circuit breaker, opened (a record, and a transition counted).
+    breakers = CircuitBreakers(
+        pipeline.redis, pipeline.keys, BreakerPolicy(1, timedelta(seconds=60))
+    )
+    breakers.record(clinic.id, {"platform": True}, Admission(), "t", utcnow())
     push_counts(pipeline)
     return clinic, other, mapped
 
@@ -233,6 +238,7 @@ def test_offboarding_leaves_nothing_naming_the_clinic_but_the_audit_trail(
         keys.audit(),
         keys.event_log_index(clinic.id),
         keys.event_log_connections(),
+        keys.circuits(clinic.id),
     ):
         assert expected.encode() in held, expected
     assert any(k.startswith(keys.seen_event(clinic.id, "").encode()) for k in held)
@@ -278,6 +284,7 @@ def test_offboarding_leaves_nothing_naming_the_clinic_but_the_audit_trail(
     assert done.erased["held_messages"] == 1
     assert done.erased["unrouted_programs"] == 1
     assert done.erased["event_log"] > 0
+    assert done.erased["circuits"] == 1
     assert EventLog(pipeline.redis, keys).get(kept.id) == []  # its unrouted log record too
     assert unrouted.of_tokens([mapped]) == []
     assert all(pipeline.redis.exists(k) == 0 for k in cache)

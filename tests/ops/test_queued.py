@@ -123,8 +123,8 @@ def test_each_connections_queued_messages_and_the_age_of_its_oldest(
     done = gather(pipeline, base_settings)
     assert row(done, first)["queues"]["live"]["queued"] == 0
     assert row(done, first)["queues"]["live"]["oldest_age_seconds"] is None
-    assert tracked(pipeline.redis, pipeline.keys, first) == {"live": 0, "bulk": 0}
-    assert tracked(pipeline.redis, pipeline.keys, second) == {"live": 0, "bulk": 0}
+    assert tracked(pipeline.redis, pipeline.keys, first) == {"live": 0, "storm": 0, "bulk": 0}
+    assert tracked(pipeline.redis, pipeline.keys, second) == {"live": 0, "storm": 0, "bulk": 0}
 
 
 def test_retried_and_dead_messages_are_counted_until_they_are_finished(
@@ -141,7 +141,7 @@ def test_retried_and_dead_messages_are_counted_until_they_are_finished(
     assert len(sandbox.physitrack.clients) == 1  # 21, after its retries
     found = gather(pipeline, base_settings)
     assert row(found, conn)["queues"]["live"]["queued"] == 0
-    assert tracked(pipeline.redis, pipeline.keys, conn) == {"live": 0, "bulk": 0}
+    assert tracked(pipeline.redis, pipeline.keys, conn) == {"live": 0, "storm": 0, "bulk": 0}
     assert row(found, conn)["dead_letters"] == 1  # 22
 
 
@@ -239,7 +239,7 @@ def test_dead_letters_are_one_number_everywhere(
 
     found = gather(pipeline, base_settings)
     dead = {q["queue"]: q["dead"] for q in found["queues"]}
-    assert dead == {"live": 1, "bulk": 1}
+    assert dead == {"live": 1, "storm": 0, "bulk": 1}
     assert found["dead_letters"] == 2 == sum(dead.values())
     assert row(found, conn)["dead_letters"] == 2
     assert (
@@ -259,7 +259,7 @@ def test_dead_letters_are_one_number_everywhere(
         if s.name == "halaxy_bridge_queue_messages" and s.labels["state"] == "dead"
     }
     assert per_connection[conn.id] == 2
-    assert per_queue == {"live": 1, "bulk": 1}
+    assert per_queue == {"live": 1, "storm": 0, "bulk": 1}
 
     html = render(found)
     page = Page(html)

@@ -85,6 +85,7 @@ USES_REDIS: dict[Path_, list[str]] = {
     ("practitioners", "list"): ["cn_aaaaaaaaaaaa"],
     ("practitioners", "remove"): ["cn_aaaaaaaaaaaa", "PR-1", "--yes"],
     ("practitioners", "rotate"): ["cn_aaaaaaaaaaaa", "PR-1", "--token=ptok-0123456789"],
+    ("probe",): ["worker"],
     ("programs", "unrouted"): [],
     ("status",): [],
 }

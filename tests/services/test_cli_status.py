@@ -64,7 +64,7 @@ def connection_rows(draw: st.DrawFn) -> dict[str, Any]:
                 "delayed": draw(COUNTS),
                 "oldest_age_seconds": draw(st.none() | st.floats(0, 10**8, allow_nan=False)),
             }
-            for queue in ("live", "bulk")
+            for queue in ("live", "storm", "bulk")
         },
         "paused": draw(st.booleans()),
         "paused_at": draw(moments()),
@@ -86,7 +86,7 @@ def queue_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
             "oldest_age_seconds": draw(st.none() | st.floats(0, 10**8, allow_nan=False)),
             "throughput_per_minute": draw(st.floats(0, 10**5, allow_nan=False)),
         }
-        for name in ("live", "bulk")
+        for name in ("live", "storm", "bulk")
     ]
 
 

@@ -220,7 +220,7 @@ def test_valid_credentials_get_the_page_with_security_headers(
     assert '<meta http-equiv="refresh" content="10">' in response.text
     assert "<script" not in response.text
     page = Page(response.text)
-    assert [cells[0] for _, cells in page.tables["queues"]] == ["live", "bulk"]
+    assert [cells[0] for _, cells in page.tables["queues"]] == ["live", "storm", "bulk"]
     assert page.row("connections", connection.name)[1][1] == connection.id
 
 

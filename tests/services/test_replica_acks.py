@@ -233,3 +233,24 @@ def test_readyz_warns_when_no_replica_is_there_to_acknowledge(
         10,
         "the warning on /readyz",
     )
+
+
+def test_a_duplicate_refreshes_its_seen_key_so_the_wait_covers_a_write_of_its_own(
+    receiver: TestClient,
+    store: ConnectionStore,
+    master: redis.Redis,
+    fake_halaxy: Any,
+    verify_key: KeyVerifier,
+) -> None:
+    connection = make_connection(store, fake_halaxy, verify_key)
+    body = notification(connection.halaxy_base_url, "Patient", ["1001"])
+    assert halaxy_webhook(receiver, connection, body).status_code == 202
+    [seen] = master.scan_iter(match=store.keys.seen_event(connection.id, "*"))
+    full = master.ttl(seen)
+    master.expire(seen, 100)
+
+    again = halaxy_webhook(receiver, connection, body)
+
+    assert again.status_code == 202
+    assert again.json()["accepted"] == []
+    assert master.ttl(seen) > full - 60

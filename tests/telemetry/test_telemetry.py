@@ -402,7 +402,7 @@ def test_the_oldest_age_of_a_retried_message_counts_from_its_return_to_the_queue
     }
     redis_server_client.rpush(queue, "m1")
     redis_server_client.hset(f"{queue}.msgs", "m1", orjson.dumps(message))
-    [live, _] = queue_status(redis_server_client, keys, now=now)
+    [live, _, _] = queue_status(redis_server_client, keys, now=now)  # live, storm, bulk
     assert 29 <= live["oldest_age_seconds"] <= 31
 
 
