@@ -271,4 +271,7 @@ def test_a_failover_under_load_loses_no_acknowledged_event_and_doubles_nothing(
     assert duplicate_clients == 0
     assert doubled_notes == 0
     for process in processes.processes.values():
-        assert "Traceback" not in process.stderr(), f"{process.name}:\n{process.stderr()[-3000:]}"
+        # No process crashed (a traceback of its own, not a JSON line: Dramatiq logs a
+        # middleware's Redis error during the failover as one, with its traceback inside).
+        crashed = [line for line in process.stderr().splitlines() if line.startswith("Traceback")]
+        assert crashed == [], f"{process.name}:\n{process.stderr()[-3000:]}"

@@ -9,8 +9,8 @@ parks it; an answer that proves nothing was written lets it be retried or failed
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -37,6 +37,10 @@ B64_CHUNK = 3 * 64 * 1024  # a multiple of 3: chunks encode without padding in b
 PDF_MAKING = timedelta(minutes=30)  # how long a fresh link's missing file is "not made yet"
 NO_CALLBACK = "the callback is no longer stored"
 LINK_EXPIRED = "the PDF link expired (24 hours) before it was fetched"
+# How long a note marked `posting`, not posted, is tried back to `queued` while Redis fails over
+# (the sentinels' down-after plus an election), and how often.
+UNMARK_PATIENCE_SECONDS = 30.0
+UNMARK_PAUSE_SECONDS = 0.5
 
 
 def failed_for_its_link(reason: str) -> bool:
@@ -142,11 +146,10 @@ def _post(
             yield base64.b64encode(chunk)
         yield tail
 
-    moved, found = outbox.move(connection.id, note_id, {NoteState.FETCHING}, NoteState.POSTING)
+    moved, found = _mark_posting(outbox, connection, note_id)
     if not moved:
         return NoteResult(NoteOutcome.NOTHING_TO_DO, f"the note was {found} meanwhile")
     ids = f"note:{note_id} Patient/{patient_id}"
-    _confirm_posting_replicated(outbox, connection, note_id)
     try:
         created = halaxy.create("DocumentReference", body, length)
     except Ambiguous as exc:
@@ -192,19 +195,41 @@ def _post(
     return NoteResult(NoteOutcome.POSTED, docref_id=docref_id)
 
 
-def _confirm_posting_replicated(outbox: NoteOutbox, connection: Connection, note_id: str) -> None:
-    """The `posting` mark keeps a note from being posted twice (an attempt that finds it
-    parks the note). Redis replicates asynchronously: it must be on a replica before the
-    POST, or a failover could promote one that still hands the note out. Not held in time
-    (`NotReplicated`, a Transient): the note goes back to `queued` and is retried, unposted.
-    Should Redis fail outright here, the mark may stay, and a retry parks an unposted note:
-    safe, and for ops to resolve."""
+def _mark_posting(
+    outbox: NoteOutbox, connection: Connection, note_id: str
+) -> tuple[bool, NoteState | None]:
+    """Take the note into `posting`, the mark that keeps it from being posted twice (an
+    attempt that finds it parks the note); whether it moved, and the state it was found in.
+
+    Redis replicates asynchronously: the mark must be on a replica before the POST, or a
+    failover could promote one that still hands the note out. Not held in time
+    (`NotReplicated`), or Redis gone before it answered (a failover under way: the mark may
+    be on the replica being promoted all the same): nothing was posted, so the note goes
+    back to `queued` and the job is retried (a Transient) to post it, not to park it."""
     try:
-        outbox.confirm_replicated()
+        moved, found = outbox.move(connection.id, note_id, {NoteState.FETCHING}, NoteState.POSTING)
+        if moved:
+            outbox.confirm_replicated()
     except StoreUnavailable:
-        with suppress(StoreUnavailable):
-            outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.QUEUED)
+        _back_to_queued(outbox, connection, note_id)
         raise
+    return moved, found
+
+
+def _back_to_queued(outbox: NoteOutbox, connection: Connection, note_id: str) -> None:
+    """Move the note from `posting` back to `queued`, trying again while Redis fails over
+    (for UNMARK_PATIENCE_SECONDS). Should Redis stay away longer, the mark stays and a retry
+    parks the note: safe, and for ops to resolve."""
+    deadline = time.monotonic() + UNMARK_PATIENCE_SECONDS
+    while True:
+        try:
+            outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.QUEUED)
+            return
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                log.warning("note.left_posting", connection_id=connection.id, note_id=note_id)
+                return
+            time.sleep(UNMARK_PAUSE_SECONDS)
 
 
 def _park(
