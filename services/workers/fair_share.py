@@ -7,8 +7,8 @@ Before a connection's message runs, one Lua step takes a lease on a thread for i
 and holds fewer threads than the cap), the message is deferred: retried from the delay queue
 after a short jittered wait that grows while it keeps being turned away, without holding a
 thread and without counting against the retry budget (as `policy.job_outcome` does for a rate
-limit). The lease is given back after the message,
-whatever its outcome; one left by a killed worker lapses after the job's time limit.
+limit). The lease is given back after the message, whatever its outcome; one left by a killed
+worker lapses after the job's time limit.
 
 A deferral is counted (`halaxy_bridge_fair_share_deferrals`, and a `waiting` job), never as a
 failure, and the event log records no attempt for it: the job did not run.
