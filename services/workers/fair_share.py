@@ -1,12 +1,14 @@
 """Dramatiq middleware: no connection holds more than its fair share of the worker threads
-while another connection's work waits (`shared.ops.fair_share`, docs/isolation.md).
+while another connection's live work waits short of its share (`shared.ops.fair_share`,
+docs/isolation.md).
 
 Before a connection's message runs, one Lua step takes a lease on a thread for it. Turned away
-(the connection holds its cap and another connection's live work waits with no thread), the
-message is deferred: retried from the delay queue after a short jittered wait that grows while
-it keeps being turned away, without holding a thread and without counting against the retry
-budget (as `policy.job_outcome` does for a rate limit). The lease is given back after the message,
-whatever its outcome; one left by a killed worker lapses after the job's time limit.
+(the connection holds its cap while another connection has live work due that no thread runs,
+and holds fewer threads than the cap), the message is deferred: retried from the delay queue
+after a short jittered wait that grows while it keeps being turned away, without holding a
+thread and without counting against the retry budget (as `policy.job_outcome` does for a rate
+limit). The lease is given back after the message, whatever its outcome; one left by a killed
+worker lapses after the job's time limit.
 
 A deferral is counted (`halaxy_bridge_fair_share_deferrals`, and a `waiting` job), never as a
 failure, and the event log records no attempt for it: the job did not run.
@@ -22,17 +24,14 @@ from uuid import uuid4
 
 import dramatiq
 import structlog
-from dramatiq.common import q_name
 from dramatiq.middleware import MiddlewareError
 
-from shared.infra import BridgeError, QueueName, epoch_seconds
+from shared.infra import BridgeError, epoch_seconds
 from shared.ops import Heartbeats, ThreadLeases, pool_threads, thread_cap
 from shared.telemetry import FAIR_SHARE_DEFERRALS
 
 log = structlog.get_logger("halaxy_bridge.workers")
 
-# A live message that waited longer than this for a thread marks its connection as waiting.
-WAITED_SECONDS = 2.0
 # A lease lapses this long after the job's time limit (Dramatiq interrupts the job at its
 # limit; only a killed worker's lease lives that long).
 LEASE_GRACE_SECONDS = 30.0
@@ -71,16 +70,6 @@ def lease_seconds(broker: dramatiq.Broker, message: Any) -> float:
     return float(limit) / 1000 + LEASE_GRACE_SECONDS
 
 
-def waited_for_a_thread(message: Any, now_ms: float, waited_seconds: float) -> bool:
-    """A live message, on its first try, that waited longer than `waited_seconds` since it was
-    queued. Only live work marks a connection as waiting: the storm lane and bulk work wait
-    behind live work by design, and must not hold other clinics' live work to their share."""
-    if q_name(message.queue_name) != QueueName.LIVE.value or "requeue_timestamp" in message.options:
-        return False
-    queued_at = message.message_timestamp
-    return isinstance(queued_at, int | float) and now_ms - queued_at > waited_seconds * 1000
-
-
 class FairShare(dramatiq.Middleware):
     """Its hooks run on the thread that runs the job: the lease it holds is kept per thread."""
 
@@ -89,12 +78,10 @@ class FairShare(dramatiq.Middleware):
         leases: ThreadLeases,
         heartbeats: Heartbeats,
         share: float,
-        waited_seconds: float = WAITED_SECONDS,
     ) -> None:
         self.leases = leases
         self.heartbeats = heartbeats
         self.share = share
-        self.waited_seconds = waited_seconds
         self._own_threads = 1
         self._pool = 0
         self._pool_read_at = -POOL_READ_SECONDS
@@ -135,7 +122,6 @@ class FairShare(dramatiq.Middleware):
                 now=now,
                 lapses_at=now + seconds,
                 cap=self.cap(),
-                waited=waited_for_a_thread(message, now * 1000, self.waited_seconds),
                 key_seconds=int(seconds),
             )
         except BridgeError as exc:

@@ -100,7 +100,7 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
     # After the pause (a paused connection's messages are held, not deferred): a connection
     # whose upstream's circuit is open has its messages deferred (services/workers/breaker.py).
     broker.add_middleware(DeferOpenCircuits(circuit_breakers(settings, client)))
-    # No connection holds more than its share of the threads while another's work waits
+    # No connection holds more than its share of the threads while another's live work waits
     # (services/workers/fair_share.py); after the pause, so a held message takes no lease.
     share = settings.connection_thread_share
     broker.add_middleware(FairShare(ThreadLeases(client, keys), heartbeats, share))
@@ -111,8 +111,9 @@ def add_middleware(broker: dramatiq.Broker, settings: Settings, client: redis.Re
 # KEYS: the connection record, the live queue's id list, the live queue's message hash, the
 # connection's set of queued live messages (`shared.ops.queued`), the connection's event log
 # index and the set of connections with a log, the connection's live event count this minute,
-# the storm queue's id list, message hash and the connection's queued set of it, then one seen
-# key per event, then one event log record key per event. ARGV: the record the caller
+# the storm queue's id list, message hash and the connection's queued set of it, fair share's
+# index of connections that queued live work (`Keys.live_connections`), then one seen key per
+# event, then one event log record key per event. ARGV: the record the caller
 # authenticated against, the seen TTL in seconds, now (epoch seconds), how many events, the
 # event log's TTL, the connection id, `trim_log`'s record prefix, attempts prefix, bound and
 # oldest member, the storm limit (events a minute), then six per event: message id, encoded
@@ -141,7 +142,7 @@ local not_logged = {}
 local stormed = {}
 for i = 1, n do
   local arg = 11 + (i - 1) * 6
-  if redis.call('SET', KEYS[10 + i], '1', 'NX', 'EX', ARGV[2]) then
+  if redis.call('SET', KEYS[11 + i], '1', 'NX', 'EX', ARGV[2]) then
     local ids, messages, queued, message = KEYS[2], KEYS[3], KEYS[4], ARGV[arg + 2]
     this_minute = this_minute + 1
     if this_minute > storm_limit then
@@ -151,8 +152,11 @@ for i = 1, n do
     redis.call('HSET', messages, ARGV[arg + 1], message)
     redis.call('RPUSH', ids, ARGV[arg + 1])
     redis.call('ZADD', queued, ARGV[3], ARGV[arg + 1])
+    if this_minute <= storm_limit then
+      redis.call('ZADD', KEYS[11], 'GT', ARGV[3], ARGV[6])
+    end
     accepted[#accepted + 1] = i
-    if ARGV[arg + 3] ~= '' and log_event(KEYS[5], KEYS[6], ARGV[6], KEYS[10 + n + i], ARGV[5],
+    if ARGV[arg + 3] ~= '' and log_event(KEYS[5], KEYS[6], ARGV[6], KEYS[11 + n + i], ARGV[5],
                                          ARGV[arg + 3], ARGV[arg + 4], ARGV[arg + 5]) == 1 then
       not_logged[#not_logged + 1] = i
     end
@@ -212,6 +216,7 @@ class DramatiqEventIntake:
             self._keys.dramatiq_queue(storm),
             self._keys.dramatiq_messages(storm),
             self._keys.queued_messages(connection_id, storm),
+            self._keys.live_connections(),
         ]
         args: list[bytes | str | int | float] = [
             record,

@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         default=30.0, ge=1, le=3600, alias="BRIDGE_BREAKER_COOLDOWN_SECONDS"
     )
     # Fair share (docs/isolation.md): the part of all live workers' threads one connection may
-    # hold at once while another connection's live work waits with no thread.
+    # hold at once while another connection's live work waits and it holds less than that.
     connection_thread_share: float = Field(
         default=0.25, gt=0, le=1, alias="BRIDGE_CONNECTION_THREAD_SHARE"
     )

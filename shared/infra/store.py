@@ -292,10 +292,10 @@ class Keys:
         in epoch seconds."""
         return f"{self.namespace}:thread-leases:{connection_id}"
 
-    def waiting_connections(self) -> str:
-        """The connections whose work lately waited for a worker thread: connection id -> when
-        it last did, in epoch seconds (fair share)."""
-        return f"{self.namespace}:thread-waiting"
+    def live_connections(self) -> str:
+        """The connections that lately queued live work: connection id -> when the latest of it
+        was (or is) due, in epoch seconds (fair share)."""
+        return f"{self.namespace}:live-connections"
 
     def storm_count(self, connection_id: str, minute: int | str) -> str:
         """How many live events the connection sent in one minute (`minute`: epoch seconds

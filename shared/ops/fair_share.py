@@ -5,16 +5,18 @@ after).
 Each connection's leases are a sorted set (`Keys.thread_leases`): one member per job running,
 scored by when the lease lapses (the job's time limit and a grace after it was taken), so a
 worker killed mid-job leaks no thread: its leases lapse on their own and are pruned at the next
-take. Taking one is a single Lua step: prune the lapsed, count, add.
+take. Taking one is a single Lua step.
 
 The cap is BRIDGE_CONNECTION_THREAD_SHARE of the pool: the threads of every live worker, read
-from the worker heartbeats (`liveness.Heartbeat.threads`). It is work-conserving: a connection
-at its cap still takes a lease while no other connection's live work has lately waited for a
-thread (`Keys.waiting_connections`), so one busy clinic alone may use every thread. A live
-message that waited longer than a moment before a thread took it, of a connection holding no
-thread, marks its connection as waiting, in the same step; from then on, for
-`WAITING_WINDOW_SECONDS`, a connection at its cap is turned away (its message deferred, without
-holding a thread).
+from the worker heartbeats (`liveness.Heartbeat.threads`). It binds only while another
+connection is short of its share: it has live work due that no thread runs (ready in the live
+queue or prefetched by a worker) and holds fewer threads than the cap. The connections that
+queued live work lately are an index (`Keys.live_connections`), written at every live enqueue
+(the receiver's intake script, `shared.ops.queued.QueuedMessages.add`); their due live work is
+their live queued set (`Keys.queued_messages`, scored by when each message is due). So one busy
+clinic alone may use every thread, clinics with a backlog each share the whole pool once each
+holds its cap, and a clinic whose jobs hang is held to its cap from the moment another clinic's
+live message is due without a thread. Storm-lane and bulk work never hold others to a cap.
 """
 
 from __future__ import annotations
@@ -24,39 +26,43 @@ from collections.abc import Iterable
 
 import redis
 
+from shared.infra.jobs import QueueName
 from shared.infra.store import Keys, translate_redis_errors
 from shared.ops.liveness import Heartbeat
 
-# After another connection's live work last waited for a thread, connections at their cap are
-# held to it for this long.
-WAITING_WINDOW_SECONDS = 30.0
+# A connection that queued no live work for this long is dropped from the index (its live work
+# then holds nobody to a cap). Longer than any live message is meant to wait: the ops page
+# flags a live message that waited 5 minutes.
+LIVE_WINDOW_SECONDS = 300.0
 # The lease key outlives its longest lease by this much, then goes with the idle connection.
 KEY_SLACK_SECONDS = 60
 
-# KEYS: the connection's leases, the waiting connections. ARGV: the connection id, the lease
-# token, now and when the lease lapses (epoch seconds), the cap, "1" when this message waited
-# for a thread, the waiting window, and the lease key's lifetime in seconds. Answers 1 (taken)
-# or 0 (the connection holds its cap while another connection's work waits).
-# A message that waited marks its connection as waiting only while the connection holds no
-# thread at all: starved, not merely busy. Clinics that all have a backlog each hold threads,
-# mark nothing, and share the whole pool; a clinic whose jobs hang fills the pool, another's
-# live work then waits with no thread, and the hanging one is held to its cap.
+# KEYS: the connection's leases, the index of connections that queued live work. ARGV: the
+# connection id, the lease token, now and when the lease lapses (epoch seconds), the cap, the
+# index's window in seconds, the lease key's lifetime in seconds, then the key names of another
+# connection X as prefix .. X (its leases) and prefix .. X .. suffix (its live queued set): keys
+# of other connections, so Redis Cluster is out (as it is for the whole bridge).
+# Answers 1 (taken) or 0 (the connection holds its cap while another is short of its share:
+# X holds fewer than the cap and has more due live messages than it holds threads; its due
+# messages include those running, so "more" means one waits for a thread).
 TAKE = """
 local now = tonumber(ARGV[3])
+local cap = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZCARD', KEYS[1])
-if held == 0 and ARGV[6] == '1' then
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
-  redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[7])))
-end
-if held >= tonumber(ARGV[5]) then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[7]))
-  local others = redis.call('ZCARD', KEYS[2])
-  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then others = others - 1 end
-  if others > 0 then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= cap then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))
+  for _, other in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if other ~= ARGV[1] then
+      local held = redis.call('ZCOUNT', ARGV[8] .. other, '(' .. ARGV[3], '+inf')
+      if held < cap and
+         redis.call('ZCOUNT', ARGV[9] .. other .. ARGV[10], '-inf', ARGV[3]) > held then
+        return 0
+      end
+    end
+  end
 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
 return 1
 """
 
@@ -79,12 +85,17 @@ class ThreadLeases:
         self,
         client: redis.Redis,
         keys: Keys,
-        waiting_window: float = WAITING_WINDOW_SECONDS,
+        live_window: float = LIVE_WINDOW_SECONDS,
     ) -> None:
         self._redis = client
         self._keys = keys
-        self.waiting_window = waiting_window
+        self.live_window = live_window
         self._take = client.register_script(TAKE)
+        self._leases_prefix = keys.thread_leases("")
+        marker = "\n"  # never in a connection id
+        self._live_prefix, self._live_suffix = keys.queued_messages(
+            marker, QueueName.LIVE.value
+        ).split(marker)
 
     def take(
         self,
@@ -94,23 +105,24 @@ class ThreadLeases:
         now: float,
         lapses_at: float,
         cap: int,
-        waited: bool,
         key_seconds: int,
     ) -> bool:
         """Take a lease for one job (False: the connection holds `cap` while another
-        connection's work waits). `waited`: this job's message waited for a thread."""
+        connection has live work due without a thread and holds fewer than `cap`)."""
         with translate_redis_errors():
             taken = self._take(
-                keys=[self._keys.thread_leases(connection_id), self._keys.waiting_connections()],
+                keys=[self._keys.thread_leases(connection_id), self._keys.live_connections()],
                 args=[
                     connection_id,
                     token,
                     now,
                     lapses_at,
                     cap,
-                    "1" if waited else "0",
-                    self.waiting_window,
+                    self.live_window,
                     max(1, math.ceil(key_seconds + KEY_SLACK_SECONDS)),
+                    self._leases_prefix,
+                    self._live_prefix,
+                    self._live_suffix,
                 ],
             )
         return bool(taken)
@@ -130,12 +142,12 @@ class ThreadLeases:
         return {connection_id: int(n) for connection_id, n in zip(ids, counts, strict=True)}
 
     def forget(self, connection_id: str) -> int:
-        """Erase the connection's leases and its waiting mark (offboarding); how many there
-        were."""
+        """Erase the connection's leases and its member of the live index (offboarding); how
+        many there were."""
         with translate_redis_errors():
             pipe = self._redis.pipeline(transaction=True)
             pipe.zcard(self._keys.thread_leases(connection_id))
             pipe.delete(self._keys.thread_leases(connection_id))
-            pipe.zrem(self._keys.waiting_connections(), connection_id)
-            held, _, marked = pipe.execute()
-        return int(held) + int(marked)
+            pipe.zrem(self._keys.live_connections(), connection_id)
+            held, _, indexed = pipe.execute()
+        return int(held) + int(indexed)

@@ -9,7 +9,9 @@ of a delayed one). A message is in it from its enqueue to its ack or nack:
   receiver's intake script), else just before Dramatiq's enqueue (a middleware's
   `before_enqueue`: jobs queued by the receiver, the scheduler and replays, Dramatiq's retries,
   and a delayed message moved to its queue when due). Each enqueue has its own Redis message
-  id, so a retry or a move is a new member and the old one goes at its ack.
+  id, so a retry or a move is a new member and the old one goes at its ack. A live message's
+  add also writes its connection into fair share's index (`Keys.live_connections`): fair share
+  reads the live sets of the connections in it.
 - Removed just after the ack or nack of that Redis message id (`after_ack`, `after_nack`). A
   redelivery (a worker killed mid-job, Dramatiq's maintenance) keeps its Redis id: still one
   member, removed once it is finally acked.
@@ -78,9 +80,18 @@ class QueuedMessages:
         self._prune = client.register_script(PRUNE_SCRIPT)
 
     def add(self, connection_id: str, queue_name: str, message_id: str, due_at: float) -> None:
-        key = self._keys.queued_messages(connection_id, canonical(queue_name))
+        """A live message also puts its connection in fair share's index of connections that
+        queued live work (`shared.ops.fair_share`), in the same round trip."""
+        queue = canonical(queue_name)
+        key = self._keys.queued_messages(connection_id, queue)
         with translate_redis_errors():
-            self._redis.zadd(key, {message_id: due_at})
+            if queue != QueueName.LIVE.value:
+                self._redis.zadd(key, {message_id: due_at})
+                return
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zadd(key, {message_id: due_at})
+            pipe.zadd(self._keys.live_connections(), {connection_id: due_at}, gt=True)
+            pipe.execute()
 
     def remove(self, connection_id: str, queue_name: str, message_id: str) -> None:
         key = self._keys.queued_messages(connection_id, canonical(queue_name))

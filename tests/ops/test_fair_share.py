@@ -1,5 +1,6 @@
 """The thread leases of fair share (`shared.ops.fair_share`): the Lua step against a model of
-it, under any interleaving of takes, give-backs and time passing; and the pool and cap."""
+it, under any interleaving of takes, give-backs, live messages queued and finished, and time
+passing; and the pool and cap."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from shared.infra.config import Settings
 from shared.infra.store import Keys
 from shared.ops.fair_share import ThreadLeases, pool_threads, thread_cap
 from shared.ops.liveness import Duty, Heartbeat
+from shared.ops.queued import QueuedMessages
 
 CONNECTIONS = ("cn_a", "cn_b", "cn_c")
 WINDOW = 30.0
@@ -28,23 +30,31 @@ class Model:
 
     cap: int
     leases: dict[str, dict[str, float]] = field(default_factory=dict)  # connection -> lapses
-    waiting: dict[str, float] = field(default_factory=dict)  # connection -> when it waited
+    index: dict[str, float] = field(default_factory=dict)  # connection -> latest live due
+    due: dict[str, dict[str, float]] = field(default_factory=dict)  # its unfinished live work
 
     def live(self, connection: str, now: float) -> int:
         return sum(1 for lapses in self.leases.get(connection, {}).values() if lapses > now)
 
-    def others_waiting(self, connection: str, now: float) -> bool:
-        return any(c != connection and at > now - WINDOW for c, at in self.waiting.items())
+    def short_of_its_share(self, connection: str, now: float) -> bool:
+        """Live work due that no thread runs, and fewer threads than the cap."""
+        held = self.live(connection, now)
+        due = sum(1 for at in self.due.get(connection, {}).values() if at <= now)
+        return held < self.cap and due > held
 
-    def take(self, connection: str, token: str, now: float, lasts: float, waited: bool) -> bool:
+    def another_short(self, connection: str, now: float) -> bool:
+        return any(
+            c != connection and at > now - WINDOW and self.short_of_its_share(c, now)
+            for c, at in self.index.items()
+        )
+
+    def take(self, connection: str, token: str, now: float, lasts: float) -> bool:
         mine = self.leases.setdefault(connection, {})
         for lapsed in [t for t, lapses in mine.items() if lapses <= now]:
             del mine[lapsed]
-        if waited and not mine:  # starved: its work waited, and it holds no thread
-            self.waiting[connection] = now
         if len(mine) >= self.cap:
-            self.waiting = {c: at for c, at in self.waiting.items() if at > now - WINDOW}
-            if self.others_waiting(connection, now):
+            self.index = {c: at for c, at in self.index.items() if at > now - WINDOW}
+            if self.another_short(connection, now):
                 return False
         mine[token] = now + lasts
         return True
@@ -52,69 +62,86 @@ class Model:
     def give_back(self, connection: str, token: str) -> None:
         self.leases.get(connection, {}).pop(token, None)
 
+    def queue_live(self, connection: str, message: str, due_at: float) -> None:
+        self.due.setdefault(connection, {})[message] = due_at
+        self.index[connection] = max(due_at, self.index.get(connection, due_at))
 
+    def finish(self, connection: str, message: str) -> None:
+        self.due.get(connection, {}).pop(message, None)
+
+
+later = st.floats(0, 20)  # time passing before the step, seconds
 take_steps = st.tuples(
     st.just("take"),
     st.sampled_from(CONNECTIONS),
-    st.floats(0, 20),  # time passing before it, seconds
+    later,
     st.sampled_from([5.0, 40.0, 600.0]),  # the lease's life
-    st.booleans(),  # its message waited for a thread
 )
 give_back_steps = st.tuples(st.just("give_back"), st.integers(0, 10_000))
-steps = st.lists(st.one_of(take_steps, give_back_steps), max_size=60)
+queue_steps = st.tuples(
+    st.just("queue_live"),
+    st.sampled_from(CONNECTIONS),
+    later,
+    st.sampled_from([0.0, 0.0, 10.0, 60.0]),  # due in (a retry's backoff, a deferral)
+)
+finish_steps = st.tuples(st.just("finish"), st.integers(0, 10_000))
+steps = st.lists(st.one_of(take_steps, give_back_steps, queue_steps, finish_steps), max_size=60)
 
 
 @settings(max_examples=60, deadline=None)
 @given(steps=steps, cap=st.integers(1, 4))
-def test_any_interleaving_keeps_a_waited_on_connection_to_its_cap_and_leaks_nothing(
+def test_any_interleaving_holds_a_connection_to_its_cap_while_another_is_short_of_it(
     redis_server_client: redis.Redis, base_settings: Settings, steps: list[Any], cap: int
 ) -> None:
     keys = Keys(f"{base_settings.redis_namespace}-fair-{next(_namespaces)}")
-    leases = ThreadLeases(redis_server_client, keys, waiting_window=WINDOW)
+    leases = ThreadLeases(redis_server_client, keys, live_window=WINDOW)
+    queued = QueuedMessages(redis_server_client, keys)
     model = Model(cap)
-    now, handed_out = 1_000_000.0, []
+    now, handed_out, unfinished = 1_000_000.0, [], []
     try:
         for step in steps:
             if step[0] == "take":
-                _, connection, later, lasts, waited = step
-                now += later
+                _, connection, passing, lasts = step
+                now += passing
                 token = f"t{len(handed_out)}"
-                expected = model.take(connection, token, now, lasts, waited)
+                expected = model.take(connection, token, now, lasts)
                 taken = leases.take(
-                    connection,
-                    token,
-                    now=now,
-                    lapses_at=now + lasts,
-                    cap=cap,
-                    waited=waited,
-                    key_seconds=600,
+                    connection, token, now=now, lapses_at=now + lasts, cap=cap, key_seconds=600
                 )
                 assert taken == expected
                 if taken:
                     handed_out.append((connection, token))
-                    # Taken while another connection's work waits: never beyond the cap.
-                    if model.others_waiting(connection, now):
+                    # Taken while another connection is short of its share: never beyond the
+                    # cap.
+                    if model.another_short(connection, now):
                         assert leases.held([connection], now)[connection] <= cap
-            elif handed_out:
+            elif step[0] == "give_back" and handed_out:
                 connection, token = handed_out[step[1] % len(handed_out)]
                 model.give_back(connection, token)
                 leases.give_back(connection, token)
+            elif step[0] == "queue_live":
+                _, connection, passing, due_in = step
+                now += passing
+                message = f"m{len(unfinished)}"
+                model.queue_live(connection, message, now + due_in)
+                queued.add(connection, "live", message, now + due_in)
+                unfinished.append((connection, message))
+            elif step[0] == "finish" and unfinished:
+                connection, message = unfinished[step[1] % len(unfinished)]
+                model.finish(connection, message)
+                queued.remove(connection, "live", message)
             held = leases.held(CONNECTIONS, now)
             assert held == {c: model.live(c, now) for c in CONNECTIONS}
 
         # Once every lease has lapsed (its worker killed, say) none is counted, and each
-        # connection takes a thread again even at a cap of one while others wait.
+        # connection takes a thread again even at a cap of one while others are short of it.
         after = now + 601
         assert leases.held(CONNECTIONS, after) == dict.fromkeys(CONNECTIONS, 0)
         for connection in CONNECTIONS:
+            queued.add(connection, "live", f"waiting-{connection}", after)
+        for connection in CONNECTIONS:
             assert leases.take(
-                connection,
-                "again",
-                now=after,
-                lapses_at=after + 5,
-                cap=1,
-                waited=True,
-                key_seconds=5,
+                connection, "again", now=after, lapses_at=after + 5, cap=1, key_seconds=5
             )
             assert redis_server_client.zcard(keys.thread_leases(connection)) == 1
     finally:
@@ -125,53 +152,77 @@ def test_any_interleaving_keeps_a_waited_on_connection_to_its_cap_and_leaks_noth
 def test_a_connection_alone_may_use_every_thread(
     redis_server_client: redis.Redis, base_settings: Settings
 ) -> None:
-    """Work-conserving: with no other connection's work waiting, the cap does not bind."""
+    """Work-conserving: while no other connection is short of its share, the cap does not
+    bind; from the moment one is, it does."""
     keys = Keys(f"{base_settings.redis_namespace}-fair-{next(_namespaces)}")
     leases = ThreadLeases(redis_server_client, keys)
+    queued = QueuedMessages(redis_server_client, keys)
     taken = [
-        leases.take(
-            "cn_a", f"t{n}", now=100.0, lapses_at=200.0, cap=2, waited=True, key_seconds=100
-        )
+        leases.take("cn_a", f"t{n}", now=100.0, lapses_at=999.0, cap=2, key_seconds=100)
         for n in range(8)
     ]
     assert taken == [True] * 8
-    # Another connection's live work waits: the first is held to its cap from now on.
-    assert leases.take("cn_b", "b", now=101.0, lapses_at=200.0, cap=2, waited=True, key_seconds=9)
-    assert not leases.take(
-        "cn_a", "t9", now=102.0, lapses_at=200.0, cap=2, waited=False, key_seconds=9
-    )
-    # Long after the other last waited, the cap no longer binds.
-    later = 101.0 + WINDOW + 1
-    assert leases.take(
-        "cn_a", "t10", now=later, lapses_at=200.0, cap=2, waited=False, key_seconds=9
-    )
-    # Offboarding erases its leases and its waiting mark.
-    assert leases.forget("cn_a") == 9
-    assert leases.take("cn_c", "c", now=later, lapses_at=200.0, cap=1, waited=True, key_seconds=9)
-    assert leases.forget("cn_c") == 1 + 1
+    # Another connection's bulk and storm work hold nobody to a cap; nor does its live work
+    # not due yet (a retry's backoff).
+    queued.add("cn_b", "bulk", "b-bulk", 100.0)
+    queued.add("cn_b", "storm", "b-storm", 100.0)
+    queued.add("cn_b", "live.DQ", "b-later", 150.0)
+    assert leases.take("cn_a", "t8", now=101.0, lapses_at=999.0, cap=2, key_seconds=9)
+    # Its live message is due, no thread runs it: the first is held to its cap at once.
+    queued.add("cn_b", "live", "b1", 101.0)
+    assert not leases.take("cn_a", "t9", now=102.0, lapses_at=999.0, cap=2, key_seconds=9)
+    # Running it (its lease taken) leaves nothing of it waiting: the cap no longer binds.
+    assert leases.take("cn_b", "b", now=102.0, lapses_at=999.0, cap=2, key_seconds=9)
+    assert leases.take("cn_a", "t10", now=102.0, lapses_at=999.0, cap=2, key_seconds=9)
+    # Another waiting, and the other at its cap too: each holds its share, both go on.
+    queued.add("cn_b", "live", "b2", 102.0)
+    queued.add("cn_b", "live", "b3", 102.0)
+    assert not leases.take("cn_a", "t11", now=103.0, lapses_at=999.0, cap=2, key_seconds=9)
+    assert leases.take("cn_b", "b'", now=103.0, lapses_at=999.0, cap=2, key_seconds=9)
+    assert leases.take("cn_a", "t12", now=103.0, lapses_at=999.0, cap=2, key_seconds=9)
+    # A connection that queued no live work within the window is out of the index.
+    queued.add("cn_c", "live", "c1", 103.0)
+    assert not leases.take("cn_a", "t13", now=104.0, lapses_at=999.0, cap=2, key_seconds=9)
+    later = 103.0 + leases.live_window + 1
+    assert leases.take("cn_a", "t14", now=later, lapses_at=999.0, cap=2, key_seconds=9)
+    assert redis_server_client.zscore(keys.live_connections(), "cn_c") is None
+    # Offboarding erases its leases and its member of the index.
+    queued.add("cn_a", "live", "a1", later)
+    assert leases.forget("cn_a") == 12 + 1  # its leases, its member of the index
+    # Its leases, and its member: its latest live work is due at 150, within the window.
+    assert leases.forget("cn_b") == 2 + 1
     assert redis_server_client.exists(keys.thread_leases("cn_a")) == 0
-    assert redis_server_client.zscore(keys.waiting_connections(), "cn_c") is None
-    leases.forget("cn_b")
+    assert redis_server_client.zscore(keys.live_connections(), "cn_a") is None
+    queued.forget("cn_a")
+    queued.forget("cn_b")
+    queued.forget("cn_c")
 
 
-def test_busy_clinics_that_each_hold_threads_share_the_whole_pool(
+def test_busy_clinics_that_each_hold_their_share_share_the_whole_pool(
     redis_server_client: redis.Redis, base_settings: Settings
 ) -> None:
-    """Work that waits in a backlog marks nothing while its clinic holds a thread: two clinics
-    with a backlog each (every message waited) use the pool between them, past their caps."""
+    """Two clinics with a live backlog each: once each holds its cap, neither is short of its
+    share, and they use the pool between them, past their caps."""
     keys = Keys(f"{base_settings.redis_namespace}-fair-{next(_namespaces)}")
     leases = ThreadLeases(redis_server_client, keys)
-    assert leases.take("cn_a", "a0", now=1.0, lapses_at=99.0, cap=2, waited=False, key_seconds=9)
-    assert leases.take("cn_b", "b0", now=1.0, lapses_at=99.0, cap=2, waited=False, key_seconds=9)
+    queued = QueuedMessages(redis_server_client, keys)
+    for n in range(20):
+        queued.add("cn_a", "live", f"a-m{n}", 1.0)
+        queued.add("cn_b", "live", f"b-m{n}", 1.0)
     taken = [
-        leases.take(c, f"{c}{n}", now=2.0, lapses_at=99.0, cap=2, waited=True, key_seconds=9)
-        for n in range(1, 8)
+        leases.take(c, f"{c}{n}", now=2.0, lapses_at=99.0, cap=2, key_seconds=9)
+        for n in range(8)
         for c in ("cn_a", "cn_b")
     ]
-    assert taken == [True] * 14
+    assert taken == [True] * 16
     assert leases.held(["cn_a", "cn_b"], 2.0) == {"cn_a": 8, "cn_b": 8}
-    leases.forget("cn_a")
-    leases.forget("cn_b")
+    # A third, short of its share, holds both to their caps.
+    queued.add("cn_c", "live", "c-m", 2.0)
+    assert not leases.take("cn_a", "a-more", now=2.0, lapses_at=99.0, cap=2, key_seconds=9)
+    assert not leases.take("cn_b", "b-more", now=2.0, lapses_at=99.0, cap=2, key_seconds=9)
+    for connection in ("cn_a", "cn_b", "cn_c"):
+        leases.forget(connection)
+        queued.forget(connection)
 
 
 def beat(instance: str, threads: int, seen_at: float, role: Duty = Duty.WORKER) -> Heartbeat:

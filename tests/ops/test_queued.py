@@ -173,6 +173,12 @@ def test_the_intake_and_the_job_queue_count_what_they_queue(
         redis_server_client.lrange(keys.dramatiq_queue("live"), 0, -1)
     )
     assert all(before <= score <= epoch_seconds() for _, score in members)
+    # Live work puts its connection in fair share's index, in the same step.
+    index = keys.live_connections()
+    indexed_at = redis_server_client.zscore(index, connection.id)
+    assert indexed_at is not None
+    assert before <= indexed_at <= epoch_seconds()
+    redis_server_client.zrem(index, connection.id)
 
     queue = DramatiqJobQueue(build_broker(settings, redis_server_client))
     queue.enqueue([Job(ActorName.SYNC_PATIENT, QueueName.BULK, {"connection_id": connection.id})])
@@ -180,6 +186,10 @@ def test_the_intake_and_the_job_queue_count_what_they_queue(
     assert redis_server_client.zrange(keys.queued_messages(connection.id, "bulk"), 0, -1) == [
         bulk_id
     ]
+    assert redis_server_client.zscore(index, connection.id) is None  # bulk work: not indexed
+    # A live job queued through Dramatiq (a replay, a program note, a retry) is.
+    queue.enqueue([Job(ActorName.SYNC_PATIENT, QueueName.LIVE, {"connection_id": connection.id})])
+    assert redis_server_client.zscore(index, connection.id) is not None
     # A job without a connection is not counted for any.
     queue.enqueue([Job(ActorName.SYNC_PATIENT, QueueName.BULK, {})])
     assert redis_server_client.zcard(keys.queued_messages(connection.id, "bulk")) == 1

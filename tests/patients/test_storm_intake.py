@@ -94,10 +94,20 @@ def test_events_past_the_limit_go_to_the_storm_lane_until_the_minute_ends(
         assert redis_server_client.zscore(
             keys.queued_messages(storming.id, "storm"), message["options"]["redis_message_id"]
         )
+    # Fair share's index holds each connection whose live work was queued, at when it was due;
+    # an event put on the storm lane moves nothing.
+    index = keys.live_connections()
+    with time_machine.travel(start + timedelta(seconds=10), tick=False):
+        accept(settings, record_of(store, storming), storming.id, changed("g"), 3)
+    assert on(redis_server_client, keys, "storm")[-1]["kwargs"]["event_id"] == "g"
+    assert redis_server_client.zscore(index, storming.id) == start.timestamp()
+    assert redis_server_client.zscore(index, calm.id) == start.timestamp()
     # The next minute starts counting again.
     with time_machine.travel(start + timedelta(minutes=1), tick=False):
         accept(settings, record_of(store, storming), storming.id, changed("f"), 3)
     assert on(redis_server_client, keys, "live")[-1]["kwargs"]["event_id"] == "f"
+    later = (start + timedelta(minutes=1)).timestamp()
+    assert redis_server_client.zscore(index, storming.id) == later
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,6 +1,5 @@
-"""The fair share middleware's pieces: how long a deferral waits, which message counts as
-having waited for a thread, how long a lease lives, and that a deferral spends none of the
-retry budget."""
+"""The fair share middleware's pieces: how long a deferral waits, how long a lease lives, and
+that a deferral spends none of the retry budget."""
 
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ from services.workers.fair_share import (
     FairShareDeferred,
     deferral_delay_ms,
     lease_seconds,
-    waited_for_a_thread,
 )
 from services.workers.heartbeat import WorkerHeartbeat
 from services.workers.job_metrics import JobMetrics
@@ -35,6 +33,7 @@ from shared.infra.config import Settings
 from shared.infra.store import Keys
 from shared.ops.fair_share import ThreadLeases
 from shared.ops.liveness import Heartbeats, Kind
+from shared.ops.queued import QueuedMessages
 from shared.telemetry.activity import FAILED, NOT_PROCESSED
 from shared.telemetry.definitions import JOBS
 
@@ -46,33 +45,15 @@ def test_a_deferral_waits_a_jittered_growing_bounded_time(deferrals: int, seed: 
     assert ceiling / 2 - 1 <= delay <= ceiling <= LONGEST_DEFERRAL_MS
 
 
-def message(queue: str = "live", age_ms: float = 0, **options: Any) -> dramatiq.Message[Any]:
+def message(queue: str = "live", **options: Any) -> dramatiq.Message[Any]:
     return dramatiq.Message(
         queue_name=queue,
         actor_name="sync_patient",
         args=(),
         kwargs={"connection_id": "cn_a", "resource_id": "1"},
         options=options,
-        message_timestamp=int(time.time() * 1000 - age_ms),
+        message_timestamp=int(time.time() * 1000),
     )
-
-
-@pytest.mark.parametrize(
-    ("queue", "age_ms", "options", "waited"),
-    [
-        ("live", 5000, {}, True),
-        ("live", 500, {}, False),
-        ("live.DQ", 5000, {}, True),  # moved from its delay queue: still live
-        ("storm", 5000, {}, False),  # waits behind live work by design
-        ("bulk", 5000, {}, False),
-        ("live", 5000, {"requeue_timestamp": 1}, False),  # a retry: it waited its backoff
-    ],
-)
-def test_only_a_live_message_that_waited_marks_its_connection(
-    queue: str, age_ms: float, options: dict[str, Any], waited: bool
-) -> None:
-    queued = message(queue, age_ms, **options)
-    assert waited_for_a_thread(queued, time.time() * 1000, 2.0) is waited
 
 
 def test_a_lease_lives_the_jobs_time_limit_and_a_grace() -> None:
@@ -97,9 +78,11 @@ def test_a_deferral_spends_none_of_the_retry_budget(
         lambda: None
     )
     now = time.time()
-    # Another connection's live work waits, and cn_a holds its one thread (a pool of one).
-    assert leases.take("cn_b", "b", now=now, lapses_at=now + 60, cap=1, waited=True, key_seconds=9)
-    assert leases.take("cn_a", "a", now=now, lapses_at=now + 60, cap=1, waited=False, key_seconds=9)
+    # cn_a holds its one thread (a pool of one), and another connection's live message is due
+    # with no thread.
+    assert leases.take("cn_a", "a", now=now, lapses_at=now + 60, cap=1, key_seconds=9)
+    queued_messages = QueuedMessages(redis_server_client, keys)
+    queued_messages.add("cn_b", "live", "b1", now)
     queued = dramatiq.MessageProxy(message(retries=3))
     try:
         with pytest.raises(FairShareDeferred) as deferred:
@@ -130,6 +113,7 @@ def test_a_deferral_spends_none_of_the_retry_budget(
     finally:
         leases.forget("cn_a")
         leases.forget("cn_b")
+        queued_messages.forget("cn_b")
 
 
 def test_the_pool_is_every_workers_threads_from_their_heartbeats(

@@ -1,7 +1,8 @@
 """Fair share and the storm lane through the real receiver and worker (docs/isolation.md).
 
 - A connection held to k threads never runs more than k jobs at once while another
-  connection's live work waits, and the other connection's jobs go on meanwhile.
+  connection's live work waits short of its share, and the other connection's jobs go on
+  meanwhile.
 - A connection past its storm limit has its further live events queued on the storm lane;
   another clinic's live events run before that backlog. Pause, resume and offboarding see the
   storm queue like any other.
@@ -31,7 +32,7 @@ from services.workers.fair_share import FairShare
 from shared.connections.model import Connection
 from shared.connections.onboarding import KeyVerifier
 from shared.connections.pause import PausedConnections
-from shared.infra.clock import utcnow
+from shared.infra.clock import epoch_seconds, utcnow
 from shared.infra.config import Settings
 from shared.ops.fair_share import ThreadLeases
 from shared.ops.offboarding import erase_queued_messages, standard_erasures
@@ -115,8 +116,6 @@ def test_a_connection_held_to_its_share_never_runs_more_while_another_proceeds(
 ) -> None:
     [fair] = [m for m in global_broker.middleware if isinstance(m, FairShare)]
     monkeypatch.setattr(fair, "share", 0.5)
-    # Any live message of a connection counts as having waited: the other is held at once.
-    monkeypatch.setattr(fair, "waited_seconds", 0.0)
     cap = fair.cap()
     assert 1 <= cap < pipeline.worker.worker_threads  # else nothing to show
 
@@ -131,20 +130,24 @@ def test_a_connection_held_to_its_share_never_runs_more_while_another_proceeds(
             name="Hog",
         )
         other = sandbox_connection(pipeline.store, sandbox, verify_key, name="Other")
-        pipeline.send(other, "patient-created", "Patient", add_patients(sandbox.halaxy, 1, 1))
-        pipeline.drain()  # the other clinic's live work has been seen
         before = deferrals(hog)
-
-        sent = pipeline.send(
-            hog, "patient-created", "Patient", add_patients(slow, 100, 3 * cap + 2)
-        )
-        pipeline.send(other, "patient-created", "Patient", add_patients(sandbox.halaxy, 2, 4))
-        pipeline.drain(timeout_ms=60_000)
+        # One of the other clinic's live messages is due and no thread runs it (another
+        # worker has it prefetched, say) all along: the other is short of its share throughout.
+        queued = QueuedMessages(pipeline.redis, pipeline.keys)
+        queued.add(other.id, "live", "prefetched-elsewhere", epoch_seconds())
+        try:
+            sent = pipeline.send(
+                hog, "patient-created", "Patient", add_patients(slow, 100, 3 * cap + 2)
+            )
+            pipeline.send(other, "patient-created", "Patient", add_patients(sandbox.halaxy, 2, 4))
+            pipeline.drain(timeout_ms=60_000)
+        finally:
+            queued.remove(other.id, "live", "prefetched-elsewhere")
 
     assert reads.peak == cap  # at most its share at once, and it used it
     assert deferrals(hog) > before  # the rest waited, deferred, without a thread
     assert len(finished.of(hog)) == 3 * cap + 2  # and all of it ran in the end
-    assert len(finished.of(other)) == 1 + 4
+    assert len(finished.of(other)) == 4
     # The other clinic's jobs went on meanwhile: all done before the capped one's last.
     order = [cid for cid, _ in finished.jobs]
     assert max(i for i, cid in enumerate(order) if cid == other.id) < max(
@@ -286,13 +289,12 @@ def test_offboarding_erases_the_storm_lane_and_the_fair_share_records(
         send(storm_receiver, leaving, "invoice-created", "Invoice", invoices(9))
         send(storm_receiver, staying, "invoice-created", "Invoice", invoices(7, first=50))
         leases = ThreadLeases(pipeline.redis, pipeline.keys)
-        assert leases.take(
-            leaving.id, "t", now=1.0, lapses_at=10**10, cap=1, waited=True, key_seconds=60
-        )
+        assert leases.take(leaving.id, "t", now=1.0, lapses_at=10**10, cap=1, key_seconds=60)
         erasures = {e.what: e for e in standard_erasures(pipeline.store, base_settings.fernet)}
 
         assert erase_queued_messages(pipeline.redis, pipeline.keys, leaving.id) == 9
-        assert erasures["thread_leases"].erase(leaving) == 2  # its lease, its waiting mark
+        # Its lease, its member of the live index (its first five events went live).
+        assert erasures["thread_leases"].erase(leaving) == 2
         assert erasures["storm_counts"].erase(leaving) >= 1  # this minute's (and the last's)
     finally:
         pipeline.worker.resume()
@@ -300,5 +302,6 @@ def test_offboarding_erases_the_storm_lane_and_the_fair_share_records(
     pipeline.drain()
     assert not list(pipeline.redis.scan_iter(match=pipeline.keys.storm_count(leaving.id, "*")))
     assert not pipeline.redis.exists(pipeline.keys.thread_leases(leaving.id))
-    assert pipeline.redis.zscore(pipeline.keys.waiting_connections(), leaving.id) is None
+    assert pipeline.redis.zscore(pipeline.keys.live_connections(), leaving.id) is None
+    assert pipeline.redis.zscore(pipeline.keys.live_connections(), staying.id) is not None
     assert list(pipeline.redis.scan_iter(match=pipeline.keys.storm_count(staying.id, "*")))
