@@ -142,7 +142,8 @@ local not_logged = {}
 local stormed = {}
 for i = 1, n do
   local arg = 11 + (i - 1) * 6
-  if redis.call('SET', KEYS[11 + i], '1', 'NX', 'EX', ARGV[2]) then
+  local seen = KEYS[11 + i]
+  if redis.call('SET', seen, '1', 'NX', 'EX', ARGV[2]) then
     local ids, messages, queued, message = KEYS[2], KEYS[3], KEYS[4], ARGV[arg + 2]
     this_minute = this_minute + 1
     if this_minute > storm_limit then
@@ -164,7 +165,7 @@ for i = 1, n do
     -- Seen before: refreshed, so that even an answer of duplicates rests on a write of this
     -- connection, which the receiver's WAIT (BRIDGE_REPLICA_ACK_MS) then covers, and with it
     -- the first sighting's writes, made earlier on whichever connection.
-    redis.call('EXPIRE', KEYS[10 + i], ARGV[2])
+    redis.call('EXPIRE', seen, ARGV[2])
   end
 end
 if #accepted > 0 then
