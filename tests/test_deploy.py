@@ -366,6 +366,8 @@ def test_compose_runs_the_procfile_against_redis_with_its_config() -> None:
         assert environment["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
     assert "./redis.conf:/usr/local/etc/redis/redis.conf:ro" in services["redis"]["volumes"]
     assert "ports" not in services["redis"]  # only the bridge reaches it
+    # The receiver's port (its /ops and /admin too) on the host's loopback only.
+    assert all(str(port).startswith("127.0.0.1:") for port in services["web"]["ports"])
 
 
 def test_compose_restarts_checks_health_and_starts_the_bridge_once_redis_is_healthy() -> None:

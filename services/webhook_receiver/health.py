@@ -4,6 +4,7 @@ bootstrap token, as a Bearer token, unless BRIDGE_METRICS_PUBLIC=true."""
 
 from __future__ import annotations
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -17,6 +18,8 @@ from shared.notes import NoteOutbox
 from shared.ops import Role, status
 from shared.telemetry import exposition, gauges, totals
 
+log = structlog.get_logger("halaxy_bridge.receiver")
+
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
@@ -27,9 +30,11 @@ async def readyz(request: Request) -> Response:
     try:
         warnings = await run_in_threadpool(check_redis, deps.redis, deps.settings.replica_ack_ms)
     except StoreUnavailable as exc:
-        # Which Redis, and why (a sentinel unreachable, a wrong master name or password).
+        # Why (a sentinel unreachable, a wrong master name or password): which Redis only in
+        # the log, as anyone who reaches the port may read this answer.
         problem = await run_in_threadpool(explained, deps.settings, exc)
-        raise unavailable(f"Redis cannot be used: {problem.detail}") from None
+        log.error("readyz.redis_unusable", detail=problem.detail)
+        raise unavailable(f"Redis cannot be used: {problem.reason}") from None
     return JSONResponse({"status": "ready", "warnings": warnings})
 
 

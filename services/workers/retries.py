@@ -63,6 +63,20 @@ def replace_retries(broker: dramatiq.Broker) -> None:
             )
 
 
+# Refusals that pass as an outage does: a replica not yet promoted (READONLY, in REDIS_URL
+# mode), a Redis out of memory under `noeviction` or unable to write its AOF (MISCONF).
+PASSING_REFUSALS = ("READONLY", "OOM", "MISCONF", "LOADING")
+
+
+def passing(exc: redis.exceptions.RedisError) -> bool:
+    """Redis away, or refusing writes for a while: worth waiting for before giving up."""
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return True
+    if isinstance(exc, redis.exceptions.ReadOnlyError | redis.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(PASSING_REFUSALS)
+
+
 class _PatientEnqueue:
     """The broker, as `Retries` uses it, with an `enqueue` that waits for Redis."""
 
@@ -82,7 +96,9 @@ class _PatientEnqueue:
         while True:
             try:
                 return self._broker.enqueue(message, delay=delay)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except redis.exceptions.RedisError as exc:
+                if not passing(exc):
+                    raise
                 if time.monotonic() > deadline:
                     log.error(
                         "job.retry_not_queued",

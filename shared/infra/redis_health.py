@@ -88,6 +88,9 @@ class RedisProblem:
 
     detail: str
     lasting: bool
+    # The same without any address or name of the deployment's Redis: for an answer anyone
+    # who reaches the port may read (/readyz); `detail` goes to the logs and the CLI.
+    reason: str = "Redis is unreachable"
 
 
 def redis_problem(settings: Settings, client: redis.Redis | None = None) -> RedisProblem | None:
@@ -112,11 +115,17 @@ def explained(settings: Settings, exc: StoreUnavailable) -> RedisProblem:
     password; always which Redis (`redis_described`)."""
     where = redis_described(settings)
     if not settings.sentinel_addresses:
-        return RedisProblem(f"{exc} ({where})", lasting=str(exc) == PASSWORD_REFUSED)
+        refused = str(exc) == PASSWORD_REFUSED
+        reason = "the password was refused (REDIS_PASSWORD)" if refused else f"{exc}"
+        return RedisProblem(f"{exc} ({where})", lasting=refused, reason=reason)
     answers = [_ask_sentinel(settings, host, port) for host, port in settings.sentinel_addresses]
     if "refused" in answers:
         detail = "a sentinel refused the password (REDIS_PASSWORD must be every sentinel's "
-        return RedisProblem(f"{detail}requirepass too) ({where})", lasting=True)
+        return RedisProblem(
+            f"{detail}requirepass too) ({where})",
+            lasting=True,
+            reason="a sentinel refused the password (REDIS_PASSWORD)",
+        )
     masters = [answer for answer in answers if isinstance(answer, tuple)]
     if masters:
         host, port = masters[0]
@@ -124,14 +133,26 @@ def explained(settings: Settings, exc: StoreUnavailable) -> RedisProblem:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if reply == "refused":
             detail = f"the master at {shown} refused the password (REDIS_PASSWORD)"
-            return RedisProblem(f"{detail} ({where})", lasting=True)
+            return RedisProblem(
+                f"{detail} ({where})",
+                lasting=True,
+                reason="the master refused the password (REDIS_PASSWORD)",
+            )
         if reply == "unreachable":
-            return RedisProblem(f"the master the sentinels name, {shown}, is unreachable", False)
+            return RedisProblem(
+                f"the master the sentinels name, {shown}, is unreachable",
+                lasting=False,
+                reason="the master the sentinels name is unreachable",
+            )
         return RedisProblem(f"{exc} ({where})", lasting=False)
     if "unknown" in answers:
         detail = f"no sentinel knows a master named {settings.redis_sentinel_master!r} "
-        return RedisProblem(f"{detail}(REDIS_SENTINEL_MASTER) ({where})", lasting=True)
-    return RedisProblem(f"no sentinel answered ({where})", lasting=False)
+        return RedisProblem(
+            f"{detail}(REDIS_SENTINEL_MASTER) ({where})",
+            lasting=True,
+            reason="no sentinel knows the master name (REDIS_SENTINEL_MASTER)",
+        )
+    return RedisProblem(f"no sentinel answered ({where})", False, "no sentinel answered")
 
 
 def _ask_sentinel(settings: Settings, host: str, port: int) -> str | tuple[str, int]:

@@ -99,6 +99,11 @@ SAYS = {
     "master": "no sentinel knows a master named 'not-our-master' (REDIS_SENTINEL_MASTER)",
     "password": "a sentinel refused the password (REDIS_PASSWORD must be every sentinel's",
 }
+READYZ_SAYS = {
+    "unreachable": "Redis cannot be used: no sentinel answered",
+    "master": "no sentinel knows the master name (REDIS_SENTINEL_MASTER)",
+    "password": "a sentinel refused the password (REDIS_PASSWORD)",
+}
 LASTING = {"unreachable": False, "master": True, "password": True}
 CASES = sorted(SAYS)
 
@@ -140,8 +145,11 @@ def test_readyz_answers_503_saying_what_is_wrong(
 
     assert response.status_code == 503
     assert response.headers["Retry-After"]
-    assert SAYS[case] in response.json()["detail"]
+    assert READYZ_SAYS[case] in response.json()["detail"]
     assert_no_password(response.text, steady_group)
+    # Anyone who reaches the port may read it: no address or name of the deployment's Redis.
+    assert "127.0.0.1" not in response.text
+    assert "not-our-master" not in response.text
 
 
 def test_readyz_is_ready_through_the_sentinels(steady_settings: Settings) -> None:

@@ -19,15 +19,18 @@ from shared.infra import StoreUnavailable
 class AwayForAWhile(StubBroker):
     """A broker whose first `refusals` enqueues fail as Redis's would."""
 
-    def __init__(self, refusals: int) -> None:
+    def __init__(self, refusals: int, refusal: Exception | None = None) -> None:
         super().__init__()
         self.refusals = refusals
+        self.refusal = refusal or redis.exceptions.ConnectionError(
+            "Error 111 connecting. Connection refused."
+        )
         self.enqueued: list[tuple[dramatiq.Message[Any], int | None]] = []
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
         if self.refusals > 0:
             self.refusals -= 1
-            raise redis.exceptions.ConnectionError("Error 111 connecting. Connection refused.")
+            raise self.refusal
         self.enqueued.append((message, delay))
         return message
 
@@ -57,8 +60,23 @@ def test_the_broker_retries_through_outages_with_the_settings_it_had() -> None:
     )
 
 
-def test_a_retry_refused_while_redis_is_away_is_enqueued_once_it_is_back() -> None:
-    broker = AwayForAWhile(refusals=3)
+# Redis away, or refusing writes for a while: a replica not yet promoted, out of memory under
+# noeviction, unable to write its AOF, loading its data set.
+PASSING = [
+    redis.exceptions.ConnectionError("Error 111 connecting. Connection refused."),
+    redis.exceptions.TimeoutError("Timeout reading from socket"),
+    redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+    redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+    redis.exceptions.ResponseError("MISCONF Errors writing to the AOF file"),
+    redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+]
+
+
+@pytest.mark.parametrize("refusal", PASSING, ids=lambda e: type(e).__name__ + str(e)[:8])
+def test_a_retry_refused_while_redis_is_away_is_enqueued_once_it_is_back(
+    refusal: Exception,
+) -> None:
+    broker = AwayForAWhile(refusals=3, refusal=refusal)
     message = failed_job(broker)
     retries = RetriesThroughOutages(patience_seconds=30, pause_seconds=0.01)
 
@@ -80,6 +98,17 @@ def test_a_retry_redis_never_takes_fails_the_message_to_the_dead_letters() -> No
 
     assert broker.enqueued == []
     assert message.failed
+
+
+def test_a_retry_refused_for_a_reason_that_lasts_is_not_waited_for() -> None:
+    """A refusal that is no outage (a script error, say) is Dramatiq's to report at once."""
+    broker = AwayForAWhile(refusals=1, refusal=redis.exceptions.ResponseError("ERR unknown"))
+    message = failed_job(broker)
+    retries = RetriesThroughOutages(patience_seconds=30, pause_seconds=0.01)
+
+    with pytest.raises(redis.exceptions.ResponseError):
+        retries.after_process_message(broker, message, exception=StoreUnavailable("away"))
+    assert broker.enqueued == []
 
 
 @pytest.mark.parametrize("refusals", [0, 1])
