@@ -185,6 +185,7 @@ def test_a_failover_under_load_loses_no_acknowledged_event_and_doubles_nothing(
     }
     env.pop("REDIS_URL", None)
     env.pop("BRIDGE_REPLICA_ACK_MS", None)  # the default with sentinels: on, 500 ms
+    env.pop("BRIDGE_CONNECTION_THREAD_SHARE", None)  # fair share as deployed: 0.25
     processes = procfile(env)
     for name in ("web", "worker", "scheduler"):
         processes[name].start()

@@ -235,6 +235,7 @@ def system(
         "BRIDGE_PHYSITRACK_WEBHOOK_KEYS": PHYSITRACK_WEBHOOK_KEY,
         "BRIDGE_PROGRAM_POLL_EVERY_SECONDS": "1",
     }
+    env.pop("BRIDGE_CONNECTION_THREAD_SHARE", None)  # fair share as deployed: 0.25
     processes = procfile(env)
     built = System(processes, sandbox, env, f"http://127.0.0.1:{port}")
     processes["web"].start()

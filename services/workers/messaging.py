@@ -13,6 +13,7 @@ import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
+from services.workers.orphans import OrphanRequeuingRedisBroker
 from shared.connections import PausedConnections
 from shared.halaxy import ChangedResource, HalaxyEvent
 from shared.infra import (
@@ -56,7 +57,7 @@ def build_broker(
     maintenance_chance: int = MAINTENANCE_CHANCE,
 ) -> RedisBroker:
     client = client or redis_client(settings)
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
+    broker = OrphanRequeuingRedisBroker(
         client=client,
         namespace=Keys(settings.redis_namespace).dramatiq_namespace(),
         # A worker that sent no command for this long is dead; its unacked messages are
