@@ -50,7 +50,7 @@ class OrphanRequeuingRedisBroker(RedisBroker):
             except redis.exceptions.RedisError as exc:
                 # Still away: the consumer thread tries again after its restart delay, with
                 # the same predecessor.
-                raise ConnectionClosed(exc) from None
+                raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
             if requeued:
                 log.warning("worker.orphans_requeued", queue=queue_name, messages=requeued)
         consumer = super().consume(queue_name, prefetch, timeout)
