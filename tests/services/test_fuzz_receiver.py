@@ -73,7 +73,7 @@ from shared.infra.clock import utcnow
 from shared.infra.config import Settings
 from shared.infra.store import Keys
 from tests.conftest import make_connection
-from tests.helpers import queued_messages
+from tests.helpers import queued_messages as queued_on
 
 pytestmark = pytest.mark.dateless  # reads no date: left out of the year-ahead run
 
@@ -87,6 +87,12 @@ REQUESTS: collections.Counter[str] = collections.Counter()
 # (test, status, error code) of every answer, to show what the generators reached.
 OUTCOMES: collections.Counter[tuple[str, int, str]] = collections.Counter()
 BUDGET = 3000
+
+
+def queued_messages(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """The messages queued for work, live or on the storm lane: the examples of one test are one
+    connection's events, and past BRIDGE_STORM_EVENTS_PER_MINUTE in a minute they go there."""
+    return queued_on(client, keys, "live") + queued_on(client, keys, "storm")
 
 
 def fuzz_settings(max_examples: int) -> hypothesis.settings:
@@ -524,7 +530,8 @@ class Webhook:
 
     def clear_queue(self) -> None:
         namespace = self.keys.dramatiq_namespace()
-        self.redis.delete(f"{namespace}:live", f"{namespace}:live.msgs")
+        for queue in ("live", "storm"):
+            self.redis.delete(f"{namespace}:{queue}", f"{namespace}:{queue}.msgs")
 
     def send(
         self,
@@ -589,8 +596,9 @@ class Webhook:
         by_key = {m["kwargs"]["event_id"]: m for m in messages}
         assert set(by_key) == set(answer["accepted"])
         for key, message in by_key.items():
-            assert message["queue_name"] == "live"
-            assert message["actor_name"] == ACTORS[resource_type]
+            lane = (message["queue_name"], message["actor_name"])
+            actor = ACTORS[resource_type]
+            assert lane in {("live", actor), ("storm", f"{actor}_storm")}, lane
             assert message["kwargs"] == {
                 "connection_id": self.connection.id,
                 "resource_id": resource_ids[key],
