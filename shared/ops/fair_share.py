@@ -9,8 +9,9 @@ take. Taking one is a single Lua step.
 
 The cap is BRIDGE_CONNECTION_THREAD_SHARE of the pool: the threads of every live worker, read
 from the worker heartbeats (`liveness.Heartbeat.threads`). It binds only while another
-connection is short of its share: it has live work due that no thread runs (ready in the live
-queue or prefetched by a worker) and holds fewer threads than the cap. The connections that
+connection is short of its share: it holds fewer threads than the cap, and it has live work due
+that no thread runs (ready in the live queue or prefetched by a worker) or queued live work in
+the last `ACTIVE_SECONDS`. The connections that
 queued live work lately are an index (`Keys.live_connections`), written at every live enqueue
 (the receiver's intake script, `shared.ops.queued.QueuedMessages.add`); their due live work is
 their live queued set (`Keys.queued_messages`, scored by when each message is due). So one busy
@@ -34,6 +35,11 @@ from shared.ops.liveness import Heartbeat
 # then holds nobody to a cap). Longer than any live message is meant to wait: the ops page
 # flags a live message that waited 5 minutes.
 LIVE_WINDOW_SECONDS = 300.0
+# A connection that queued live work this recently holds the others to their cap while it holds
+# less than its own, even with nothing waiting at that instant: otherwise, on idle threads, a
+# clinic whose jobs hang takes every thread between two of another clinic's webhooks, and
+# keeps them for a whole upstream timeout (benchmark P8 caught it, in one run of two).
+ACTIVE_SECONDS = 10.0
 # The lease key outlives its longest lease by this much, then goes with the idle connection.
 KEY_SLACK_SECONDS = 60
 
@@ -41,21 +47,28 @@ KEY_SLACK_SECONDS = 60
 # connection id, the lease token, now and when the lease lapses (epoch seconds), the cap, the
 # index's window in seconds, the lease key's lifetime in seconds, then the key names of another
 # connection X as prefix .. X (its leases) and prefix .. X .. suffix (its live queued set): keys
-# of other connections, so Redis Cluster is out (as it is for the whole bridge).
+# of other connections, so Redis Cluster is out (as it is for the whole bridge); last, how long
+# a connection that queued live work counts as active (seconds).
 # Answers 1 (taken) or 0 (the connection holds its cap while another is short of its share:
-# X holds fewer than the cap and has more due live messages than it holds threads; its due
-# messages include those running, so "more" means one waits for a thread).
+# X holds fewer than the cap, and is active (its latest live work fell due within the last
+# `ACTIVE_SECONDS`; a retry's backoff, due later, does not count) or has
+# more due live messages than it holds threads; its due messages include those running, so
+# "more" means one waits for a thread).
 TAKE = """
 local now = tonumber(ARGV[3])
 local cap = tonumber(ARGV[5])
+local recent = now - tonumber(ARGV[11])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= cap then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))
-  for _, other in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local index = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  for i = 1, #index, 2 do
+    local other = index[i]
     if other ~= ARGV[1] then
       local held = redis.call('ZCOUNT', ARGV[8] .. other, '(' .. ARGV[3], '+inf')
-      if held < cap and
-         redis.call('ZCOUNT', ARGV[9] .. other .. ARGV[10], '-inf', ARGV[3]) > held then
+      local at = tonumber(index[i + 1])
+      if held < cap and ((at >= recent and at <= now) or
+         redis.call('ZCOUNT', ARGV[9] .. other .. ARGV[10], '-inf', ARGV[3]) > held) then
         return 0
       end
     end
@@ -86,10 +99,12 @@ class ThreadLeases:
         client: redis.Redis,
         keys: Keys,
         live_window: float = LIVE_WINDOW_SECONDS,
+        active_seconds: float = ACTIVE_SECONDS,
     ) -> None:
         self._redis = client
         self._keys = keys
         self.live_window = live_window
+        self.active_seconds = active_seconds
         self._take = client.register_script(TAKE)
         self._leases_prefix = keys.thread_leases("")
         marker = "\n"  # never in a connection id
@@ -123,6 +138,7 @@ class ThreadLeases:
                     self._leases_prefix,
                     self._live_prefix,
                     self._live_suffix,
+                    self.active_seconds,
                 ],
             )
         return bool(taken)

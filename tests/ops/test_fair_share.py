@@ -21,6 +21,7 @@ from shared.ops.queued import QueuedMessages
 
 CONNECTIONS = ("cn_a", "cn_b", "cn_c")
 WINDOW = 30.0
+ACTIVE = 5.0
 _namespaces = itertools.count()
 
 
@@ -36,15 +37,15 @@ class Model:
     def live(self, connection: str, now: float) -> int:
         return sum(1 for lapses in self.leases.get(connection, {}).values() if lapses > now)
 
-    def short_of_its_share(self, connection: str, now: float) -> bool:
-        """Live work due that no thread runs, and fewer threads than the cap."""
+    def short_of_its_share(self, connection: str, now: float, indexed_at: float) -> bool:
+        """Fewer threads than the cap, and live work due that no thread runs or queued lately."""
         held = self.live(connection, now)
         due = sum(1 for at in self.due.get(connection, {}).values() if at <= now)
-        return held < self.cap and due > held
+        return held < self.cap and (now - ACTIVE <= indexed_at <= now or due > held)
 
     def another_short(self, connection: str, now: float) -> bool:
         return any(
-            c != connection and at > now - WINDOW and self.short_of_its_share(c, now)
+            c != connection and at > now - WINDOW and self.short_of_its_share(c, now, at)
             for c, at in self.index.items()
         )
 
@@ -94,7 +95,7 @@ def test_any_interleaving_holds_a_connection_to_its_cap_while_another_is_short_o
     redis_server_client: redis.Redis, base_settings: Settings, steps: list[Any], cap: int
 ) -> None:
     keys = Keys(f"{base_settings.redis_namespace}-fair-{next(_namespaces)}")
-    leases = ThreadLeases(redis_server_client, keys, live_window=WINDOW)
+    leases = ThreadLeases(redis_server_client, keys, live_window=WINDOW, active_seconds=ACTIVE)
     queued = QueuedMessages(redis_server_client, keys)
     model = Model(cap)
     now, handed_out, unfinished = 1_000_000.0, [], []
