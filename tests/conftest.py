@@ -28,7 +28,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
@@ -188,14 +187,7 @@ def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
 @pytest.fixture
 def sentinel_settings(settings: Settings, sentinel_group: SentinelGroup) -> Settings:
     """`settings` on `sentinel_group`, waiting 200 ms for a replica's acknowledgement."""
-    return settings.model_copy(
-        update={
-            "redis_sentinels": sentinel_group.sentinels,
-            "redis_sentinel_master": sentinel_group.MASTER_NAME,
-            "redis_password": SecretStr(sentinel_group.password),
-            "replica_ack_ms_setting": 200,
-        }
-    )
+    return sentinel_group.settings_for(settings, replica_ack_ms_setting=200)
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
+
+from shared.infra.config import Settings
 
 
 def free_port() -> int:
@@ -82,6 +85,17 @@ class SentinelGroup:
     sentinel's config is a file of its own, which it rewrites as the group changes."""
 
     MASTER_NAME = "hbmaster"
+
+    def settings_for(self, settings: Settings, **update: object) -> Settings:
+        """`settings` reaching Redis through this group's sentinels, with its password."""
+        return settings.model_copy(
+            update={
+                "redis_sentinels": self.sentinels,
+                "redis_sentinel_master": self.MASTER_NAME,
+                "redis_password": SecretStr(self.password),
+                **update,
+            }
+        )
 
     def __init__(
         self,

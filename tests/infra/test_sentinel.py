@@ -41,13 +41,7 @@ def steady_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelG
 
 @pytest.fixture
 def steady_settings(settings: Settings, steady_group: SentinelGroup) -> Settings:
-    return settings.model_copy(
-        update={
-            "redis_sentinels": steady_group.sentinels,
-            "redis_sentinel_master": steady_group.MASTER_NAME,
-            "redis_password": SecretStr(steady_group.password),
-        }
-    )
+    return steady_group.settings_for(settings)
 
 
 def test_the_clients_follow_a_failover_without_being_built_again(
