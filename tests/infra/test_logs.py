@@ -170,3 +170,31 @@ def test_what_no_id_looks_like_is_masked_in_id_fields_too(secret: str) -> None:
     event = redact(None, "info", {"event": "x", "event_id": f"ev:{secret}", "note_ids": [secret]})
     assert secret not in event["event_id"]
     assert event["note_ids"] == [REDACTED]
+
+
+def test_a_logger_used_before_logging_is_configured_again_follows_the_new_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """structlog caches a logger on its first use; the level and format configured later
+    still apply to it (the processors are one list, changed in place)."""
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    configure_logging(load_settings())
+    log = structlog.get_logger("cached")
+    log.info("dropped", connection_id="cn_1")
+    log.warning("kept", connection_id="cn_1")
+    monkeypatch.setenv("LOG_LEVEL", "INFO")
+    configure_logging(load_settings())
+    log.info("now kept", connection_id="cn_1", email="jane@example.com")
+    monkeypatch.setenv("LOG_FORMAT", "console")
+    configure_logging(load_settings())
+    log.info("in the console format", connection_id="cn_1")
+    *json_lines, console_line = capsys.readouterr().err.splitlines()
+    events = [orjson.loads(line) for line in json_lines]
+    assert [(e["event"], e["level"], e["logger"]) for e in events] == [
+        ("kept", "warning", "cached"),
+        ("now kept", "info", "cached"),
+    ]
+    assert events[1]["email"] == REDACTED
+    assert "in the console format" in console_line
+    assert not console_line.startswith("{")

@@ -89,7 +89,13 @@ def test_events_past_the_limit_go_to_the_storm_lane_until_the_minute_ends(
     assert [m["kwargs"]["event_id"] for m in live] == ["a", "b", "c", "z"]
     assert [m["kwargs"]["event_id"] for m in storm] == ["d", "e"]
     assert {(m["queue_name"], m["actor_name"]) for m in storm} == {("storm", "sync_patient_storm")}
-    # Each stormed message is the live one's twin: same id and Redis id, another actor.
+    # Each stormed message is the live one's twin: laid out as a live message, with its own
+    # ids, for another actor; and counted among the connection's queued storm-lane messages.
+    for message, other in zip(storm, live, strict=False):
+        assert message.keys() == other.keys()
+        assert message["kwargs"].keys() == other["kwargs"].keys()
+        assert (message["args"], message["options"].keys()) == ([], {"redis_message_id"})
+        assert message["message_id"] != other["message_id"]
     for message in storm:
         assert redis_server_client.zscore(
             keys.queued_messages(storming.id, "storm"), message["options"]["redis_message_id"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+import structlog.testing
 
 from services.sandbox.halaxy import patient_resource
 from services.workers.policy import (
@@ -46,25 +47,17 @@ def test_rate_limit_deferrals_do_not_use_up_the_retry_budget(
     pipeline: Pipeline,
     sandbox: Sandbox,
     verify_key: KeyVerifier,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     conn = sandbox_connection(pipeline.store, sandbox, verify_key)
     sandbox.halaxy.patients["1001"] = patient_resource("1001")
     sandbox.halaxy.faults.script = [429, 429, 429]
     sandbox.halaxy.faults.retry_after = 1
-    pipeline.send(conn, "patient-created", "Patient", ["1001"])
-    pipeline.drain(timeout_ms=60_000)
+    with structlog.testing.capture_logs() as logs:
+        pipeline.send(conn, "patient-created", "Patient", ["1001"])
+        pipeline.drain(timeout_ms=60_000)
     assert len(sandbox.physitrack.writes()) == 1
-    synced: list[dict[str, Any]] = [
-        r.msg
-        for r in caplog.records
-        if isinstance(r.msg, dict) and r.msg.get("event") == "patient.synced"
-    ]
-    deferred = [
-        r.msg
-        for r in caplog.records
-        if isinstance(r.msg, dict) and r.msg.get("event") == "job.deferred"
-    ]
+    synced: list[dict[str, Any]] = [e for e in logs if e["event"] == "patient.synced"]
+    deferred = [e for e in logs if e["event"] == "job.deferred"]
     assert len(deferred) == 3
     assert synced[0]["attempt"] == 1  # three deferrals, and still the first attempt
 
