@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -137,6 +139,12 @@ def _orjson_text(event_dict: Any, default: Any = None) -> str:
         return json.dumps(event_dict, default=default)
 
 
+# Held while a line is written, by structlog's lines and the standard library's alike, so that
+# two never interleave; made anew in a forked child, as the standard library's own locks are.
+_WRITING = threading.RLock()
+os.register_at_fork(after_in_child=_WRITING._at_fork_reinit)  # type: ignore[attr-defined]
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to `sys.stderr` as it is when a line is written, not as it was when logging was
     configured: a stream swapped since (a test's captured output, a daemon's redirect) may be
@@ -144,6 +152,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+
+    def createLock(self) -> None:
+        self.lock = _WRITING
 
     @property
     def stream(self) -> Any:
@@ -155,16 +166,14 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _StderrLines:
-    """structlog's logger: each rendered line goes to `sys.stderr` as it is when written (as
-    `_StderrHandler`'s do), under that handler's lock, so that a line of ours and one from the
-    standard library never interleave."""
+    """structlog's logger: each rendered line goes to `sys.stderr` as it is when written, as
+    `_StderrHandler`'s lines do."""
 
-    def __init__(self, name: str, lock: Any) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name  # for `add_logger_name`
-        self._lock = lock
 
     def msg(self, line: str) -> None:
-        with self._lock:
+        with _WRITING:
             stream = sys.stderr
             stream.write(line + "\n")
             stream.flush()
@@ -244,10 +253,9 @@ def configure_logging(settings: Settings) -> None:
         redact,
         renderer,
     ]
-    lock = handler.lock
     structlog.configure(
         processors=_processors,
-        logger_factory=lambda *names: _StderrLines(str(names[0]) if names else "", lock),
+        logger_factory=lambda *names: _StderrLines(str(names[0]) if names else ""),
         wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
         cache_logger_on_first_use=True,
     )
@@ -259,3 +267,10 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.value)
+    # httpx logs every URL at INFO; a FHIR search URL can carry a patient's name or email.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # uvicorn gives its loggers handlers of their own: send them through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True

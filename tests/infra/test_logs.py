@@ -198,3 +198,19 @@ def test_a_logger_used_before_logging_is_configured_again_follows_the_new_settin
     assert events[1]["email"] == REDACTED
     assert "in the console format" in console_line
     assert not console_line.startswith("{")
+
+
+def test_the_urls_httpx_logs_are_not_written(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """httpx logs each request's URL at INFO, and a FHIR search URL can carry a patient's
+    name or email: only its warnings are written."""
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    configure_logging(load_settings())
+    logging.getLogger("httpx").info("HTTP Request: GET https://h.example/Patient?email=j@x.io")
+    logging.getLogger("httpcore.connection").info("connect_tcp.started host='h.example'")
+    logging.getLogger("httpx").warning("a warning")
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["a warning"]
+    monkeypatch.setenv("LOG_FORMAT", "console")
+    configure_logging(load_settings())
