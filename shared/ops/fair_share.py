@@ -40,6 +40,14 @@ LIVE_WINDOW_SECONDS = 300.0
 # clinic whose jobs hang takes every thread between two of another clinic's webhooks, and
 # keeps them for a whole upstream timeout (benchmark P8 caught it, in one run of two).
 ACTIVE_SECONDS = 10.0
+# Live work whose due time is at most this far ahead of the taking worker's clock counts as due
+# now: the receiver stamps a webhook with its own clock, maybe read after the worker read its
+# own (another process, another host's clock, a thread waiting for the GIL between reading the
+# clock and taking the lease). Without it, while webhooks kept coming, a clinic's newest live
+# work was always "later" than the worker's now, so it counted as neither active nor waiting,
+# and a clinic whose platform hung took every thread (benchmark P8: 16 of 16 threads hung in one
+# run). Far shorter than a retry's backoff (7.5 s at least), which must not count.
+CLOCK_SLACK_SECONDS = 1.0
 # The lease key outlives its longest lease by this much, then goes with the idle connection.
 KEY_SLACK_SECONDS = 60
 
@@ -48,16 +56,18 @@ KEY_SLACK_SECONDS = 60
 # index's window in seconds, the lease key's lifetime in seconds, then the key names of another
 # connection X as prefix .. X (its leases) and prefix .. X .. suffix (its live queued set): keys
 # of other connections, so Redis Cluster is out (as it is for the whole bridge); last, how long
-# a connection that queued live work counts as active (seconds).
+# a connection that queued live work counts as active (seconds), and `CLOCK_SLACK_SECONDS`.
 # Answers 1 (taken) or 0 (the connection holds its cap while another is short of its share:
 # X holds fewer than the cap, and is active (its latest live work fell due within the last
-# `ACTIVE_SECONDS`; a retry's backoff, due later, does not count) or has
+# `ACTIVE_SECONDS`, or is due within the clock slack; a retry's backoff, due later, does not
+# count) or has
 # more due live messages than it holds threads; its due messages include those running, so
 # "more" means one waits for a thread).
 TAKE = """
 local now = tonumber(ARGV[3])
 local cap = tonumber(ARGV[5])
 local recent = now - tonumber(ARGV[11])
+local soon = now + tonumber(ARGV[12])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= cap then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]))
@@ -67,8 +77,8 @@ if redis.call('ZCARD', KEYS[1]) >= cap then
     if other ~= ARGV[1] then
       local held = redis.call('ZCOUNT', ARGV[8] .. other, '(' .. ARGV[3], '+inf')
       local at = tonumber(index[i + 1])
-      if held < cap and ((at >= recent and at <= now) or
-         redis.call('ZCOUNT', ARGV[9] .. other .. ARGV[10], '-inf', ARGV[3]) > held) then
+      if held < cap and ((at >= recent and at <= soon) or
+         redis.call('ZCOUNT', ARGV[9] .. other .. ARGV[10], '-inf', soon) > held) then
         return 0
       end
     end
@@ -100,11 +110,13 @@ class ThreadLeases:
         keys: Keys,
         live_window: float = LIVE_WINDOW_SECONDS,
         active_seconds: float = ACTIVE_SECONDS,
+        clock_slack: float = CLOCK_SLACK_SECONDS,
     ) -> None:
         self._redis = client
         self._keys = keys
         self.live_window = live_window
         self.active_seconds = active_seconds
+        self.clock_slack = clock_slack
         self._take = client.register_script(TAKE)
         self._leases_prefix = keys.thread_leases("")
         marker = "\n"  # never in a connection id
@@ -139,6 +151,7 @@ class ThreadLeases:
                     self._live_prefix,
                     self._live_suffix,
                     self.active_seconds,
+                    self.clock_slack,
                 ],
             )
         return bool(taken)

@@ -22,6 +22,7 @@ from shared.ops.queued import QueuedMessages
 CONNECTIONS = ("cn_a", "cn_b", "cn_c")
 WINDOW = 30.0
 ACTIVE = 5.0
+SLACK = 1.0
 _namespaces = itertools.count()
 
 
@@ -40,8 +41,8 @@ class Model:
     def short_of_its_share(self, connection: str, now: float, indexed_at: float) -> bool:
         """Fewer threads than the cap, and live work due that no thread runs or queued lately."""
         held = self.live(connection, now)
-        due = sum(1 for at in self.due.get(connection, {}).values() if at <= now)
-        return held < self.cap and (now - ACTIVE <= indexed_at <= now or due > held)
+        due = sum(1 for at in self.due.get(connection, {}).values() if at <= now + SLACK)
+        return held < self.cap and (now - ACTIVE <= indexed_at <= now + SLACK or due > held)
 
     def another_short(self, connection: str, now: float) -> bool:
         return any(
@@ -83,7 +84,8 @@ queue_steps = st.tuples(
     st.just("queue_live"),
     st.sampled_from(CONNECTIONS),
     later,
-    st.sampled_from([0.0, 0.0, 10.0, 60.0]),  # due in (a retry's backoff, a deferral)
+    # due in: now, a moment later by the receiver's clock, a retry's backoff, a deferral's
+    st.sampled_from([0.0, 0.0, 0.05, 10.0, 60.0]),
 )
 finish_steps = st.tuples(st.just("finish"), st.integers(0, 10_000))
 steps = st.lists(st.one_of(take_steps, give_back_steps, queue_steps, finish_steps), max_size=60)
@@ -95,7 +97,9 @@ def test_any_interleaving_holds_a_connection_to_its_cap_while_another_is_short_o
     redis_server_client: redis.Redis, base_settings: Settings, steps: list[Any], cap: int
 ) -> None:
     keys = Keys(f"{base_settings.redis_namespace}-fair-{next(_namespaces)}")
-    leases = ThreadLeases(redis_server_client, keys, live_window=WINDOW, active_seconds=ACTIVE)
+    leases = ThreadLeases(
+        redis_server_client, keys, live_window=WINDOW, active_seconds=ACTIVE, clock_slack=SLACK
+    )
     queued = QueuedMessages(redis_server_client, keys)
     model = Model(cap)
     now, handed_out, unfinished = 1_000_000.0, [], []
@@ -197,6 +201,29 @@ def test_a_connection_alone_may_use_every_thread(
     queued.forget("cn_a")
     queued.forget("cn_b")
     queued.forget("cn_c")
+
+
+def test_live_work_stamped_a_moment_after_the_workers_clock_is_due_now(
+    redis_server_client: redis.Redis, base_settings: Settings
+) -> None:
+    """The receiver stamps a webhook with its own clock, which may read a little later than the
+    taking worker's did: that work is due, and its connection active, all the same (within
+    `clock_slack`); a retry's backoff is not."""
+    keys = Keys(f"{base_settings.redis_namespace}-fair-{next(_namespaces)}")
+    leases = ThreadLeases(redis_server_client, keys, clock_slack=1.0)
+    queued = QueuedMessages(redis_server_client, keys)
+    for n in range(2):
+        assert leases.take("cn_a", f"a{n}", now=100.0, lapses_at=999.0, cap=2, key_seconds=9)
+    queued.add("cn_c", "live", "c-retry", 107.5)  # a retry's shortest backoff
+    assert leases.take("cn_a", "a2", now=100.0, lapses_at=999.0, cap=2, key_seconds=9)
+    queued.add("cn_b", "live", "b1", 100.05)  # the webhook a moment later, by the receiver
+    assert not leases.take("cn_a", "a3", now=100.0, lapses_at=999.0, cap=2, key_seconds=9)
+    # No longer waiting (finished), but active: its latest live work fell due a moment ago.
+    queued.remove("cn_b", "live", "b1")
+    assert not leases.take("cn_a", "a3", now=100.0, lapses_at=999.0, cap=2, key_seconds=9)
+    for connection in ("cn_a", "cn_b", "cn_c"):
+        leases.forget(connection)
+        queued.forget(connection)
 
 
 def test_busy_clinics_that_each_hold_their_share_share_the_whole_pool(
