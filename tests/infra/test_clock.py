@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import redis
+import time_machine
 
 from shared.infra.clock import epoch_seconds, utcnow
 
@@ -46,3 +48,33 @@ def test_the_shell_commands_a_test_runs_read_the_same_date() -> None:
     """The README's curl lines date a program callback with `date`: it must agree too."""
     shell = subprocess.run(["date", "+%s"], capture_output=True, text=True, check=True)
     assert abs(float(shell.stdout) - epoch_seconds()) < SLACK
+
+
+# How far the clock of a process of the run may be from the shift: two clock readings apart.
+SAME_SHIFT = 0.005
+# A process's shift, to the microsecond: its clock less the real one time-machine keeps.
+PRINT_SHIFT = """
+import time, time_machine
+hatch = time_machine.escape_hatch
+print(time.time() - hatch.time.time() if hatch.is_travelling() else 0.0)
+"""
+
+
+def test_every_process_is_moved_by_the_same_amount_however_long_it_took_to_start() -> None:
+    """One process's "now" must not be another's future: a worker's last success stamped
+    after pytest's now failed the metrics test once, when each process's moved clock started
+    at its first reading, after imports that took a different time in each."""
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import dramatiq, httpx, pydantic, starlette, structlog" + PRINT_SHIFT,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert abs(float(child.stdout) - SHIFT_SECONDS) < SAME_SHIFT
+    hatch = time_machine.escape_hatch
+    this_process = time.time() - hatch.time.time() if hatch.is_travelling() else 0.0
+    assert abs(this_process - SHIFT_SECONDS) < SAME_SHIFT
