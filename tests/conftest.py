@@ -203,3 +203,27 @@ def procfile(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Procfile]]:
     yield make
     for each in made:
         each.kill_all()
+
+
+# The figures chaos and failover tests measure, shown at the end of the run whether the test
+# passed or not: pytest keeps a passing test's own output to itself.
+_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Records a line of figures for the run's summary (and prints it, for a failure's log)."""
+
+    def record(line: str) -> None:
+        print(line)
+        request.config.stash.setdefault(_FIGURES, []).append(f"{request.node.nodeid}\n  {line}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = terminalreporter.config.stash.get(_FIGURES, [])
+    if lines:
+        terminalreporter.section("figures measured by the tests")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -44,6 +45,7 @@ def test_upstream_failing_often_loses_nothing_and_duplicates_no_note(
     verify_key: KeyVerifier,
     base_settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
+    figures: Callable[[str], None],
 ) -> None:
     patients, programs = 60, 10
     monkeypatch.setattr(halaxy_client, "DEFAULT_TIMEOUT", httpx.Timeout(1.0, connect=1.0))
@@ -92,8 +94,8 @@ def test_upstream_failing_often_loses_nothing_and_duplicates_no_note(
     duplicate_notes = len(titles) - len(set(titles))
     halaxy_rate = max_per_minute([r.received_at for r in sandbox.halaxy.requests])
     faults_seen = sum(1 for r in sandbox.halaxy.requests if r.status >= 429)
-    print(
-        f"\nupstream chaos: {patients} patient events, {programs} program callbacks in "
+    figures(
+        f"upstream chaos: {patients} patient events, {programs} program callbacks in "
         f"{elapsed:.1f} s; Halaxy answers with faults: {faults_seen}; patients missing "
         f"{len(missing)}, duplicated {len(duplicated)}, wrong {len(wrong)}; notes posted "
         f"{posted}, parked {parked}, duplicate notes {duplicate_notes}; peak Halaxy requests "
@@ -112,6 +114,7 @@ def test_one_clinics_backfill_does_not_delay_another_clinics_live_events(
     sandbox: Sandbox,
     verify_key: KeyVerifier,
     base_settings: Settings,
+    figures: Callable[[str], None],
 ) -> None:
     clinic_a = sandbox_connection(pipeline.store, sandbox, verify_key, name="Clinic A")
     clinic_b = sandbox_connection(pipeline.store, sandbox, verify_key, name="Clinic B")
@@ -141,8 +144,8 @@ def test_one_clinics_backfill_does_not_delay_another_clinics_live_events(
     )
     p50 = statistics.median(latencies)
     p95 = sorted(latencies)[int(0.95 * (len(latencies) - 1))]
-    print(
-        f"\nfairness: clinic A backfilling 2,000 patients ({backfilled} done meanwhile); "
+    figures(
+        f"fairness: clinic A backfilling 2,000 patients ({backfilled} done meanwhile); "
         f"clinic B live events: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
         f"max {max(latencies) * 1000:.0f} ms"
     )

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def test_redis_stopped_under_load_answers_503_never_202_and_loses_nothing(
     private_redis: RedisServer,
     sandbox: Sandbox,
     verify_key: KeyVerifier,
+    figures: Callable[[str], None],
 ) -> None:
     private = settings.model_copy(update={"redis_url": private_redis.url})
     client = redis.Redis.from_url(private.redis_url)
@@ -99,8 +101,8 @@ def test_redis_stopped_under_load_answers_503_never_202_and_loses_nothing(
     finally:
         worker.stop()
     lost = [pid for pid in accepted if not sandbox.physitrack.by_external_id(pid)]
-    print(
-        f"\nredis outage: {len(answers)} webhooks; 202: {len(accepted)}, 503: {len(refused)}, "
+    figures(
+        f"redis outage: {len(answers)} webhooks; 202: {len(accepted)}, 503: {len(refused)}, "
         f"other: {len(other)}; accepted but lost after the restart: {len(lost)}"
     )
     assert refused, "Redis was stopped, yet nothing was refused"
@@ -117,6 +119,7 @@ def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
     redis_server_client: redis.Redis,
     workers: list[subprocess.Popen[bytes]],  # noqa: F811  (the fixture)
     tmp_path: Path,
+    figures: Callable[[str], None],
 ) -> None:
     clinics, per_clinic, callbacks = 5, 100, 50
     # Slow enough upstreams that the kills land in the middle of the work.
@@ -211,8 +214,8 @@ def test_workers_killed_every_few_seconds_lose_nothing_and_double_nothing(
     posted = sum(1 for n in notes if n is not None and n.state is NoteState.POSTED)
     parked = sum(1 for n in notes if n is not None and n.state is NoteState.PARKED)
     titles = [n["description"] for n in sandbox.halaxy.notes]
-    print(
-        f"\nkill chaos: {clinics * per_clinic} patient events, {callbacks} program callbacks, "
+    figures(
+        f"kill chaos: {clinics * per_clinic} patient events, {callbacks} program callbacks, "
         f"{kills} SIGKILLs (patients synced at each kill: {progress}); "
         f"patients missing {len(missing)}, duplicated {len(duplicates)}, "
         f"wrong {len(wrong)}; notes posted {posted}, parked {parked}, duplicate notes "

@@ -185,6 +185,7 @@ def test_a_failover_under_load_loses_no_acknowledged_event_and_doubles_nothing(
     sandbox: Sandbox,
     verify_key: KeyVerifier,
     procfile: Callable[[dict[str, str]], Procfile],
+    figures: Callable[[str], None],
 ) -> None:
     group_settings = settings.model_copy(
         update={
@@ -293,13 +294,13 @@ def test_a_failover_under_load_loses_no_acknowledged_event_and_doubles_nothing(
     drained_seconds = time.monotonic() - began - sent_seconds
     lost = missing()
     if lost:
-        print(
-            f"\nwhere the work sits on the new master: {work_in_redis(sentinel_group, new_master)}"
+        figures(
+            f"where the work sits on the new master: {work_in_redis(sentinel_group, new_master)}"
         )
     duplicate_clients = sum(count - 1 for count in client_counts().values())
     doubled_notes = sum(count - 1 for count in note_counts().values())
-    print(
-        f"\nfailover under load: {WEBHOOKS} webhooks and {CALLBACKS} program callbacks over "
+    figures(
+        f"failover under load: {WEBHOOKS} webhooks and {CALLBACKS} program callbacks over "
         f"{CLINICS} clinics, sent in {sent_seconds:.1f} s; master SIGKILLed after "
         f"{KILL_AFTER} acknowledged; new master after {failover_seconds:.1f} s, old master a "
         f"replica again after {rejoined_seconds:.1f} s; refusals: {dict(tally.refused)} "
