@@ -167,6 +167,10 @@ class Scheduler:
         self._attempt("queued.prune_failed", self.prune_queued)
         self._attempt("held.release_failed", self.release_held)
         self._attempt("metrics.forget_failed", self.forget_series_of_gone_connections)
+        self._attempt("scheduler.connections_unreadable", self.sweep_and_poll)
+
+    def sweep_and_poll(self) -> None:
+        """Each running connection's reconcile sweep and program poll, when due."""
         paused = self.paused_ids()
         for connection in self.runtime.connections.list():
             if paused is None or connection.id in paused:
@@ -454,7 +458,12 @@ class Scheduler:
     def run(self, stop: threading.Event) -> None:
         log.info("scheduler.started", scheduler_id=self.id)
         while not stop.is_set():
-            self.tick()
+            try:
+                self.tick()
+            except (BridgeError, redis.exceptions.RedisError) as exc:
+                # A tick's steps each say what Redis failed them; whatever else it fails (a
+                # failover under way) waits for the next tick: it must not end the scheduler.
+                log.warning("scheduler.tick_failed", error=type(exc).__name__, scheduler_id=self.id)
             stop.wait(self.settings.scheduler_tick_seconds)
         self.resign()
 

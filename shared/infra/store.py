@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -374,9 +374,7 @@ def held_lock(
     try:
         yield
     finally:
-        # LockError: the lock expired while we held it (a slow upstream); nothing to free.
-        with translate_redis_errors(), suppress(redis.exceptions.LockError):
-            lock.release()
+        _release(lock, within=min(timeout / 3, RELEASE_RETRY_SECONDS))
 
 
 # How long closing a renewer waits for a renewal under way (the daemon thread ends anyway).
@@ -477,5 +475,29 @@ def held_lease(
         yield
     finally:
         renewer.discard(lock)
-        with translate_redis_errors(), suppress(redis.exceptions.LockError):
+        _release(lock, within=min(ttl / 3, RELEASE_RETRY_SECONDS))
+
+
+# How long freeing a lock goes on trying while Redis cannot be reached. A lock left held turns
+# the next try of its work away as busy until its ttl runs out, and that try's backoff then
+# doubles: in the failover test, jobs that failed while the master was being replaced were
+# turned away by their own lock at their first retry and waited a minute more. A Sentinel
+# failover takes a few seconds; a lock lapses by itself soon after anyway.
+RELEASE_RETRY_SECONDS = 10.0
+RELEASE_PAUSE_SECONDS = 0.25
+
+
+def _release(lock: Lock, *, within: float) -> None:
+    """Free `lock`, trying again through a Redis outage of up to `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
             lock.release()
+            return
+        except redis.exceptions.LockError:
+            return  # it expired while we held it (a slow upstream): nothing to free
+        except redis.exceptions.RedisError:
+            if time.monotonic() + RELEASE_PAUSE_SECONDS > deadline:
+                with translate_redis_errors():
+                    raise
+            time.sleep(RELEASE_PAUSE_SECONDS)

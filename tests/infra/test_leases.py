@@ -207,3 +207,20 @@ def test_a_forked_child_cannot_use_its_parents_renewer(
             os.waitpid(pid, 0)
             pytest.fail("the forked child hung in LeaseRenewer.add")
     assert os.waitstatus_to_exitcode(ended[1]) == 0
+
+
+def test_a_lease_is_freed_once_redis_is_back_from_a_short_outage(
+    private_redis: RedisServer, keys: Keys, renewer: LeaseRenewer
+) -> None:
+    """Left held, it would turn the retry of its job away as busy until its ttl ran out."""
+    client = redis.Redis.from_url(private_redis.url, socket_connect_timeout=0.2)
+    name = f"{keys.namespace}:lease-freed-after-outage"
+    back = threading.Timer(1.0, private_redis.start)
+    try:
+        with held_lease(client, name, ttl=30.0, wait=1, busy="busy", renewer=renewer):
+            private_redis.stop()
+            back.start()
+        assert client.exists(name) == 0
+    finally:
+        back.join()
+        client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
+from structlog.testing import capture_logs
 
 from services.cli.main import cli
 from services.sandbox.halaxy import FakeHalaxy, operation_outcome, patient_resource
@@ -29,13 +31,13 @@ from shared.halaxy.client import HalaxyClient
 from shared.halaxy.tokens import TokenCache
 from shared.infra.clock import epoch_seconds, iso_now
 from shared.infra.config import Settings
-from shared.infra.errors import RateLimited
+from shared.infra.errors import RateLimited, StoreUnavailable
 from shared.infra.store import Keys
 from shared.notes.callback import note_id_for, parse_callback
 from shared.notes.outbox import NoteOutbox, NoteState
 from shared.patients import reconcile
 from shared.patients.reconcile import OVERLAP, Sweep, SweepKind, SweepLog, SweepProgress, due, sweep
-from tests.helpers import queued_messages
+from tests.helpers import queued_messages, wait_until
 from tests.workers import Pipeline, Sandbox, sandbox_connection
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
@@ -419,6 +421,56 @@ def test_a_sweep_under_way_is_resumed_before_the_next_one_is_due(
     last = sweeps.last(conn.id)
     assert last is not None
     assert (last.kind, last.patients_queued) == (SweepKind.RECONCILE, 250)
+
+
+def test_a_tick_redis_fails_ends_neither_the_tick_nor_the_scheduler(
+    settings: Settings,
+    clinic_of_250: Connection,
+    redis_server_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Sentinel failover made the connections unreadable for a moment, and the scheduler
+    process ended with a traceback (the failover test caught it): it must go on at the next
+    tick, and sweep once Redis answers."""
+    conn = clinic_of_250
+    scheduler = Scheduler(
+        settings.model_copy(update={"scheduler_tick_seconds": 0.05}), WorkerRuntime(settings)
+    )
+    sweeps = SweepLog(redis_server_client, Keys(settings.redis_namespace))
+    listed = ConnectionStore.list
+
+    def unreadable(store: ConnectionStore) -> list[Connection]:
+        raise StoreUnavailable("Redis is unreachable: ConnectionError")
+
+    monkeypatch.setattr(ConnectionStore, "list", unreadable)
+    with capture_logs() as logs:
+        scheduler.tick()
+    assert "scheduler.connections_unreadable" in [line["event"] for line in logs]
+    assert sweeps.last(conn.id) is None
+
+    # Whatever else a tick lets through from Redis, the loop goes on to the next tick.
+    monkeypatch.setattr(ConnectionStore, "list", listed)
+    ticked = scheduler.tick
+    failures = iter([StoreUnavailable("away"), redis.exceptions.ConnectionError("refused")])
+
+    def failing_twice() -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        ticked()
+
+    monkeypatch.setattr(scheduler, "tick", failing_twice)
+    stop = threading.Event()
+    running = threading.Thread(target=scheduler.run, args=(stop,))
+    with capture_logs() as logs:
+        running.start()
+        wait_until(lambda: sweeps.last(conn.id) is not None, 30, "a sweep after Redis is back")
+        stop.set()
+        running.join(timeout=10)
+    assert [line["error"] for line in logs if line["event"] == "scheduler.tick_failed"] == [
+        "StoreUnavailable",
+        "ConnectionError",
+    ]
 
 
 def test_ticking_leaves_no_broker_behind_to_be_cleaned_up(
