@@ -37,10 +37,11 @@ B64_CHUNK = 3 * 64 * 1024  # a multiple of 3: chunks encode without padding in b
 PDF_MAKING = timedelta(minutes=30)  # how long a fresh link's missing file is "not made yet"
 NO_CALLBACK = "the callback is no longer stored"
 LINK_EXPIRED = "the PDF link expired (24 hours) before it was fetched"
-# How long a note marked `posting`, not posted, is tried back to `queued` while Redis fails over
-# (the sentinels' down-after plus an election), and how often.
-UNMARK_PATIENCE_SECONDS = 30.0
-UNMARK_PAUSE_SECONDS = 0.5
+# How long the move that records what became of a POST (back to `queued`: nothing was sent;
+# `posted`: Halaxy answered 201) is tried while Redis fails over (the sentinels' down-after
+# plus an election), and how often.
+OUTCOME_MOVE_PATIENCE_SECONDS = 30.0
+OUTCOME_MOVE_PAUSE_SECONDS = 0.5
 
 
 def failed_for_its_link(reason: str) -> bool:
@@ -167,17 +168,21 @@ def _post(
             outbox, connection, note_id, f"Halaxy refused the note: {exc}", {NoteState.POSTING}
         )
     except Transient:
-        # Nothing was written (refused connection, 429): the note may be posted again later.
-        outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.QUEUED)
+        # Nothing was written (refused connection, 429, or Redis failing the token or the rate
+        # budget just before the POST): the note may be posted again later. In that last case
+        # the move back meets the same failover, hence the patience of `_back_to_queued`.
+        _back_to_queued(outbox, connection, note_id)
         raise
     docref_id = str(created.get("id") or "unknown")
     # Logged first, so the id survives whatever happens next.
     log.info(
         "note.created_in_halaxy", connection_id=connection.id, note_id=note_id, docref_id=docref_id
     )
-    # A 201 proves the note exists: record it even if the note was parked meanwhile.
-    moved, found = outbox.move(
-        connection.id,
+    # A 201 proves the note exists: record it even if the note was parked meanwhile, and
+    # through a failover (left `posting`, the retry would park a note that is there).
+    moved, found = _move_through_failover(
+        outbox,
+        connection,
         note_id,
         {NoteState.POSTING, NoteState.PARKED},
         NoteState.POSTED,
@@ -217,19 +222,33 @@ def _mark_posting(
 
 
 def _back_to_queued(outbox: NoteOutbox, connection: Connection, note_id: str) -> None:
-    """Move the note from `posting` back to `queued`, trying again while Redis fails over
-    (for UNMARK_PATIENCE_SECONDS). Should Redis stay away longer, the mark stays and a retry
-    parks the note: safe, and for ops to resolve."""
-    deadline = time.monotonic() + UNMARK_PATIENCE_SECONDS
+    """Move the note from `posting` back to `queued` (nothing was posted), through a
+    failover. Should Redis stay away longer, the mark stays and a retry parks the note: safe,
+    and for ops to resolve."""
+    try:
+        _move_through_failover(outbox, connection, note_id, {NoteState.POSTING}, NoteState.QUEUED)
+    except StoreUnavailable:
+        log.warning("note.left_posting", connection_id=connection.id, note_id=note_id)
+
+
+def _move_through_failover(
+    outbox: NoteOutbox,
+    connection: Connection,
+    note_id: str,
+    allowed: set[NoteState],
+    to: NoteState,
+    **values: str,
+) -> tuple[bool, NoteState | None]:
+    """`outbox.move`, tried again while Redis fails over (for OUTCOME_MOVE_PATIENCE_SECONDS): the
+    moves that say what became of a POST, which a retry could not learn again."""
+    deadline = time.monotonic() + OUTCOME_MOVE_PATIENCE_SECONDS
     while True:
         try:
-            outbox.move(connection.id, note_id, {NoteState.POSTING}, NoteState.QUEUED)
-            return
+            return outbox.move(connection.id, note_id, allowed, to, **values)
         except StoreUnavailable:
             if time.monotonic() > deadline:
-                log.warning("note.left_posting", connection_id=connection.id, note_id=note_id)
-                return
-            time.sleep(UNMARK_PAUSE_SECONDS)
+                raise
+            time.sleep(OUTCOME_MOVE_PAUSE_SECONDS)
 
 
 def _park(

@@ -21,10 +21,15 @@ from services.sandbox.halaxy import patient_resource
 from services.sandbox.pdfs import make_pdf
 from services.sandbox.physitrack import program_callback
 from services.workers.messaging import DramatiqJobQueue
+from services.workers.runtime import WorkerRuntime
 from shared.connections.model import Connection
 from shared.connections.onboarding import KeyVerifier
+from shared.connections.store import ConnectionStore
 from shared.infra.clock import utcnow
+from shared.infra.config import Settings
+from shared.infra.errors import StoreUnavailable
 from shared.infra.store import LeaseRenewer
+from shared.notes import writer
 from shared.notes.callback import note_id_for, parse_callback
 from shared.notes.intake import job_for_note
 from shared.notes.outbox import NoteOutbox, NoteState
@@ -393,3 +398,67 @@ def test_the_callbacks_patient_id_is_only_ever_read_as_the_halaxy_id(
     pipeline.drain()
     [note] = sandbox.halaxy.notes
     assert note["subject"]["reference"].endswith(f"/Patient/{other}")
+
+
+@pytest.mark.parametrize("redis_fails", ["before_the_post", "after_the_post"])
+def test_what_became_of_a_post_is_recorded_through_a_failover(
+    settings: Settings,
+    store: ConnectionStore,
+    sandbox: Sandbox,
+    verify_key: KeyVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_fails: str,
+) -> None:
+    """Before the POST, the Halaxy client reads its token and spends its rate budget in Redis:
+    a failover there fails the POST with nothing sent, and the move back to `queued` meets the
+    same failover. After a 201, the move to `posted` may meet one too. Left `posting` either
+    way, the retry parked the note (the failover test lost a note this way): unposted in the
+    first case, posted but for ops to check in the second."""
+    monkeypatch.setattr(writer, "OUTCOME_MOVE_PAUSE_SECONDS", 0.01)
+    connection = sandbox_connection(store, sandbox, verify_key)
+    sandbox.halaxy.patients[PATIENT] = patient_resource(PATIENT)
+    runtime = WorkerRuntime(settings)
+    services = runtime.services(connection.id)
+    callback = parse_callback(body(connection, publish(sandbox)))
+    note_id = note_id_for(connection.id, callback, None)
+    assert runtime.outbox.create(connection.id, note_id, callback)
+
+    def write() -> writer.NoteResult:
+        return writer.write_note(
+            connection=connection,
+            note_id=note_id,
+            outbox=runtime.outbox,
+            fetcher=services.pdfs,
+            halaxy=services.halaxy,
+            audit=runtime.audit,
+            now=utcnow(),
+        )
+
+    def redis_away(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("Redis is unreachable: ConnectionError")
+
+    recorded = NoteState.QUEUED if redis_fails == "before_the_post" else NoteState.POSTED
+    moved = runtime.outbox.move
+    outcome_moves = iter([redis_away, redis_away, moved])  # Redis back at the third try
+
+    def failing_over(
+        connection_id: str, note_id: str, allowed: set[NoteState], to: NoteState, **fields: Any
+    ) -> Any:
+        move = next(outcome_moves) if to is recorded else moved
+        return move(connection_id, note_id, allowed, to, **fields)
+
+    monkeypatch.setattr(runtime.outbox, "move", failing_over)
+    if redis_fails == "before_the_post":
+        monkeypatch.setattr(services.halaxy, "create", redis_away)
+        with pytest.raises(StoreUnavailable):
+            write()
+        record = runtime.outbox.get(connection.id, note_id)
+        assert record is not None
+        assert record.state is NoteState.QUEUED
+        monkeypatch.undo()
+    assert write().outcome is writer.NoteOutcome.POSTED
+    record = runtime.outbox.get(connection.id, note_id)
+    assert record is not None
+    assert record.state is NoteState.POSTED
+    assert len(sandbox.halaxy.notes) == 1
+    runtime.close()
